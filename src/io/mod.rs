@@ -1,0 +1,1 @@
+//! UDP I/O backends. Knows sockets, buffers and batches; knows no protocol.
