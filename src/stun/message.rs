@@ -1,0 +1,379 @@
+//! The borrowed, checked message view (RFC 8489 §5, §14).
+
+use std::net::SocketAddr;
+
+use super::attr::{self, Attribute, ErrorCode};
+use super::{Class, HEADER_LEN, MAGIC_COOKIE, MessageType, Method, StunError, TransactionId};
+
+/// A STUN message borrowed from a datagram. Construct it with [`Message::parse`], which
+/// checks the header and every attribute's bounds once; afterwards no accessor can read out
+/// of bounds, and none copies.
+///
+/// Attributes after MESSAGE-INTEGRITY are invisible except MESSAGE-INTEGRITY-SHA256 and
+/// FINGERPRINT, and those after MESSAGE-INTEGRITY-SHA256 except FINGERPRINT
+/// (RFC 8489 §14.5, §14.6). FINGERPRINT must be last.
+#[derive(Clone, Copy)]
+pub struct Message<'a> {
+    buf: &'a [u8],
+    /// Offset of the MESSAGE-INTEGRITY attribute header, or 0.
+    mi: u32,
+    /// Offset of the MESSAGE-INTEGRITY-SHA256 attribute header, or 0.
+    mi256: u32,
+    /// Offset of the FINGERPRINT attribute header, or 0.
+    fp: u32,
+    /// Attributes starting at or after this offset are ignored (except MI-256/FP).
+    visible_end: u32,
+    /// A visible comprehension-required attribute is unknown to this codec.
+    has_unknown_required: bool,
+}
+
+impl std::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Message");
+        d.field("type", &self.message_type())
+            .field("len", &self.buf.len());
+        let attrs: Vec<_> = self.attributes().map(|a| a.typ).collect();
+        d.field("attributes", &attrs).finish()
+    }
+}
+
+/// An attribute as it sits in the message: type, value without padding, and the offset of
+/// its TLV header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawAttribute<'a> {
+    /// Attribute type.
+    pub typ: u16,
+    /// Value bytes, padding excluded.
+    pub value: &'a [u8],
+    /// Offset of the 4-byte TLV header from the start of the message.
+    pub offset: usize,
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+impl<'a> Message<'a> {
+    /// Checked constructor for untrusted bytes: the whole datagram must be exactly one
+    /// STUN message (UDP framing, RFC 8489 §6.3).
+    #[inline]
+    pub fn parse(buf: &'a [u8]) -> Result<Self, StunError> {
+        if buf.len() < HEADER_LEN {
+            return Err(StunError::TooShort {
+                need: HEADER_LEN,
+                have: buf.len(),
+            });
+        }
+        if buf[0] & 0xC0 != 0 {
+            return Err(StunError::NotStun);
+        }
+        if u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE {
+            return Err(StunError::BadMagicCookie);
+        }
+        let len = be16(buf, 2);
+        if !len.is_multiple_of(4) {
+            return Err(StunError::UnalignedLength(len));
+        }
+        if usize::from(len) != buf.len() - HEADER_LEN {
+            return Err(StunError::LengthMismatch {
+                header: len,
+                actual: buf.len() - HEADER_LEN,
+            });
+        }
+        let end = buf.len();
+        let mut m = Message {
+            buf,
+            mi: 0,
+            mi256: 0,
+            fp: 0,
+            visible_end: end as u32,
+            has_unknown_required: false,
+        };
+        let mut at = HEADER_LEN;
+        while at < end {
+            if m.fp != 0 {
+                return Err(StunError::AttributeAfterFingerprint);
+            }
+            // `end - at` is a positive multiple of 4, so the TLV header fits.
+            let typ = be16(buf, at);
+            let vlen = usize::from(be16(buf, at + 2));
+            let next = at + 4 + ((vlen + 3) & !3);
+            if next > end {
+                return Err(StunError::AttributeOverrun { typ, offset: at });
+            }
+            let visible = at < m.visible_end as usize;
+            match typ {
+                attr::MESSAGE_INTEGRITY if visible => {
+                    if vlen != 20 {
+                        return Err(StunError::BadAttribute(typ));
+                    }
+                    m.mi = at as u32;
+                    m.visible_end = next as u32;
+                }
+                attr::MESSAGE_INTEGRITY_SHA256 if m.mi256 == 0 => {
+                    if !(16..=32).contains(&vlen) || !vlen.is_multiple_of(4) {
+                        return Err(StunError::BadAttribute(typ));
+                    }
+                    m.mi256 = at as u32;
+                    m.visible_end = next as u32;
+                }
+                attr::FINGERPRINT => {
+                    if vlen != 4 {
+                        return Err(StunError::BadAttribute(typ));
+                    }
+                    m.fp = at as u32;
+                }
+                _ if visible && !attr::is_known(typ) => m.has_unknown_required = true,
+                _ => {}
+            }
+            at = next;
+        }
+        Ok(m)
+    }
+
+    /// The whole message.
+    #[inline]
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    /// Method and class.
+    #[inline]
+    pub fn message_type(&self) -> MessageType {
+        MessageType::from_u16(be16(self.buf, 0))
+    }
+
+    /// The method.
+    #[inline]
+    pub fn method(&self) -> Method {
+        self.message_type().method
+    }
+
+    /// The class.
+    #[inline]
+    pub fn class(&self) -> Class {
+        self.message_type().class
+    }
+
+    /// The transaction id.
+    #[inline]
+    pub fn transaction_id(&self) -> &'a TransactionId {
+        self.buf[8..20].try_into().expect("header checked")
+    }
+
+    /// Visible attributes, in order.
+    #[inline]
+    pub fn attributes(&self) -> Attributes<'a> {
+        Attributes {
+            buf: self.buf,
+            at: HEADER_LEN,
+            visible_end: self.visible_end as usize,
+            mi256: self.mi256 as usize,
+            fp: self.fp as usize,
+        }
+    }
+
+    /// The first visible attribute of type `typ`.
+    #[inline]
+    pub fn get(&self, typ: u16) -> Option<RawAttribute<'a>> {
+        self.attributes().find(|a| a.typ == typ)
+    }
+
+    /// Decodes the first visible attribute of type `typ`; `None` if absent.
+    pub fn get_decoded(&self, typ: u16) -> Option<Result<Attribute<'a>, StunError>> {
+        self.get(typ)
+            .map(|a| Attribute::decode(typ, a.value, self.transaction_id()))
+    }
+
+    /// Whether a visible comprehension-required attribute is unknown (answer 420).
+    #[inline]
+    pub fn has_unknown_required(&self) -> bool {
+        self.has_unknown_required
+    }
+
+    /// The unknown comprehension-required attribute types, for UNKNOWN-ATTRIBUTES.
+    pub fn unknown_required(&self) -> impl Iterator<Item = u16> + 'a {
+        self.attributes()
+            .map(|a| a.typ)
+            .filter(|&t| !attr::is_known(t))
+    }
+
+    /// Offset of the MESSAGE-INTEGRITY attribute, if present.
+    #[inline]
+    pub fn integrity_offset(&self) -> Option<usize> {
+        (self.mi != 0).then_some(self.mi as usize)
+    }
+
+    /// Offset of the MESSAGE-INTEGRITY-SHA256 attribute, if present.
+    #[inline]
+    pub fn integrity_sha256_offset(&self) -> Option<usize> {
+        (self.mi256 != 0).then_some(self.mi256 as usize)
+    }
+
+    /// Offset of the FINGERPRINT attribute, if present.
+    #[inline]
+    pub fn fingerprint_offset(&self) -> Option<usize> {
+        (self.fp != 0).then_some(self.fp as usize)
+    }
+
+    fn text(&self, typ: u16) -> Option<&'a str> {
+        match self.get_decoded(typ)? {
+            Ok(Attribute::Username(s) | Attribute::Realm(s) | Attribute::Nonce(s)) => Some(s),
+            Ok(Attribute::Software(s) | Attribute::AlternateDomain(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn be_u32(&self, typ: u16) -> Option<u32> {
+        let v = self.get(typ)?.value;
+        Some(u32::from_be_bytes(v.try_into().ok()?))
+    }
+
+    fn be_u64(&self, typ: u16) -> Option<u64> {
+        let v = self.get(typ)?.value;
+        Some(u64::from_be_bytes(v.try_into().ok()?))
+    }
+
+    /// USERNAME, if present and valid.
+    #[inline]
+    pub fn username(&self) -> Option<&'a str> {
+        self.text(attr::USERNAME)
+    }
+
+    /// REALM, if present and valid.
+    pub fn realm(&self) -> Option<&'a str> {
+        self.text(attr::REALM)
+    }
+
+    /// NONCE, if present and valid.
+    pub fn nonce(&self) -> Option<&'a str> {
+        self.text(attr::NONCE)
+    }
+
+    /// SOFTWARE, if present and valid.
+    pub fn software(&self) -> Option<&'a str> {
+        self.text(attr::SOFTWARE)
+    }
+
+    /// PRIORITY (RFC 8445 §7.1.1).
+    #[inline]
+    pub fn priority(&self) -> Option<u32> {
+        self.be_u32(attr::PRIORITY)
+    }
+
+    /// ICE-CONTROLLING tie-breaker.
+    #[inline]
+    pub fn ice_controlling(&self) -> Option<u64> {
+        self.be_u64(attr::ICE_CONTROLLING)
+    }
+
+    /// ICE-CONTROLLED tie-breaker.
+    #[inline]
+    pub fn ice_controlled(&self) -> Option<u64> {
+        self.be_u64(attr::ICE_CONTROLLED)
+    }
+
+    /// Whether USE-CANDIDATE is present.
+    #[inline]
+    pub fn use_candidate(&self) -> bool {
+        self.get(attr::USE_CANDIDATE).is_some()
+    }
+
+    /// NOMINATION value (renomination), if present.
+    pub fn nomination(&self) -> Option<u32> {
+        self.be_u32(attr::NOMINATION).map(|v| v & 0x00FF_FFFF)
+    }
+
+    /// LIFETIME in seconds.
+    pub fn lifetime(&self) -> Option<u32> {
+        self.be_u32(attr::LIFETIME)
+    }
+
+    /// CHANNEL-NUMBER.
+    pub fn channel_number(&self) -> Option<u16> {
+        match self.get_decoded(attr::CHANNEL_NUMBER)? {
+            Ok(Attribute::ChannelNumber(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// DATA.
+    pub fn data(&self) -> Option<&'a [u8]> {
+        self.get(attr::DATA).map(|a| a.value)
+    }
+
+    /// ERROR-CODE, if present and valid.
+    pub fn error_code(&self) -> Option<ErrorCode<'a>> {
+        match self.get_decoded(attr::ERROR_CODE)? {
+            Ok(Attribute::ErrorCode(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Decodes an XOR address attribute (XOR-MAPPED-ADDRESS, XOR-PEER-ADDRESS, ...).
+    pub fn xor_address(&self, typ: u16) -> Option<Result<SocketAddr, StunError>> {
+        let a = self.get(typ)?;
+        Some(attr::decode_xor_address(
+            typ,
+            a.value,
+            self.transaction_id(),
+        ))
+    }
+
+    /// Every XOR-encoded address of type `typ` (several XOR-PEER-ADDRESS in one
+    /// CreatePermission, two XOR-RELAYED-ADDRESS in a dual allocation).
+    pub fn xor_addresses(
+        &self,
+        typ: u16,
+    ) -> impl Iterator<Item = Result<SocketAddr, StunError>> + 'a {
+        let tid = self.transaction_id();
+        self.attributes()
+            .filter(move |a| a.typ == typ)
+            .map(move |a| attr::decode_xor_address(typ, a.value, tid))
+    }
+
+    /// XOR-MAPPED-ADDRESS.
+    pub fn xor_mapped_address(&self) -> Option<Result<SocketAddr, StunError>> {
+        self.xor_address(attr::XOR_MAPPED_ADDRESS)
+    }
+
+    /// MAPPED-ADDRESS.
+    pub fn mapped_address(&self) -> Option<Result<SocketAddr, StunError>> {
+        let a = self.get(attr::MAPPED_ADDRESS)?;
+        Some(attr::decode_address(attr::MAPPED_ADDRESS, a.value))
+    }
+}
+
+/// Iterator over a message's visible attributes.
+#[derive(Debug, Clone)]
+pub struct Attributes<'a> {
+    buf: &'a [u8],
+    at: usize,
+    visible_end: usize,
+    mi256: usize,
+    fp: usize,
+}
+
+impl<'a> Iterator for Attributes<'a> {
+    type Item = RawAttribute<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<RawAttribute<'a>> {
+        // Bounds were validated by `Message::parse`; `get` keeps this panic-free anyway.
+        while self.at + 4 <= self.buf.len() {
+            let offset = self.at;
+            let typ = be16(self.buf, offset);
+            let vlen = usize::from(be16(self.buf, offset + 2));
+            self.at = offset + 4 + ((vlen + 3) & !3);
+            let visible = offset < self.visible_end
+                || (offset == self.fp && self.fp != 0)
+                || (offset == self.mi256 && self.mi256 != 0);
+            if visible {
+                let value = self.buf.get(offset + 4..offset + 4 + vlen)?;
+                return Some(RawAttribute { typ, value, offset });
+            }
+        }
+        None
+    }
+}
