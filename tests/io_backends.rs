@@ -211,6 +211,44 @@ fn burst_larger_than_buffer_ring_then_still_receives() {
 }
 
 #[test]
+fn echo_burst_with_few_send_slots() {
+    let _wd = Watchdog::new("few_slots");
+    for kind in kinds() {
+        let cfg = Config {
+            batch: 16,
+            buf_size: 2048,
+            buf_count: 512,
+            send_slots: 32,
+        };
+        let mut b = Backend::new(kind, &cfg).unwrap();
+        let id = b
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        let server = b.local_addr(id);
+        // bind_udp asks for a 4 MiB receive buffer, so the client itself drops no replies.
+        let client = bind_udp(SocketAddr::new(V4, 0), false).unwrap();
+        client.set_nonblocking(false).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // More requests than send slots arrive in one poll; the echo callback must always
+        // find a slot (backends push sends to the kernel mid-batch and reclaim slots).
+        const N: usize = 300;
+        for i in 0..N as u32 {
+            client.send_to(&datagram(i % 8), server).unwrap();
+        }
+        assert_eq!(pump(&mut b, N, Duration::from_secs(10)), N, "{kind}");
+        let mut buf = [0u8; 2048];
+        for _ in 0..N {
+            let (n, _) = client.recv_from(&mut buf).expect("echo reply");
+            let i = u32::from_le_bytes(buf[..4].try_into().unwrap());
+            assert_eq!(&buf[..n], &datagram(i)[..]);
+        }
+        assert_eq!(b.stats().send_errors, 0);
+    }
+}
+
+#[test]
 fn waker_wakes_blocking_poll() {
     let _wd = Watchdog::new("waker");
     for kind in kinds() {

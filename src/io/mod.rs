@@ -220,9 +220,9 @@ impl Config {
                 self.buf_count
             )));
         }
-        if self.send_slots == 0 || self.send_slots > 65536 {
+        if self.send_slots < self.batch || self.send_slots > 65536 {
             return Err(IoError::Config(format!(
-                "send_slots {} not in 1..=65536",
+                "send_slots {} not in batch..=65536",
                 self.send_slots
             )));
         }

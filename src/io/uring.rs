@@ -405,6 +405,21 @@ impl UringBackend {
         Ok(())
     }
 
+    /// Take everything already in the CQ: send completions free their slots now, all
+    /// other completions go to the stash (in order) for the poll loop.
+    fn reap_sends(&mut self) {
+        loop {
+            let Some(c) = self.ring.completion().next() else {
+                break;
+            };
+            if c.user_data() >> 56 == K_SEND {
+                self.on_send_cqe(&c);
+            } else {
+                self.stash.push(c);
+            }
+        }
+    }
+
     /// Submit and wait for at least one completion or the timeout.
     fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let r = match timeout {
@@ -445,6 +460,17 @@ impl UringBackend {
         };
         self.enter(wait)?;
         for _ in 0..4 {
+            if !self.stash.is_empty() {
+                // Completions set aside by `reap_sends` during the previous batch; they
+                // are newer than that batch and older than anything still in the CQ.
+                let stash = mem::take(&mut self.stash);
+                for c in &stash {
+                    delivered += self.on_cqe(c, on_recv);
+                }
+                self.stash = stash;
+                self.stash.clear();
+                continue;
+            }
             self.cqes.clear();
             let cap = self.cqes.capacity();
             self.cqes.extend(self.ring.completion().take(cap));
@@ -560,6 +586,9 @@ impl UringBackend {
                         && !is_transient(&e)
                     {
                         tracing::warn!("io_uring submit failed: {e}");
+                    }
+                    if self.sendq.available() == 0 {
+                        self.reap_sends();
                     }
                 }
                 1
