@@ -1,1 +1,748 @@
 //! UDP I/O backends. Knows sockets, buffers and batches; knows no protocol.
+//!
+//! Two backends sit behind one [`Backend`] enum (static dispatch via `match`, no trait
+//! objects):
+//!
+//! * [`UringBackend`] — io_uring with `SINGLE_ISSUER | DEFER_TASKRUN`. Every registered
+//!   socket has one multishot `RecvMsg` armed over a provided-buffer ring; sends are
+//!   `SendMsg` SQEs pointing into preallocated send slots; one `io_uring_enter` per loop both
+//!   submits the send batch and waits for completions.
+//! * [`PortableBackend`] — epoll + `recvmmsg`/`sendmmsg` with preallocated `mmsghdr` arrays.
+//!
+//! Pick one with [`select_backend`], which probes io_uring once per process (including a
+//! functional multishot round-trip over loopback) and explains its decision in a string
+//! meant for the startup log line.
+//!
+//! ## Buffers and the send queue
+//!
+//! Received datagrams are handed to the caller **in place**: the payload is a `&mut [u8]`
+//! borrowed from the backend's receive buffer (the io_uring provided-buffer ring, or the
+//! `recvmmsg` batch buffer) and is given back to the kernel right after the callback
+//! returns. Nothing is allocated per packet.
+//!
+//! Sends go through a [`SendQueue`]: a fixed pool of `buf_size`-byte slots, each with its
+//! own destination address storage. To send, take a slot with [`SendQueue::slot`], write the
+//! datagram into it, then [`SendQueue::commit`] it with a socket, destination and length.
+//! Committed slots are submitted in one batch by [`Backend::flush`] (or at the start of the
+//! next [`Backend::poll`]) and return to the pool once the kernel is done with them.
+//!
+//! The send queue is a separate object owned by the backend so that the receive callback
+//! can answer while it still borrows the request:
+//!
+//! ```no_run
+//! # use icering::io::*;
+//! # fn demo(backend: &mut Backend) -> Result<(), IoError> {
+//! backend.poll(None, &mut |sendq: &mut SendQueue, sock, from, request: &mut [u8]| {
+//!     // `request` lives in the receive buffer; the reply is written straight into a send
+//!     // slot — no copy of the request, no allocation.
+//!     if let Some(slot) = sendq.slot() {
+//!         let n = request.len().min(slot.len());
+//!         slot[..n].copy_from_slice(&request[..n]); // or: build a response in `slot`
+//!         sendq.commit(sock, from, n);
+//!     }
+//! })?;
+//! backend.flush()?; // one batch for all replies
+//! # Ok(()) }
+//! ```
+//!
+//! If the pool is exhausted inside the callback, [`SendQueue::slot`] returns `None` (and
+//! [`SendQueue::send_to`] returns [`IoError::SendQueueFull`]); size
+//! [`Config::send_slots`] for the largest burst a shard answers in one poll. While the
+//! callback runs, the backends push committed sends to the kernel once `batch` of them have
+//! accumulated, so slots keep cycling during long receive batches.
+//!
+//! ## Errors
+//!
+//! Per-datagram failures (`EAGAIN` on send, ICMP-induced `ECONNREFUSED`, truncated
+//! datagrams, `ENOBUFS` on the buffer ring) are counted in [`IoStats`], never returned.
+//! Truncated datagrams (larger than `buf_size`) are dropped and counted.
+
+mod affinity;
+mod portable;
+mod socket;
+mod uring;
+mod waker;
+
+use std::fmt;
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::ptr::NonNull;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use affinity::{available_cores, pin_current_thread};
+pub use portable::PortableBackend;
+pub use socket::bind_udp;
+pub use uring::UringBackend;
+pub use waker::Waker;
+
+/// The backend the operator asked for (`--io auto|uring|portable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// io_uring if the probe succeeds, otherwise portable.
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// epoll + recvmmsg/sendmmsg.
+    Portable,
+}
+
+impl FromStr for BackendChoice {
+    type Err = IoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(Self::Uring),
+            "portable" | "epoll" => Ok(Self::Portable),
+            _ => Err(IoError::UnknownBackend(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Uring => "uring",
+            Self::Portable => "portable",
+        })
+    }
+}
+
+/// The backend actually in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// [`UringBackend`].
+    Uring,
+    /// [`PortableBackend`].
+    Portable,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Uring => "uring",
+            Self::Portable => "portable",
+        })
+    }
+}
+
+/// Errors of the I/O layer.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// io_uring was requested but cannot be used; the string says why.
+    #[error("io_uring unavailable: {0}")]
+    UringUnavailable(String),
+    /// Binding a socket failed.
+    #[error("cannot bind UDP socket to {addr}: {source}")]
+    Bind {
+        /// Address we tried to bind.
+        addr: SocketAddr,
+        /// Underlying OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A [`Config`] value is unusable.
+    #[error("invalid io config: {0}")]
+    Config(String),
+    /// `"{0}"` is not one of `auto`, `uring`, `portable`.
+    #[error("unknown io backend {0:?} (expected auto, uring or portable)")]
+    UnknownBackend(String),
+    /// No free send slot, even after flushing.
+    #[error("send queue full")]
+    SendQueueFull,
+    /// A datagram does not fit a send slot.
+    #[error("datagram of {len} bytes exceeds the send slot size of {max} bytes")]
+    TooLarge {
+        /// Length of the datagram.
+        len: usize,
+        /// Slot size (`Config::buf_size`).
+        max: usize,
+    },
+    /// Any other OS error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Index of a registered socket inside one backend.
+///
+/// Ids are reused after [`Backend::remove_socket`]; do not keep using an id after removing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(pub u32);
+
+/// Sizing of a backend. All memory is allocated once in `Backend::new`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Datagrams per `recvmmsg`/`sendmmsg` call, and the send count after which queued sends
+    /// are pushed to the kernel while a receive batch is still being handled.
+    pub batch: usize,
+    /// Size of every receive and send buffer; larger datagrams are dropped (counted as
+    /// truncated). For io_uring the receive buffer also holds a 16-byte header and the
+    /// 128-byte source address, so the largest receivable payload is `buf_size - 144`.
+    pub buf_size: usize,
+    /// Receive buffers in the io_uring provided-buffer ring (power of two, at most 32768).
+    pub buf_count: usize,
+    /// Send slots in the [`SendQueue`].
+    pub send_slots: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            batch: 64,
+            buf_size: 2048,
+            buf_count: 4096,
+            send_slots: 1024,
+        }
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), IoError> {
+        if self.batch == 0 || self.batch > 1024 {
+            return Err(IoError::Config(format!(
+                "batch {} not in 1..=1024",
+                self.batch
+            )));
+        }
+        if self.buf_size < 256 || self.buf_size > 65536 + 256 {
+            return Err(IoError::Config(format!(
+                "buf_size {} not in 256..=65792",
+                self.buf_size
+            )));
+        }
+        if !self.buf_count.is_power_of_two() || self.buf_count > 32768 {
+            return Err(IoError::Config(format!(
+                "buf_count {} must be a power of two <= 32768",
+                self.buf_count
+            )));
+        }
+        if self.send_slots < self.batch || self.send_slots > 65536 {
+            return Err(IoError::Config(format!(
+                "send_slots {} not in batch..=65536",
+                self.send_slots
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Counters, monotonically increasing since the backend was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Datagrams handed to the receive callback.
+    pub received: u64,
+    /// Datagrams the kernel accepted for sending.
+    pub sent: u64,
+    /// Sends that failed (EAGAIN, ECONNREFUSED, unknown socket, ...); the datagram is dropped.
+    pub send_errors: u64,
+    /// Receive errors (other than ENOBUFS / cancellation).
+    pub recv_errors: u64,
+    /// Times a multishot receive had to be re-armed (uring).
+    pub rearms: u64,
+    /// Times the provided-buffer ring ran dry (uring `ENOBUFS`).
+    pub enobufs: u64,
+    /// Datagrams dropped because they did not fit a receive buffer.
+    pub truncated: u64,
+    /// Wake-ups through the [`Waker`] observed by `poll`.
+    pub wakeups: u64,
+}
+
+/// The probe result, computed once per process.
+static URING_PROBE: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+
+/// Decide which backend to use and say why, for the startup log line.
+///
+/// `Auto` probes io_uring once (sysctl, ring setup, opcode probe, and a real multishot
+/// `RecvMsg` over a provided-buffer ring on a loopback socket) and falls back to portable.
+/// `Uring` fails with [`IoError::UringUnavailable`] if the probe fails. Never panics.
+pub fn select_backend(choice: BackendChoice) -> Result<(BackendKind, String), IoError> {
+    match choice {
+        BackendChoice::Portable => Ok((
+            BackendKind::Portable,
+            "io backend: portable (requested)".to_string(),
+        )),
+        BackendChoice::Uring => match URING_PROBE.get_or_init(uring::probe) {
+            Ok(why) => Ok((BackendKind::Uring, format!("io backend: uring ({why})"))),
+            Err(why) => Err(IoError::UringUnavailable(why.clone())),
+        },
+        BackendChoice::Auto => match URING_PROBE.get_or_init(uring::probe) {
+            Ok(why) => Ok((BackendKind::Uring, format!("io backend: uring ({why})"))),
+            Err(why) => Ok((
+                BackendKind::Portable,
+                format!("io backend: portable ({why})"),
+            )),
+        },
+    }
+}
+
+/// The receive callback of [`Backend::poll`]: `(send_queue, socket, source, payload)`.
+/// The payload is borrowed in place from the receive buffer and may be modified.
+pub type OnRecv<'a> = dyn FnMut(&mut SendQueue, SocketId, SocketAddr, &mut [u8]) + 'a;
+
+/// One I/O backend of one shard. Not `Send`: create it on the thread that drives it.
+// One per shard, created once and never moved in the hot path: boxing the larger variant
+// would only add an indirection to every call.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Backend {
+    /// io_uring.
+    Uring(UringBackend),
+    /// epoll + recvmmsg/sendmmsg.
+    Portable(PortableBackend),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $b:ident => $e:expr) => {
+        match $self {
+            Backend::Uring($b) => $e,
+            Backend::Portable($b) => $e,
+        }
+    };
+}
+
+impl Backend {
+    /// Create a backend of the given kind; allocates all buffers.
+    pub fn new(kind: BackendKind, cfg: &Config) -> Result<Self, IoError> {
+        Ok(match kind {
+            BackendKind::Uring => Self::Uring(UringBackend::new(cfg)?),
+            BackendKind::Portable => Self::Portable(PortableBackend::new(cfg)?),
+        })
+    }
+
+    /// Which backend this is.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Self::Uring(_) => BackendKind::Uring,
+            Self::Portable(_) => BackendKind::Portable,
+        }
+    }
+
+    /// Register a bound UDP socket (made non-blocking here); the backend owns it from now on
+    /// and starts receiving on it.
+    pub fn add_socket(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
+        dispatch!(self, b => b.add_socket(sock))
+    }
+
+    /// Stop receiving on a socket and close it. Unknown ids are ignored. Sends still queued
+    /// for it are dropped (counted as send errors) at the next flush.
+    pub fn remove_socket(&mut self, id: SocketId) {
+        dispatch!(self, b => b.remove_socket(id))
+    }
+
+    /// Local address of a registered socket. Panics if `id` is not registered.
+    pub fn local_addr(&self, id: SocketId) -> SocketAddr {
+        dispatch!(self, b => b.local_addr(id))
+    }
+
+    /// The send queue, for code that wants to hold on to it (same as inside `poll`).
+    pub fn send_queue(&mut self) -> &mut SendQueue {
+        dispatch!(self, b => &mut b.sendq)
+    }
+
+    /// A writable `buf_size`-byte send slot, or `None` if all slots are queued or in flight
+    /// (call [`flush`](Self::flush) or [`poll`](Self::poll)). See [`SendQueue::slot`].
+    pub fn send_slot(&mut self) -> Option<&mut [u8]> {
+        self.send_queue().slot()
+    }
+
+    /// Queue the slot last returned by [`send_slot`](Self::send_slot). See [`SendQueue::commit`].
+    pub fn commit_send(&mut self, sock: SocketId, dest: SocketAddr, len: usize) {
+        self.send_queue().commit(sock, dest, len)
+    }
+
+    /// Copy `data` into a slot and queue it; if no slot is free, flush (and, for io_uring,
+    /// reap completed sends) first. Fails with [`IoError::SendQueueFull`] only if that did
+    /// not free a slot.
+    pub fn send_to(
+        &mut self,
+        sock: SocketId,
+        dest: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), IoError> {
+        if self.send_queue().available() == 0 {
+            dispatch!(self, b => b.make_room()?);
+        }
+        self.send_queue().send_to(sock, dest, data)
+    }
+
+    /// Submit all queued sends as one batch. Per-datagram failures are counted, not returned.
+    pub fn flush(&mut self) -> Result<(), IoError> {
+        dispatch!(self, b => b.flush())
+    }
+
+    /// Flush queued sends, then wait until a datagram arrives, the [`Waker`] fires or
+    /// `timeout` elapses (`None` = no timeout, `Some(ZERO)` = don't block), and hand every
+    /// received datagram to `on_recv(send_queue, socket, source, payload)`.
+    ///
+    /// Returns the number of datagrams delivered; it may be 0 after a wake-up, a timeout or
+    /// a completion that carried no datagram (e.g. a send completion or a re-arm).
+    pub fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        on_recv: &mut OnRecv<'_>,
+    ) -> Result<usize, IoError> {
+        dispatch!(self, b => b.poll(timeout, on_recv))
+    }
+
+    /// A cloneable, `Send` handle that wakes this backend out of [`poll`](Self::poll).
+    pub fn waker(&self) -> Waker {
+        dispatch!(self, b => b.waker.clone())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> IoStats {
+        dispatch!(self, b => b.stats)
+    }
+}
+
+/// Anonymous, page-aligned memory shared with the kernel. Accessed only through raw
+/// pointers, because the kernel writes into it behind Rust's back.
+pub(crate) struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Region {
+    pub(crate) fn new(len: usize) -> io::Result<Self> {
+        let len = len.max(1);
+        // SAFETY: anonymous private mapping; no pointers are passed in.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: NonNull::new(p.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// # Safety
+    /// `off + len <= self.len`, and no other live reference covers the range (the kernel
+    /// must not be writing to it either).
+    // The region is kernel-shared raw memory (like an UnsafeCell); exclusivity is the
+    // caller's obligation, stated in the safety contract.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        debug_assert!(off + len <= self.len);
+        // SAFETY: in bounds per the caller; exclusivity per the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len come from a successful mmap.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region").field("len", &self.len).finish()
+    }
+}
+
+/// A fixed pool of send slots shared by both backends.
+///
+/// Slot life cycle: free → ([`slot`](Self::slot) + [`commit`](Self::commit)) queued →
+/// (flush) in flight → (kernel done) free.
+pub struct SendQueue {
+    buf_size: usize,
+    bufs: Region,
+    addrs: Box<[libc::sockaddr_storage]>,
+    addr_lens: Box<[libc::socklen_t]>,
+    lens: Box<[u32]>,
+    socks: Box<[SocketId]>,
+    free: Vec<u32>,
+    queued: Vec<u32>,
+}
+
+impl fmt::Debug for SendQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendQueue")
+            .field("slots", &self.lens.len())
+            .field("buf_size", &self.buf_size)
+            .field("free", &self.free.len())
+            .field("queued", &self.queued.len())
+            .finish()
+    }
+}
+
+impl SendQueue {
+    pub(crate) fn new(slots: usize, buf_size: usize) -> io::Result<Self> {
+        Ok(Self {
+            buf_size,
+            bufs: Region::new(slots * buf_size)?,
+            // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+            addrs: vec![unsafe { mem::zeroed::<libc::sockaddr_storage>() }; slots].into(),
+            addr_lens: vec![0; slots].into(),
+            lens: vec![0; slots].into(),
+            socks: vec![SocketId(0); slots].into(),
+            // Pop order: slot 0 first.
+            free: (0..slots as u32).rev().collect(),
+            queued: Vec::with_capacity(slots),
+        })
+    }
+
+    /// Size of every slot (`Config::buf_size`).
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// Free slots.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Committed sends not yet submitted.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// The next free slot (`buf_size` bytes) to write a datagram into, or `None` if every
+    /// slot is queued or in flight. Calling it again without `commit` returns the same slot.
+    pub fn slot(&mut self) -> Option<&mut [u8]> {
+        let &i = self.free.last()?;
+        // SAFETY: slot `i` is free: neither queued nor in flight, so the kernel does not
+        // read it, and the returned borrow is tied to `&mut self`.
+        Some(unsafe {
+            self.bufs
+                .slice_mut(i as usize * self.buf_size, self.buf_size)
+        })
+    }
+
+    /// Queue the slot last returned by [`slot`](Self::slot): `len` bytes to `dest` via `sock`.
+    ///
+    /// # Panics
+    /// If no slot is free (`slot()` returned `None`) or `len > buf_size`.
+    pub fn commit(&mut self, sock: SocketId, dest: SocketAddr, len: usize) {
+        assert!(
+            len <= self.buf_size,
+            "commit: len {len} > slot size {}",
+            self.buf_size
+        );
+        let i = self.free.pop().expect("commit without a free send slot") as usize;
+        self.addr_lens[i] = sockaddr_to_storage(dest, &mut self.addrs[i]);
+        self.lens[i] = len as u32;
+        self.socks[i] = sock;
+        self.queued.push(i as u32);
+    }
+
+    /// Copy `data` into a free slot and queue it.
+    pub fn send_to(
+        &mut self,
+        sock: SocketId,
+        dest: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), IoError> {
+        if data.len() > self.buf_size {
+            return Err(IoError::TooLarge {
+                len: data.len(),
+                max: self.buf_size,
+            });
+        }
+        let slot = self.slot().ok_or(IoError::SendQueueFull)?;
+        slot[..data.len()].copy_from_slice(data);
+        self.commit(sock, dest, data.len());
+        Ok(())
+    }
+
+    // ---- backend side ----
+
+    fn buf_ptr(&self, i: usize) -> *mut u8 {
+        // SAFETY: i < slots, so the offset is inside the region.
+        unsafe { self.bufs.as_ptr().add(i * self.buf_size) }
+    }
+
+    fn release(&mut self, i: usize) {
+        self.free.push(i as u32);
+    }
+}
+
+/// Write `addr` into `storage`, returning the address length.
+pub(crate) fn sockaddr_to_storage(
+    addr: SocketAddr,
+    storage: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { std::ptr::write((storage as *mut libc::sockaddr_storage).cast(), sin) };
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe { std::ptr::write((storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Parse a raw `sockaddr` (as bytes, any alignment) into a `SocketAddr`.
+pub(crate) fn sockaddr_from_bytes(b: &[u8]) -> Option<SocketAddr> {
+    if b.len() < 2 {
+        return None;
+    }
+    let family = u16::from_ne_bytes([b[0], b[1]]) as libc::c_int;
+    if family == libc::AF_INET && b.len() >= mem::size_of::<libc::sockaddr_in>() {
+        // SAFETY: length checked; read_unaligned copes with any alignment.
+        let sin: libc::sockaddr_in = unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) };
+        Some(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
+            u16::from_be(sin.sin_port),
+        )))
+    } else if family == libc::AF_INET6 && b.len() >= mem::size_of::<libc::sockaddr_in6>() {
+        // SAFETY: as above.
+        let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) };
+        Some(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+            u16::from_be(sin6.sin6_port),
+            sin6.sin6_flowinfo,
+            sin6.sin6_scope_id,
+        )))
+    } else {
+        None
+    }
+}
+
+/// `sockaddr_storage` + length → `SocketAddr`.
+pub(crate) fn sockaddr_from_storage(
+    s: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
+    let len = (len as usize).min(mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: `s` is a valid sockaddr_storage; we view its first `len` bytes.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((s as *const libc::sockaddr_storage).cast(), len) };
+    sockaddr_from_bytes(bytes)
+}
+
+/// Clamp a timeout to whole milliseconds for epoll, rounding up so we never spin.
+pub(crate) fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
+    match timeout {
+        None => -1,
+        Some(d) if d.is_zero() => 0,
+        Some(d) => {
+            let ms = d.as_nanos().div_ceil(1_000_000);
+            ms.min(libc::c_int::MAX as u128) as libc::c_int
+        }
+    }
+}
+
+/// A socket slot in a backend's table. `gen` is bumped on removal so stale completions or
+/// events for a reused index are recognised.
+#[derive(Debug)]
+pub(crate) struct SockEntry {
+    pub(crate) sock: Option<UdpSocket>,
+    pub(crate) generation: u32,
+    pub(crate) local: SocketAddr,
+    /// uring: a multishot receive is armed.
+    pub(crate) armed: bool,
+    /// uring: needs a new multishot receive.
+    pub(crate) rearm: bool,
+}
+
+/// Socket table shared by both backends.
+#[derive(Debug, Default)]
+pub(crate) struct SockTable {
+    pub(crate) entries: Vec<SockEntry>,
+    free: Vec<u32>,
+}
+
+impl SockTable {
+    pub(crate) fn insert(&mut self, sock: UdpSocket) -> io::Result<SocketId> {
+        sock.set_nonblocking(true)?;
+        let local = sock.local_addr()?;
+        if let Some(i) = self.free.pop() {
+            let e = &mut self.entries[i as usize];
+            e.sock = Some(sock);
+            e.local = local;
+            e.armed = false;
+            e.rearm = false;
+            Ok(SocketId(i))
+        } else {
+            self.entries.push(SockEntry {
+                sock: Some(sock),
+                generation: 0,
+                local,
+                armed: false,
+                rearm: false,
+            });
+            Ok(SocketId(self.entries.len() as u32 - 1))
+        }
+    }
+
+    /// Remove and return the socket and its generation before removal.
+    pub(crate) fn remove(&mut self, id: SocketId) -> Option<(UdpSocket, u32, bool)> {
+        let e = self.entries.get_mut(id.0 as usize)?;
+        let sock = e.sock.take()?;
+        let generation = e.generation;
+        let armed = e.armed;
+        e.generation = (e.generation + 1) & GEN_MASK;
+        e.armed = false;
+        e.rearm = false;
+        self.free.push(id.0);
+        Some((sock, generation, armed))
+    }
+
+    pub(crate) fn fd(&self, id: SocketId) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.entries
+            .get(id.0 as usize)?
+            .sock
+            .as_ref()
+            .map(|s| s.as_raw_fd())
+    }
+
+    /// The entry if `id` is live with generation `generation`.
+    pub(crate) fn live_mut(&mut self, idx: u32, generation: u32) -> Option<&mut SockEntry> {
+        self.entries
+            .get_mut(idx as usize)
+            .filter(|e| e.sock.is_some() && e.generation == generation)
+    }
+
+    pub(crate) fn local_addr(&self, id: SocketId) -> SocketAddr {
+        let e = &self.entries[id.0 as usize];
+        assert!(e.sock.is_some(), "local_addr: socket {id:?} not registered");
+        e.local
+    }
+}
+
+/// Generations are 24 bits so they fit next to an 8-bit op kind in `user_data`.
+pub(crate) const GEN_MASK: u32 = 0x00ff_ffff;

@@ -1,0 +1,397 @@
+//! Portable backend: epoll (level-triggered) + `recvmmsg`/`sendmmsg`.
+//!
+//! All `mmsghdr`/`iovec`/`sockaddr_storage` arrays and the receive buffers are allocated
+//! once; their addresses are written into the headers once (receive) or per flush (send).
+
+use std::io;
+use std::mem;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use super::{
+    Config, IoError, IoStats, OnRecv, Region, SendQueue, SockTable, SocketId, Waker,
+    sockaddr_from_storage, timeout_ms,
+};
+
+/// epoll token of the waker (sockets use `generation << 32 | index`).
+const WAKER_TOKEN: u64 = u64::MAX;
+/// epoll events fetched per `epoll_wait`.
+const MAX_EVENTS: usize = 64;
+/// `recvmmsg` rounds per readable socket per poll before moving on (fairness; epoll is
+/// level-triggered, so the rest is picked up next time).
+const MAX_ROUNDS: usize = 16;
+
+/// epoll + `recvmmsg`/`sendmmsg` backend.
+pub struct PortableBackend {
+    epfd: OwnedFd,
+    pub(crate) waker: Waker,
+    socks: SockTable,
+    pub(crate) sendq: SendQueue,
+    pub(crate) stats: IoStats,
+    batch: usize,
+    buf_size: usize,
+    events: Box<[libc::epoll_event]>,
+    // receive side
+    rbufs: Region,
+    rnames: Box<[libc::sockaddr_storage]>,
+    riov: Box<[libc::iovec]>,
+    rmsgs: Box<[libc::mmsghdr]>,
+    // send side
+    smsgs: Box<[libc::mmsghdr]>,
+    siov: Box<[libc::iovec]>,
+}
+
+impl std::fmt::Debug for PortableBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortableBackend")
+            .field("sockets", &self.socks)
+            .field("sendq", &self.sendq)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+impl PortableBackend {
+    /// Create the backend and allocate all buffers.
+    pub fn new(cfg: &Config) -> Result<Self, IoError> {
+        cfg.validate()?;
+        // SAFETY: plain syscall.
+        let epfd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: fresh descriptor we own.
+        let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
+        let waker = Waker::new(true)?;
+        epoll_add(epfd.as_raw_fd(), waker.raw_fd(), WAKER_TOKEN)?;
+
+        let batch = cfg.batch;
+        let rbufs = Region::new(batch * cfg.buf_size)?;
+        // SAFETY (all zeroed() below): these are C plain-old-data structs; all-zero is valid.
+        let mut rnames: Box<[libc::sockaddr_storage]> =
+            vec![unsafe { mem::zeroed::<libc::sockaddr_storage>() }; batch].into();
+        let mut riov: Box<[libc::iovec]> =
+            vec![unsafe { mem::zeroed::<libc::iovec>() }; batch].into();
+        let mut rmsgs: Box<[libc::mmsghdr]> =
+            vec![unsafe { mem::zeroed::<libc::mmsghdr>() }; batch].into();
+        for k in 0..batch {
+            // SAFETY: k * buf_size is inside `rbufs`.
+            riov[k].iov_base = unsafe { rbufs.as_ptr().add(k * cfg.buf_size) }.cast();
+            riov[k].iov_len = cfg.buf_size;
+            let h = &mut rmsgs[k].msg_hdr;
+            h.msg_name = (&mut rnames[k] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut riov[k];
+            h.msg_iovlen = 1;
+        }
+        let smsgs = vec![unsafe { mem::zeroed::<libc::mmsghdr>() }; batch].into();
+        let siov = vec![unsafe { mem::zeroed::<libc::iovec>() }; batch].into();
+        let events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS].into();
+
+        Ok(Self {
+            epfd,
+            waker,
+            socks: SockTable::default(),
+            sendq: SendQueue::new(cfg.send_slots, cfg.buf_size)?,
+            stats: IoStats::default(),
+            batch,
+            buf_size: cfg.buf_size,
+            events,
+            rbufs,
+            rnames,
+            riov,
+            rmsgs,
+            smsgs,
+            siov,
+        })
+    }
+
+    pub(crate) fn add_socket(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
+        let fd = sock.as_raw_fd();
+        let id = self.socks.insert(sock)?;
+        let generation = self.socks.entries[id.0 as usize].generation;
+        if let Err(e) = epoll_add(self.epfd.as_raw_fd(), fd, token(id, generation)) {
+            self.socks.remove(id);
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn remove_socket(&mut self, id: SocketId) {
+        if let Some((sock, _, _)) = self.socks.remove(id) {
+            // SAFETY: EPOLL_CTL_DEL ignores the event pointer on modern kernels; pass a valid one.
+            let mut ev = libc::epoll_event { events: 0, u64: 0 };
+            unsafe {
+                libc::epoll_ctl(
+                    self.epfd.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    sock.as_raw_fd(),
+                    &mut ev,
+                );
+            }
+            drop(sock);
+        }
+    }
+
+    pub(crate) fn local_addr(&self, id: SocketId) -> SocketAddr {
+        self.socks.local_addr(id)
+    }
+
+    pub(crate) fn make_room(&mut self) -> Result<(), IoError> {
+        self.flush()
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), IoError> {
+        flush_sends(
+            &mut self.sendq,
+            &self.socks,
+            &mut self.smsgs,
+            &mut self.siov,
+            self.batch,
+            &mut self.stats,
+        );
+        Ok(())
+    }
+
+    pub(crate) fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        on_recv: &mut OnRecv<'_>,
+    ) -> Result<usize, IoError> {
+        self.flush()?;
+        // SAFETY: `events` is valid for MAX_EVENTS entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                MAX_EVENTS as libc::c_int,
+                timeout_ms(timeout),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(e.into());
+        }
+        let mut delivered = 0;
+        for k in 0..n as usize {
+            let tok = self.events[k].u64;
+            if tok == WAKER_TOKEN {
+                self.waker.drain();
+                self.stats.wakeups += 1;
+                continue;
+            }
+            let (idx, generation) = ((tok & 0xffff_ffff) as u32, (tok >> 32) as u32);
+            let Some(fd) = self
+                .socks
+                .live_mut(idx, generation)
+                .and_then(|e| e.sock.as_ref().map(|s| s.as_raw_fd()))
+            else {
+                continue; // removed meanwhile
+            };
+            delivered += self.recv_socket(SocketId(idx), fd, on_recv);
+        }
+        Ok(delivered)
+    }
+
+    /// `recvmmsg` until the socket is drained (or MAX_ROUNDS), handing datagrams out in place.
+    fn recv_socket(&mut self, id: SocketId, fd: RawFd, on_recv: &mut OnRecv<'_>) -> usize {
+        let mut delivered = 0;
+        for _ in 0..MAX_ROUNDS {
+            for m in self.rmsgs.iter_mut() {
+                m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                m.msg_hdr.msg_flags = 0;
+                m.msg_len = 0;
+            }
+            // SAFETY: rmsgs/riov/rnames/rbufs are preallocated, point at each other and stay
+            // alive and unmoved for the duration of the call.
+            let r = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    self.rmsgs.as_mut_ptr(),
+                    self.batch as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) => continue,
+                    // Pending socket error (e.g. ICMP port unreachable): it is cleared by
+                    // being reported; keep reading.
+                    _ => {
+                        self.stats.recv_errors += 1;
+                        continue;
+                    }
+                }
+            }
+            let r = r as usize;
+            for k in 0..r {
+                let hdr = &self.rmsgs[k];
+                if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                    self.stats.truncated += 1;
+                    continue;
+                }
+                let len = (hdr.msg_len as usize).min(self.buf_size);
+                let Some(from) = sockaddr_from_storage(&self.rnames[k], hdr.msg_hdr.msg_namelen)
+                else {
+                    self.stats.recv_errors += 1;
+                    continue;
+                };
+                // SAFETY: buffer k is ours until the next recvmmsg; nothing else borrows it.
+                let payload = unsafe { self.rbufs.slice_mut(k * self.buf_size, len) };
+                self.stats.received += 1;
+                delivered += 1;
+                on_recv(&mut self.sendq, id, from, payload);
+                if self.sendq.queued() >= self.batch {
+                    self.flush_now();
+                }
+            }
+            if r < self.batch {
+                break;
+            }
+        }
+        // Keep `riov` alive/used (it is referenced only through raw pointers).
+        debug_assert_eq!(self.riov.len(), self.batch);
+        delivered
+    }
+
+    fn flush_now(&mut self) {
+        flush_sends(
+            &mut self.sendq,
+            &self.socks,
+            &mut self.smsgs,
+            &mut self.siov,
+            self.batch,
+            &mut self.stats,
+        );
+    }
+}
+
+fn token(id: SocketId, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(id.0)
+}
+
+fn epoll_add(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: valid epoll fd, valid event struct.
+    cvt(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+    Ok(())
+}
+
+/// Send every queued slot: grouped by socket (stable, so per-socket order is kept), one
+/// `sendmmsg` per `batch` datagrams. Failures are counted; all slots return to the pool.
+fn flush_sends(
+    q: &mut SendQueue,
+    socks: &SockTable,
+    smsgs: &mut [libc::mmsghdr],
+    siov: &mut [libc::iovec],
+    batch: usize,
+    stats: &mut IoStats,
+) {
+    if q.queued.is_empty() {
+        return;
+    }
+    let mut queued = mem::take(&mut q.queued);
+    // Stable sort; for up to ~1000 entries the std sort uses stack scratch, no allocation.
+    if queued
+        .windows(2)
+        .any(|w| q.socks[w[0] as usize] != q.socks[w[1] as usize])
+    {
+        queued.sort_by_key(|&i| q.socks[i as usize]);
+    }
+    let mut start = 0;
+    while start < queued.len() {
+        let sock = q.socks[queued[start] as usize];
+        let mut end = start + 1;
+        while end < queued.len() && end - start < batch && q.socks[queued[end] as usize] == sock {
+            end += 1;
+        }
+        let run = &queued[start..end];
+        match socks.fd(sock) {
+            None => stats.send_errors += run.len() as u64,
+            Some(fd) => send_run(q, fd, run, smsgs, siov, stats),
+        }
+        start = end;
+    }
+    for &i in &queued {
+        q.release(i as usize);
+    }
+    queued.clear();
+    q.queued = queued;
+}
+
+fn send_run(
+    q: &SendQueue,
+    fd: RawFd,
+    run: &[u32],
+    smsgs: &mut [libc::mmsghdr],
+    siov: &mut [libc::iovec],
+    stats: &mut IoStats,
+) {
+    for (k, &slot) in run.iter().enumerate() {
+        let i = slot as usize;
+        siov[k].iov_base = q.buf_ptr(i).cast();
+        siov[k].iov_len = q.lens[i] as usize;
+        let h = &mut smsgs[k].msg_hdr;
+        h.msg_name = (&q.addrs[i] as *const libc::sockaddr_storage)
+            .cast_mut()
+            .cast();
+        h.msg_namelen = q.addr_lens[i];
+        h.msg_iov = &mut siov[k];
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+        smsgs[k].msg_len = 0;
+    }
+    let mut done = 0;
+    while done < run.len() {
+        // SAFETY: smsgs[done..run.len()] are filled in above and point at live slot memory,
+        // address storage and iovecs which outlive the call.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                smsgs[done..].as_mut_ptr(),
+                (run.len() - done) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r > 0 {
+            done += r as usize;
+            stats.sent += r as u64;
+            continue;
+        }
+        if r == 0 {
+            stats.send_errors += (run.len() - done) as u64;
+            return;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Socket buffer full: drop the rest of this run.
+            Some(libc::EAGAIN) => {
+                stats.send_errors += (run.len() - done) as u64;
+                return;
+            }
+            // The first datagram failed (e.g. ECONNREFUSED after ICMP, EINVAL address):
+            // drop it and carry on with the next.
+            _ => {
+                stats.send_errors += 1;
+                done += 1;
+            }
+        }
+    }
+}

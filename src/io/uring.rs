@@ -1,0 +1,710 @@
+//! io_uring backend.
+//!
+//! * One ring per backend, `SINGLE_ISSUER | DEFER_TASKRUN` (plain setup if the kernel
+//!   refuses those flags with `EINVAL`): completions are produced only inside our own
+//!   `io_uring_enter(GETEVENTS)`, i.e. inside [`poll`](UringBackend::poll).
+//! * Receive: a provided-buffer ring (`IORING_REGISTER_PBUF_RING`, group 0) of `buf_count`
+//!   buffers of `buf_size`; each socket has one multishot `RecvMsg` armed over it. A CQE
+//!   carries the buffer id; the buffer is parsed with [`types::RecvMsgOut`], handed to the
+//!   callback in place and pushed back to the ring right after. A CQE without `MORE`
+//!   (`ENOBUFS`, error, termination) marks the socket for re-arming before the next enter.
+//! * Send: `SendMsg` SQEs whose `msghdr`/`iovec` live in per-slot arrays allocated once;
+//!   the slot returns to the [`SendQueue`] when its CQE arrives.
+//! * Waker: a blocking eventfd with a `Read` kept armed.
+//!
+//! `user_data` = `kind << 56 | generation << 32 | index` (index = socket index or send slot).
+//!
+//! Invariant: SQEs that name a socket fd are submitted before that fd can be closed
+//! (`remove_socket` submits before dropping the socket), so a reused fd number is never hit.
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
+
+use super::{
+    Config, GEN_MASK, IoError, IoStats, OnRecv, Region, SendQueue, SockTable, SocketId, Waker,
+    bind_udp, sockaddr_from_bytes,
+};
+
+const K_RECV: u64 = 1;
+const K_SEND: u64 = 2;
+const K_WAKE: u64 = 3;
+const K_CANCEL: u64 = 4;
+const BGID: u16 = 0;
+/// Submission queue entries.
+const SQ_ENTRIES: u32 = 1024;
+
+fn ud(kind: u64, generation: u32, idx: u32) -> u64 {
+    (kind << 56) | (u64::from(generation & GEN_MASK) << 32) | u64::from(idx)
+}
+
+/// The provided-buffer ring: `count` `BufRingEntry`s (page-aligned, shared with the
+/// kernel) describing `count` buffers of `buf_size` bytes.
+struct BufRing {
+    entries: Region,
+    bufs: Region,
+    mask: u16,
+    tail: u16,
+    buf_size: usize,
+}
+
+impl BufRing {
+    fn new(count: usize, buf_size: usize) -> io::Result<Self> {
+        let mut r = Self {
+            entries: Region::new(count * mem::size_of::<BufRingEntry>())?,
+            bufs: Region::new(count * buf_size)?,
+            mask: (count - 1) as u16,
+            tail: 0,
+            buf_size,
+        };
+        for bid in 0..count {
+            r.push(bid as u16);
+        }
+        r.publish();
+        Ok(r)
+    }
+
+    fn base(&self) -> *mut BufRingEntry {
+        self.entries.as_ptr().cast()
+    }
+
+    fn buf_ptr(&self, bid: u16) -> *mut u8 {
+        // SAFETY: bid <= mask, so the offset is inside `bufs`.
+        unsafe {
+            self.bufs
+                .as_ptr()
+                .add(usize::from(bid & self.mask) * self.buf_size)
+        }
+    }
+
+    /// Give buffer `bid` back (visible to the kernel after `publish`).
+    fn push(&mut self, bid: u16) {
+        let addr = self.buf_ptr(bid) as u64;
+        // SAFETY: the index is masked into the ring; the entry at `tail` is not owned by the
+        // kernel (it only consumes entries below the published tail). Entry 0's `resv`
+        // (the shared tail) is not touched by these setters.
+        unsafe {
+            let e = &mut *self.base().add(usize::from(self.tail & self.mask));
+            e.set_addr(addr);
+            e.set_len(self.buf_size as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: `base` is the first, initialised entry of the ring; the tail is a u16
+        // shared with the kernel, so it is written atomically with release ordering.
+        unsafe {
+            let tail = BufRingEntry::tail(self.base()) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+/// io_uring backend; see the module docs.
+pub struct UringBackend {
+    // Declared first: dropped before the memory it points into.
+    ring: IoUring,
+    bufring: BufRing,
+    recv_hdr: Box<libc::msghdr>,
+    socks: SockTable,
+    rearm: Vec<(u32, u32)>,
+    pub(crate) sendq: SendQueue,
+    send_hdrs: Box<[libc::msghdr]>,
+    send_iov: Box<[libc::iovec]>,
+    inflight_sends: usize,
+    pub(crate) waker: Waker,
+    wake_buf: Box<UnsafeCell<u64>>,
+    wake_armed: bool,
+    closing: bool,
+    cqes: Vec<cqueue::Entry>,
+    stash: Vec<cqueue::Entry>,
+    pub(crate) stats: IoStats,
+    batch: usize,
+    defer_taskrun: bool,
+}
+
+impl std::fmt::Debug for UringBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringBackend")
+            .field("defer_taskrun", &self.defer_taskrun)
+            .field("sockets", &self.socks)
+            .field("sendq", &self.sendq)
+            .field("inflight_sends", &self.inflight_sends)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_ring(entries: u32, cq_entries: u32) -> io::Result<(IoUring, bool)> {
+    match IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(cq_entries)
+        .build(entries)
+    {
+        Ok(r) => Ok((r, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .setup_cqsize(cq_entries)
+            .build(entries)
+            .map(|r| (r, false)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Push an SQE, submitting first if the SQ is full.
+///
+/// # Safety
+/// Everything `e` points to must stay valid until its completion.
+unsafe fn push_sqe(ring: &mut IoUring, e: &squeue::Entry) -> io::Result<()> {
+    for _ in 0..2 {
+        // SAFETY: forwarded from the caller.
+        if unsafe { ring.submission().push(e) }.is_ok() {
+            return Ok(());
+        }
+        match ring.submit() {
+            Ok(_) => {}
+            Err(err) if is_transient(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "io_uring submission queue full",
+    ))
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ETIME)
+    )
+}
+
+impl UringBackend {
+    /// Create the ring, register the buffer ring and arm the waker.
+    pub fn new(cfg: &Config) -> Result<Self, IoError> {
+        cfg.validate()?;
+        let cq =
+            ((cfg.buf_count + cfg.send_slots + 64).next_power_of_two() as u32).max(2 * SQ_ENTRIES);
+        let (ring, defer_taskrun) = build_ring(SQ_ENTRIES, cq)
+            .map_err(|e| IoError::UringUnavailable(format!("io_uring_setup failed: {e}")))?;
+        let bufring = BufRing::new(cfg.buf_count, cfg.buf_size)?;
+        // SAFETY: the entry memory is page-aligned (mmap), holds buf_count entries and lives
+        // as long as `self`; the ring (dropped first) is the only user.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufring.entries.as_ptr() as u64,
+                cfg.buf_count as u16,
+                BGID,
+                0,
+            )
+        }
+        .map_err(|e| IoError::UringUnavailable(format!("register_buf_ring failed: {e}")))?;
+
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
+        recv_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        recv_hdr.msg_controllen = 0;
+
+        let n = cfg.send_slots;
+        // SAFETY: as above for msghdr/iovec.
+        let send_hdrs = vec![unsafe { mem::zeroed::<libc::msghdr>() }; n].into();
+        let send_iov = vec![unsafe { mem::zeroed::<libc::iovec>() }; n].into();
+
+        let mut b = Self {
+            ring,
+            bufring,
+            recv_hdr,
+            socks: SockTable::default(),
+            rearm: Vec::new(),
+            sendq: SendQueue::new(n, cfg.buf_size)?,
+            send_hdrs,
+            send_iov,
+            inflight_sends: 0,
+            waker: Waker::new(false)?,
+            wake_buf: Box::new(UnsafeCell::new(0)),
+            wake_armed: false,
+            closing: false,
+            cqes: Vec::with_capacity(cq as usize),
+            stash: Vec::with_capacity(cq as usize),
+            stats: IoStats::default(),
+            batch: cfg.batch,
+            defer_taskrun,
+        };
+        b.arm_wake()?;
+        Ok(b)
+    }
+
+    /// Whether the ring runs with `SINGLE_ISSUER | DEFER_TASKRUN`.
+    pub fn defer_taskrun(&self) -> bool {
+        self.defer_taskrun
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let e = opcode::Read::new(
+            Fd(self.waker.raw_fd()),
+            self.wake_buf.get().cast::<u8>(),
+            mem::size_of::<u64>() as u32,
+        )
+        .build()
+        .user_data(ud(K_WAKE, 0, 0));
+        // SAFETY: the eventfd and `wake_buf` (boxed, never moved) outlive the ring.
+        unsafe { push_sqe(&mut self.ring, &e) }?;
+        self.wake_armed = true;
+        Ok(())
+    }
+
+    fn arm_recv(&mut self, idx: u32) -> io::Result<()> {
+        let e = &mut self.socks.entries[idx as usize];
+        let Some(fd) = e.sock.as_ref().map(|s| s.as_raw_fd()) else {
+            return Ok(());
+        };
+        let sqe = opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_hdr, BGID)
+            .build()
+            .user_data(ud(K_RECV, e.generation, idx));
+        e.armed = true;
+        e.rearm = false;
+        // SAFETY: `recv_hdr` is boxed and lives as long as the ring; the fd stays open until
+        // this SQE is submitted (see the module invariant).
+        unsafe { push_sqe(&mut self.ring, &sqe) }
+    }
+
+    fn rearm_pending(&mut self) -> io::Result<()> {
+        while let Some((idx, generation)) = self.rearm.pop() {
+            if self
+                .socks
+                .live_mut(idx, generation)
+                .is_some_and(|e| e.rearm && !e.armed)
+            {
+                self.arm_recv(idx)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn add_socket(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
+        let id = self.socks.insert(sock)?;
+        if let Err(e) = self.arm_recv(id.0) {
+            self.socks.remove(id);
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn remove_socket(&mut self, id: SocketId) {
+        let Some((sock, generation, armed)) = self.socks.remove(id) else {
+            return;
+        };
+        if armed {
+            let e = opcode::AsyncCancel::new(ud(K_RECV, generation, id.0))
+                .build()
+                .user_data(ud(K_CANCEL, 0, 0));
+            // SAFETY: the cancel SQE holds no pointers.
+            if unsafe { push_sqe(&mut self.ring, &e) }.is_err() {
+                tracing::warn!("io_uring: could not queue cancel for socket {}", id.0);
+            }
+        }
+        // Submit everything naming this fd before closing it.
+        if let Err(e) = self.ring.submit()
+            && !is_transient(&e)
+        {
+            tracing::warn!("io_uring submit failed in remove_socket: {e}");
+        }
+        drop(sock);
+    }
+
+    pub(crate) fn local_addr(&self, id: SocketId) -> SocketAddr {
+        self.socks.local_addr(id)
+    }
+
+    /// Turn queued send slots into `SendMsg` SQEs (not submitted yet).
+    fn push_sends(&mut self) {
+        if self.sendq.queued.is_empty() {
+            return;
+        }
+        let mut queued = mem::take(&mut self.sendq.queued);
+        for &slot in &queued {
+            let i = slot as usize;
+            let Some(fd) = self.socks.fd(self.sendq.socks[i]) else {
+                self.stats.send_errors += 1;
+                self.sendq.release(i);
+                continue;
+            };
+            let iov = &mut self.send_iov[i];
+            iov.iov_base = self.sendq.buf_ptr(i).cast();
+            iov.iov_len = self.sendq.lens[i] as usize;
+            let h = &mut self.send_hdrs[i];
+            h.msg_name = (&self.sendq.addrs[i] as *const libc::sockaddr_storage)
+                .cast_mut()
+                .cast();
+            h.msg_namelen = self.sendq.addr_lens[i];
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            let sqe = opcode::SendMsg::new(Fd(fd), &*h)
+                .build()
+                .user_data(ud(K_SEND, 0, slot));
+            // SAFETY: slot `i` (buffer, address, iovec, msghdr) is in flight until its CQE
+            // and none of those arrays are reallocated; the fd is open (module invariant).
+            match unsafe { push_sqe(&mut self.ring, &sqe) } {
+                Ok(()) => self.inflight_sends += 1,
+                Err(_) => {
+                    self.stats.send_errors += 1;
+                    self.sendq.release(i);
+                }
+            }
+        }
+        queued.clear();
+        self.sendq.queued = queued;
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), IoError> {
+        self.push_sends();
+        self.rearm_pending()?;
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if is_transient(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Flush, then reap send completions until a slot is free (other completions are
+    /// stashed for the next `poll`).
+    pub(crate) fn make_room(&mut self) -> Result<(), IoError> {
+        self.flush()?;
+        for attempt in 0..3 {
+            if self.sendq.available() > 0 || self.inflight_sends == 0 {
+                break;
+            }
+            let wait = if attempt == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(1)
+            };
+            self.enter(Some(wait))?;
+            self.cqes.clear();
+            self.cqes.extend(self.ring.completion());
+            let cqes = mem::take(&mut self.cqes);
+            for c in &cqes {
+                if c.user_data() >> 56 == K_SEND {
+                    self.on_send_cqe(c);
+                } else {
+                    self.stash.push(c.clone());
+                }
+            }
+            self.cqes = cqes;
+        }
+        Ok(())
+    }
+
+    /// Take everything already in the CQ: send completions free their slots now, all
+    /// other completions go to the stash (in order) for the poll loop.
+    fn reap_sends(&mut self) {
+        loop {
+            let Some(c) = self.ring.completion().next() else {
+                break;
+            };
+            if c.user_data() >> 56 == K_SEND {
+                self.on_send_cqe(&c);
+            } else {
+                self.stash.push(c);
+            }
+        }
+    }
+
+    /// Submit and wait for at least one completion or the timeout.
+    fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let r = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(d) => {
+                let ts = Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_transient(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        on_recv: &mut OnRecv<'_>,
+    ) -> Result<usize, IoError> {
+        self.push_sends();
+        self.rearm_pending()?;
+        let mut delivered = 0;
+        if !self.stash.is_empty() {
+            let stash = mem::take(&mut self.stash);
+            for c in &stash {
+                delivered += self.on_cqe(c, on_recv);
+            }
+            self.stash = stash;
+            self.stash.clear();
+        }
+        let wait = if delivered > 0 {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
+        self.enter(wait)?;
+        for _ in 0..4 {
+            if !self.stash.is_empty() {
+                // Completions set aside by `reap_sends` during the previous batch; they
+                // are newer than that batch and older than anything still in the CQ.
+                let stash = mem::take(&mut self.stash);
+                for c in &stash {
+                    delivered += self.on_cqe(c, on_recv);
+                }
+                self.stash = stash;
+                self.stash.clear();
+                continue;
+            }
+            self.cqes.clear();
+            let cap = self.cqes.capacity();
+            self.cqes.extend(self.ring.completion().take(cap));
+            if self.cqes.is_empty() {
+                break;
+            }
+            let cqes = mem::take(&mut self.cqes);
+            for c in &cqes {
+                delivered += self.on_cqe(c, on_recv);
+            }
+            self.cqes = cqes;
+        }
+        self.rearm_pending()?;
+        Ok(delivered)
+    }
+
+    fn on_send_cqe(&mut self, c: &cqueue::Entry) {
+        let i = (c.user_data() & 0xffff_ffff) as usize;
+        self.inflight_sends -= 1;
+        if c.result() < 0 {
+            self.stats.send_errors += 1;
+        } else {
+            self.stats.sent += 1;
+        }
+        self.sendq.release(i);
+    }
+
+    fn on_cqe(&mut self, c: &cqueue::Entry, on_recv: &mut OnRecv<'_>) -> usize {
+        match c.user_data() >> 56 {
+            K_RECV => self.on_recv_cqe(c, on_recv),
+            K_SEND => {
+                self.on_send_cqe(c);
+                0
+            }
+            K_WAKE => {
+                self.wake_armed = false;
+                if c.result() >= 0 {
+                    self.stats.wakeups += 1;
+                }
+                if !self.closing && self.arm_wake().is_err() {
+                    tracing::warn!("io_uring: could not re-arm the waker read");
+                }
+                0
+            }
+            _ => 0, // K_CANCEL
+        }
+    }
+
+    fn on_recv_cqe(&mut self, c: &cqueue::Entry, on_recv: &mut OnRecv<'_>) -> usize {
+        let data = c.user_data();
+        let idx = (data & 0xffff_ffff) as u32;
+        let generation = ((data >> 32) as u32) & GEN_MASK;
+        let res = c.result();
+        let flags = c.flags();
+        let live = self.socks.live_mut(idx, generation).is_some();
+        let mut delivered = 0;
+        if res < 0 {
+            match -res {
+                libc::ENOBUFS => self.stats.enobufs += 1,
+                libc::ECANCELED => {}
+                _ => self.stats.recv_errors += 1,
+            }
+        }
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            if live && res >= 0 {
+                delivered = self.deliver(SocketId(idx), bid, res as usize, on_recv);
+            }
+            self.bufring.push(bid);
+            self.bufring.publish();
+        }
+        if !cqueue::more(flags)
+            && let Some(e) = self.socks.live_mut(idx, generation)
+        {
+            e.armed = false;
+            if !self.closing {
+                e.rearm = true;
+                self.rearm.push((idx, generation));
+                self.stats.rearms += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Parse buffer `bid` (`len` bytes written by the kernel) and hand the payload out.
+    fn deliver(&mut self, id: SocketId, bid: u16, len: usize, on_recv: &mut OnRecv<'_>) -> usize {
+        let base = self.bufring.buf_ptr(bid);
+        let len = len.min(self.bufring.buf_size);
+        let parsed = {
+            // SAFETY: the kernel handed buffer `bid` to us with this CQE and does not touch
+            // it until we push it back; `len` bytes of it were written.
+            let buf = unsafe { std::slice::from_raw_parts(base, len) };
+            match RecvMsgOut::parse(buf, &self.recv_hdr) {
+                Ok(out) if out.is_payload_truncated() || out.is_name_data_truncated() => Err(true),
+                Ok(out) => {
+                    let payload = out.payload_data();
+                    let off = payload.as_ptr() as usize - base as usize;
+                    Ok((sockaddr_from_bytes(out.name_data()), off, payload.len()))
+                }
+                Err(()) => Err(false),
+            }
+        };
+        match parsed {
+            Ok((Some(from), off, plen)) => {
+                let start = usize::from(bid & self.bufring.mask) * self.bufring.buf_size + off;
+                // SAFETY: in bounds of buffer `bid` (parse checked it); the shared view
+                // above has ended and the kernel does not own the buffer.
+                let payload = unsafe { self.bufring.bufs.slice_mut(start, plen) };
+                self.stats.received += 1;
+                on_recv(&mut self.sendq, id, from, payload);
+                if self.sendq.queued() >= self.batch {
+                    self.push_sends();
+                    if let Err(e) = self.ring.submit()
+                        && !is_transient(&e)
+                    {
+                        tracing::warn!("io_uring submit failed: {e}");
+                    }
+                    if self.sendq.available() == 0 {
+                        self.reap_sends();
+                    }
+                }
+                1
+            }
+            Ok((None, _, _)) | Err(false) => {
+                self.stats.recv_errors += 1;
+                0
+            }
+            Err(true) => {
+                self.stats.truncated += 1;
+                0
+            }
+        }
+    }
+}
+
+impl Drop for UringBackend {
+    fn drop(&mut self) {
+        // Cancel everything that points into our memory and wait (bounded) for the
+        // completions, so the kernel is done with the buffers before they are unmapped.
+        self.closing = true;
+        let targets: Vec<u64> = self
+            .socks
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.armed && e.sock.is_some())
+            .map(|(i, e)| ud(K_RECV, e.generation, i as u32))
+            .chain(self.wake_armed.then(|| ud(K_WAKE, 0, 0)))
+            .collect();
+        for t in targets {
+            let e = opcode::AsyncCancel::new(t)
+                .build()
+                .user_data(ud(K_CANCEL, 0, 0));
+            // SAFETY: no pointers in a cancel SQE.
+            let _ = unsafe { push_sqe(&mut self.ring, &e) };
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut noop = |_: &mut SendQueue, _: SocketId, _: SocketAddr, _: &mut [u8]| {};
+        while Instant::now() < deadline {
+            let armed = self.socks.entries.iter().any(|e| e.armed);
+            if !armed && !self.wake_armed && self.inflight_sends == 0 {
+                break;
+            }
+            if self.enter(Some(Duration::from_millis(10))).is_err() {
+                break;
+            }
+            let cqes: Vec<cqueue::Entry> = self.ring.completion().collect();
+            for c in &cqes {
+                self.on_cqe(c, &mut noop);
+            }
+        }
+    }
+}
+
+/// Probe io_uring for everything the backend needs; `Ok(reason)` / `Err(reason)`.
+pub(crate) fn probe() -> Result<String, String> {
+    if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        let v = s.trim();
+        if v == "2" {
+            return Err("io_uring_disabled=2".to_string());
+        }
+    }
+    let (ring, _) = build_ring(8, 16).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let mut p = Probe::new();
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(|e| format!("IORING_REGISTER_PROBE failed: {e}"))?;
+    for (code, name) in [
+        (opcode::RecvMsg::CODE, "RECVMSG"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::Read::CODE, "READ"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(format!("kernel lacks IORING_OP_{name}"));
+        }
+    }
+    drop(ring);
+
+    // Functional check: multishot RecvMsg over a buffer ring, on a loopback socket.
+    let cfg = Config {
+        batch: 4,
+        buf_size: 512,
+        buf_count: 8,
+        send_slots: 4,
+    };
+    let mut b = UringBackend::new(&cfg).map_err(|e| e.to_string())?;
+    let sock = bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false)
+        .map_err(|e| format!("probe socket: {e}"))?;
+    let id = b.add_socket(sock).map_err(|e| e.to_string())?;
+    let me = b.local_addr(id);
+    for _ in 0..2 {
+        b.sendq
+            .send_to(id, me, b"icering io_uring probe")
+            .map_err(|e| e.to_string())?;
+    }
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while got < 2 && Instant::now() < deadline {
+        b.poll(Some(Duration::from_millis(50)), &mut |_, _, _, _| got += 1)
+            .map_err(|e| format!("probe poll: {e}"))?;
+    }
+    let st = b.stats;
+    if got < 2 {
+        return Err(format!(
+            "multishot recvmsg probe received {got}/2 datagrams (recv_errors={}, send_errors={})",
+            st.recv_errors, st.send_errors
+        ));
+    }
+    if st.rearms > 0 {
+        return Err("recvmsg is not multishot on this kernel".to_string());
+    }
+    Ok(if b.defer_taskrun {
+        "kernel supports multishot recvmsg + buffer rings, SINGLE_ISSUER|DEFER_TASKRUN".to_string()
+    } else {
+        "kernel supports multishot recvmsg + buffer rings; DEFER_TASKRUN refused".to_string()
+    })
+}
