@@ -43,6 +43,9 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod config;
 pub mod io;
 pub mod net;
+pub mod shard;
 pub mod stun;
+pub mod turn;

@@ -1,1 +1,133 @@
-fn main() {}
+//! `icering`: the server binary.
+//!
+//! `icering serve` runs the shards with the embedded default config (STUN on
+//! 127.0.0.1:3478) unless `--config` names another; flags override single keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use icering::config::{Config, IoBackendChoice};
+use icering::shard::Runtime;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "icering",
+    version,
+    about = "ICE agents and a STUN/TURN relay on thread-per-core io_uring shards"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the STUN server on the shards (embedded default config: 127.0.0.1:3478/udp).
+    Serve(ServeArgs),
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum IoArg {
+    Auto,
+    Uring,
+    Portable,
+}
+
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    /// TOML config file replacing the embedded default.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// UDP address to listen on (repeatable; IPv4 or IPv6); replaces `server.listen`.
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Number of shards (0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// io backend.
+    #[arg(long = "io", value_enum)]
+    io: Option<IoArg>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::embedded(),
+    };
+    if !args.listen.is_empty() {
+        config.server.listen = args.listen.clone();
+    }
+    if let Some(n) = args.shards {
+        config.server.shards = n;
+    }
+    if let Some(io) = args.io {
+        config.io.backend = match io {
+            IoArg::Auto => IoBackendChoice::Auto,
+            IoArg::Uring => IoBackendChoice::Uring,
+            IoArg::Portable => IoBackendChoice::Portable,
+        };
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = load_config(&args)?;
+    if args.check_config {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    // Block SIGINT/SIGTERM before the shards start so only the signal thread sees them.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let runtime = Runtime::start(&config).map_err(|e| e.to_string())?;
+    tracing::info!("{}", runtime.backend_reason());
+    for addr in runtime.local_addrs() {
+        tracing::info!(shards = runtime.shards(), "listening on {addr}/udp (STUN)");
+    }
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    let stats = runtime.stats();
+    runtime.shutdown().map_err(|e| e.to_string())?;
+    tracing::info!(
+        received = stats.received,
+        answered = stats.answered,
+        errors_sent = stats.errors_sent,
+        dropped = stats.dropped(),
+        "stopped"
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("icering: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,6 +1,44 @@
-//! `icering-loadtest`: load generator (see issue 3). Placeholder entry point until the
-//! `stun` subcommand lands.
-fn main() {
-    eprintln!("icering-loadtest: no subcommand implemented yet");
-    std::process::exit(2);
+//! `icering-loadtest`: load generators for STUN (and, as they land, ICE and TURN) servers —
+//! icering's own or any other (coturn, ...). Uses only icering's public API: the STUN codec
+//! to build and validate messages and the io backends to send and receive in batches.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod report;
+mod stun;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "icering-loadtest",
+    version,
+    about = "Load generator for STUN/ICE/TURN servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Binding requests against any STUN server, every response validated.
+    Stun(stun::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Stun(args) => stun::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("icering-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

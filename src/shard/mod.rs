@@ -1,0 +1,234 @@
+//! The runtime: one pinned thread per shard, each owning its io backend, its sockets and
+//! its sans-IO protocol objects. The only module that touches sockets, threads and time.
+//!
+//! [`Runtime::start`] binds every listen address once per shard with SO_REUSEPORT, so the
+//! kernel spreads 5-tuples over shards, then starts the shards. Each shard runs
+//! [`worker`]'s loop: reap a batch of datagrams → parse in place → dispatch to the sans-IO
+//! handler, which writes its answer straight into a send slot → flush the batch in one
+//! submission → sleep until the next datagram, control message or timer deadline. Control
+//! messages arrive on a crossbeam channel, with the backend's eventfd waker to interrupt
+//! the sleep. Counters are published to shared atomics once per loop turn, not per packet.
+
+mod counters;
+pub mod timers;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+
+use crate::config::{Config, IoBackendChoice};
+use crate::io::{self, BackendChoice, BackendKind, IoError, Waker};
+use crate::turn::server::{ServerConfig, ServerStats};
+
+pub use counters::ShardCounters;
+
+/// Errors starting or running the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The io layer refused (bind failure, io_uring unavailable when required, ...).
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// A shard thread could not be spawned or died.
+    #[error("shard {0}: {1}")]
+    Thread(usize, String),
+}
+
+/// Messages from the control side to a shard.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Stop receiving, answer what has arrived, flush, exit.
+    Shutdown,
+}
+
+struct Shard {
+    control: Sender<Control>,
+    waker: Waker,
+    counters: Arc<ShardCounters>,
+    thread: Option<JoinHandle<Result<(), ShardError>>>,
+}
+
+/// A running set of shards.
+pub struct Runtime {
+    shards: Vec<Shard>,
+    local_addrs: Vec<SocketAddr>,
+    backend: BackendKind,
+    backend_reason: String,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("shards", &self.shards.len())
+            .field("local_addrs", &self.local_addrs)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Selects the io backend, binds the listen addresses on every shard and starts the
+    /// shard threads. Returns once every shard is ready to receive.
+    pub fn start(config: &Config) -> Result<Self, ShardError> {
+        let choice = match config.io.backend {
+            IoBackendChoice::Auto => BackendChoice::Auto,
+            IoBackendChoice::Uring => BackendChoice::Uring,
+            IoBackendChoice::Portable => BackendChoice::Portable,
+        };
+        let (backend, backend_reason) = io::select_backend(choice)?;
+        let cores = io::available_cores();
+        let n = if config.server.shards == 0 {
+            cores
+        } else {
+            config.server.shards
+        };
+
+        // Bind every address once per shard. Port 0 is resolved by the first bind so all
+        // shards share one port.
+        let mut local_addrs = Vec::with_capacity(config.server.listen.len());
+        let mut sockets: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
+        for &addr in &config.server.listen {
+            let first = io::bind_udp(addr, true)?;
+            let resolved = first.local_addr().map_err(IoError::Io)?;
+            local_addrs.push(resolved);
+            sockets[0].push(first);
+            for per_shard in sockets.iter_mut().skip(1) {
+                per_shard.push(io::bind_udp(resolved, true)?);
+            }
+        }
+
+        let io_config = io::Config {
+            batch: config.io.batch,
+            buf_size: config.io.buf_size,
+            buf_count: config.io.buf_count,
+            send_slots: config.io.buf_count.max(config.io.batch),
+        };
+        let server_config = ServerConfig {
+            software: config.server.software.clone(),
+        };
+
+        let mut shards = Vec::with_capacity(n);
+        let mut ready = Vec::with_capacity(n);
+        for (index, socks) in sockets.into_iter().enumerate() {
+            let (control_tx, control_rx) = crossbeam_channel::unbounded();
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+            let counters = Arc::new(ShardCounters::default());
+            let params = worker::Params {
+                index,
+                core: (n > 1 || cores > 1).then_some(index % cores),
+                backend,
+                io: io_config,
+                server: server_config.clone(),
+                sockets: socks,
+                control: control_rx,
+                counters: counters.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || worker::run(params, ready_tx))
+                .map_err(|e| ShardError::Thread(index, e.to_string()))?;
+            shards.push((control_tx, counters, thread));
+            ready.push(ready_rx);
+        }
+
+        let mut started = Vec::with_capacity(n);
+        let mut first_err = None;
+        for ((control, counters, thread), ready_rx) in shards.into_iter().zip(ready) {
+            match ready_rx.recv() {
+                Ok(Ok(waker)) => started.push(Shard {
+                    control,
+                    waker,
+                    counters,
+                    thread: Some(thread),
+                }),
+                Ok(Err(e)) => {
+                    let _ = thread.join();
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    let msg = match thread.join() {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "exited before it was ready".to_string(),
+                    };
+                    first_err.get_or_insert(ShardError::Thread(started.len(), msg));
+                }
+            }
+        }
+        let mut runtime = Runtime {
+            shards: started,
+            local_addrs,
+            backend,
+            backend_reason,
+        };
+        if let Some(e) = first_err {
+            let _ = runtime.shutdown_inner();
+            return Err(e);
+        }
+        Ok(runtime)
+    }
+
+    /// The addresses actually bound (port 0 resolved), in `server.listen` order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The io backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Why that backend was chosen (for the start-up log line).
+    pub fn backend_reason(&self) -> &str {
+        &self.backend_reason
+    }
+
+    /// Number of shards running.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Server counters summed over shards (as of each shard's last loop turn).
+    pub fn stats(&self) -> ServerStats {
+        let mut total = ServerStats::default();
+        for s in &self.shards {
+            total.add(&s.counters.server());
+        }
+        total
+    }
+
+    /// Counters of each shard.
+    pub fn shard_counters(&self) -> Vec<Arc<ShardCounters>> {
+        self.shards.iter().map(|s| s.counters.clone()).collect()
+    }
+
+    fn shutdown_inner(&mut self) -> Result<(), ShardError> {
+        for s in &self.shards {
+            let _ = s.control.send(Control::Shutdown);
+            s.waker.wake();
+        }
+        let mut result = Ok(());
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            if let Some(t) = s.thread.take() {
+                match t.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => result = Err(e),
+                    Err(_) => result = Err(ShardError::Thread(i, "panicked".into())),
+                }
+            }
+        }
+        result
+    }
+
+    /// Graceful stop: every shard answers what it already received, flushes and exits.
+    pub fn shutdown(mut self) -> Result<(), ShardError> {
+        self.shutdown_inner()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.shutdown_inner();
+    }
+}

@@ -1,0 +1,193 @@
+//! Helpers shared by the integration tests: a STUN client on a std socket, spawning the
+//! `icering` binary and reading the address it listens on, and a seccomp filter that makes
+//! a child process look like a container where io_uring is blocked.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use icering::stun::{Class, Message, MessageType, MessageWriter, Method};
+
+/// Builds a Binding request with FINGERPRINT and transaction id `tid`.
+pub fn binding_request(tid: [u8; 12], buf: &mut [u8]) -> usize {
+    let mut w =
+        MessageWriter::new(buf, MessageType::new(Method::BINDING, Class::Request), &tid).unwrap();
+    w.add_fingerprint().unwrap();
+    w.finish()
+}
+
+/// Sends a Binding request and waits for its answer (resending up to 5 times), checking the
+/// transaction id, fingerprint and XOR-MAPPED-ADDRESS. Returns the mapped address.
+pub fn binding_round_trip(client: &UdpSocket, server: SocketAddr, tid: [u8; 12]) -> SocketAddr {
+    let mut req = [0u8; 64];
+    let n = binding_request(tid, &mut req);
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    for _ in 0..5 {
+        client.send_to(&req[..n], server).unwrap();
+        while let Ok((len, from)) = client.recv_from(&mut buf) {
+            assert_eq!(from, server);
+            let m = Message::parse(&buf[..len]).expect("answer parses");
+            if m.transaction_id() != &tid {
+                continue; // an answer to an earlier resend
+            }
+            assert_eq!(m.class(), Class::Success);
+            m.verify_fingerprint()
+                .expect("answer has a valid FINGERPRINT");
+            return m.xor_mapped_address().expect("XOR-MAPPED-ADDRESS").unwrap();
+        }
+    }
+    panic!("no answer from {server} after 5 tries");
+}
+
+/// A running `icering serve` process; killed on drop.
+pub struct ServeProcess {
+    pub child: Child,
+    pub addrs: Vec<SocketAddr>,
+    pub log: Vec<String>,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `icering serve` with `args`, waits for its "listening on" lines (one per
+/// listen address) and returns them parsed. `pre_exec` may install a seccomp filter.
+pub fn spawn_serve(
+    args: &[&str],
+    block_uring: bool,
+    listens: usize,
+) -> Result<ServeProcess, String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_icering"));
+    cmd.arg("serve")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    if block_uring {
+        block_io_uring(&mut cmd);
+    }
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let mut addrs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while addrs.len() < listens {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split("/udp").next().unwrap();
+                    addrs.push(addr.parse().map_err(|e| format!("{addr}: {e}"))?);
+                }
+                log.push(line);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                return Err(format!("serve did not start ({status:?}); log: {log:#?}"));
+            }
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    Ok(ServeProcess { child, addrs, log })
+}
+
+/// Makes `io_uring_setup` fail with EPERM in the child, as container seccomp profiles do.
+pub fn block_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls async-signal-safe prctl(2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+            const SYS_IO_URING_SETUP: u32 = 425;
+            let ret_errno = libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32);
+            let filter = [
+                // A = arch
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 4,
+                },
+                // if A != x86_64 goto allow
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 2,
+                    k: AUDIT_ARCH_X86_64,
+                },
+                // A = syscall nr
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                // if A == io_uring_setup goto deny
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 1,
+                    jf: 0,
+                    k: SYS_IO_URING_SETUP,
+                },
+                // allow
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+                // deny with EPERM
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: ret_errno,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends SIGTERM and waits up to `limit` for the exit status.
+pub fn terminate(p: &mut ServeProcess, limit: Duration) -> Option<std::process::ExitStatus> {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
