@@ -11,16 +11,17 @@ SECS=${1:-5}
 WINDOW=${2:-256}
 THREADS=${3:-1}
 OUT=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT; echo "raw results in $OUT" >&2
 
 cargo build --release -q -p icering -p icering-loadtest --bins --examples
 BIN=target/release
 LOAD() { "$BIN/icering-loadtest" stun --target "$1" --duration "$SECS" --window "$WINDOW" \
-           --threads "$THREADS" --server-pid "$2" --json; }
+           --threads "$THREADS" --server-pid "$2" --json $EXTRA; }
 wait_port() { for _ in $(seq 50); do ss -uln | grep -q ":$1 " && return 0; sleep 0.1; done; return 1; }
 
 run() { # name, port, command...
   local name=$1 port=$2; shift 2
+  EXTRA=""; [ "$name" = echo ] && EXTRA="--accept-echo"
   "$@" >"$OUT/$name.log" 2>&1 &
   local pid=$!
   wait_port "$port" || { echo "$name did not start"; cat "$OUT/$name.log"; exit 1; }

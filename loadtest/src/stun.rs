@@ -40,6 +40,10 @@ pub struct Args {
     /// Send minimal 20-byte requests (no FINGERPRINT).
     #[arg(long)]
     minimal: bool,
+    /// Also accept our own request echoed back (for measuring a plain UDP echo server as
+    /// the raw limit); transaction id and FINGERPRINT are still checked.
+    #[arg(long)]
+    accept_echo: bool,
     /// PID of the server process, to report its CPU time per answered request.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -191,6 +195,13 @@ impl Worker {
         let typ = MessageType::new(Method::BINDING, Class::Request);
         let mut now = start;
         let mut draining = false;
+        let check = Check {
+            index: self.index,
+            target: a.target,
+            me,
+            check_ip,
+            echo: a.accept_echo,
+        };
         loop {
             if !draining && now >= deadline {
                 draining = true;
@@ -241,9 +252,7 @@ impl Worker {
                 .poll(Some(wait), &mut |_, _, from, data| {
                     let at = Instant::now().max(*received_at);
                     *received_at = at;
-                    validate(
-                        &mut t, &mut out, self.index, a.target, me, check_ip, from, data, at,
-                    )
+                    validate(&mut t, &mut out, &check, from, data, at)
                 })
                 .map_err(|e| e.to_string())?;
             now = Instant::now();
@@ -257,32 +266,41 @@ impl Worker {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn validate(
-    t: &mut Tally,
-    out: &mut Outstanding,
+/// What a valid answer must match.
+struct Check {
     index: u32,
     target: SocketAddr,
     me: SocketAddr,
     check_ip: bool,
+    echo: bool,
+}
+
+fn validate(
+    t: &mut Tally,
+    out: &mut Outstanding,
+    c: &Check,
     from: SocketAddr,
     data: &[u8],
     now: Instant,
 ) {
+    let index = c.index;
     let ok = (|| {
-        if from != target {
+        if from != c.target {
             return None;
         }
         let m = Message::parse(data).ok()?;
-        if m.message_type() != MessageType::new(Method::BINDING, Class::Success) {
-            return None;
-        }
         if m.fingerprint_offset().is_some() && m.verify_fingerprint().is_err() {
             return None;
         }
-        let mapped = m.xor_mapped_address()?.ok()?;
-        if mapped.port() != me.port() || (check_ip && mapped.ip() != me.ip()) {
-            return None;
+        let is_echo = c.echo && m.message_type() == MessageType::new(Method::BINDING, Class::Request);
+        if !is_echo {
+            if m.message_type() != MessageType::new(Method::BINDING, Class::Success) {
+                return None;
+            }
+            let mapped = m.xor_mapped_address()?.ok()?;
+            if mapped.port() != c.me.port() || (c.check_ip && mapped.ip() != c.me.ip()) {
+                return None;
+            }
         }
         let tid = m.transaction_id();
         let thread = u32::from_be_bytes(tid[..4].try_into().ok()?);
