@@ -43,6 +43,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod ice;
 pub mod io;
 pub mod net;
 pub mod stun;
