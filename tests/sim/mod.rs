@@ -535,13 +535,13 @@ impl Sim {
 
     fn service_peer(&mut self, i: usize, buf: &mut [u8]) {
         let now = self.now;
-        // srflx gathering with retransmissions (250 ms, 5 tries).
+        // srflx gathering with retransmissions (250 ms, 10 tries).
         let mut out = Vec::new();
         {
             let p = &mut self.peers[i];
             for g in &mut p.gathering {
                 if g.3 <= now {
-                    if g.2 >= 5 {
+                    if g.2 >= 10 {
                         g.2 = u8::MAX;
                         continue;
                     }
