@@ -288,6 +288,7 @@ impl IceAgent {
             let lp = local_preference(base_ip, seen.len() as u16);
             c.priority = priority(c.kind, lp, c.component);
         }
+        self.locals.reserve_exact(1);
         self.locals.push(c.clone());
         let li = self.locals.len() - 1;
         self.events.push_back(IceEvent::LocalCandidate(c));
@@ -333,6 +334,7 @@ impl IceAgent {
         }
         let mut c = c;
         c.base = c.addr;
+        self.remotes.reserve_exact(1);
         self.remotes.push(c);
         let ri = self.remotes.len() - 1;
         for li in 0..self.locals.len() {
@@ -597,6 +599,7 @@ impl IceAgent {
                 c.component = self.locals[li].component;
                 c.foundation =
                     super::candidate::Foundation::from_hash(fnv(&format!("prflx{}", pkt.source)));
+                self.remotes.reserve_exact(1);
                 self.remotes.push(c);
                 self.remotes.len() - 1
             }
@@ -738,6 +741,7 @@ impl IceAgent {
             let prio = prflx_priority(self.locals[li].priority);
             let mut c = Candidate::peer_reflexive(mapped, base, prio);
             c.component = self.locals[li].component;
+            self.locals.reserve_exact(1);
             self.locals.push(c);
         }
         if txn.purpose == Purpose::Consent {
@@ -1065,7 +1069,12 @@ impl IceAgent {
 
     /// The next application-visible event.
     pub fn poll_event(&mut self) -> Option<IceEvent> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() && self.events.capacity() > 0 {
+            // Events are rare after connection: give the memory back.
+            self.events = VecDeque::new();
+        }
+        e
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next wants to run. Right after

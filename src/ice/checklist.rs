@@ -43,6 +43,7 @@ impl CheckList {
         } else {
             PairState::Waiting
         };
+        self.pairs.reserve_exact(1);
         self.pairs.push(pair);
         Some(self.pairs.len() - 1)
     }
