@@ -967,16 +967,15 @@ impl IceAgent {
 
     fn update_state(&mut self) {
         match self.state {
-            ConnectionState::New | ConnectionState::Checking => {
+            ConnectionState::New | ConnectionState::Checking
                 if self.selected.is_none()
                     && self.remote_end
                     && self.remote.is_some()
                     && self.checklist.all_failed()
                     && (self.local_end || !self.checklist.pairs.is_empty())
-                    && !self.cfg.lite
-                {
-                    self.set_state(ConnectionState::Failed);
-                }
+                    && !self.cfg.lite =>
+            {
+                self.set_state(ConnectionState::Failed);
             }
             ConnectionState::Connected => {
                 let busy = self

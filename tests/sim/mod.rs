@@ -184,7 +184,7 @@ impl Default for HostSpec {
 
 #[derive(Debug)]
 enum Signal {
-    Candidate(Candidate),
+    Candidate(Box<Candidate>),
     End,
 }
 
@@ -520,7 +520,7 @@ impl Sim {
                 let (_, to, sig) = self.signals.pop_front().unwrap();
                 let a = &mut self.peers[to].agent;
                 match sig {
-                    Signal::Candidate(c) => a.add_remote_candidate(c).unwrap(),
+                    Signal::Candidate(c) => a.add_remote_candidate(*c).unwrap(),
                     Signal::End => a.end_of_remote_candidates(),
                 }
             }
@@ -577,7 +577,7 @@ impl Sim {
             let data = buf[..t.size].to_vec();
             self.send(t.source, t.destination, data);
         }
-        let other = if i % 2 == 0 { i + 1 } else { i - 1 };
+        let other = if i.is_multiple_of(2) { i + 1 } else { i - 1 };
         while let Some(e) = self.peers[i].agent.poll_event() {
             if other < self.peers.len() {
                 let lat = self.signal_latency + self.peers[i].signal_delay;
@@ -586,7 +586,7 @@ impl Sim {
                         // Round-trip through SDP like a real signalling channel.
                         let c = Candidate::from_sdp(&c.to_sdp()).unwrap();
                         self.signals
-                            .push_back((now + lat, other, Signal::Candidate(c)))
+                            .push_back((now + lat, other, Signal::Candidate(Box::new(c))))
                     }
                     IceEvent::GatheringComplete => {
                         self.signals.push_back((now + lat, other, Signal::End))
