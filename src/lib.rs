@@ -44,6 +44,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod config;
+pub mod ice;
 pub mod io;
 pub mod net;
 pub mod shard;

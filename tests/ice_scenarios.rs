@@ -1,0 +1,300 @@
+//! Scenario tests over many seeds: loss, role conflicts, late trickle, lite, restart,
+//! dual-stack multi-homed hosts.
+mod sim;
+
+use std::time::Duration;
+
+use icering::ice::{ConnectionState, IceConfig, IceEvent};
+use sim::{HostSpec, Link, NatType, Sim, config};
+
+fn nat(seed: u64) -> Option<NatType> {
+    [
+        None,
+        Some(NatType::FULL_CONE),
+        Some(NatType::RESTRICTED),
+        Some(NatType::PORT_RESTRICTED),
+    ][(seed % 4) as usize]
+}
+
+fn connect(s: &mut Sim, limit: Duration) -> bool {
+    s.run(limit, |s| s.both_connected())
+}
+
+#[test]
+fn twenty_percent_loss_with_duplication_and_reordering() {
+    for seed in 0..200u64 {
+        let link = Link {
+            loss: 0.2,
+            duplicate: 0.05,
+            reorder: 0.1,
+            jitter: Duration::from_millis(30),
+            ..Default::default()
+        };
+        let mut s = Sim::new(seed, link);
+        s.add_peer(
+            config(seed, true),
+            HostSpec {
+                nat: nat(seed),
+                ..Default::default()
+            },
+        );
+        s.add_peer(
+            config(seed + 1000, false),
+            HostSpec {
+                nat: nat(seed / 4),
+                ..Default::default()
+            },
+        );
+        s.exchange_credentials(0, 1);
+        assert!(
+            connect(&mut s, Duration::from_secs(30)),
+            "seed {seed}: {:?}/{:?}",
+            s.state(0),
+            s.state(1)
+        );
+        // Both settle on one pair (a lost nomination response may delay the controlled).
+        s.run(Duration::from_secs(3), |_| false);
+        assert!(s.verify_same_pair(8), "seed {seed}: pairs disagree");
+    }
+}
+
+#[test]
+fn role_conflict_both_controlling() {
+    let mut switched = 0;
+    for seed in 0..150u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(
+            config(seed, true),
+            HostSpec {
+                nat: nat(seed),
+                ..Default::default()
+            },
+        );
+        s.add_peer(
+            config(seed + 77, seed % 3 != 0),
+            HostSpec {
+                nat: nat(seed + 1),
+                ..Default::default()
+            },
+        );
+        // seed % 3 == 0: both controlled instead.
+        if seed % 3 == 0 {
+            s.peers[0].agent.set_controlling(false);
+        }
+        s.exchange_credentials(0, 1);
+        assert!(connect(&mut s, Duration::from_secs(20)), "seed {seed}");
+        let (a, b) = (
+            s.peers[0].agent.is_controlling(),
+            s.peers[1].agent.is_controlling(),
+        );
+        assert!(a != b, "seed {seed}: roles not resolved");
+        // The larger tie-breaker ends up controlling (§7.3.1.1).
+        let ta = s.peers[0].agent.tie_breaker();
+        let tb = s.peers[1].agent.tie_breaker();
+        assert_eq!(a, ta > tb, "seed {seed}");
+        switched += s
+            .peers
+            .iter()
+            .filter(|p| {
+                p.events
+                    .iter()
+                    .any(|e| matches!(e, IceEvent::RoleChanged { .. }))
+            })
+            .count();
+        s.run(Duration::from_secs(1), |_| false);
+        assert!(s.verify_same_pair(3), "seed {seed}");
+    }
+    assert!(switched >= 150);
+}
+
+#[test]
+fn trickle_late_candidates_and_credentials() {
+    for seed in 0..150u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(
+            config(seed, true),
+            HostSpec {
+                nat: nat(seed),
+                ..Default::default()
+            },
+        );
+        s.add_peer(
+            config(seed + 5, false),
+            HostSpec {
+                nat: nat(seed + 2),
+                ..Default::default()
+            },
+        );
+        // B's candidates arrive 1–3 s late; credentials only after 500 ms.
+        s.peers[1].signal_delay = Duration::from_millis(1000 + (seed % 20) * 100);
+        s.run(Duration::from_millis(500), |_| false);
+        assert_eq!(s.peers[0].agent.selected_pair(), None);
+        s.exchange_credentials(0, 1);
+        assert!(connect(&mut s, Duration::from_secs(20)), "seed {seed}");
+        s.run(Duration::from_secs(1), |_| false);
+        assert!(s.verify_same_pair(3), "seed {seed}");
+        assert!(s.peers[0].events.contains(&IceEvent::GatheringComplete));
+    }
+}
+
+#[test]
+fn lite_peer_and_full_agent() {
+    for seed in 0..150u64 {
+        let mut s = Sim::new(
+            seed,
+            Link {
+                loss: 0.05,
+                ..Default::default()
+            },
+        );
+        // Full agent behind a NAT, lite agent public (the usual SFU deployment). The full
+        // agent is told the peer is lite and becomes controlling whatever it started as.
+        s.add_peer(
+            config(seed, seed % 2 == 0),
+            HostSpec {
+                nat: nat(seed),
+                ..Default::default()
+            },
+        );
+        s.add_peer(
+            IceConfig {
+                lite: true,
+                seed: seed + 9,
+                ..Default::default()
+            },
+            HostSpec {
+                nat: None,
+                srflx: false,
+                ..Default::default()
+            },
+        );
+        s.peers[0].agent.set_remote_lite(true);
+        s.exchange_credentials(0, 1);
+        assert!(
+            connect(&mut s, Duration::from_secs(20)),
+            "seed {seed}: {:?}/{:?}",
+            s.state(0),
+            s.state(1)
+        );
+        assert!(s.peers[0].agent.is_controlling());
+        assert!(!s.peers[1].agent.is_controlling());
+        s.run(Duration::from_secs(1), |_| false);
+        assert!(s.verify_same_pair(4), "seed {seed}");
+        // The lite agent never sent a request: everything it sent answered one.
+        // Keepalives keep it connected for a while.
+        s.run(Duration::from_secs(12), |_| false);
+        assert!(s.both_connected(), "seed {seed}: liveness");
+    }
+}
+
+#[test]
+fn restart_mid_session_data_continues() {
+    for seed in 0..150u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(
+            config(seed, true),
+            HostSpec {
+                nat: nat(seed),
+                ..Default::default()
+            },
+        );
+        s.add_peer(
+            config(seed + 3, false),
+            HostSpec {
+                nat: nat(seed + 1),
+                ..Default::default()
+            },
+        );
+        s.exchange_credentials(0, 1);
+        assert!(connect(&mut s, Duration::from_secs(20)), "seed {seed}");
+        s.run(Duration::from_secs(1), |_| false);
+        let before = s.peers[0].agent.selected_pair();
+        // Restart both sides; re-signal everything.
+        s.peers[0].agent.restart(None, None).unwrap();
+        s.peers[1].agent.restart(None, None).unwrap();
+        // Data keeps flowing on the old pair while checks run.
+        assert_eq!(s.peers[0].agent.selected_pair(), before);
+        assert!(s.verify_same_pair(2), "seed {seed}: data during restart");
+        s.exchange_credentials(0, 1);
+        for i in 0..2 {
+            let other = 1 - i;
+            let cands: Vec<_> = s.peers[i].agent.local_candidates().to_vec();
+            for c in cands {
+                if c.kind != icering::ice::CandidateKind::PeerReflexive {
+                    s.peers[other].agent.add_remote_candidate(c).unwrap();
+                }
+            }
+        }
+        assert!(
+            s.run(Duration::from_secs(20), |s| s.both_connected()
+                && s.peers.iter().all(|p| p.agent.selected_rtt().is_some())),
+            "seed {seed}: no new selection after restart {:?}/{:?}",
+            s.state(0),
+            s.state(1)
+        );
+        s.run(Duration::from_secs(1), |_| false);
+        assert!(s.verify_same_pair(3), "seed {seed}: after restart");
+    }
+}
+
+#[test]
+fn dual_stack_multihomed_prefers_ipv6_and_agrees() {
+    for seed in 0..100u64 {
+        let link = Link {
+            loss: 0.02,
+            reorder: 0.05,
+            ..Default::default()
+        };
+        let mut s = Sim::new(seed, link);
+        let spec = HostSpec {
+            nat: nat(seed),
+            v4_ifaces: 2,
+            ipv6: true,
+            srflx: true,
+        };
+        s.add_peer(config(seed, true), spec);
+        s.add_peer(
+            config(seed + 1, false),
+            HostSpec {
+                nat: nat(seed + 3),
+                ..spec
+            },
+        );
+        s.exchange_credentials(0, 1);
+        assert!(connect(&mut s, Duration::from_secs(20)), "seed {seed}");
+        s.run(Duration::from_secs(2), |_| false);
+        let (l, r) = s.peers[0].agent.selected_pair().unwrap();
+        assert!(
+            l.is_ipv6() && r.is_ipv6(),
+            "seed {seed}: selected {l} -> {r}"
+        );
+        assert!(s.verify_same_pair(3), "seed {seed}");
+    }
+}
+
+#[test]
+fn consent_loss_fails_and_disconnect_recovers() {
+    for seed in 0..50u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(config(seed, true), HostSpec::default());
+        s.add_peer(config(seed + 1, false), HostSpec::default());
+        s.exchange_credentials(0, 1);
+        assert!(connect(&mut s, Duration::from_secs(10)));
+        // Blackhole the network: disconnected after ~5 s, failed after ~25 s.
+        s.link.loss = 1.0;
+        assert!(s.run(Duration::from_secs(8), |s| s.state(0)
+            == ConnectionState::Disconnected));
+        let t = s.elapsed();
+        s.link.loss = 0.0;
+        assert!(
+            s.run(Duration::from_secs(5), |s| s.both_connected()),
+            "seed {seed}: no recovery"
+        );
+        s.link.loss = 1.0;
+        assert!(s.run(Duration::from_secs(40), |s| s.state(0)
+            == ConnectionState::Failed
+            && s.state(1) == ConnectionState::Failed));
+        assert!(s.elapsed() > t);
+        assert_eq!(s.peers[0].agent.selected_pair(), None);
+    }
+}
