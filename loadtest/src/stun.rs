@@ -292,7 +292,8 @@ fn validate(
         if m.fingerprint_offset().is_some() && m.verify_fingerprint().is_err() {
             return None;
         }
-        let is_echo = c.echo && m.message_type() == MessageType::new(Method::BINDING, Class::Request);
+        let is_echo =
+            c.echo && m.message_type() == MessageType::new(Method::BINDING, Class::Request);
         if !is_echo {
             if m.message_type() != MessageType::new(Method::BINDING, Class::Success) {
                 return None;
