@@ -90,6 +90,8 @@ pub struct IoSection {
     pub buf_size: usize,
     /// Receive buffers per shard (power of two).
     pub buf_count: usize,
+    /// Coalesce equal-size replies to one destination into UDP GSO sends.
+    pub gso: bool,
 }
 
 impl Default for IoSection {
@@ -99,6 +101,7 @@ impl Default for IoSection {
             batch: 64,
             buf_size: 2048,
             buf_count: 4096,
+            gso: true,
         }
     }
 }

@@ -31,6 +31,7 @@ fn small_cfg() -> Config {
         buf_size: 2048,
         buf_count: 256,
         send_slots: 256,
+        gso: true,
     }
 }
 
@@ -163,6 +164,7 @@ fn burst_larger_than_buffer_ring_then_still_receives() {
             buf_size: 2048,
             buf_count: 64,
             send_slots: 64,
+            gso: true,
         };
         let mut b = Backend::new(kind, &cfg).unwrap();
         let id = b
@@ -219,6 +221,7 @@ fn echo_burst_with_few_send_slots() {
             buf_size: 2048,
             buf_count: 512,
             send_slots: 32,
+            gso: true,
         };
         let mut b = Backend::new(kind, &cfg).unwrap();
         let id = b
@@ -339,6 +342,7 @@ fn send_queue_full_and_send_to_flushes() {
             buf_size: 512,
             buf_count: 64,
             send_slots: 8,
+            gso: true,
         };
         let mut b = Backend::new(kind, &cfg).unwrap();
         let id = b
@@ -377,4 +381,297 @@ fn select_backend_auto_is_ok_and_choice_parses() {
         assert_eq!(c.to_string(), s);
     }
     assert!("epollx".parse::<BackendChoice>().is_err());
+}
+
+// ---- UDP GSO ----
+
+/// Deterministic contents for the `seq`-th datagram to destination `dest`, `len` bytes.
+fn gso_datagram(dest: usize, seq: u32, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.extend_from_slice(&(dest as u32).to_le_bytes());
+    v.extend((8..len).map(|j| (seq as usize * 31 + dest * 7 + j) as u8));
+    v.truncate(len);
+    v
+}
+
+/// A client with a large receive buffer (bind_udp asks for 4 MiB), blocking with a timeout.
+fn gso_client(ip: IpAddr) -> UdpSocket {
+    let c = bind_udp(SocketAddr::new(ip, 0), false).unwrap();
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c
+}
+
+/// Queue every `(client, len)` of `plan` on one backend socket in one go, flush once, and
+/// check that each client receives its datagrams complete, intact and in order.
+/// Returns the stats after all send completions were reaped.
+fn gso_send_plan(
+    kind: BackendKind,
+    gso: bool,
+    ip: IpAddr,
+    clients: usize,
+    plan: &[(usize, usize)],
+) -> icering::io::IoStats {
+    let cfg = Config {
+        batch: 32,
+        buf_size: 2048,
+        buf_count: 256,
+        send_slots: 1024,
+        gso,
+    };
+    assert!(plan.len() <= cfg.send_slots);
+    let mut b = Backend::new(kind, &cfg).unwrap();
+    if !gso {
+        assert!(
+            !b.gso(),
+            "{kind}: gso off in the config but on in the backend"
+        );
+    }
+    let id = b
+        .add_socket(bind_udp(SocketAddr::new(ip, 0), false).unwrap())
+        .unwrap();
+    let server = b.local_addr(id);
+    let cs: Vec<UdpSocket> = (0..clients).map(|_| gso_client(ip)).collect();
+    let addrs: Vec<SocketAddr> = cs.iter().map(|c| c.local_addr().unwrap()).collect();
+
+    let mut expect: Vec<Vec<Vec<u8>>> = vec![Vec::new(); clients];
+    for &(c, len) in plan {
+        let d = gso_datagram(c, expect[c].len() as u32, len);
+        b.send_queue().send_to(id, addrs[c], &d).unwrap();
+        expect[c].push(d);
+    }
+    b.flush().unwrap();
+
+    let mut buf = vec![0u8; 4096];
+    for (c, want) in expect.iter().enumerate() {
+        for (seq, d) in want.iter().enumerate() {
+            let (n, from) = cs[c]
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("{kind} gso={gso}: client {c} datagram {seq}: {e}"));
+            assert_eq!(from, server);
+            assert_eq!(
+                &buf[..n],
+                &d[..],
+                "{kind} gso={gso}: client {c} datagram {seq} wrong (len {n}, want {})",
+                d.len()
+            );
+        }
+    }
+    // Reap the send completions (io_uring counts sends when their CQE arrives).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.stats().sent + b.stats().send_errors < plan.len() as u64 && Instant::now() < deadline {
+        b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _| {})
+            .unwrap();
+    }
+    let st = b.stats();
+    assert_eq!(st.sent, plan.len() as u64, "{kind} gso={gso}: {st:?}");
+    assert_eq!(st.send_errors, 0, "{kind} gso={gso}: {st:?}");
+    assert_eq!(st.gso_fallbacks, 0, "{kind} gso={gso}: {st:?}");
+    if !gso || !b.gso() {
+        if gso {
+            eprintln!("{kind}: kernel without UDP GSO; checked the fallback path only");
+        }
+        assert_eq!((st.gso_sends, st.gso_segments), (0, 0), "{kind}: {st:?}");
+    }
+    // Every queued slot came back.
+    assert_eq!(
+        b.send_queue().available(),
+        cfg.send_slots,
+        "{kind} gso={gso}"
+    );
+    st
+}
+
+#[test]
+fn gso_burst_of_equal_replies_to_one_destination() {
+    let _wd = Watchdog::new("gso_burst");
+    for kind in kinds() {
+        for ip in [V4, V6] {
+            let plan = vec![(0, 1000); 300];
+            let on = gso_send_plan(kind, true, ip, 1, &plan);
+            eprintln!("{kind} {ip} gso on: {on:?}");
+            if on.gso_sends > 0 {
+                // 64 segments per send at most: 4 x 64 + 44.
+                assert_eq!((on.gso_sends, on.gso_segments), (5, 300), "{kind} {ip}");
+            }
+            let off = gso_send_plan(kind, false, ip, 1, &plan);
+            assert_eq!((off.gso_sends, off.gso_segments), (0, 0), "{kind} {ip}");
+        }
+    }
+}
+
+#[test]
+fn gso_runs_respect_byte_limit_and_end_at_a_shorter_datagram() {
+    let _wd = Watchdog::new("gso_limits");
+    for kind in kinds() {
+        // 65000 / 1400 = 46 segments per send: 46 + 46 + 8.
+        let st = gso_send_plan(kind, true, V4, 1, &vec![(0, 1400); 100]);
+        if st.gso_sends > 0 {
+            assert_eq!((st.gso_sends, st.gso_segments), (3, 100), "{kind}");
+        }
+        // 10 x 500 + a shorter 200 end one run; 5 x 500 form the next; a longer datagram
+        // after a run starts a new one.
+        let mut plan = vec![(0, 500); 10];
+        plan.push((0, 200));
+        plan.extend([(0, 500); 5]);
+        plan.extend([(0, 600), (0, 600)]);
+        let st = gso_send_plan(kind, true, V4, 1, &plan);
+        if st.gso_sends > 0 {
+            assert_eq!((st.gso_sends, st.gso_segments), (3, 18), "{kind}");
+        }
+    }
+}
+
+#[test]
+fn gso_mixed_sizes_and_destinations_interleaved() {
+    let _wd = Watchdog::new("gso_mixed");
+    // Runs of 1..=9 datagrams, each run to one of 3 clients with one of a few sizes, and
+    // single datagrams of varying size in between.
+    let mut plan = Vec::new();
+    let mut x: u32 = 12345;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    while plan.len() < 900 {
+        let c = (next() % 3) as usize;
+        let len = [20, 96, 120, 548, 1200, 1472][(next() % 6) as usize];
+        let run = 1 + next() % 9;
+        for _ in 0..run {
+            plan.push((c, len));
+        }
+        let odd = (next() % 3) as usize;
+        plan.push((odd, 1 + (next() % 1500) as usize));
+    }
+    for kind in kinds() {
+        for ip in [V4, V6] {
+            let on = gso_send_plan(kind, true, ip, 3, &plan);
+            eprintln!("{kind} {ip} mixed, gso on: {on:?}");
+            let off = gso_send_plan(kind, false, ip, 3, &plan);
+            assert_eq!((off.gso_sends, off.gso_segments), (0, 0), "{kind} {ip}");
+            if crate_gso_expected(kind) {
+                assert!(on.gso_sends > 0, "{kind} {ip}: no GSO send: {on:?}");
+                assert!(on.gso_segments >= 2 * on.gso_sends, "{kind} {ip}: {on:?}");
+            }
+        }
+    }
+}
+
+/// Whether a default backend of this kind ends up with GSO on (kernel support).
+fn crate_gso_expected(kind: BackendKind) -> bool {
+    Backend::new(kind, &small_cfg()).unwrap().gso()
+}
+
+#[test]
+fn gso_echo_burst_replies_arrive_in_order() {
+    let _wd = Watchdog::new("gso_echo");
+    for kind in kinds() {
+        for gso in [true, false] {
+            let cfg = Config { gso, ..small_cfg() };
+            let mut b = Backend::new(kind, &cfg).unwrap();
+            let id = b
+                .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+                .unwrap();
+            let server = b.local_addr(id);
+            let client = gso_client(V4);
+            // All requests are in the server socket before the first poll, so one poll
+            // answers many of them and the equal-size replies share one destination.
+            const N: u32 = 200;
+            for i in 0..N {
+                client.send_to(&gso_datagram(0, i, 300), server).unwrap();
+            }
+            assert_eq!(
+                pump(&mut b, N as usize, Duration::from_secs(10)),
+                N as usize
+            );
+            let mut buf = [0u8; 2048];
+            for i in 0..N {
+                let (n, from) = client.recv_from(&mut buf).expect("echo reply");
+                assert_eq!(from, server);
+                assert_eq!(&buf[..n], &gso_datagram(0, i, 300)[..], "{kind} reply {i}");
+            }
+            for _ in 0..3 {
+                b.poll(Some(Duration::ZERO), &mut echo).unwrap();
+            }
+            let st = b.stats();
+            eprintln!("{kind} gso={gso} echo: {st:?}");
+            assert_eq!((st.sent, st.send_errors), (u64::from(N), 0), "{kind}");
+            if gso && b.gso() {
+                assert!(st.gso_sends > 0, "{kind}: {st:?}");
+            } else {
+                assert_eq!(st.gso_sends, 0, "{kind}: {st:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn gso_rejected_by_kernel_falls_back_to_single_sends() {
+    use std::os::fd::AsRawFd;
+    let _wd = Watchdog::new("gso_fallback");
+    for kind in kinds() {
+        let mut b = Backend::new(kind, &small_cfg()).unwrap();
+        if !b.gso() {
+            eprintln!("{kind}: kernel without UDP GSO; nothing to fall back from");
+            continue;
+        }
+        // With SO_NO_CHECK (no UDP checksum, IPv4 only) the kernel refuses UDP_SEGMENT sends
+        // with EINVAL, while single datagrams still go out.
+        let sock = bind_udp(SocketAddr::new(V4, 0), false).unwrap();
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a valid c_int on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_NO_CHECK: {}", std::io::Error::last_os_error());
+        let id = b.add_socket(sock).unwrap();
+        let client = gso_client(V4);
+        let dest = client.local_addr().unwrap();
+        const N: u32 = 100;
+        for i in 0..N {
+            b.send_queue()
+                .send_to(id, dest, &gso_datagram(0, i, 700))
+                .unwrap();
+        }
+        b.flush().unwrap();
+        // io_uring learns of the rejection from the completion and re-queues the datagrams;
+        // they go out at the next flush.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.stats().sent < u64::from(N) && Instant::now() < deadline {
+            b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _| {})
+                .unwrap();
+            b.flush().unwrap();
+        }
+        let mut seen = vec![false; N as usize];
+        let mut buf = [0u8; 2048];
+        for _ in 0..N {
+            let (n, _) = client.recv_from(&mut buf).expect("datagram after fallback");
+            let i = u32::from_le_bytes(buf[..4].try_into().unwrap());
+            assert!(
+                i < N && !seen[i as usize],
+                "{kind}: unexpected datagram {i}"
+            );
+            assert_eq!(
+                &buf[..n],
+                &gso_datagram(0, i, 700)[..],
+                "{kind}: datagram {i}"
+            );
+            seen[i as usize] = true;
+        }
+        let st = b.stats();
+        eprintln!("{kind} fallback: {st:?}");
+        assert!(!b.gso(), "{kind}: GSO still on after a rejection");
+        assert!(st.gso_fallbacks >= 1, "{kind}: {st:?}");
+        assert_eq!((st.sent, st.send_errors), (u64::from(N), 0), "{kind}");
+        assert_eq!((st.gso_sends, st.gso_segments), (0, 0), "{kind}");
+    }
 }

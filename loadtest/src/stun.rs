@@ -177,6 +177,9 @@ impl Worker {
             buf_size: 2048,
             buf_count: 4096,
             send_slots: 4096,
+            // Keep the load generator's own sends unchanged (one sendmsg per request), so
+            // server-side GSO comparisons use the same client.
+            gso: false,
         };
         let mut backend = Backend::new(self.kind, &cfg).map_err(|e| e.to_string())?;
         let socket = io::bind_udp(local_bind_for(a.target), false).map_err(|e| e.to_string())?;

@@ -2,6 +2,9 @@
 //!
 //! All `mmsghdr`/`iovec`/`sockaddr_storage` arrays and the receive buffers are allocated
 //! once; their addresses are written into the headers once (receive) or per flush (send).
+//!
+//! With GSO on, one `mmsghdr` of a `sendmmsg` may carry a run of datagrams (one iovec per
+//! send slot plus a `UDP_SEGMENT` control message); otherwise each carries one datagram.
 
 use std::io;
 use std::mem;
@@ -10,8 +13,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::{
-    Config, IoError, IoStats, OnRecv, Region, SendQueue, SockTable, SocketId, Waker,
-    sockaddr_from_storage, timeout_ms,
+    Config, GsoCmsg, GsoState, IoError, IoStats, OnRecv, Region, SendQueue, SockTable, SocketId,
+    Waker, is_gso_rejection, sockaddr_from_storage, timeout_ms,
 };
 
 /// epoll token of the waker (sockets use `generation << 32 | index`).
@@ -38,8 +41,19 @@ pub struct PortableBackend {
     riov: Box<[libc::iovec]>,
     rmsgs: Box<[libc::mmsghdr]>,
     // send side
-    smsgs: Box<[libc::mmsghdr]>,
-    siov: Box<[libc::iovec]>,
+    send: SendBufs,
+    pub(crate) gso: GsoState,
+}
+
+/// Preallocated `sendmmsg` arguments: `batch` headers, each with its own GSO control
+/// message and segment count, and one iovec per send slot (a `sendmmsg` call never names
+/// more datagrams than there are slots).
+struct SendBufs {
+    msgs: Box<[libc::mmsghdr]>,
+    cmsgs: Box<[GsoCmsg]>,
+    segs: Box<[usize]>,
+    iov: Box<[libc::iovec]>,
+    batch: usize,
 }
 
 impl std::fmt::Debug for PortableBackend {
@@ -90,8 +104,13 @@ impl PortableBackend {
             h.msg_iov = &mut riov[k];
             h.msg_iovlen = 1;
         }
-        let smsgs = vec![unsafe { mem::zeroed::<libc::mmsghdr>() }; batch].into();
-        let siov = vec![unsafe { mem::zeroed::<libc::iovec>() }; batch].into();
+        let send = SendBufs {
+            msgs: vec![unsafe { mem::zeroed::<libc::mmsghdr>() }; batch].into(),
+            cmsgs: (0..batch).map(|_| GsoCmsg::new()).collect(),
+            segs: vec![0; batch].into(),
+            iov: vec![unsafe { mem::zeroed::<libc::iovec>() }; cfg.send_slots].into(),
+            batch,
+        };
         let events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS].into();
 
         Ok(Self {
@@ -107,8 +126,8 @@ impl PortableBackend {
             rnames,
             riov,
             rmsgs,
-            smsgs,
-            siov,
+            send,
+            gso: GsoState::new(cfg),
         })
     }
 
@@ -148,14 +167,7 @@ impl PortableBackend {
     }
 
     pub(crate) fn flush(&mut self) -> Result<(), IoError> {
-        flush_sends(
-            &mut self.sendq,
-            &self.socks,
-            &mut self.smsgs,
-            &mut self.siov,
-            self.batch,
-            &mut self.stats,
-        );
+        self.flush_now();
         Ok(())
     }
 
@@ -270,9 +282,8 @@ impl PortableBackend {
         flush_sends(
             &mut self.sendq,
             &self.socks,
-            &mut self.smsgs,
-            &mut self.siov,
-            self.batch,
+            &mut self.send,
+            &mut self.gso,
             &mut self.stats,
         );
     }
@@ -292,14 +303,14 @@ fn epoll_add(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Send every queued slot: grouped by socket (stable, so per-socket order is kept), one
-/// `sendmmsg` per `batch` datagrams. Failures are counted; all slots return to the pool.
+/// Send every queued slot: grouped by socket (stable, so per-socket order is kept), up to
+/// `batch` messages per `sendmmsg`, each message one datagram or (GSO) a run of them.
+/// Failures are counted; all slots return to the pool.
 fn flush_sends(
     q: &mut SendQueue,
     socks: &SockTable,
-    smsgs: &mut [libc::mmsghdr],
-    siov: &mut [libc::iovec],
-    batch: usize,
+    send: &mut SendBufs,
+    gso: &mut GsoState,
     stats: &mut IoStats,
 ) {
     if q.queued.is_empty() {
@@ -317,13 +328,13 @@ fn flush_sends(
     while start < queued.len() {
         let sock = q.socks[queued[start] as usize];
         let mut end = start + 1;
-        while end < queued.len() && end - start < batch && q.socks[queued[end] as usize] == sock {
+        while end < queued.len() && q.socks[queued[end] as usize] == sock {
             end += 1;
         }
         let run = &queued[start..end];
         match socks.fd(sock) {
             None => stats.send_errors += run.len() as u64,
-            Some(fd) => send_run(q, fd, run, smsgs, siov, stats),
+            Some(fd) => send_run(q, fd, run, send, gso, stats),
         }
         start = end;
     }
@@ -334,63 +345,103 @@ fn flush_sends(
     q.queued = queued;
 }
 
+/// Send `run` (all for socket `fd`) in `sendmmsg` calls of up to `batch` messages.
 fn send_run(
     q: &SendQueue,
     fd: RawFd,
     run: &[u32],
-    smsgs: &mut [libc::mmsghdr],
-    siov: &mut [libc::iovec],
+    send: &mut SendBufs,
+    gso: &mut GsoState,
     stats: &mut IoStats,
 ) {
-    for (k, &slot) in run.iter().enumerate() {
-        let i = slot as usize;
-        siov[k].iov_base = q.buf_ptr(i).cast();
-        siov[k].iov_len = q.lens[i] as usize;
-        let h = &mut smsgs[k].msg_hdr;
-        h.msg_name = (&q.addrs[i] as *const libc::sockaddr_storage)
-            .cast_mut()
-            .cast();
-        h.msg_namelen = q.addr_lens[i];
-        h.msg_iov = &mut siov[k];
-        h.msg_iovlen = 1;
-        h.msg_control = std::ptr::null_mut();
-        h.msg_controllen = 0;
-        h.msg_flags = 0;
-        smsgs[k].msg_len = 0;
-    }
-    let mut done = 0;
-    while done < run.len() {
-        // SAFETY: smsgs[done..run.len()] are filled in above and point at live slot memory,
-        // address storage and iovecs which outlive the call.
-        let r = unsafe {
-            libc::sendmmsg(
-                fd,
-                smsgs[done..].as_mut_ptr(),
-                (run.len() - done) as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if r > 0 {
-            done += r as usize;
-            stats.sent += r as u64;
-            continue;
-        }
-        if r == 0 {
-            stats.send_errors += (run.len() - done) as u64;
-            return;
-        }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            // Socket buffer full: drop the rest of this run.
-            Some(libc::EAGAIN) => {
-                stats.send_errors += (run.len() - done) as u64;
-                return;
+    let mut pos = 0;
+    while pos < run.len() {
+        // Fill up to `batch` messages starting at run[pos].
+        let chunk_start = pos;
+        let mut k = 0;
+        let mut iv = 0;
+        while k < send.batch && pos < run.len() {
+            let n = if gso.enabled {
+                q.gso_run(&run[pos..])
+            } else {
+                1
+            };
+            let first = run[pos] as usize;
+            for (j, &slot) in run[pos..pos + n].iter().enumerate() {
+                let i = slot as usize;
+                send.iov[iv + j].iov_base = q.buf_ptr(i).cast();
+                send.iov[iv + j].iov_len = q.lens[i] as usize;
             }
-            // The first datagram failed (e.g. ECONNREFUSED after ICMP, EINVAL address):
-            // drop it and carry on with the next.
-            _ => {
-                stats.send_errors += 1;
-                done += 1;
+            let h = &mut send.msgs[k].msg_hdr;
+            h.msg_name = (&q.addrs[first] as *const libc::sockaddr_storage)
+                .cast_mut()
+                .cast();
+            h.msg_namelen = q.addr_lens[first];
+            h.msg_iov = &mut send.iov[iv];
+            h.msg_iovlen = n as _;
+            if n > 1 {
+                send.cmsgs[k].attach(q.lens[first] as u16, h);
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+            h.msg_flags = 0;
+            send.msgs[k].msg_len = 0;
+            send.segs[k] = n;
+            k += 1;
+            iv += n;
+            pos += n;
+        }
+        let mut done = 0;
+        while done < k {
+            // SAFETY: msgs[done..k] are filled in above and point at live slot memory,
+            // address storage, iovecs and control messages which outlive the call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    send.msgs[done..].as_mut_ptr(),
+                    (k - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                for &n in &send.segs[done..done + r as usize] {
+                    stats.sent += n as u64;
+                    if n > 1 {
+                        stats.gso_sends += 1;
+                        stats.gso_segments += n as u64;
+                    }
+                }
+                done += r as usize;
+                continue;
+            }
+            let rest: usize = send.segs[done..k].iter().sum();
+            if r == 0 {
+                stats.send_errors += rest as u64;
+                break;
+            }
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            match errno {
+                libc::EINTR => continue,
+                // Socket buffer full: drop the rest of this call's datagrams.
+                libc::EAGAIN => {
+                    stats.send_errors += rest as u64;
+                    break;
+                }
+                // GSO refused (no checksum offload, segment above the route MTU, ...):
+                // nothing of this message was sent. Turn GSO off and refill from its first
+                // datagram, now one datagram per message.
+                e if send.segs[done] > 1 && is_gso_rejection(e) => {
+                    gso.rejected(e, stats);
+                    pos = chunk_start + send.segs[..done].iter().sum::<usize>();
+                    break;
+                }
+                // The first message failed (e.g. ECONNREFUSED after ICMP, EINVAL address):
+                // drop it and carry on with the next.
+                _ => {
+                    stats.send_errors += send.segs[done] as u64;
+                    done += 1;
+                }
             }
         }
     }

@@ -9,10 +9,14 @@
 //!   callback in place and pushed back to the ring right after. A CQE without `MORE`
 //!   (`ENOBUFS`, error, termination) marks the socket for re-arming before the next enter.
 //! * Send: `SendMsg` SQEs whose `msghdr`/`iovec` live in per-slot arrays allocated once;
-//!   the slot returns to the [`SendQueue`] when its CQE arrives.
+//!   the slot returns to the [`SendQueue`] when its CQE arrives. With GSO, a run of
+//!   datagrams goes out as one `SendMsg` whose `msghdr`, iovecs (one per slot) and
+//!   `UDP_SEGMENT` control message live in a preallocated [`GsoGroup`]; its CQE frees every
+//!   slot of the group. If no group is free, the run is sent datagram by datagram.
 //! * Waker: a blocking eventfd with a `Read` kept armed.
 //!
-//! `user_data` = `kind << 56 | generation << 32 | index` (index = socket index or send slot).
+//! `user_data` = `kind << 56 | generation << 32 | index` (index = socket index, send slot or
+//! GSO group).
 //!
 //! Invariant: SQEs that name a socket fd are submitted before that fd can be closed
 //! (`remove_socket` submits before dropping the socket), so a reused fd number is never hit.
@@ -29,17 +33,46 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
 use super::{
-    Config, GEN_MASK, IoError, IoStats, OnRecv, Region, SendQueue, SockTable, SocketId, Waker,
-    bind_udp, sockaddr_from_bytes,
+    Config, GEN_MASK, GSO_MAX_SEGMENTS, GsoCmsg, GsoState, IoError, IoStats, OnRecv, Region,
+    SendQueue, SockTable, SocketId, Waker, bind_udp, is_gso_rejection, sockaddr_from_bytes,
 };
 
 const K_RECV: u64 = 1;
 const K_SEND: u64 = 2;
 const K_WAKE: u64 = 3;
 const K_CANCEL: u64 = 4;
+const K_SEND_GSO: u64 = 5;
 const BGID: u16 = 0;
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 1024;
+/// Most GSO sends in flight at once (each group record is ~1.4 KiB); beyond that, runs are
+/// sent datagram by datagram until completions free a group.
+const MAX_GSO_GROUPS: usize = 256;
+
+/// Everything one in-flight GSO `SendMsg` points at: never moved while in flight (the
+/// groups live in a boxed slice allocated in `new`).
+struct GsoGroup {
+    hdr: libc::msghdr,
+    cmsg: GsoCmsg,
+    iov: [libc::iovec; GSO_MAX_SEGMENTS],
+    slots: [u32; GSO_MAX_SEGMENTS],
+    len: usize,
+}
+
+impl GsoGroup {
+    fn new() -> Self {
+        // SAFETY: msghdr and iovec are plain old data; all-zero is valid.
+        unsafe {
+            Self {
+                hdr: mem::zeroed(),
+                cmsg: GsoCmsg::new(),
+                iov: mem::zeroed(),
+                slots: [0; GSO_MAX_SEGMENTS],
+                len: 0,
+            }
+        }
+    }
+}
 
 fn ud(kind: u64, generation: u32, idx: u32) -> u64 {
     (kind << 56) | (u64::from(generation & GEN_MASK) << 32) | u64::from(idx)
@@ -120,6 +153,10 @@ pub struct UringBackend {
     pub(crate) sendq: SendQueue,
     send_hdrs: Box<[libc::msghdr]>,
     send_iov: Box<[libc::iovec]>,
+    gso_groups: Box<[GsoGroup]>,
+    gso_free: Vec<u32>,
+    pub(crate) gso: GsoState,
+    /// Send slots (not SQEs) submitted and not yet completed.
     inflight_sends: usize,
     pub(crate) waker: Waker,
     wake_buf: Box<UnsafeCell<u64>>,
@@ -182,6 +219,10 @@ unsafe fn push_sqe(ring: &mut IoUring, e: &squeue::Entry) -> io::Result<()> {
     ))
 }
 
+fn is_send(c: &cqueue::Entry) -> bool {
+    matches!(c.user_data() >> 56, K_SEND | K_SEND_GSO)
+}
+
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -219,6 +260,13 @@ impl UringBackend {
         // SAFETY: as above for msghdr/iovec.
         let send_hdrs = vec![unsafe { mem::zeroed::<libc::msghdr>() }; n].into();
         let send_iov = vec![unsafe { mem::zeroed::<libc::iovec>() }; n].into();
+        let gso = GsoState::new(cfg);
+        let groups = if gso.enabled {
+            (n / 2).min(MAX_GSO_GROUPS)
+        } else {
+            0
+        };
+        let gso_groups: Box<[GsoGroup]> = (0..groups).map(|_| GsoGroup::new()).collect();
 
         let mut b = Self {
             ring,
@@ -229,6 +277,9 @@ impl UringBackend {
             sendq: SendQueue::new(n, cfg.buf_size)?,
             send_hdrs,
             send_iov,
+            gso_groups,
+            gso_free: (0..groups as u32).rev().collect(),
+            gso,
             inflight_sends: 0,
             waker: Waker::new(false)?,
             wake_buf: Box::new(UnsafeCell::new(0)),
@@ -326,44 +377,100 @@ impl UringBackend {
         self.socks.local_addr(id)
     }
 
-    /// Turn queued send slots into `SendMsg` SQEs (not submitted yet).
+    /// Turn queued send slots into `SendMsg` SQEs (not submitted yet): one per GSO run
+    /// when GSO is on and a group record is free, otherwise one per datagram.
     fn push_sends(&mut self) {
         if self.sendq.queued.is_empty() {
             return;
         }
         let mut queued = mem::take(&mut self.sendq.queued);
-        for &slot in &queued {
-            let i = slot as usize;
+        let mut pos = 0;
+        while pos < queued.len() {
+            let i = queued[pos] as usize;
             let Some(fd) = self.socks.fd(self.sendq.socks[i]) else {
                 self.stats.send_errors += 1;
                 self.sendq.release(i);
+                pos += 1;
                 continue;
             };
-            let iov = &mut self.send_iov[i];
-            iov.iov_base = self.sendq.buf_ptr(i).cast();
-            iov.iov_len = self.sendq.lens[i] as usize;
-            let h = &mut self.send_hdrs[i];
-            h.msg_name = (&self.sendq.addrs[i] as *const libc::sockaddr_storage)
-                .cast_mut()
-                .cast();
-            h.msg_namelen = self.sendq.addr_lens[i];
-            h.msg_iov = iov;
-            h.msg_iovlen = 1;
-            let sqe = opcode::SendMsg::new(Fd(fd), &*h)
-                .build()
-                .user_data(ud(K_SEND, 0, slot));
-            // SAFETY: slot `i` (buffer, address, iovec, msghdr) is in flight until its CQE
-            // and none of those arrays are reallocated; the fd is open (module invariant).
-            match unsafe { push_sqe(&mut self.ring, &sqe) } {
-                Ok(()) => self.inflight_sends += 1,
-                Err(_) => {
-                    self.stats.send_errors += 1;
-                    self.sendq.release(i);
-                }
+            let n = if self.gso.enabled && !self.gso_free.is_empty() {
+                self.sendq.gso_run(&queued[pos..])
+            } else {
+                1
+            };
+            if n > 1 {
+                self.push_gso(fd, &queued[pos..pos + n]);
+            } else {
+                self.push_single(fd, i);
             }
+            pos += n;
         }
         queued.clear();
         self.sendq.queued = queued;
+    }
+
+    fn push_single(&mut self, fd: std::os::fd::RawFd, i: usize) {
+        let iov = &mut self.send_iov[i];
+        iov.iov_base = self.sendq.buf_ptr(i).cast();
+        iov.iov_len = self.sendq.lens[i] as usize;
+        let h = &mut self.send_hdrs[i];
+        h.msg_name = (&self.sendq.addrs[i] as *const libc::sockaddr_storage)
+            .cast_mut()
+            .cast();
+        h.msg_namelen = self.sendq.addr_lens[i];
+        h.msg_iov = iov;
+        h.msg_iovlen = 1;
+        let sqe = opcode::SendMsg::new(Fd(fd), &*h)
+            .build()
+            .user_data(ud(K_SEND, 0, i as u32));
+        // SAFETY: slot `i` (buffer, address, iovec, msghdr) is in flight until its CQE
+        // and none of those arrays are reallocated; the fd is open (module invariant).
+        match unsafe { push_sqe(&mut self.ring, &sqe) } {
+            Ok(()) => self.inflight_sends += 1,
+            Err(_) => {
+                self.stats.send_errors += 1;
+                self.sendq.release(i);
+            }
+        }
+    }
+
+    /// One `SendMsg` with a `UDP_SEGMENT` cmsg for `run` (same socket, destination and
+    /// segment size, as checked by `SendQueue::gso_run`). A group record must be free.
+    fn push_gso(&mut self, fd: std::os::fd::RawFd, run: &[u32]) {
+        let g = self.gso_free.pop().expect("push_gso without a free group") as usize;
+        let first = run[0] as usize;
+        let grp = &mut self.gso_groups[g];
+        for (k, &slot) in run.iter().enumerate() {
+            let i = slot as usize;
+            grp.iov[k].iov_base = self.sendq.buf_ptr(i).cast();
+            grp.iov[k].iov_len = self.sendq.lens[i] as usize;
+            grp.slots[k] = slot;
+        }
+        grp.len = run.len();
+        let h = &mut grp.hdr;
+        h.msg_name = (&self.sendq.addrs[first] as *const libc::sockaddr_storage)
+            .cast_mut()
+            .cast();
+        h.msg_namelen = self.sendq.addr_lens[first];
+        h.msg_iov = grp.iov.as_mut_ptr();
+        h.msg_iovlen = run.len() as _;
+        grp.cmsg.attach(self.sendq.lens[first] as u16, h);
+        let sqe = opcode::SendMsg::new(Fd(fd), &grp.hdr)
+            .build()
+            .user_data(ud(K_SEND_GSO, 0, g as u32));
+        // SAFETY: group `g` and the slots it names (buffers, first address) are in flight
+        // until its CQE; the group array and the slot memory are never reallocated; the fd
+        // is open (module invariant).
+        match unsafe { push_sqe(&mut self.ring, &sqe) } {
+            Ok(()) => self.inflight_sends += run.len(),
+            Err(_) => {
+                self.stats.send_errors += run.len() as u64;
+                for &slot in run {
+                    self.sendq.release(slot as usize);
+                }
+                self.gso_free.push(g as u32);
+            }
+        }
     }
 
     pub(crate) fn flush(&mut self) -> Result<(), IoError> {
@@ -394,7 +501,7 @@ impl UringBackend {
             self.cqes.extend(self.ring.completion());
             let cqes = mem::take(&mut self.cqes);
             for c in &cqes {
-                if c.user_data() >> 56 == K_SEND {
+                if is_send(c) {
                     self.on_send_cqe(c);
                 } else {
                     self.stash.push(c.clone());
@@ -412,7 +519,7 @@ impl UringBackend {
             let Some(c) = self.ring.completion().next() else {
                 break;
             };
-            if c.user_data() >> 56 == K_SEND {
+            if is_send(&c) {
                 self.on_send_cqe(&c);
             } else {
                 self.stash.push(c);
@@ -489,6 +596,10 @@ impl UringBackend {
 
     fn on_send_cqe(&mut self, c: &cqueue::Entry) {
         let i = (c.user_data() & 0xffff_ffff) as usize;
+        if c.user_data() >> 56 == K_SEND_GSO {
+            self.on_gso_cqe(i, c.result());
+            return;
+        }
         self.inflight_sends -= 1;
         if c.result() < 0 {
             self.stats.send_errors += 1;
@@ -498,10 +609,39 @@ impl UringBackend {
         self.sendq.release(i);
     }
 
+    /// Completion of GSO group `g`: frees the group and every slot in it — or, if the
+    /// kernel refused GSO, turns GSO off and queues the slots again as single sends.
+    fn on_gso_cqe(&mut self, g: usize, res: i32) {
+        let grp = &self.gso_groups[g];
+        let n = grp.len;
+        self.inflight_sends -= n;
+        if res >= 0 {
+            self.stats.sent += n as u64;
+            self.stats.gso_sends += 1;
+            self.stats.gso_segments += n as u64;
+        } else if is_gso_rejection(-res) {
+            self.gso.rejected(-res, &mut self.stats);
+        } else {
+            self.stats.send_errors += n as u64;
+        }
+        let retry = res < 0 && is_gso_rejection(-res) && !self.closing;
+        for &slot in &grp.slots[..n] {
+            if retry {
+                // Nothing of the group was sent; the slot still holds its datagram,
+                // socket and destination. Order relative to later queued sends is lost
+                // (once per backend, since GSO is now off).
+                self.sendq.queued.push(slot);
+            } else {
+                self.sendq.release(slot as usize);
+            }
+        }
+        self.gso_free.push(g as u32);
+    }
+
     fn on_cqe(&mut self, c: &cqueue::Entry, on_recv: &mut OnRecv<'_>) -> usize {
         match c.user_data() >> 56 {
             K_RECV => self.on_recv_cqe(c, on_recv),
-            K_SEND => {
+            K_SEND | K_SEND_GSO => {
                 self.on_send_cqe(c);
                 0
             }
@@ -675,6 +815,7 @@ pub(crate) fn probe() -> Result<String, String> {
         buf_size: 512,
         buf_count: 8,
         send_slots: 4,
+        gso: false,
     };
     let mut b = UringBackend::new(&cfg).map_err(|e| e.to_string())?;
     let sock = bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false)

@@ -104,6 +104,7 @@ impl Runtime {
             buf_size: config.io.buf_size,
             buf_count: config.io.buf_count,
             send_slots: config.io.buf_count.max(config.io.batch),
+            gso: config.io.gso,
         };
         let server_config = ServerConfig {
             software: config.server.software.clone(),
