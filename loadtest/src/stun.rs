@@ -44,6 +44,9 @@ pub struct Args {
     /// the raw limit); transaction id and FINGERPRINT are still checked.
     #[arg(long)]
     accept_echo: bool,
+    /// Send one datagram per sendmsg (no UDP GSO) from the load generator.
+    #[arg(long)]
+    no_gso: bool,
     /// PID of the server process, to report its CPU time per answered request.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -177,9 +180,9 @@ impl Worker {
             buf_size: 2048,
             buf_count: 4096,
             send_slots: 4096,
-            // Keep the load generator's own sends unchanged (one sendmsg per request), so
-            // server-side GSO comparisons use the same client.
-            gso: false,
+            // The generator's requests all go to one target with one size: GSO lets one
+            // thread offer far more load. Every server under test gets the same client.
+            gso: !a.no_gso,
         };
         let mut backend = Backend::new(self.kind, &cfg).map_err(|e| e.to_string())?;
         let socket = io::bind_udp(local_bind_for(a.target), false).map_err(|e| e.to_string())?;
