@@ -1,76 +1,309 @@
 //! Time per established connection: two agents (1 host candidate each) exchanging STUN in
-//! memory under a virtual clock, from creation to both having selected a pair.
+//! memory under a virtual clock, from creation to both having selected/nominated a pair.
+//!
+//! The same scenario runs on our [`icering::ice::IceAgent`] and, side by side in the same
+//! criterion group, on `is` 0.12 (str0m's standalone sans-IO ICE agent):
+//!
+//! - candidates 127.0.0.1:1000 (controlling) and 127.0.0.1:2000 (controlled) — addresses
+//!   only, no socket is ever opened;
+//! - credentials and candidates signalled before the first `handle_timeout`;
+//! - one loop for both: pump A→B, pump B→A (each pump runs `handle_timeout` when the
+//!   agent's `poll_timeout` has passed, then hands every transmit to the peer's
+//!   `handle_packet` at the same virtual `now`), then advance `now` to the earlier
+//!   `poll_timeout`; stop when both agents are connected with a selected/nominated pair;
+//! - `is` takes a parsed [`is::stun::StunMessage`], so its pump parses each datagram
+//!   (our `handle_packet` parses internally): the parse is part of both receive paths.
+//!
+//! Criterion's throughput is the number of Binding requests (connectivity checks) one
+//! establishment sends, so its `thrpt` line reads as connectivity checks per second. The
+//! STUN message counts per establishment are printed before the measurements.
+use std::hint::black_box;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use icering::ice::{Candidate, IceAgent, IceConfig};
-use icering::net::Received;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-fn pump(now: Instant, x: &mut IceAgent, y: &mut IceAgent, buf: &mut [u8]) {
-    if x.poll_timeout().is_some_and(|t| t <= now) {
-        x.handle_timeout(now);
+/// Local addresses of the controlling (A) and controlled (B) agent. Never bound.
+const ADDR_A: &str = "127.0.0.1:1000";
+const ADDR_B: &str = "127.0.0.1:2000";
+/// Loop bound: both agents connect in far fewer rounds; more means a broken scenario.
+const MAX_ROUNDS: u32 = 10_000;
+
+/// STUN messages sent (both directions) until both agents are connected.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Msgs {
+    requests: u32,
+    success: u32,
+    other: u32,
+    /// Print each message (virtual time since this instant), for `ICE_BENCH_TRACE=1`.
+    trace: Option<Instant>,
+}
+
+impl Msgs {
+    fn traced(start: Instant, name: &str) -> Msgs {
+        let trace = std::env::var_os("ICE_BENCH_TRACE").map(|_| start);
+        if trace.is_some() {
+            println!("STUN messages until both connected, {name} (virtual time):");
+        }
+        Msgs {
+            trace,
+            ..Msgs::default()
+        }
     }
-    while let Some(t) = x.poll_transmit(now, buf) {
-        let pkt = Received {
-            source: t.source,
-            destination: t.destination,
-            contents: &buf[..t.size],
+    fn counts(&self) -> (u32, u32, u32) {
+        (self.requests, self.success, self.other)
+    }
+    fn count(&mut self, now: Instant, from: &str, datagram: &[u8]) {
+        let kind = match datagram.get(..2) {
+            Some([0x00, 0x01]) => {
+                self.requests += 1;
+                "Binding request"
+            }
+            Some([0x01, 0x01]) => {
+                self.success += 1;
+                "Binding success"
+            }
+            _ => {
+                self.other += 1;
+                "other"
+            }
         };
-        y.handle_packet(now, pkt);
+        if let Some(start) = self.trace {
+            println!(
+                "  {:>7.1} ms  {from}  {kind}{}",
+                (now - start).as_secs_f64() * 1e3,
+                if has_use_candidate(datagram) {
+                    " USE-CANDIDATE"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    fn total(&self) -> u32 {
+        self.requests + self.success + self.other
     }
 }
 
-fn establish(seed: u64, start: Instant) -> (IceAgent, IceAgent) {
-    let mut a = IceAgent::new(IceConfig {
-        controlling: true,
-        seed,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut b = IceAgent::new(IceConfig {
-        seed: seed ^ 0xFF,
-        ..Default::default()
-    })
-    .unwrap();
-    let ca = Candidate::host("10.0.0.1:5000".parse().unwrap());
-    let cb = Candidate::host("10.0.0.2:6000".parse().unwrap());
-    a.add_local_candidate(ca.clone()).unwrap();
-    b.add_local_candidate(cb.clone()).unwrap();
-    let (u, p) = a.local_credentials();
-    let (u, p) = (u.to_owned(), p.to_owned());
-    b.set_remote_credentials(&u, &p).unwrap();
-    let (u, p) = b.local_credentials();
-    let (u, p) = (u.to_owned(), p.to_owned());
-    a.set_remote_credentials(&u, &p).unwrap();
-    a.add_remote_candidate(b.local_candidates()[0].clone())
-        .unwrap();
-    b.add_remote_candidate(a.local_candidates()[0].clone())
-        .unwrap();
-    let mut buf = [0u8; 1500];
-    let mut now = start;
-    a.handle_timeout(now);
-    b.handle_timeout(now);
-    while a.selected_pair().is_none() || b.selected_pair().is_none() {
-        pump(now, &mut a, &mut b, &mut buf);
-        pump(now, &mut b, &mut a, &mut buf);
-        let next = [a.poll_timeout(), b.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
-        now = next.map_or(now + Duration::from_millis(1), |t| t.max(now));
+/// Whether a STUN message carries USE-CANDIDATE (0x0025); only used when tracing.
+fn has_use_candidate(m: &[u8]) -> bool {
+    let mut i = 20;
+    while i + 4 <= m.len() {
+        let t = u16::from_be_bytes([m[i], m[i + 1]]);
+        let l = usize::from(u16::from_be_bytes([m[i + 2], m[i + 3]]));
+        if t == 0x0025 {
+            return true;
+        }
+        i += 4 + l.div_ceil(4) * 4;
     }
-    (a, b)
+    false
+}
+
+mod ours {
+    use super::*;
+    const NAME: &str = "icering";
+    use icering::ice::{Candidate, IceAgent, IceConfig};
+    use icering::net::Received;
+
+    fn pump(
+        now: Instant,
+        x: &mut IceAgent,
+        y: &mut IceAgent,
+        buf: &mut [u8],
+        m: &mut Msgs,
+        from: &str,
+    ) {
+        if x.poll_timeout().is_some_and(|t| t <= now) {
+            x.handle_timeout(now);
+        }
+        while let Some(t) = x.poll_transmit(now, buf) {
+            m.count(now, from, &buf[..t.size]);
+            let pkt = Received {
+                source: t.source,
+                destination: t.destination,
+                contents: &buf[..t.size],
+            };
+            y.handle_packet(now, pkt);
+        }
+    }
+
+    pub fn establish(seed: u64, start: Instant, trace: bool) -> (IceAgent, IceAgent, Msgs) {
+        let mut a = IceAgent::new(IceConfig {
+            controlling: true,
+            seed,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut b = IceAgent::new(IceConfig {
+            seed: seed ^ 0xFF,
+            ..Default::default()
+        })
+        .unwrap();
+        let a_addr: SocketAddr = ADDR_A.parse().unwrap();
+        let b_addr: SocketAddr = ADDR_B.parse().unwrap();
+        a.add_local_candidate(Candidate::host(a_addr)).unwrap();
+        b.add_local_candidate(Candidate::host(b_addr)).unwrap();
+        let (u, p) = a.local_credentials();
+        let (u, p) = (u.to_owned(), p.to_owned());
+        b.set_remote_credentials(&u, &p).unwrap();
+        let (u, p) = b.local_credentials();
+        let (u, p) = (u.to_owned(), p.to_owned());
+        a.set_remote_credentials(&u, &p).unwrap();
+        a.add_remote_candidate(b.local_candidates()[0].clone())
+            .unwrap();
+        b.add_remote_candidate(a.local_candidates()[0].clone())
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let mut m = match trace {
+            true => Msgs::traced(start, NAME),
+            false => Msgs::default(),
+        };
+        let mut now = start;
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        let mut rounds = 0;
+        while a.selected_pair().is_none() || b.selected_pair().is_none() {
+            rounds += 1;
+            assert!(rounds < MAX_ROUNDS, "icering pair did not connect");
+            pump(now, &mut a, &mut b, &mut buf, &mut m, "A→B");
+            pump(now, &mut b, &mut a, &mut buf, &mut m, "B→A");
+            let next = [a.poll_timeout(), b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            now = next.map_or(now + Duration::from_millis(1), |t| t.max(now));
+        }
+        (a, b, m)
+    }
+}
+
+mod str0m_is {
+    use super::*;
+    const NAME: &str = "is 0.12";
+    use is::stun::{StunMessage, StunPacket};
+    use is::{Candidate, IceAgent, IceCreds};
+
+    /// HMAC-SHA1 for `is` built without default features (as str0m uses it): the same
+    /// code as its `DefaultSha1HmacProvider`, on the `hmac`/`sha1` crates we use too.
+    #[derive(Debug)]
+    struct HmacSha1;
+
+    impl is::Sha1HmacProvider for HmacSha1 {
+        fn sha1_hmac(&self, key: &[u8], payloads: &[&[u8]]) -> [u8; 20] {
+            use hmac::{Hmac, KeyInit, Mac};
+            let mut mac =
+                Hmac::<sha1::Sha1>::new_from_slice(key).expect("HMAC-SHA1 takes any key length");
+            for p in payloads {
+                mac.update(p);
+            }
+            mac.finalize().into_bytes().into()
+        }
+    }
+
+    static HMAC: HmacSha1 = HmacSha1;
+
+    fn pump(now: Instant, x: &mut IceAgent, y: &mut IceAgent, m: &mut Msgs, from: &str) {
+        if x.poll_timeout().is_some_and(|t| t <= now) {
+            x.handle_timeout(now);
+        }
+        while let Some(t) = x.poll_transmit() {
+            m.count(now, from, &t.contents);
+            let message = StunMessage::parse(&t.contents).expect("is sends only STUN");
+            let pkt = StunPacket {
+                proto: t.proto,
+                source: t.source,
+                destination: t.destination,
+                message,
+            };
+            y.handle_packet(now, pkt);
+        }
+    }
+
+    pub fn establish(start: Instant, trace: bool) -> (IceAgent, IceAgent, Msgs) {
+        let mut a = IceAgent::with_hmac(IceCreds::new(), &HMAC);
+        let mut b = IceAgent::with_hmac(IceCreds::new(), &HMAC);
+        a.set_controlling(true);
+        b.set_controlling(false);
+        let a_addr: SocketAddr = ADDR_A.parse().unwrap();
+        let b_addr: SocketAddr = ADDR_B.parse().unwrap();
+        let ca = a
+            .add_local_candidate(Candidate::host(a_addr, "udp").unwrap())
+            .unwrap()
+            .clone();
+        let cb = b
+            .add_local_candidate(Candidate::host(b_addr, "udp").unwrap())
+            .unwrap()
+            .clone();
+        b.set_remote_credentials(a.local_credentials().clone());
+        a.set_remote_credentials(b.local_credentials().clone());
+        a.add_remote_candidate(cb);
+        b.add_remote_candidate(ca);
+        let mut m = match trace {
+            true => Msgs::traced(start, NAME),
+            false => Msgs::default(),
+        };
+        let mut now = start;
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        let mut rounds = 0;
+        while !a.state().is_connected() || !b.state().is_connected() {
+            rounds += 1;
+            assert!(rounds < MAX_ROUNDS, "is pair did not connect");
+            pump(now, &mut a, &mut b, &mut m, "A→B");
+            pump(now, &mut b, &mut a, &mut m, "B→A");
+            let next = [a.poll_timeout(), b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            now = next.map_or(now + Duration::from_millis(1), |t| t.max(now));
+        }
+        (a, b, m)
+    }
 }
 
 fn bench(c: &mut Criterion) {
     let start = Instant::now();
+
+    // Message counts are deterministic per implementation; check a few runs agree.
+    // `ICE_BENCH_TRACE=1` prints the message sequence of the first run of each.
+    let ours_msgs = ours::establish(1, start, true).2;
+    let is_msgs = str0m_is::establish(start, true).2;
+    for seed in 2..20 {
+        let (o, i) = (
+            ours::establish(seed, start, false),
+            str0m_is::establish(start, false),
+        );
+        assert_eq!(o.2.counts(), ours_msgs.counts());
+        assert_eq!(i.2.counts(), is_msgs.counts());
+    }
+    for (name, m) in [("icering", ours_msgs), ("is 0.12", is_msgs)] {
+        println!(
+            "STUN messages until both connected, {name}: {} ({} Binding requests, {} success responses, {} other)",
+            m.total(),
+            m.requests,
+            m.success,
+            m.other
+        );
+    }
+
+    let mut g = c.benchmark_group("ice: establish agent pair (in memory, virtual clock)");
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+
     let mut seed = 0;
-    c.bench_function("icering: establish agent pair (in memory)", |bch| {
+    g.throughput(Throughput::Elements(ours_msgs.requests.into()));
+    g.bench_function("icering", |bch| {
         bch.iter(|| {
             seed += 1;
-            establish(seed, start)
+            ours::establish(black_box(seed), start, false)
         })
     });
+
+    g.throughput(Throughput::Elements(is_msgs.requests.into()));
+    g.bench_function("is 0.12 (str0m)", |bch| {
+        bch.iter(|| str0m_is::establish(black_box(start), false))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);
