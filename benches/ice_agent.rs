@@ -183,8 +183,8 @@ mod str0m_is {
     use is::stun::{StunMessage, StunPacket};
     use is::{Candidate, IceAgent, IceCreds};
 
-    /// HMAC-SHA1 for `is` built without default features (as str0m uses it): the same
-    /// code as its `DefaultSha1HmacProvider`, on the `hmac`/`sha1` crates we use too.
+    /// HMAC-SHA1 for `is` built without default features (as str0m uses it): a plain
+    /// keyed HMAC per call, as its default provider does, on our `hmac`/`sha1` crates.
     #[derive(Debug)]
     struct HmacSha1;
 
