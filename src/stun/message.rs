@@ -116,7 +116,11 @@ impl<'a> Message<'a> {
                         return Err(StunError::BadAttribute(typ));
                     }
                     m.mi256 = at as u32;
-                    m.visible_end = next as u32;
+                    // After MESSAGE-INTEGRITY the window is already closed: attributes
+                    // between the two stay invisible (RFC 8489 §14.5).
+                    if visible {
+                        m.visible_end = next as u32;
+                    }
                 }
                 attr::FINGERPRINT => {
                     if vlen != 4 {
