@@ -28,7 +28,7 @@ fn tlv(typ: u16, value: &[u8]) -> Vec<u8> {
     let mut v = typ.to_be_bytes().to_vec();
     v.extend_from_slice(&(value.len() as u16).to_be_bytes());
     v.extend_from_slice(value);
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v

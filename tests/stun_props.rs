@@ -126,7 +126,7 @@ fn text(chars: usize) -> impl Strategy<Value = String> {
 
 fn padded(v: &[u8]) -> Vec<u8> {
     let mut v = v.to_vec();
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v
@@ -236,6 +236,27 @@ fn exercise(m: &Message<'_>) {
     let _ = (m.channel_number(), m.data(), m.error_code());
     let _ = (m.xor_mapped_address(), m.mapped_address());
     let _ = m.xor_address(attr::XOR_PEER_ADDRESS);
+    // The cached ICE getters agree with a scan of the visible attributes.
+    let scan = |t: u16| m.get(t).map(|a| a.value);
+    assert_eq!(
+        m.username(),
+        scan(attr::USERNAME)
+            .filter(|v| v.len() <= 512)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    );
+    assert_eq!(
+        m.priority(),
+        scan(attr::PRIORITY).and_then(|v| Some(u32::from_be_bytes(v.try_into().ok()?)))
+    );
+    assert_eq!(
+        m.ice_controlling(),
+        scan(attr::ICE_CONTROLLING).and_then(|v| Some(u64::from_be_bytes(v.try_into().ok()?)))
+    );
+    assert_eq!(
+        m.ice_controlled(),
+        scan(attr::ICE_CONTROLLED).and_then(|v| Some(u64::from_be_bytes(v.try_into().ok()?)))
+    );
+    assert_eq!(m.use_candidate(), scan(attr::USE_CANDIDATE).is_some());
     let _ = m.xor_addresses(attr::XOR_RELAYED_ADDRESS).count();
     assert_eq!(m.has_unknown_required(), m.unknown_required().count() > 0);
     let _ = format!("{m:?}");

@@ -36,6 +36,27 @@ pub fn exercise(m: &Message<'_>) {
     let _ = (m.channel_number(), m.data(), m.error_code());
     let _ = (m.xor_mapped_address(), m.mapped_address());
     let _ = m.xor_address(attr::XOR_PEER_ADDRESS);
+    // The cached ICE getters agree with a scan of the visible attributes.
+    let scan = |t: u16| m.get(t).map(|a| a.value);
+    assert_eq!(
+        m.username(),
+        scan(attr::USERNAME)
+            .filter(|v| v.len() <= 512)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    );
+    assert_eq!(
+        m.priority(),
+        scan(attr::PRIORITY).and_then(|v| Some(u32::from_be_bytes(v.try_into().ok()?)))
+    );
+    assert_eq!(
+        m.ice_controlling(),
+        scan(attr::ICE_CONTROLLING).and_then(|v| Some(u64::from_be_bytes(v.try_into().ok()?)))
+    );
+    assert_eq!(
+        m.ice_controlled(),
+        scan(attr::ICE_CONTROLLED).and_then(|v| Some(u64::from_be_bytes(v.try_into().ok()?)))
+    );
+    assert_eq!(m.use_candidate(), scan(attr::USE_CANDIDATE).is_some());
     for a in m.xor_addresses(attr::XOR_RELAYED_ADDRESS) {
         let _ = a;
     }
@@ -124,7 +145,9 @@ pub fn channel_data(data: &[u8]) {
             assert_eq!(cd.encode(&mut out, true), Ok(used));
             assert_eq!(&out[..4 + cd.data.len()], &data[..4 + cd.data.len()]);
         }
-        Ok(None) => assert!(udp.is_err() || data.len() < ChannelData::encoded_len(udp.unwrap().data.len(), true)),
+        Ok(None) => assert!(
+            udp.is_err() || data.len() < ChannelData::encoded_len(udp.unwrap().data.len(), true)
+        ),
         Err(_) => assert!(udp.is_err()),
     }
 }
