@@ -50,12 +50,8 @@ fn peer_setters() -> Vec<Box<dyn Setter>> {
 /// Binding request with USERNAME, PRIORITY, ICE-CONTROLLING, MESSAGE-INTEGRITY, FINGERPRINT.
 #[inline]
 fn ours_encode(buf: &mut [u8], key: &IntegrityKey) -> usize {
-    let mut w = MessageWriter::new(
-        buf,
-        MessageType::new(Method::BINDING, Class::Request),
-        &TID,
-    )
-    .unwrap();
+    let mut w =
+        MessageWriter::new(buf, MessageType::new(Method::BINDING, Class::Request), &TID).unwrap();
     w.add(&Attribute::Username(USER)).unwrap();
     w.add(&Attribute::Priority(PRIORITY)).unwrap();
     w.add(&Attribute::IceControlling(TIE)).unwrap();
@@ -93,12 +89,7 @@ fn benches(c: &mut Criterion) {
             pm.write(black_box(&bytes)).unwrap();
             let user = TextAttribute::get_from_as(&pm, ATTR_USERNAME).unwrap();
             let prio = u32::from_be_bytes(pm.get(ATTR_PRIORITY).unwrap().try_into().unwrap());
-            let tie = u64::from_be_bytes(
-                pm.get(ATTR_ICE_CONTROLLING)
-                    .unwrap()
-                    .try_into()
-                    .unwrap(),
-            );
+            let tie = u64::from_be_bytes(pm.get(ATTR_ICE_CONTROLLING).unwrap().try_into().unwrap());
             black_box((user, prio, tie));
         })
     });
