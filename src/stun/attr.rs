@@ -361,7 +361,11 @@ fn be_u32(typ: u16, v: &[u8]) -> Result<u32, StunError> {
     Ok(u32::from_be_bytes(*fixed::<4>(typ, v)?))
 }
 
-fn text(typ: u16, v: &[u8], max: usize) -> Result<&str, StunError> {
+/// Longest USERNAME in bytes (RFC 8489 §14.3: "less than 513 bytes").
+pub(crate) const MAX_USERNAME: usize = 512;
+
+#[inline]
+pub(crate) fn text(typ: u16, v: &[u8], max: usize) -> Result<&str, StunError> {
     if v.len() > max {
         return Err(StunError::BadText(typ));
     }
@@ -504,7 +508,7 @@ impl<'a> Attribute<'a> {
         Ok(match typ {
             MAPPED_ADDRESS => Attribute::MappedAddress(decode_address(typ, v)?),
             XOR_MAPPED_ADDRESS => Attribute::XorMappedAddress(decode_xor_address(typ, v, tid)?),
-            USERNAME => Attribute::Username(text(typ, v, 512)?),
+            USERNAME => Attribute::Username(text(typ, v, MAX_USERNAME)?),
             USERHASH => Attribute::UserHash(fixed::<32>(typ, v)?),
             MESSAGE_INTEGRITY => Attribute::MessageIntegrity(fixed::<20>(typ, v)?),
             MESSAGE_INTEGRITY_SHA256 => {

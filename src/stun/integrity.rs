@@ -14,10 +14,12 @@ use subtle::ConstantTimeEq;
 
 use super::{FINGERPRINT_XOR, HEADER_LEN, Message, StunError};
 
-/// HMAC-SHA1 key for MESSAGE-INTEGRITY, precomputed once per credential.
+/// HMAC-SHA1 key for MESSAGE-INTEGRITY, precomputed once per credential: the SHA-1
+/// states after absorbing the inner and outer key pads (RFC 2104), 40 bytes in all.
 #[derive(Clone)]
 pub struct IntegrityKey {
-    mac: Hmac<Sha1>,
+    inner: [u32; 5],
+    outer: [u32; 5],
 }
 
 /// HMAC-SHA256 key for MESSAGE-INTEGRITY-SHA256, precomputed once per credential.
@@ -77,17 +79,90 @@ impl IntegrityKey {
     /// Key from raw bytes: the password for short-term credentials (RFC 8489 §9.1.1), or a
     /// long-term key from [`long_term_key_md5`] / [`long_term_key_sha256`].
     pub fn new(key: &[u8]) -> Self {
+        // RFC 2104: keys longer than the block are hashed first, then zero-padded.
+        let mut k = [0u8; 64];
+        if key.len() > 64 {
+            k[..20].copy_from_slice(&Sha1::digest(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let pad = |byte: u8| {
+            let mut block = k;
+            block.iter_mut().for_each(|b| *b ^= byte);
+            let mut state = SHA1_H0;
+            sha1::block_api::compress(&mut state, &[block]);
+            state
+        };
         IntegrityKey {
-            mac: Hmac::<Sha1>::new_from_slice(key).expect("HMAC takes any key length"),
+            inner: pad(0x36),
+            outer: pad(0x5c),
         }
     }
 
     /// The HMAC of `buf[..upto]` with the header length replaced by `len_at`.
+    ///
+    /// Hashes straight from the message with the SHA-1 block function: full blocks are
+    /// compressed in place, only the first (patched length) and the padded tail are built
+    /// on the stack. No allocation, no block-buffer copies.
+    #[inline]
     pub(crate) fn sign(&self, buf: &[u8], upto: usize, len_at: usize) -> [u8; 20] {
-        let mut mac = self.mac.clone();
-        feed(&mut mac, buf, upto, len_at);
-        mac.finalize().into_bytes().into()
+        let msg = &buf[..upto];
+        let len_field = (len_at as u16).to_be_bytes();
+        let mut state = self.inner;
+        let (blocks, tail) = msg.as_chunks::<64>();
+        let mut tail_block = [0u8; 128];
+        tail_block[..tail.len()].copy_from_slice(tail);
+        if let Some((first, rest)) = blocks.split_first() {
+            let mut first = *first;
+            first[2..4].copy_from_slice(&len_field);
+            sha1::block_api::compress(&mut state, &[first]);
+            sha1::block_api::compress(&mut state, rest);
+        } else {
+            // The whole message is in the tail; it holds at least the 20-byte header.
+            tail_block[2..4].copy_from_slice(&len_field);
+        }
+        // MD padding: 0x80, zeros, bit length (the key block counts: 64 bytes).
+        tail_block[tail.len()] = 0x80;
+        let tail_len = if tail.len() < 56 { 64 } else { 128 };
+        let bits = ((64 + upto) as u64) * 8;
+        tail_block[tail_len - 8..tail_len].copy_from_slice(&bits.to_be_bytes());
+        let (tail_blocks, _) = tail_block[..tail_len].as_chunks::<64>();
+        sha1::block_api::compress(&mut state, tail_blocks);
+
+        let mut outer_block = [0u8; 64];
+        for (chunk, word) in outer_block.chunks_exact_mut(4).zip(state) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        outer_block[20] = 0x80;
+        outer_block[56..].copy_from_slice(&(((64 + 20) as u64) * 8).to_be_bytes());
+        let mut state = self.outer;
+        sha1::block_api::compress(&mut state, &[outer_block]);
+        let mut mac = [0u8; 20];
+        for (chunk, word) in mac.chunks_exact_mut(4).zip(state) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        mac
     }
+}
+
+/// SHA-1 initial state (FIPS 180-4 §5.3.1).
+const SHA1_H0: [u32; 5] = [
+    0x6745_2301,
+    0xEFCD_AB89,
+    0x98BA_DCFE,
+    0x1032_5476,
+    0xC3D2_E1F0,
+];
+
+/// Constant-time equality of two MACs: one data-independent fold, then one `subtle`
+/// comparison (instead of a `Choice` per byte).
+#[inline]
+fn mac_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    bool::from(diff.ct_eq(&0))
 }
 
 impl IntegrityKeySha256 {
@@ -121,7 +196,7 @@ impl Message<'_> {
         let at = self.integrity_offset().ok_or(StunError::NoIntegrity)?;
         let buf = self.as_bytes();
         let expect = key.sign(buf, at, at + 24 - HEADER_LEN);
-        if bool::from(expect.ct_eq(&buf[at + 4..at + 24])) {
+        if mac_eq(&expect, &buf[at + 4..at + 24]) {
             Ok(())
         } else {
             Err(StunError::IntegrityMismatch)
@@ -136,7 +211,7 @@ impl Message<'_> {
         let buf = self.as_bytes();
         let vlen = usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]]));
         let expect = key.sign(buf, at, at + 4 + vlen - HEADER_LEN);
-        if bool::from(expect[..vlen].ct_eq(&buf[at + 4..at + 4 + vlen])) {
+        if mac_eq(&expect[..vlen], &buf[at + 4..at + 4 + vlen]) {
             Ok(())
         } else {
             Err(StunError::IntegrityMismatch)
@@ -154,5 +229,43 @@ impl Message<'_> {
         } else {
             Err(StunError::FingerprintMismatch)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block-level HMAC-SHA1 equals the `hmac` crate's for every key size class and
+    /// every tail length (including the 55/56 and 63/64 padding boundaries).
+    #[test]
+    fn sign_matches_reference_hmac() {
+        let mut msg = [0u8; 300];
+        for (i, b) in msg.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        for key_len in [0, 1, 20, 63, 64, 65, 200] {
+            let key: Vec<u8> = (0..key_len).map(|i| (i * 13) as u8).collect();
+            let ours = IntegrityKey::new(&key);
+            for upto in 20..=msg.len() {
+                let len_at = (upto + 4) & 0xFFFF;
+                let mut reference = Hmac::<Sha1>::new_from_slice(&key).unwrap();
+                feed(&mut reference, &msg, upto, len_at);
+                let want: [u8; 20] = reference.finalize().into_bytes().into();
+                assert_eq!(
+                    ours.sign(&msg, upto, len_at),
+                    want,
+                    "key {key_len} upto {upto}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mac_eq_is_equality() {
+        assert!(mac_eq(&[1, 2, 3], &[1, 2, 3]));
+        assert!(!mac_eq(&[1, 2, 3], &[1, 2, 4]));
+        assert!(!mac_eq(&[1, 2, 3], &[1, 2]));
+        assert!(mac_eq(&[], &[]));
     }
 }

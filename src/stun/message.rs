@@ -25,7 +25,19 @@ pub struct Message<'a> {
     visible_end: u32,
     /// A visible comprehension-required attribute is unknown to this codec.
     has_unknown_required: bool,
+    /// Offsets of the first visible USERNAME, PRIORITY, ICE-CONTROLLING, ICE-CONTROLLED
+    /// and USE-CANDIDATE, or 0: the ICE connectivity-check fast path reads these without
+    /// scanning the attributes again.
+    hot: [u32; HOT],
 }
+
+/// Number of attribute types whose first visible offset `parse` records.
+const HOT: usize = 5;
+const HOT_USERNAME: usize = 0;
+const HOT_PRIORITY: usize = 1;
+const HOT_ICE_CONTROLLING: usize = 2;
+const HOT_ICE_CONTROLLED: usize = 3;
+const HOT_USE_CANDIDATE: usize = 4;
 
 impl std::fmt::Debug for Message<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,16 +101,21 @@ impl<'a> Message<'a> {
             fp: 0,
             visible_end: end as u32,
             has_unknown_required: false,
+            hot: [0; HOT],
         };
         let mut at = HEADER_LEN;
         while at < end {
             if m.fp != 0 {
                 return Err(StunError::AttributeAfterFingerprint);
             }
-            // `end - at` is a positive multiple of 4, so the TLV header fits.
-            let typ = be16(buf, at);
-            let vlen = usize::from(be16(buf, at + 2));
-            let next = at + 4 + ((vlen + 3) & !3);
+            // `end - at` is a positive multiple of 4, so the TLV header fits; one checked
+            // 4-byte read instead of four indexed ones keeps the loop short.
+            let Some(&[t0, t1, l0, l1]) = buf.get(at..at + 4) else {
+                return Err(StunError::AttributeOverrun { typ: 0, offset: at });
+            };
+            let typ = u16::from_be_bytes([t0, t1]);
+            let vlen = usize::from(u16::from_be_bytes([l0, l1]));
+            let next = at + ((vlen + 7) & !3);
             if next > end {
                 return Err(StunError::AttributeOverrun { typ, offset: at });
             }
@@ -116,7 +133,11 @@ impl<'a> Message<'a> {
                         return Err(StunError::BadAttribute(typ));
                     }
                     m.mi256 = at as u32;
-                    m.visible_end = next as u32;
+                    // After MESSAGE-INTEGRITY the window is already closed: attributes
+                    // between the two stay invisible (RFC 8489 §14.5).
+                    if visible {
+                        m.visible_end = next as u32;
+                    }
                 }
                 attr::FINGERPRINT => {
                     if vlen != 4 {
@@ -124,7 +145,26 @@ impl<'a> Message<'a> {
                     }
                     m.fp = at as u32;
                 }
-                _ if visible && !attr::is_known(typ) => m.has_unknown_required = true,
+                _ if visible => {
+                    let slot = match typ {
+                        attr::USERNAME => Some(HOT_USERNAME),
+                        attr::PRIORITY => Some(HOT_PRIORITY),
+                        attr::ICE_CONTROLLING => Some(HOT_ICE_CONTROLLING),
+                        attr::ICE_CONTROLLED => Some(HOT_ICE_CONTROLLED),
+                        attr::USE_CANDIDATE => Some(HOT_USE_CANDIDATE),
+                        _ => {
+                            if !attr::is_known(typ) {
+                                m.has_unknown_required = true;
+                            }
+                            None
+                        }
+                    };
+                    if let Some(slot) = slot
+                        && m.hot[slot] == 0
+                    {
+                        m.hot[slot] = at as u32;
+                    }
+                }
                 _ => {}
             }
             at = next;
@@ -217,6 +257,17 @@ impl<'a> Message<'a> {
         (self.fp != 0).then_some(self.fp as usize)
     }
 
+    /// Value of the first visible attribute recorded in `hot[slot]`.
+    #[inline]
+    fn hot_value(&self, slot: usize) -> Option<&'a [u8]> {
+        let at = self.hot[slot] as usize;
+        if at == 0 {
+            return None;
+        }
+        let vlen = usize::from(be16(self.buf, at + 2));
+        self.buf.get(at + 4..at + 4 + vlen)
+    }
+
     fn text(&self, typ: u16) -> Option<&'a str> {
         match self.get_decoded(typ)? {
             Ok(Attribute::Username(s) | Attribute::Realm(s) | Attribute::Nonce(s)) => Some(s),
@@ -230,15 +281,15 @@ impl<'a> Message<'a> {
         Some(u32::from_be_bytes(v.try_into().ok()?))
     }
 
-    fn be_u64(&self, typ: u16) -> Option<u64> {
-        let v = self.get(typ)?.value;
-        Some(u64::from_be_bytes(v.try_into().ok()?))
-    }
-
     /// USERNAME, if present and valid.
     #[inline]
     pub fn username(&self) -> Option<&'a str> {
-        self.text(attr::USERNAME)
+        attr::text(
+            attr::USERNAME,
+            self.hot_value(HOT_USERNAME)?,
+            attr::MAX_USERNAME,
+        )
+        .ok()
     }
 
     /// REALM, if present and valid.
@@ -259,25 +310,31 @@ impl<'a> Message<'a> {
     /// PRIORITY (RFC 8445 §7.1.1).
     #[inline]
     pub fn priority(&self) -> Option<u32> {
-        self.be_u32(attr::PRIORITY)
+        Some(u32::from_be_bytes(
+            self.hot_value(HOT_PRIORITY)?.try_into().ok()?,
+        ))
     }
 
     /// ICE-CONTROLLING tie-breaker.
     #[inline]
     pub fn ice_controlling(&self) -> Option<u64> {
-        self.be_u64(attr::ICE_CONTROLLING)
+        Some(u64::from_be_bytes(
+            self.hot_value(HOT_ICE_CONTROLLING)?.try_into().ok()?,
+        ))
     }
 
     /// ICE-CONTROLLED tie-breaker.
     #[inline]
     pub fn ice_controlled(&self) -> Option<u64> {
-        self.be_u64(attr::ICE_CONTROLLED)
+        Some(u64::from_be_bytes(
+            self.hot_value(HOT_ICE_CONTROLLED)?.try_into().ok()?,
+        ))
     }
 
     /// Whether USE-CANDIDATE is present.
     #[inline]
     pub fn use_candidate(&self) -> bool {
-        self.get(attr::USE_CANDIDATE).is_some()
+        self.hot[HOT_USE_CANDIDATE] != 0
     }
 
     /// NOMINATION value (renomination), if present.

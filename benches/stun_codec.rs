@@ -1,0 +1,169 @@
+//! STUN codec micro-benchmarks, icering side by side with the webrtc-rs `stun` (and, for
+//! ChannelData, `turn`) crates in the same run. Each group benches the same operation on
+//! the same bytes: `icering` and `peer`.
+//!
+//! `cargo bench --bench stun_codec`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use icering::stun::{
+    Attribute, ChannelData, Class, IntegrityKey, Message, MessageType, MessageWriter, Method,
+};
+use stun::agent::TransactionId as PeerTid;
+use stun::attributes::{ATTR_ICE_CONTROLLING, ATTR_PRIORITY, ATTR_USERNAME, AttrType};
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{BINDING_REQUEST, Message as PeerMessage, Setter};
+use stun::textattrs::TextAttribute;
+
+const TID: [u8; 12] = [
+    0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98,
+];
+const USER: &str = "9c5bd4f1:a8e3b3c2";
+const PWD: &str = "asd88fgpdd777uzjYhagZg";
+const PRIORITY: u32 = 0x6e00_1eff;
+const TIE: u64 = 0x0123_4567_89ab_cdef;
+
+struct Raw(AttrType, Vec<u8>);
+
+impl Setter for Raw {
+    fn add_to(&self, m: &mut PeerMessage) -> Result<(), stun::Error> {
+        m.add(self.0, &self.1);
+        Ok(())
+    }
+}
+
+fn peer_setters() -> Vec<Box<dyn Setter>> {
+    vec![
+        Box::new(BINDING_REQUEST),
+        Box::new(PeerTid(TID)),
+        Box::new(TextAttribute::new(ATTR_USERNAME, USER.into())),
+        Box::new(Raw(ATTR_PRIORITY, PRIORITY.to_be_bytes().to_vec())),
+        Box::new(Raw(ATTR_ICE_CONTROLLING, TIE.to_be_bytes().to_vec())),
+        Box::new(MessageIntegrity::new_short_term_integrity(PWD.into())),
+        Box::new(FINGERPRINT),
+    ]
+}
+
+/// Binding request with USERNAME, PRIORITY, ICE-CONTROLLING, MESSAGE-INTEGRITY, FINGERPRINT.
+#[inline]
+fn ours_encode(buf: &mut [u8], key: &IntegrityKey) -> usize {
+    let mut w =
+        MessageWriter::new(buf, MessageType::new(Method::BINDING, Class::Request), &TID).unwrap();
+    w.add(&Attribute::Username(USER)).unwrap();
+    w.add(&Attribute::Priority(PRIORITY)).unwrap();
+    w.add(&Attribute::IceControlling(TIE)).unwrap();
+    w.add_message_integrity(key).unwrap();
+    w.add_fingerprint().unwrap();
+    w.finish()
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+}
+
+fn benches(c: &mut Criterion) {
+    let key = IntegrityKey::new(PWD.as_bytes());
+    let mut buf = [0u8; 256];
+    let n = ours_encode(&mut buf, &key);
+    let bytes = buf[..n].to_vec();
+    // Both codecs produce the same bytes, so they are benched on identical input.
+    let mut peer = PeerMessage::new();
+    peer.build(&peer_setters()).unwrap();
+    assert_eq!(peer.raw, bytes);
+
+    let mut g = c.benchmark_group("decode_binding_request");
+    g.bench_function("icering", |b| {
+        b.iter(|| {
+            let m = Message::parse(black_box(&bytes)).unwrap();
+            black_box((m.username(), m.priority(), m.ice_controlling()))
+        })
+    });
+    let mut pm = PeerMessage::new();
+    g.bench_function("peer", |b| {
+        b.iter(|| {
+            pm.write(black_box(&bytes)).unwrap();
+            let user = TextAttribute::get_from_as(&pm, ATTR_USERNAME).unwrap();
+            let prio = u32::from_be_bytes(pm.get(ATTR_PRIORITY).unwrap().try_into().unwrap());
+            let tie = u64::from_be_bytes(pm.get(ATTR_ICE_CONTROLLING).unwrap().try_into().unwrap());
+            black_box((user, prio, tie));
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("encode_binding_request_mi_fp");
+    g.bench_function("icering", |b| {
+        let mut out = [0u8; 256];
+        b.iter(|| black_box(ours_encode(black_box(&mut out), black_box(&key))))
+    });
+    let setters = peer_setters();
+    let mut pm = PeerMessage::new();
+    g.bench_function("peer", |b| {
+        b.iter(|| {
+            pm.build(black_box(&setters)).unwrap();
+            black_box(pm.raw.len());
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("message_integrity_check");
+    let m = Message::parse(&bytes).unwrap();
+    g.bench_function("icering", |b| {
+        b.iter(|| black_box(&m).verify_integrity(black_box(&key)).unwrap())
+    });
+    let mut pm = PeerMessage::new();
+    pm.write(&bytes).unwrap();
+    let peer_key = MessageIntegrity::new_short_term_integrity(PWD.into());
+    g.bench_function("peer", |b| {
+        b.iter(|| black_box(&peer_key).check(black_box(&mut pm)).unwrap())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("fingerprint_check");
+    g.bench_function("icering", |b| {
+        b.iter(|| black_box(&m).verify_fingerprint().unwrap())
+    });
+    g.bench_function("peer", |b| {
+        b.iter(|| FINGERPRINT.check(black_box(&pm)).unwrap())
+    });
+    g.finish();
+
+    // 160 bytes of payload: 20 ms of G.711 audio.
+    let payload = [0x5Au8; 160];
+    let mut frame = [0u8; 164];
+    let len = ChannelData {
+        channel: 0x4001,
+        data: &payload,
+    }
+    .encode(&mut frame, false)
+    .unwrap();
+    let frame = &frame[..len];
+    let mut g = c.benchmark_group("channel_data_decode");
+    g.bench_function("icering", |b| {
+        b.iter(|| {
+            let cd = ChannelData::parse_udp(black_box(frame)).unwrap();
+            black_box((cd.channel, cd.data.len()))
+        })
+    });
+    let mut pcd = turn::proto::chandata::ChannelData::default();
+    g.bench_function("peer", |b| {
+        b.iter(|| {
+            pcd.raw.clear();
+            pcd.raw.extend_from_slice(black_box(frame));
+            pcd.decode().unwrap();
+            black_box((pcd.number.0, pcd.data.len()));
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = stun_codec;
+    config = config();
+    targets = benches
+}
+criterion_main!(stun_codec);
