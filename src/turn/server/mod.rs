@@ -514,13 +514,10 @@ impl Server {
         {
             return r.from_peer(id, source, datagram, out, now, &mut self.stats);
         }
-        match stun::classify(datagram) {
-            PacketKind::Stun => {}
-            PacketKind::ChannelData => {
-                return match self.relay.as_mut() {
-                    Some(r) => r.channel_data(sock, source, datagram, out, now, &mut self.stats),
-                    None => Outcome::Drop(DropReason::NotStun),
-                };
+        match (stun::classify(datagram), self.relay.as_mut()) {
+            (PacketKind::Stun, _) => {}
+            (_, Some(r)) if matches!(datagram.first(), Some(0x40..=0x7F)) => {
+                return r.channel_data(sock, source, datagram, out, now, &mut self.stats);
             }
             _ => return Outcome::Drop(DropReason::NotStun),
         }

@@ -8,7 +8,29 @@ use std::time::Instant;
 
 use super::allocation::AllocId;
 use super::{DropReason, Outcome, Relay, ServerStats, Sock};
-use crate::stun::{self, ChannelData, Class, Message, MessageType, MessageWriter, Method, attr};
+use crate::stun::{Class, Message, MessageType, MessageWriter, Method, attr};
+
+/// Channel numbers accepted: RFC 8656 allows 0x4000..=0x4FFF, but RFC 5766 clients
+/// (coturn's own `turnutils_uclient` among them) pick from 0x4000..=0x7FFF and coturn
+/// accepts that range, so we do too. First bytes 0x50..=0x7F are unassigned in the
+/// RFC 7983 demux, so nothing else is shadowed on a TURN port.
+#[inline]
+pub(super) const fn is_legacy_channel(n: u16) -> bool {
+    n >= 0x4000 && n <= 0x7FFF
+}
+
+/// Parses a ChannelData datagram with a channel in the RFC 5766 range; up to 3 bytes of
+/// padding are accepted (RFC 8656 §12.5).
+#[inline]
+pub(super) fn parse_channel_data(buf: &[u8]) -> Option<(u16, &[u8])> {
+    let hdr = buf.get(..4)?;
+    let ch = u16::from_be_bytes([hdr[0], hdr[1]]);
+    let len = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
+    if !is_legacy_channel(ch) || buf.len() < 4 + len || buf.len() > 4 + ((len + 3) & !3) {
+        return None;
+    }
+    Some((ch, &buf[4..4 + len]))
+}
 
 impl Relay {
     /// A datagram from `peer` on the relay socket of allocation `id`.
@@ -35,11 +57,13 @@ impl Relay {
         }
         let len = match a.peer_channels.get(&peer) {
             Some(&ch) => {
-                let n = stun::channel_data::HEADER_LEN + data.len();
-                if n > out.len() || ChannelData::write_header(ch, data.len(), out).is_err() {
+                let n = 4 + data.len();
+                if n > out.len() || data.len() > usize::from(u16::MAX) {
                     return Outcome::Drop(DropReason::NoRoom);
                 }
-                out[stun::channel_data::HEADER_LEN..n].copy_from_slice(data);
+                out[0..2].copy_from_slice(&ch.to_be_bytes());
+                out[2..4].copy_from_slice(&(data.len() as u16).to_be_bytes());
+                out[4..n].copy_from_slice(data);
                 n
             }
             None => {
@@ -72,6 +96,7 @@ impl Relay {
 
     /// Payload for `peer` from the allocation on (`sock`, `client`): checks and copies.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn to_peer(
         &mut self,
         sock: Sock,
@@ -130,9 +155,9 @@ impl Relay {
         now: Instant,
         stats: &mut ServerStats,
     ) -> Outcome {
-        match ChannelData::parse_udp(datagram) {
-            Ok(cd) => self.to_peer(sock, client, None, cd.channel, cd.data, out, now, stats),
-            Err(_) => Outcome::Drop(DropReason::Malformed),
+        match parse_channel_data(datagram) {
+            Some((ch, data)) => self.to_peer(sock, client, None, ch, data, out, now, stats),
+            None => Outcome::Drop(DropReason::Malformed),
         }
     }
 

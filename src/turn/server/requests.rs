@@ -13,7 +13,7 @@ use super::policy::QuotaError;
 use super::{OpenError, Outcome, Relay, RelayPorts, ServerStats, Sock, TurnError};
 use crate::stun::{
     AddressFamily, Attribute, Class, ErrorCode, Message, MessageType, MessageWriter, Method,
-    StunError, attr, channel_data,
+    StunError, attr,
 };
 
 /// What a request turned into.
@@ -388,7 +388,7 @@ impl Relay {
         let Some(ch) = msg.channel_number() else {
             return Err(TurnError::BadRequest.into());
         };
-        if !channel_data::is_valid_channel(ch) {
+        if !super::relay::is_legacy_channel(ch) {
             return Err(TurnError::BadRequest.into());
         }
         let Some(Ok(peer)) = msg.xor_address(attr::XOR_PEER_ADDRESS) else {
