@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::{Control, ShardCounters, ShardError};
 use crate::io::{self, Backend, BackendKind, SendQueue, SocketId, Waker};
 use crate::turn::server::{
-    DropReason, OpenError, Outcome, RelayPorts, Server, ServerConfig, Sock,
+    DropReason, OpenError, Outcome, PortWish, RelayPorts, Server, ServerConfig, Sock,
 };
 
 /// Everything a shard thread is started with.
@@ -40,7 +40,7 @@ struct Deferred<'a> {
 }
 
 impl RelayPorts for Deferred<'_> {
-    fn open(&mut self, _: IpAddr) -> Result<(Sock, SocketAddr), OpenError> {
+    fn open(&mut self, _: IpAddr, _: PortWish) -> Result<(Sock, SocketAddr), OpenError> {
         Err(OpenError::Later)
     }
     fn close(&mut self, sock: Sock) {
@@ -57,12 +57,27 @@ struct Binder<'a> {
 }
 
 impl RelayPorts for Binder<'_> {
-    fn open(&mut self, ip: IpAddr) -> Result<(Sock, SocketAddr), OpenError> {
+    fn open(&mut self, ip: IpAddr, wish: PortWish) -> Result<(Sock, SocketAddr), OpenError> {
         let (lo, hi) = self.range;
         let span = u32::from(hi - lo) + 1;
-        for _ in 0..span.min(4096) {
-            let port = *self.next;
-            *self.next = if port >= hi { lo } else { port + 1 };
+        let tries = if let PortWish::Exact(_) = wish {
+            1
+        } else {
+            span.min(4096)
+        };
+        for _ in 0..tries {
+            let port = match wish {
+                PortWish::Exact(p) if (lo..=hi).contains(&p) => p,
+                PortWish::Exact(_) => return Err(OpenError::Exhausted),
+                _ => {
+                    let p = *self.next;
+                    *self.next = if p >= hi { lo } else { p + 1 };
+                    p
+                }
+            };
+            if wish == PortWish::Even && port % 2 == 1 {
+                continue;
+            }
             let Ok(sock) = bind_relay(SocketAddr::new(ip, port)) else {
                 continue;
             };

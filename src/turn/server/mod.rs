@@ -74,11 +74,22 @@ pub enum OpenError {
     Exhausted,
 }
 
+/// Which port a relay socket should get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortWish {
+    /// Any port of the range.
+    Any,
+    /// An even port of the range (EVEN-PORT, RFC 8656 §14.6).
+    Even,
+    /// Exactly this port (the reserved odd neighbour of an EVEN-PORT R=1 allocation).
+    Exact(u16),
+}
+
 /// The runtime's side of relay sockets.
 pub trait RelayPorts {
-    /// Binds a UDP socket on `ip` (a port from the configured range), registers it for
-    /// receiving, and returns its token and bound address.
-    fn open(&mut self, ip: IpAddr) -> Result<(Sock, SocketAddr), OpenError>;
+    /// Binds a UDP socket on `ip` (a port from the configured range as `wish` says),
+    /// registers it for receiving, and returns its token and bound address.
+    fn open(&mut self, ip: IpAddr, wish: PortWish) -> Result<(Sock, SocketAddr), OpenError>;
     /// Stops receiving on a relay socket and closes it.
     fn close(&mut self, sock: Sock);
 }
@@ -88,7 +99,7 @@ pub trait RelayPorts {
 pub struct NoPorts;
 
 impl RelayPorts for NoPorts {
-    fn open(&mut self, _: IpAddr) -> Result<(Sock, SocketAddr), OpenError> {
+    fn open(&mut self, _: IpAddr, _: PortWish) -> Result<(Sock, SocketAddr), OpenError> {
         Err(OpenError::Exhausted)
     }
     fn close(&mut self, _: Sock) {}
@@ -381,8 +392,12 @@ struct Relay {
     failures: HashMap<IpAddr, (u64, u32)>,
     next_sweep: Instant,
     last_sweep: Instant,
-    /// Counter for Data indication transaction ids.
+    /// Counter for Data indication transaction ids and reservation tokens.
     tid_counter: u64,
+    /// RESERVATION-TOKEN → reserved relay socket (EVEN-PORT R=1), kept 30 s.
+    reservations: HashMap<[u8; 8], (Sock, SocketAddr, Instant)>,
+    /// Reserved sockets: their datagrams are dropped.
+    reserved: HashMap<Sock, [u8; 8]>,
 }
 
 /// The sans-IO STUN/TURN server for one shard.
@@ -412,6 +427,8 @@ impl Server {
             next_sweep: cfg.epoch + SWEEP,
             last_sweep: cfg.epoch,
             tid_counter: 0,
+            reservations: HashMap::new(),
+            reserved: HashMap::new(),
             cfg,
         });
         Server {
@@ -467,6 +484,14 @@ impl Server {
                 a.expire(now);
             }
         }
+        r.reservations.retain(|_, (sock, _, until)| {
+            let keep = *until > now;
+            if !keep {
+                ports.close(*sock);
+                r.reserved.remove(sock);
+            }
+            keep
+        });
         let minute = r.secs(now) / 60;
         r.failures.retain(|_, (m, _)| *m == minute);
     }
@@ -513,6 +538,11 @@ impl Server {
             && let Some(id) = r.allocs.by_relay(sock)
         {
             return r.from_peer(id, source, datagram, out, now, &mut self.stats);
+        }
+        if let Some(r) = self.relay.as_ref()
+            && r.reserved.contains_key(&sock)
+        {
+            return Outcome::Drop(DropReason::NoAllocation);
         }
         match (stun::classify(datagram), self.relay.as_mut()) {
             (PacketKind::Stun, _) => {}

@@ -62,6 +62,7 @@ enum Success {
         mapped: SocketAddr,
         lifetime: u32,
         v6_refused: bool,
+        token: Option<[u8; 8]>,
     },
     Refresh(u32),
     Empty,
@@ -178,6 +179,7 @@ impl Relay {
                 mapped,
                 lifetime,
                 v6_refused,
+                token,
             }) => answer(
                 respond(msg, Class::Success, out, software, sign, |w| {
                     w.add_xor_address(attr::XOR_RELAYED_ADDRESS, relay)?;
@@ -188,6 +190,9 @@ impl Relay {
                         ))?;
                     }
                     w.add_u32(attr::LIFETIME, lifetime)?;
+                    if let Some(t) = token {
+                        w.add_raw(attr::RESERVATION_TOKEN, &t)?;
+                    }
                     w.add_xor_address(attr::XOR_MAPPED_ADDRESS, mapped)
                 }),
                 false,
@@ -242,13 +247,23 @@ impl Relay {
             }
             _ => return Err(TurnError::BadRequest.into()),
         }
-        // EVEN-PORT with R and RESERVATION-TOKEN need port reservations (not supported).
-        if matches!(
-            msg.get_decoded(attr::EVEN_PORT),
-            Some(Ok(Attribute::EvenPort(true)))
-        ) || msg.get(attr::RESERVATION_TOKEN).is_some()
+        let even = match msg.get_decoded(attr::EVEN_PORT) {
+            None => None,
+            Some(Ok(Attribute::EvenPort(reserve))) => Some(reserve),
+            Some(_) => return Err(TurnError::BadRequest.into()),
+        };
+        let token = match msg.get_decoded(attr::RESERVATION_TOKEN) {
+            None => None,
+            Some(Ok(Attribute::ReservationToken(t))) => Some(*t),
+            Some(_) => return Err(TurnError::BadRequest.into()),
+        };
+        // RFC 8656 §7.2: RESERVATION-TOKEN excludes EVEN-PORT and the family attributes.
+        if token.is_some()
+            && (even.is_some()
+                || msg.get(attr::REQUESTED_ADDRESS_FAMILY).is_some()
+                || msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_some())
         {
-            return Err(TurnError::InsufficientCapacity.into());
+            return Err(TurnError::BadRequest.into());
         }
         let requested = match msg.get_decoded(attr::REQUESTED_ADDRESS_FAMILY) {
             None => None,
@@ -271,10 +286,50 @@ impl Relay {
         // refused with ADDRESS-ERROR-CODE 440 (RFC 8656 §7.2).
         let v6_refused = additional;
         let lifetime = self.lifetime(msg.lifetime());
-        let (relay_sock, relay) = match ports.open(ip) {
-            Ok(x) => x,
-            Err(OpenError::Later) => return Err(OutcomeOrError::Later),
-            Err(OpenError::Exhausted) => return Err(TurnError::InsufficientCapacity.into()),
+        let mut new_token = None;
+        let (relay_sock, relay) = if let Some(t) = token {
+            match self.reservations.remove(&t) {
+                Some((sock, addr, _)) => {
+                    self.reserved.remove(&sock);
+                    (sock, addr)
+                }
+                None => return Err(TurnError::InsufficientCapacity.into()),
+            }
+        } else {
+            let wish = if even.is_some() {
+                super::PortWish::Even
+            } else {
+                super::PortWish::Any
+            };
+            let opened = ports.open(ip, wish);
+            let (sock, addr) = match opened {
+                Ok(x) => x,
+                Err(OpenError::Later) => return Err(OutcomeOrError::Later),
+                Err(OpenError::Exhausted) => return Err(TurnError::InsufficientCapacity.into()),
+            };
+            if even == Some(true) {
+                // Reserve the odd neighbour for a later Allocate with the token.
+                let next = addr.port().checked_add(1);
+                match next.map(|p| ports.open(ip, super::PortWish::Exact(p))) {
+                    Some(Ok((rs, raddr))) => {
+                        let c = self.tid_counter;
+                        self.tid_counter = c.wrapping_add(1);
+                        let mut t = c.to_be_bytes();
+                        for (b, k) in t.iter_mut().zip(self.cfg.nonce_secret.iter()) {
+                            *b ^= k;
+                        }
+                        self.reservations
+                            .insert(t, (rs, raddr, now + Duration::from_secs(30)));
+                        self.reserved.insert(rs, t);
+                        new_token = Some(t);
+                    }
+                    _ => {
+                        ports.close(sock);
+                        return Err(TurnError::InsufficientCapacity.into());
+                    }
+                }
+            }
+            (sock, addr)
         };
         if let Err(e) =
             self.cfg
@@ -282,6 +337,12 @@ impl Relay {
                 .acquire(&cred.username, self.cfg.user_quota, self.cfg.total_quota)
         {
             ports.close(relay_sock);
+            if let Some(t) = new_token
+                && let Some((rs, _, _)) = self.reservations.remove(&t)
+            {
+                self.reserved.remove(&rs);
+                ports.close(rs);
+            }
             return Err(match e {
                 QuotaError::User => TurnError::QuotaReached,
                 QuotaError::Total => TurnError::InsufficientCapacity,
@@ -307,6 +368,7 @@ impl Relay {
             mapped: source,
             lifetime,
             v6_refused,
+            token: new_token,
         })
     }
 
