@@ -110,6 +110,7 @@ impl Runtime {
             turn: turn_config(config).map_err(|e| ShardError::Thread(0, e))?,
         };
         let ports = (config.turn.min_port, config.turn.max_port);
+        let parked = worker::Parked::default();
 
         let mut shards = Vec::with_capacity(n);
         let mut ready = Vec::with_capacity(n);
@@ -125,6 +126,7 @@ impl Runtime {
                 server: server_config.clone(),
                 ports,
                 sockets: socks,
+                parked: parked.clone(),
                 control: control_rx,
                 counters: counters.clone(),
             };

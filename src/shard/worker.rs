@@ -6,7 +6,9 @@
 //! binds a port from the range and registers it) and queues `close` until the batch ends.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use hashbrown::HashMap;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -27,6 +29,7 @@ pub(super) struct Params {
     /// Relay port range.
     pub ports: (u16, u16),
     pub sockets: Vec<UdpSocket>,
+    pub parked: Parked,
     pub control: Receiver<Control>,
     pub counters: Arc<ShardCounters>,
 }
@@ -37,6 +40,7 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 /// `RelayPorts` inside the receive callback: cannot open, closes after the batch.
 struct Deferred<'a> {
     to_close: &'a mut Vec<Sock>,
+    parked: &'a Parked,
 }
 
 impl RelayPorts for Deferred<'_> {
@@ -46,6 +50,20 @@ impl RelayPorts for Deferred<'_> {
     fn close(&mut self, sock: Sock) {
         self.to_close.push(sock);
     }
+    fn claim(&mut self, _: SocketAddr) -> Result<(Sock, SocketAddr), OpenError> {
+        Err(OpenError::Later)
+    }
+    fn release(&mut self, addr: SocketAddr) {
+        parked_take(&self.parked, addr);
+    }
+}
+
+/// Relay sockets bound for a RESERVATION-TOKEN, shared by the shards: bound (so the port
+/// stays ours) but registered with no backend until an Allocate claims them.
+pub(super) type Parked = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;
+
+fn parked_take(parked: &Parked, addr: SocketAddr) -> Option<UdpSocket> {
+    parked.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr)
 }
 
 /// `RelayPorts` outside the callback: binds from the port range and registers.
@@ -54,45 +72,62 @@ struct Binder<'a> {
     range: (u16, u16),
     /// Where the next search starts (spreads shards and reuse over the range).
     next: &'a mut u16,
+    parked: &'a Parked,
+}
+
+impl Binder<'_> {
+    fn register(&mut self, sock: UdpSocket) -> Result<(Sock, SocketAddr), OpenError> {
+        let addr = sock.local_addr().map_err(|_| OpenError::Exhausted)?;
+        let id = self
+            .backend
+            .add_socket(sock)
+            .map_err(|_| OpenError::Exhausted)?;
+        Ok((Sock(id.0), addr))
+    }
 }
 
 impl RelayPorts for Binder<'_> {
     fn open(&mut self, ip: IpAddr, wish: PortWish) -> Result<(Sock, SocketAddr), OpenError> {
         let (lo, hi) = self.range;
         let span = u32::from(hi - lo) + 1;
-        let tries = if let PortWish::Exact(_) = wish {
-            1
-        } else {
-            span.min(4096)
-        };
-        for _ in 0..tries {
-            let port = match wish {
-                PortWish::Exact(p) if (lo..=hi).contains(&p) => p,
-                PortWish::Exact(_) => return Err(OpenError::Exhausted),
-                _ => {
-                    let p = *self.next;
-                    *self.next = if p >= hi { lo } else { p + 1 };
-                    p
-                }
-            };
-            if wish == PortWish::Even && port % 2 == 1 {
+        for _ in 0..span.min(4096) {
+            let port = *self.next;
+            *self.next = if port >= hi { lo } else { port + 1 };
+            if wish != PortWish::Any && port % 2 == 1 {
                 continue;
             }
             let Ok(sock) = bind_relay(SocketAddr::new(ip, port)) else {
                 continue;
             };
-            let addr = sock.local_addr().map_err(|_| OpenError::Exhausted)?;
-            let id = self
-                .backend
-                .add_socket(sock)
-                .map_err(|_| OpenError::Exhausted)?;
-            return Ok((Sock(id.0), addr));
+            if wish == PortWish::EvenReserveNext {
+                let next = SocketAddr::new(ip, port.wrapping_add(1));
+                if port == hi || port == u16::MAX {
+                    continue;
+                }
+                let Ok(reserved) = bind_relay(next) else {
+                    continue;
+                };
+                self.parked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(next, reserved);
+            }
+            return self.register(sock);
         }
         Err(OpenError::Exhausted)
     }
 
     fn close(&mut self, sock: Sock) {
         self.backend.remove_socket(SocketId(sock.0));
+    }
+
+    fn claim(&mut self, addr: SocketAddr) -> Result<(Sock, SocketAddr), OpenError> {
+        let sock = parked_take(self.parked, addr).ok_or(OpenError::Exhausted)?;
+        self.register(sock)
+    }
+
+    fn release(&mut self, addr: SocketAddr) {
+        parked_take(self.parked, addr);
     }
 }
 
@@ -147,6 +182,7 @@ pub(super) fn run(
         backend.poll(Some(timeout), &mut |sendq, sock, from, data| {
             let mut ports = Deferred {
                 to_close: &mut to_close,
+                parked: &p.parked,
             };
             answer(&mut server, now, sendq, sock, from, data, &mut ports, &mut later)
         })?;
@@ -156,6 +192,7 @@ pub(super) fn run(
                 backend: &mut backend,
                 range: p.ports,
                 next: &mut next_port,
+                parked: &p.parked,
             };
             for s in to_close.drain(..) {
                 ports.close(s);

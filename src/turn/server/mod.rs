@@ -59,7 +59,7 @@ use crate::stun::{self, Class, Message, Method, PacketKind};
 pub use allocation::AllocationCounters;
 use allocation::Allocations;
 use auth::Authenticator;
-pub use policy::{Cidr, PeerPolicy, Quotas};
+pub use policy::{Cidr, PeerPolicy, Quotas, Reservations};
 
 /// An opaque socket token chosen by the runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,8 +81,9 @@ pub enum PortWish {
     Any,
     /// An even port of the range (EVEN-PORT, RFC 8656 §14.6).
     Even,
-    /// Exactly this port (the reserved odd neighbour of an EVEN-PORT R=1 allocation).
-    Exact(u16),
+    /// An even port whose odd neighbour is free too; the neighbour is bound and parked
+    /// (not receiving) for a later [`RelayPorts::claim`] (EVEN-PORT with R=1).
+    EvenReserveNext,
 }
 
 /// The runtime's side of relay sockets.
@@ -92,6 +93,11 @@ pub trait RelayPorts {
     fn open(&mut self, ip: IpAddr, wish: PortWish) -> Result<(Sock, SocketAddr), OpenError>;
     /// Stops receiving on a relay socket and closes it.
     fn close(&mut self, sock: Sock);
+    /// Registers the socket parked at `addr` by [`PortWish::EvenReserveNext`] (possibly
+    /// by another shard) for receiving.
+    fn claim(&mut self, addr: SocketAddr) -> Result<(Sock, SocketAddr), OpenError>;
+    /// Closes the socket parked at `addr`.
+    fn release(&mut self, addr: SocketAddr);
 }
 
 /// A `RelayPorts` that can open nothing (for Binding-only use and tests).
@@ -103,6 +109,10 @@ impl RelayPorts for NoPorts {
         Err(OpenError::Exhausted)
     }
     fn close(&mut self, _: Sock) {}
+    fn claim(&mut self, _: SocketAddr) -> Result<(Sock, SocketAddr), OpenError> {
+        Err(OpenError::Exhausted)
+    }
+    fn release(&mut self, _: SocketAddr) {}
 }
 
 /// The module's error: a request refused with a TURN/STUN error code.
@@ -345,6 +355,8 @@ pub struct TurnConfig {
     pub unix_at_epoch: u64,
     /// Quotas shared by all shards.
     pub quotas: Arc<Quotas>,
+    /// RESERVATION-TOKENs shared by all shards.
+    pub reservations: Arc<Reservations>,
 }
 
 impl TurnConfig {
@@ -369,6 +381,7 @@ impl TurnConfig {
             epoch,
             unix_at_epoch,
             quotas: Arc::new(Quotas::default()),
+            reservations: Arc::new(Reservations::default()),
         }
     }
 }
@@ -394,10 +407,6 @@ struct Relay {
     last_sweep: Instant,
     /// Counter for Data indication transaction ids and reservation tokens.
     tid_counter: u64,
-    /// RESERVATION-TOKEN → reserved relay socket (EVEN-PORT R=1), kept 30 s.
-    reservations: HashMap<[u8; 8], (Sock, SocketAddr, Instant)>,
-    /// Reserved sockets: their datagrams are dropped.
-    reserved: HashMap<Sock, [u8; 8]>,
 }
 
 /// The sans-IO STUN/TURN server for one shard.
@@ -427,8 +436,6 @@ impl Server {
             next_sweep: cfg.epoch + SWEEP,
             last_sweep: cfg.epoch,
             tid_counter: 0,
-            reservations: HashMap::new(),
-            reserved: HashMap::new(),
             cfg,
         });
         Server {
@@ -484,14 +491,9 @@ impl Server {
                 a.expire(now);
             }
         }
-        r.reservations.retain(|_, (sock, _, until)| {
-            let keep = *until > now;
-            if !keep {
-                ports.close(*sock);
-                r.reserved.remove(sock);
-            }
-            keep
-        });
+        for addr in r.cfg.reservations.expire(now) {
+            ports.release(addr);
+        }
         let minute = r.secs(now) / 60;
         r.failures.retain(|_, (m, _)| *m == minute);
     }
@@ -538,11 +540,6 @@ impl Server {
             && let Some(id) = r.allocs.by_relay(sock)
         {
             return r.from_peer(id, source, datagram, out, now, &mut self.stats);
-        }
-        if let Some(r) = self.relay.as_ref()
-            && r.reserved.contains_key(&sock)
-        {
-            return Outcome::Drop(DropReason::NoAllocation);
         }
         match (stun::classify(datagram), self.relay.as_mut()) {
             (PacketKind::Stun, _) => {}

@@ -208,6 +208,52 @@ impl Quotas {
     }
 }
 
+/// RESERVATION-TOKENs (EVEN-PORT R=1, RFC 8656 §14.9), shared by all shards: the
+/// Allocate carrying the token may land on another shard than the one that reserved the
+/// port (SO_REUSEPORT hashes the client's new 5-tuple). Touched only by Allocate and the
+/// sweep.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    map: Mutex<HashMap<[u8; 8], (std::net::SocketAddr, std::time::Instant)>>,
+}
+
+impl Reservations {
+    /// Records a reserved relay address until `until`.
+    pub fn insert(&self, token: [u8; 8], addr: std::net::SocketAddr, until: std::time::Instant) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(token, (addr, until));
+    }
+
+    /// The address a token reserves, if live.
+    pub fn peek(&self, token: &[u8; 8], now: std::time::Instant) -> Option<std::net::SocketAddr> {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(token).filter(|(_, t)| *t > now).map(|(a, _)| *a)
+    }
+
+    /// Takes a live token.
+    pub fn take(&self, token: &[u8; 8], now: std::time::Instant) -> Option<std::net::SocketAddr> {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match m.remove(token) {
+            Some((a, t)) if t > now => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Removes expired tokens, returning their addresses (to release the parked sockets).
+    pub fn expire(&self, now: std::time::Instant) -> Vec<std::net::SocketAddr> {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone = Vec::new();
+        m.retain(|_, (a, t)| {
+            let keep = *t > now;
+            if !keep {
+                gone.push(*a);
+            }
+            keep
+        });
+        gone
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,46 +288,41 @@ impl Relay {
         let lifetime = self.lifetime(msg.lifetime());
         let mut new_token = None;
         let (relay_sock, relay) = if let Some(t) = token {
-            match self.reservations.remove(&t) {
-                Some((sock, addr, _)) => {
-                    self.reserved.remove(&sock);
-                    (sock, addr)
+            // Peek first: a replay (Later) must find the token again.
+            let Some(addr) = self.cfg.reservations.peek(&t, now) else {
+                return Err(TurnError::InsufficientCapacity.into());
+            };
+            match ports.claim(addr) {
+                Ok(x) => {
+                    self.cfg.reservations.take(&t, now);
+                    x
                 }
-                None => return Err(TurnError::InsufficientCapacity.into()),
+                Err(OpenError::Later) => return Err(OutcomeOrError::Later),
+                Err(OpenError::Exhausted) => return Err(TurnError::InsufficientCapacity.into()),
             }
         } else {
-            let wish = if even.is_some() {
-                super::PortWish::Even
-            } else {
-                super::PortWish::Any
+            let wish = match even {
+                None => super::PortWish::Any,
+                Some(false) => super::PortWish::Even,
+                Some(true) => super::PortWish::EvenReserveNext,
             };
-            let opened = ports.open(ip, wish);
-            let (sock, addr) = match opened {
+            let (sock, addr) = match ports.open(ip, wish) {
                 Ok(x) => x,
                 Err(OpenError::Later) => return Err(OutcomeOrError::Later),
                 Err(OpenError::Exhausted) => return Err(TurnError::InsufficientCapacity.into()),
             };
             if even == Some(true) {
-                // Reserve the odd neighbour for a later Allocate with the token.
-                let next = addr.port().checked_add(1);
-                match next.map(|p| ports.open(ip, super::PortWish::Exact(p))) {
-                    Some(Ok((rs, raddr))) => {
-                        let c = self.tid_counter;
-                        self.tid_counter = c.wrapping_add(1);
-                        let mut t = c.to_be_bytes();
-                        for (b, k) in t.iter_mut().zip(self.cfg.nonce_secret.iter()) {
-                            *b ^= k;
-                        }
-                        self.reservations
-                            .insert(t, (rs, raddr, now + Duration::from_secs(30)));
-                        self.reserved.insert(rs, t);
-                        new_token = Some(t);
-                    }
-                    _ => {
-                        ports.close(sock);
-                        return Err(TurnError::InsufficientCapacity.into());
-                    }
+                let c = self.tid_counter;
+                self.tid_counter = c.wrapping_add(1);
+                let mut t = c.to_be_bytes();
+                for (b, k) in t.iter_mut().zip(self.cfg.nonce_secret.iter().skip(8)) {
+                    *b ^= k;
                 }
+                let next = SocketAddr::new(addr.ip(), addr.port() + 1);
+                self.cfg
+                    .reservations
+                    .insert(t, next, now + Duration::from_secs(30));
+                new_token = Some(t);
             }
             (sock, addr)
         };
@@ -338,10 +333,9 @@ impl Relay {
         {
             ports.close(relay_sock);
             if let Some(t) = new_token
-                && let Some((rs, _, _)) = self.reservations.remove(&t)
+                && let Some(next) = self.cfg.reservations.take(&t, now)
             {
-                self.reserved.remove(&rs);
-                ports.close(rs);
+                ports.release(next);
             }
             return Err(match e {
                 QuotaError::User => TurnError::QuotaReached,
