@@ -305,8 +305,14 @@ mod tests {
     fn turn_errors_name_the_key() {
         for (toml, key) in [
             ("[turn]\nusers = [\"nopass\"]\n", "turn.users"),
-            ("[turn]\ndenied_peers = [\"1.2.3.4/40\"]\n", "turn.denied_peers"),
-            ("[turn]\nmin_port = 5000\nmax_port = 4000\n", "turn.min_port"),
+            (
+                "[turn]\ndenied_peers = [\"1.2.3.4/40\"]\n",
+                "turn.denied_peers",
+            ),
+            (
+                "[turn]\nmin_port = 5000\nmax_port = 4000\n",
+                "turn.min_port",
+            ),
             ("[turn]\nrelay_ips = [\"0.0.0.0\"]\n", "turn.relay_ips"),
         ] {
             let e = Config::from_toml(toml).unwrap_err().to_string();

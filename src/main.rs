@@ -146,7 +146,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         "STUN"
     };
     for addr in runtime.local_addrs() {
-        tracing::info!(shards = runtime.shards(), "listening on {addr}/udp ({what})");
+        tracing::info!(
+            shards = runtime.shards(),
+            "listening on {addr}/udp ({what})"
+        );
     }
     if config.turn.enabled {
         let t = &config.turn;

@@ -54,7 +54,7 @@ impl RelayPorts for Deferred<'_> {
         Err(OpenError::Later)
     }
     fn release(&mut self, addr: SocketAddr) {
-        parked_take(&self.parked, addr);
+        parked_take(self.parked, addr);
     }
 }
 
@@ -63,7 +63,10 @@ impl RelayPorts for Deferred<'_> {
 pub(super) type Parked = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;
 
 fn parked_take(parked: &Parked, addr: SocketAddr) -> Option<UdpSocket> {
-    parked.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr)
+    parked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&addr)
 }
 
 /// `RelayPorts` outside the callback: binds from the port range and registers.
@@ -184,7 +187,16 @@ pub(super) fn run(
                 to_close: &mut to_close,
                 parked: &p.parked,
             };
-            answer(&mut server, now, sendq, sock, from, data, &mut ports, &mut later)
+            answer(
+                &mut server,
+                now,
+                sendq,
+                sock,
+                from,
+                data,
+                &mut ports,
+                &mut later,
+            )
         })?;
         let now = Instant::now();
         {

@@ -232,8 +232,7 @@ impl Authenticator {
         if msg.integrity_offset().is_none() && msg.integrity_sha256_offset().is_none() {
             return Err(AuthError::Challenge);
         }
-        let (Some(username), Some(realm), Some(nonce)) =
-            (msg.username(), msg.realm(), msg.nonce())
+        let (Some(username), Some(realm), Some(nonce)) = (msg.username(), msg.realm(), msg.nonce())
         else {
             return Err(AuthError::BadRequest);
         };
@@ -260,7 +259,10 @@ impl Authenticator {
             && &*c.username == username
             && c.alg == alg
         {
-            return c.verify(msg).map(|k| (c.clone(), k)).ok_or(AuthError::Rejected);
+            return c
+                .verify(msg)
+                .map(|k| (c.clone(), k))
+                .ok_or(AuthError::Rejected);
         }
         if let Some(pass) = self.users.get(username) {
             let c = Credential::derive(username, realm, pass, alg);

@@ -499,7 +499,11 @@ impl Server {
     }
 
     /// Traffic counters of the allocation on a 5-tuple (listening socket, client).
-    pub fn allocation_counters(&self, sock: Sock, client: SocketAddr) -> Option<AllocationCounters> {
+    pub fn allocation_counters(
+        &self,
+        sock: Sock,
+        client: SocketAddr,
+    ) -> Option<AllocationCounters> {
         let r = self.relay.as_ref()?;
         let id = r.allocs.by_client(sock, client)?;
         r.allocs.get(id).map(|a| a.counters)
@@ -539,7 +543,7 @@ impl Server {
         if let Some(r) = self.relay.as_mut()
             && let Some(id) = r.allocs.by_relay(sock)
         {
-            return r.from_peer(id, source, datagram, out, now, &mut self.stats);
+            return r.peer_datagram(id, source, datagram, out, now, &mut self.stats);
         }
         match (stun::classify(datagram), self.relay.as_mut()) {
             (PacketKind::Stun, _) => {}
@@ -567,7 +571,16 @@ impl Server {
         } else if msg.method() == Method::BINDING {
             binding::success(&msg, source, software, out)
         } else if let Some(r) = self.relay.as_mut() {
-            match r.request(now, sock, source, &msg, out, ports, software, &mut self.stats) {
+            match r.request(
+                now,
+                sock,
+                source,
+                &msg,
+                out,
+                ports,
+                software,
+                &mut self.stats,
+            ) {
                 requests::Handled::Answer(n, is_error) => Ok((n, is_error)),
                 requests::Handled::Other(o) => return o,
             }

@@ -35,7 +35,7 @@ pub(super) fn parse_channel_data(buf: &[u8]) -> Option<(u16, &[u8])> {
 impl Relay {
     /// A datagram from `peer` on the relay socket of allocation `id`.
     #[inline]
-    pub(super) fn from_peer(
+    pub(super) fn peer_datagram(
         &mut self,
         id: AllocId,
         peer: SocketAddr,
@@ -97,7 +97,7 @@ impl Relay {
     /// Payload for `peer` from the allocation on (`sock`, `client`): checks and copies.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn to_peer(
+    fn relay_to_peer(
         &mut self,
         sock: Sock,
         client: SocketAddr,
@@ -156,7 +156,7 @@ impl Relay {
         stats: &mut ServerStats,
     ) -> Outcome {
         match parse_channel_data(datagram) {
-            Some((ch, data)) => self.to_peer(sock, client, None, ch, data, out, now, stats),
+            Some((ch, data)) => self.relay_to_peer(sock, client, None, ch, data, out, now, stats),
             None => Outcome::Drop(DropReason::Malformed),
         }
     }
@@ -176,6 +176,6 @@ impl Relay {
         else {
             return Outcome::Drop(DropReason::Malformed);
         };
-        self.to_peer(sock, client, Some(peer), 0, data, out, now, stats)
+        self.relay_to_peer(sock, client, Some(peer), 0, data, out, now, stats)
     }
 }

@@ -34,7 +34,11 @@ fn respond(
     sign: Sign<'_>,
     body: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), StunError>,
 ) -> Result<usize, StunError> {
-    let mut w = MessageWriter::new(out, MessageType::new(req.method(), class), req.transaction_id())?;
+    let mut w = MessageWriter::new(
+        out,
+        MessageType::new(req.method(), class),
+        req.transaction_id(),
+    )?;
     body(&mut w)?;
     if !software.is_empty() {
         w.add_raw(attr::SOFTWARE, software.as_bytes())?;
@@ -225,7 +229,11 @@ impl Relay {
     }
 
     fn relay_ip(&self, v6: bool) -> Option<IpAddr> {
-        self.cfg.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == v6)
+        self.cfg
+            .relay_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv6() == v6)
     }
 
     #[allow(clippy::too_many_arguments)]
