@@ -21,7 +21,7 @@ macro_rules! counters {
 
         impl Default for ShardCounters {
             fn default() -> Self {
-                let n = ServerStats::default().fields().len();
+                let n = ServerStats::COUNT;
                 ShardCounters {
                     server: (0..n).map(|_| AtomicU64::new(0)).collect(),
                     $($field: AtomicU64::new(0),)*

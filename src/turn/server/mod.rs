@@ -47,6 +47,8 @@ mod binding;
 pub mod policy;
 mod relay;
 mod requests;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -201,9 +203,12 @@ macro_rules! server_stats {
                 $(self.$field += o.$field;)*
             }
 
+            /// Number of counters.
+            pub const COUNT: usize = [$(stringify!($field)),*].len();
+
             /// Every counter by name, in declaration order.
-            pub fn fields(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($field), self.$field)),*]
+            pub fn fields(&self) -> [(&'static str, u64); Self::COUNT] {
+                [$((stringify!($field), self.$field)),*]
             }
 
             /// Sets a counter by name (unknown names are ignored).
