@@ -198,8 +198,13 @@ pub(super) fn run(
                 &mut later,
             )
         })?;
+        backend.flush()?;
+        turns += 1;
+        p.counters.publish(server.stats(), &backend.stats(), turns);
+        // Work the receive callback could not do: closes, Allocate replays, the sweep.
         let now = Instant::now();
-        {
+        let due = server.poll_timeout().is_some_and(|at| at <= now);
+        if due || !later.is_empty() || !to_close.is_empty() {
             let mut ports = Binder {
                 backend: &mut backend,
                 range: p.ports,
@@ -221,10 +226,9 @@ pub(super) fn run(
                 }
             }
             server.handle_timeout(now, &mut ports);
+            backend.flush()?;
+            p.counters.publish(server.stats(), &backend.stats(), turns);
         }
-        backend.flush()?;
-        turns += 1;
-        p.counters.publish(server.stats(), &backend.stats(), turns);
         if shutdown {
             break;
         }
