@@ -198,9 +198,11 @@ pub(super) fn run(
                 &mut later,
             )
         })?;
-        backend.flush()?;
+        // Publish before the flush: whoever sees an answer then also sees it counted
+        // (io counters lag one turn).
         turns += 1;
         p.counters.publish(server.stats(), &backend.stats(), turns);
+        backend.flush()?;
         // Work the receive callback could not do: closes, Allocate replays, the sweep.
         let now = Instant::now();
         let due = server.poll_timeout().is_some_and(|at| at <= now);
