@@ -1,7 +1,8 @@
 //! `icering`: the server binary.
 //!
-//! `icering serve` runs the shards with the embedded default config (STUN on
-//! 127.0.0.1:3478) unless `--config` names another; flags override single keys.
+//! `icering serve` runs the shards with the embedded default config (STUN and the TURN
+//! relay on 127.0.0.1:3478) unless `--config` names another; flags override single keys
+//! (the TURN ones are named as coturn names them).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `icering-loadtest`: load generators for STUN (and, as they land, ICE and TURN) servers —
+//! `icering-loadtest`: load generators for STUN and TURN (and, as it lands, ICE) servers —
 //! icering's own or any other (coturn, ...). Uses only icering's public API: the STUN codec
 //! to build and validate messages and the io backends to send and receive in batches.
 
