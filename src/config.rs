@@ -1,7 +1,7 @@
 //! Configuration: TOML with every key optional, an embedded default
 //! (`configs/default.toml`), and errors that name the key and the reason.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -54,6 +54,111 @@ pub struct Config {
     pub server: ServerSection,
     /// `[io]`.
     pub io: IoSection,
+    /// `[turn]`.
+    pub turn: TurnSection,
+}
+
+/// `[turn]`: the TURN relay (RFC 8656). With no `users` and no `static_auth_secrets`
+/// every TURN request is refused with 401.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnSection {
+    /// Run the relay on the listen ports (false: STUN Binding only).
+    pub enabled: bool,
+    /// REALM of the long-term credentials.
+    pub realm: String,
+    /// Addresses relay sockets bind on (one per family used).
+    pub relay_ips: Vec<IpAddr>,
+    /// Lowest relay port.
+    pub min_port: u16,
+    /// Highest relay port.
+    pub max_port: u16,
+    /// Static users, `"name:password"`.
+    pub users: Vec<String>,
+    /// TURN REST shared secrets (coturn `static-auth-secret`); several for rotation.
+    pub static_auth_secrets: Vec<String>,
+    /// Allocation lifetime granted when the client asks for less (seconds).
+    pub default_lifetime: u32,
+    /// Longest allocation lifetime (seconds).
+    pub max_lifetime: u32,
+    /// Seconds a nonce is valid before 438.
+    pub nonce_lifetime: u32,
+    /// Allocations per user, all shards (0 = unlimited); over it: 486.
+    pub user_quota: u32,
+    /// Allocations in total (0 = unlimited); over it: 508.
+    pub total_quota: u32,
+    /// Relayed bytes per second per allocation (0 = unlimited); excess is dropped.
+    pub bandwidth: u64,
+    /// Failed authentications per source IP per minute before its requests are dropped
+    /// (0 = unlimited).
+    pub max_auth_failures: u32,
+    /// Relay to loopback peers (off: 403). For tests on one machine.
+    pub allow_loopback_peers: bool,
+    /// Relay to private ranges (RFC 1918, CGNAT, ULA).
+    pub allow_private_peers: bool,
+    /// Peer CIDR blocks allowed even if a default rule refuses them.
+    pub allowed_peers: Vec<String>,
+    /// Peer CIDR blocks always refused.
+    pub denied_peers: Vec<String>,
+}
+
+impl Default for TurnSection {
+    fn default() -> Self {
+        TurnSection {
+            enabled: true,
+            realm: "icering".into(),
+            relay_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            min_port: 49152,
+            max_port: 65535,
+            users: Vec::new(),
+            static_auth_secrets: Vec::new(),
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            nonce_lifetime: 600,
+            user_quota: 0,
+            total_quota: 0,
+            bandwidth: 0,
+            max_auth_failures: 20,
+            allow_loopback_peers: false,
+            allow_private_peers: false,
+            allowed_peers: Vec::new(),
+            denied_peers: Vec::new(),
+        }
+    }
+}
+
+impl TurnSection {
+    /// `users` split into `(name, password)`.
+    pub fn user_pairs(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.users
+            .iter()
+            .map(|u| match u.split_once(':') {
+                Some((n, p)) if !n.is_empty() => Ok((n.to_string(), p.to_string())),
+                _ => Err(ConfigError::Invalid {
+                    key: "turn.users",
+                    reason: format!("`{u}` is not `name:password`"),
+                }),
+            })
+            .collect()
+    }
+
+    /// The peer policy.
+    pub fn policy(&self) -> Result<crate::turn::server::PeerPolicy, ConfigError> {
+        let parse = |key: &'static str, v: &[String]| {
+            v.iter()
+                .map(|c| {
+                    c.parse()
+                        .map_err(|reason| ConfigError::Invalid { key, reason })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(crate::turn::server::PeerPolicy {
+            denied: parse("turn.denied_peers", &self.denied_peers)?,
+            allowed: parse("turn.allowed_peers", &self.allowed_peers)?,
+            allow_loopback: self.allow_loopback_peers,
+            allow_private: self.allow_private_peers,
+        })
+    }
 }
 
 /// `[server]`: what to listen on and how many shards.
@@ -154,6 +259,32 @@ impl Config {
         if !self.io.buf_count.is_power_of_two() || !(64..=32768).contains(&self.io.buf_count) {
             return invalid("io.buf_count", "must be a power of two in 64..=32768");
         }
+        let t = &self.turn;
+        if t.enabled {
+            if t.realm.is_empty() || t.realm.len() > 127 {
+                return invalid("turn.realm", "must be 1..=127 bytes");
+            }
+            if t.relay_ips.is_empty() {
+                return invalid("turn.relay_ips", "needs at least one address");
+            }
+            if t.relay_ips.iter().any(|ip| ip.is_unspecified()) {
+                return invalid(
+                    "turn.relay_ips",
+                    "must be concrete addresses (0.0.0.0/:: cannot be a relayed address)",
+                );
+            }
+            if t.min_port == 0 || t.min_port > t.max_port {
+                return invalid("turn.min_port", "must be 1..=max_port");
+            }
+            if t.default_lifetime == 0 || t.default_lifetime > t.max_lifetime {
+                return invalid("turn.default_lifetime", "must be 1..=max_lifetime");
+            }
+            if t.nonce_lifetime < 10 {
+                return invalid("turn.nonce_lifetime", "must be at least 10 seconds");
+            }
+            t.user_pairs()?;
+            t.policy()?;
+        }
         Ok(())
     }
 }
@@ -167,6 +298,29 @@ mod tests {
         let c = Config::embedded();
         assert!(c.server.listen.iter().all(|a| a.ip().is_loopback()));
         assert_eq!(c.io.backend, IoBackendChoice::Auto);
+        assert!(c.turn.enabled);
+        assert!(c.turn.relay_ips.iter().all(|ip| ip.is_loopback()));
+        assert!(c.turn.users.is_empty() && c.turn.static_auth_secrets.is_empty());
+        assert!(!c.turn.allow_loopback_peers);
+    }
+
+    #[test]
+    fn turn_errors_name_the_key() {
+        for (toml, key) in [
+            ("[turn]\nusers = [\"nopass\"]\n", "turn.users"),
+            (
+                "[turn]\ndenied_peers = [\"1.2.3.4/40\"]\n",
+                "turn.denied_peers",
+            ),
+            (
+                "[turn]\nmin_port = 5000\nmax_port = 4000\n",
+                "turn.min_port",
+            ),
+            ("[turn]\nrelay_ips = [\"0.0.0.0\"]\n", "turn.relay_ips"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

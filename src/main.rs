@@ -1,9 +1,10 @@
 //! `icering`: the server binary.
 //!
-//! `icering serve` runs the shards with the embedded default config (STUN on
-//! 127.0.0.1:3478) unless `--config` names another; flags override single keys.
+//! `icering serve` runs the shards with the embedded default config (STUN and the TURN
+//! relay on 127.0.0.1:3478) unless `--config` names another; flags override single keys
+//! (the TURN ones are named as coturn names them).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the STUN server on the shards (embedded default config: 127.0.0.1:3478/udp).
+    /// Run the STUN server and TURN relay on the shards (embedded default config:
+    /// 127.0.0.1:3478/udp).
     Serve(ServeArgs),
 }
 
@@ -52,6 +54,30 @@ struct ServeArgs {
     /// io backend.
     #[arg(long = "io", value_enum)]
     io: Option<IoArg>,
+    /// TURN realm (`turn.realm`).
+    #[arg(long)]
+    realm: Option<String>,
+    /// TURN user `NAME:PASS` (repeatable; added to `turn.users`).
+    #[arg(long = "user", value_name = "NAME:PASS")]
+    user: Vec<String>,
+    /// TURN REST shared secret (repeatable; added to `turn.static_auth_secrets`).
+    #[arg(long = "static-auth-secret", value_name = "SECRET")]
+    static_auth_secret: Vec<String>,
+    /// Relay address (repeatable; replaces `turn.relay_ips`).
+    #[arg(long = "relay-ip", value_name = "IP")]
+    relay_ip: Vec<IpAddr>,
+    /// Lowest relay port (`turn.min_port`).
+    #[arg(long)]
+    min_port: Option<u16>,
+    /// Highest relay port (`turn.max_port`).
+    #[arg(long)]
+    max_port: Option<u16>,
+    /// Allow relaying to loopback peers (`turn.allow_loopback_peers`; tests only).
+    #[arg(long)]
+    allow_loopback_peers: bool,
+    /// Turn the TURN relay off (STUN Binding only).
+    #[arg(long)]
+    no_turn: bool,
     /// Print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -75,6 +101,28 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
             IoArg::Portable => IoBackendChoice::Portable,
         };
     }
+    let t = &mut config.turn;
+    if let Some(r) = &args.realm {
+        t.realm = r.clone();
+    }
+    t.users.extend(args.user.iter().cloned());
+    t.static_auth_secrets
+        .extend(args.static_auth_secret.iter().cloned());
+    if !args.relay_ip.is_empty() {
+        t.relay_ips = args.relay_ip.clone();
+    }
+    if let Some(p) = args.min_port {
+        t.min_port = p;
+    }
+    if let Some(p) = args.max_port {
+        t.max_port = p;
+    }
+    if args.allow_loopback_peers {
+        t.allow_loopback_peers = true;
+    }
+    if args.no_turn {
+        t.enabled = false;
+    }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
 }
@@ -93,8 +141,31 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let runtime = Runtime::start(&config).map_err(|e| e.to_string())?;
     tracing::info!("{}", runtime.backend_reason());
+    let what = if config.turn.enabled {
+        "STUN/TURN"
+    } else {
+        "STUN"
+    };
     for addr in runtime.local_addrs() {
-        tracing::info!(shards = runtime.shards(), "listening on {addr}/udp (STUN)");
+        tracing::info!(
+            shards = runtime.shards(),
+            "listening on {addr}/udp ({what})"
+        );
+    }
+    if config.turn.enabled {
+        let t = &config.turn;
+        tracing::info!(
+            realm = %t.realm,
+            relay_ips = ?t.relay_ips,
+            ports = %format!("{}-{}", t.min_port, t.max_port),
+            users = t.users.len(),
+            rest_secrets = t.static_auth_secrets.len(),
+            allow_loopback_peers = t.allow_loopback_peers,
+            "TURN relay on"
+        );
+        if t.users.is_empty() && t.static_auth_secrets.is_empty() {
+            tracing::warn!("TURN: no users and no static auth secret: every TURN request gets 401");
+        }
     }
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
@@ -106,6 +177,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         answered = stats.answered,
         errors_sent = stats.errors_sent,
         dropped = stats.dropped(),
+        allocations = stats.allocations_created,
+        relayed_to_peer = stats.relayed_to_peer,
+        relayed_to_client = stats.relayed_to_client,
         "stopped"
     );
     Ok(())

@@ -1,4 +1,4 @@
-//! `icering-loadtest`: load generators for STUN (and, as they land, ICE and TURN) servers —
+//! `icering-loadtest`: load generators for STUN and TURN (and, as it lands, ICE) servers —
 //! icering's own or any other (coturn, ...). Uses only icering's public API: the STUN codec
 //! to build and validate messages and the io backends to send and receive in batches.
 
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod report;
 mod stun;
+mod turn;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,12 +28,16 @@ struct Cli {
 enum Command {
     /// Binding requests against any STUN server, every response validated.
     Stun(stun::Args),
+    /// TURN relaying: allocations with a channel (or Send indications) to a local echo
+    /// peer, round trips through the relay, loss and RTT.
+    Turn(turn::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Stun(args) => stun::run(args),
+        Command::Turn(args) => turn::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

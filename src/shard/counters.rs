@@ -8,26 +8,30 @@ use crate::turn::server::ServerStats;
 
 macro_rules! counters {
     ($($field:ident),* $(,)?) => {
-        /// Counters of one shard: server outcomes and io events.
-        #[derive(Debug, Default)]
+        /// Counters of one shard: server outcomes (every [`ServerStats`] field, by name)
+        /// and io events.
+        #[derive(Debug)]
         pub struct ShardCounters {
+            server: Box<[AtomicU64]>,
             $(
                 #[allow(missing_docs)]
                 pub $field: AtomicU64,
             )*
         }
+
+        impl Default for ShardCounters {
+            fn default() -> Self {
+                let n = ServerStats::COUNT;
+                ShardCounters {
+                    server: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                    $($field: AtomicU64::new(0),)*
+                }
+            }
+        }
     };
 }
 
 counters!(
-    received,
-    answered,
-    errors_sent,
-    dropped_malformed,
-    dropped_bad_fingerprint,
-    dropped_not_request,
-    dropped_not_stun,
-    dropped_no_room,
     io_sent,
     io_send_errors,
     io_recv_errors,
@@ -39,16 +43,9 @@ counters!(
 
 impl ShardCounters {
     pub(crate) fn publish(&self, s: &ServerStats, io: &IoStats, turns: u64) {
-        self.received.store(s.received, Relaxed);
-        self.answered.store(s.answered, Relaxed);
-        self.errors_sent.store(s.errors_sent, Relaxed);
-        self.dropped_malformed.store(s.dropped_malformed, Relaxed);
-        self.dropped_bad_fingerprint
-            .store(s.dropped_bad_fingerprint, Relaxed);
-        self.dropped_not_request
-            .store(s.dropped_not_request, Relaxed);
-        self.dropped_not_stun.store(s.dropped_not_stun, Relaxed);
-        self.dropped_no_room.store(s.dropped_no_room, Relaxed);
+        for (slot, (_, v)) in self.server.iter().zip(s.fields()) {
+            slot.store(v, Relaxed);
+        }
         self.io_sent.store(io.sent, Relaxed);
         self.io_send_errors.store(io.send_errors, Relaxed);
         self.io_recv_errors.store(io.recv_errors, Relaxed);
@@ -60,15 +57,10 @@ impl ShardCounters {
 
     /// The server counters as last published.
     pub fn server(&self) -> ServerStats {
-        ServerStats {
-            received: self.received.load(Relaxed),
-            answered: self.answered.load(Relaxed),
-            errors_sent: self.errors_sent.load(Relaxed),
-            dropped_malformed: self.dropped_malformed.load(Relaxed),
-            dropped_bad_fingerprint: self.dropped_bad_fingerprint.load(Relaxed),
-            dropped_not_request: self.dropped_not_request.load(Relaxed),
-            dropped_not_stun: self.dropped_not_stun.load(Relaxed),
-            dropped_no_room: self.dropped_no_room.load(Relaxed),
+        let mut s = ServerStats::default();
+        for (slot, (name, _)) in self.server.iter().zip(ServerStats::default().fields()) {
+            s.set(name, slot.load(Relaxed));
         }
+        s
     }
 }

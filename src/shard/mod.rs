@@ -21,7 +21,7 @@ use crossbeam_channel::Sender;
 
 use crate::config::{Config, IoBackendChoice};
 use crate::io::{self, BackendChoice, BackendKind, IoError, Waker};
-use crate::turn::server::{ServerConfig, ServerStats};
+use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
 pub use counters::ShardCounters;
 
@@ -108,7 +108,10 @@ impl Runtime {
         };
         let server_config = ServerConfig {
             software: config.server.software.clone(),
+            turn: turn_config(config).map_err(|e| ShardError::Thread(0, e))?,
         };
+        let ports = (config.turn.min_port, config.turn.max_port);
+        let parked = worker::Parked::default();
 
         let mut shards = Vec::with_capacity(n);
         let mut ready = Vec::with_capacity(n);
@@ -122,7 +125,9 @@ impl Runtime {
                 backend,
                 io: io_config,
                 server: server_config.clone(),
+                ports,
                 sockets: socks,
+                parked: parked.clone(),
                 control: control_rx,
                 counters: counters.clone(),
             };
@@ -226,6 +231,38 @@ impl Runtime {
     pub fn shutdown(mut self) -> Result<(), ShardError> {
         self.shutdown_inner()
     }
+}
+
+/// The relay settings shared by every shard: one nonce secret (read from the OS once), one
+/// clock epoch and one quota table, so a nonce or a quota means the same on every shard.
+fn turn_config(config: &Config) -> Result<Option<TurnConfig>, String> {
+    let t = &config.turn;
+    if !t.enabled {
+        return Ok(None);
+    }
+    let mut secret = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut secret))
+        .map_err(|e| format!("cannot read /dev/urandom for the nonce secret: {e}"))?;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut c = TurnConfig::new(std::time::Instant::now(), unix, secret);
+    c.realm = t.realm.clone();
+    c.relay_ips = t.relay_ips.clone();
+    c.users = t.user_pairs().map_err(|e| e.to_string())?;
+    c.auth_secrets = t.static_auth_secrets.clone();
+    c.default_lifetime = t.default_lifetime;
+    c.max_lifetime = t.max_lifetime;
+    c.nonce_lifetime = t.nonce_lifetime;
+    c.user_quota = t.user_quota;
+    c.total_quota = t.total_quota;
+    c.bandwidth = t.bandwidth;
+    c.max_auth_failures = t.max_auth_failures;
+    c.policy = t.policy().map_err(|e| e.to_string())?;
+    Ok(Some(c))
 }
 
 impl Drop for Runtime {

@@ -191,3 +191,4 @@ pub fn terminate(p: &mut ServeProcess, limit: Duration) -> Option<std::process::
     }
     None
 }
+pub mod turn;

@@ -1,0 +1,211 @@
+//! Allocations (RFC 8656 §2.2) and their permission and channel tables, indexed for the
+//! hot path: 5-tuple → allocation, relay socket → allocation, then per-allocation maps
+//! peer IP → permission, channel number → peer and peer → channel number.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+
+use super::Sock;
+use super::auth::Credential;
+use super::policy::canonical;
+
+/// Index of an allocation in the [`Allocations`] slab.
+pub(super) type AllocId = u32;
+
+/// A channel binding (RFC 8656 §12).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Channel {
+    pub peer: SocketAddr,
+    pub expires: Instant,
+}
+
+/// Per-allocation traffic counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllocationCounters {
+    /// Datagrams relayed client → peer.
+    pub to_peer_packets: u64,
+    /// Payload bytes relayed client → peer.
+    pub to_peer_bytes: u64,
+    /// Datagrams relayed peer → client.
+    pub to_client_packets: u64,
+    /// Payload bytes relayed peer → client.
+    pub to_client_bytes: u64,
+    /// Datagrams dropped by the bandwidth cap.
+    pub dropped_bandwidth: u64,
+}
+
+/// A token bucket in bytes; refilled by the sweep, spent on the hot path.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bucket {
+    /// Bytes per second; 0 = unlimited.
+    rate: u64,
+    tokens: u64,
+}
+
+impl Bucket {
+    pub fn new(rate: u64) -> Self {
+        Bucket { rate, tokens: rate }
+    }
+
+    /// Spends `n` bytes if available.
+    #[inline]
+    pub fn take(&mut self, n: usize) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        match self.tokens.checked_sub(n as u64) {
+            Some(left) => {
+                self.tokens = left;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds `elapsed` worth of tokens, capped at one second's worth (the burst).
+    pub fn refill(&mut self, elapsed: Duration) {
+        let add = (self.rate as u128 * elapsed.as_millis() / 1000) as u64;
+        self.tokens = self.tokens.saturating_add(add).min(self.rate);
+    }
+}
+
+/// One allocation.
+#[derive(Debug)]
+pub(super) struct Allocation {
+    /// The listening socket the client talks to (server side of the 5-tuple).
+    pub client_sock: Sock,
+    /// The client's transport address.
+    pub client: SocketAddr,
+    /// The relay socket and its address.
+    pub relay_sock: Sock,
+    pub relay: SocketAddr,
+    pub expires: Instant,
+    pub cred: Credential,
+    /// Peer IP → permission expiry.
+    pub perms: HashMap<IpAddr, Instant>,
+    /// Channel number → binding.
+    pub channels: HashMap<u16, Channel>,
+    /// Peer transport address → channel number.
+    pub peer_channels: HashMap<SocketAddr, u16>,
+    pub bucket: Bucket,
+    pub counters: AllocationCounters,
+}
+
+impl Allocation {
+    #[inline]
+    pub fn permitted(&self, peer: IpAddr, now: Instant) -> bool {
+        self.perms
+            .get(&canonical(peer))
+            .is_some_and(|&exp| exp > now)
+    }
+
+    pub fn permit(&mut self, peer: IpAddr, until: Instant) {
+        self.perms.insert(canonical(peer), until);
+    }
+
+    /// Drops expired permissions and channels.
+    pub fn expire(&mut self, now: Instant) {
+        self.perms.retain(|_, exp| *exp > now);
+        let peer_channels = &mut self.peer_channels;
+        self.channels.retain(|_, ch| {
+            let keep = ch.expires > now;
+            if !keep {
+                peer_channels.remove(&ch.peer);
+            }
+            keep
+        });
+    }
+}
+
+/// The allocations of one server.
+#[derive(Debug, Default)]
+pub(super) struct Allocations {
+    slab: Vec<Option<Allocation>>,
+    free: Vec<AllocId>,
+    /// (listening socket, client address) → allocation.
+    by_client: HashMap<(Sock, SocketAddr), AllocId>,
+    /// Relay socket → allocation.
+    by_relay: HashMap<Sock, AllocId>,
+}
+
+impl Allocations {
+    pub fn len(&self) -> usize {
+        self.by_relay.len()
+    }
+
+    #[inline]
+    pub fn by_client(&self, sock: Sock, client: SocketAddr) -> Option<AllocId> {
+        self.by_client.get(&(sock, client)).copied()
+    }
+
+    #[inline]
+    pub fn by_relay(&self, sock: Sock) -> Option<AllocId> {
+        self.by_relay.get(&sock).copied()
+    }
+
+    #[inline]
+    pub fn get(&self, id: AllocId) -> Option<&Allocation> {
+        self.slab.get(id as usize)?.as_ref()
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, id: AllocId) -> Option<&mut Allocation> {
+        self.slab.get_mut(id as usize)?.as_mut()
+    }
+
+    pub fn insert(&mut self, a: Allocation) -> AllocId {
+        let key = (a.client_sock, a.client);
+        let relay = a.relay_sock;
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slab[id as usize] = Some(a);
+                id
+            }
+            None => {
+                self.slab.push(Some(a));
+                (self.slab.len() - 1) as AllocId
+            }
+        };
+        self.by_client.insert(key, id);
+        self.by_relay.insert(relay, id);
+        id
+    }
+
+    pub fn remove(&mut self, id: AllocId) -> Option<Allocation> {
+        let a = self.slab.get_mut(id as usize)?.take()?;
+        self.by_client.remove(&(a.client_sock, a.client));
+        self.by_relay.remove(&a.relay_sock);
+        self.free.push(id);
+        Some(a)
+    }
+
+    /// Ids of every live allocation.
+    pub fn ids(&self) -> impl Iterator<Item = AllocId> + '_ {
+        self.slab
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.is_some())
+            .map(|(i, _)| i as AllocId)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_caps_and_refills() {
+        let mut b = Bucket::new(1000);
+        assert!(b.take(600));
+        assert!(!b.take(600));
+        b.refill(Duration::from_millis(500));
+        assert!(b.take(600));
+        b.refill(Duration::from_secs(10));
+        assert!(b.take(1000));
+        assert!(!b.take(1));
+        let mut unlimited = Bucket::new(0);
+        assert!(unlimited.take(1 << 20));
+    }
+}

@@ -1,0 +1,198 @@
+//! Interop with coturn's client: `turnutils_uclient` against `icering serve`, with
+//! `turnutils_peer` (or the client itself, `-y`) as the peer. Long-term credentials
+//! (`-u/-w`) and TURN REST credentials (`-W secret`), channels and Send indications (`-s`).
+//!
+//! Skipped, saying so, when coturn's tools are not installed (CI installs coturn).
+//! Wrong credentials are tested in `turn_relay.rs`: uclient retries a 401 silently
+//! forever, so there is no output to check.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::spawn_serve;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn coturn_tools() -> bool {
+    let ok = have("turnutils_uclient") && have("turnutils_peer");
+    if !ok {
+        eprintln!(
+            "SKIPPED: turnutils_uclient/turnutils_peer not installed \
+             (apt-get install coturn); coturn interop not tested"
+        );
+    }
+    ok
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs turnutils_uclient to completion (60 s limit) and returns its output.
+fn uclient(args: &[&str]) -> String {
+    let mut child = Command::new("turnutils_uclient")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("turnutils_uclient starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Asserts uclient finished with every message received and none lost.
+fn assert_complete(out: &str, expect_msgs: u64) {
+    let lost = out
+        .lines()
+        .find(|l| l.contains("Total lost packets"))
+        .unwrap_or_else(|| panic!("no 'Total lost packets' line:\n{out}"));
+    assert!(
+        lost.contains("Total lost packets 0 ("),
+        "packets lost: {lost}\n{out}"
+    );
+    let totals = out
+        .lines()
+        .find(|l| l.contains("start_mclient: tot_send_msgs="))
+        .unwrap_or_else(|| panic!("no totals line:\n{out}"));
+    let nums: Vec<u64> = totals
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    // "N: : start_mclient: tot_send_msgs=S, tot_recv_msgs=R"
+    let (sent, recv) = (nums[nums.len() - 2], nums[nums.len() - 1]);
+    assert!(sent >= expect_msgs, "{totals}");
+    assert_eq!(recv, sent, "{totals}");
+    assert!(
+        !out.contains("error 4") && !out.contains("error 5"),
+        "{out}"
+    );
+    eprintln!("{lost}\n{totals}");
+}
+
+fn serve(ports: &str) -> common::ServeProcess {
+    let (lo, hi) = ports.split_once('-').unwrap();
+    spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--user",
+            "user:pass",
+            "--static-auth-secret",
+            "north",
+            "--realm",
+            "icering.test",
+            "--allow-loopback-peers",
+            "--min-port",
+            lo,
+            "--max-port",
+            hi,
+        ],
+        false,
+        1,
+    )
+    .expect("icering serve starts")
+}
+
+#[test]
+fn turnutils_uclient_long_term_and_rest_credentials() {
+    if !coturn_tools() {
+        return;
+    }
+    let server = serve("45000-45999");
+    let port = server.addrs[0].port().to_string();
+    let peer_port = free_udp_port().to_string();
+    let _peer = Killed(
+        Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &peer_port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnutils_peer starts"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let base = [
+        "-n",
+        "100",
+        "-m",
+        "2",
+        "-l",
+        "120",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port,
+        "-p",
+        &port,
+    ];
+    // Long-term credentials, channels (ChannelBind + ChannelData), RTP/RTCP pairs with
+    // EVEN-PORT + RESERVATION-TOKEN: 2 clients × 100 messages.
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
+    assert_complete(&uclient(&args), 200);
+    // Send/Data indications instead of channels.
+    let mut args: Vec<&str> = vec!["-s"];
+    args.extend(base);
+    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
+    assert_complete(&uclient(&args), 200);
+    // TURN REST credentials from the shared secret.
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["-u", "rest", "-W", "north", "127.0.0.1"]);
+    assert_complete(&uclient(&args), 200);
+    // Client to client through two allocations (no external peer), without RTCP.
+    let args = [
+        "-y",
+        "-c",
+        "-n",
+        "100",
+        "-m",
+        "2",
+        "-l",
+        "120",
+        "-p",
+        &port,
+        "-u",
+        "user",
+        "-w",
+        "pass",
+        "127.0.0.1",
+    ];
+    assert_complete(&uclient(&args), 200);
+}
