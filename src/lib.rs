@@ -47,6 +47,7 @@ pub mod config;
 pub mod ice;
 pub mod io;
 pub mod net;
+pub mod ping;
 pub mod shard;
 pub mod stun;
 pub mod turn;

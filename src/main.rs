@@ -3,13 +3,16 @@
 //! `icering serve` runs the shards with the embedded default config (STUN and the TURN
 //! relay on 127.0.0.1:3478) unless `--config` names another; flags override single keys
 //! (the TURN ones are named as coturn names them).
+//! `icering ping --controlling|--controlled` is pion/ice's ping-pong example (docs/ping.md).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use icering::config::{Config, IoBackendChoice};
+use icering::ping::PingConfig;
 use icering::shard::Runtime;
 
 #[global_allocator]
@@ -31,6 +34,78 @@ enum Command {
     /// Run the STUN server and TURN relay on the shards (embedded default config:
     /// 127.0.0.1:3478/udp).
     Serve(ServeArgs),
+    /// pion/ice's ping-pong example: one ICE agent, HTTP signalling, ping/pong messages.
+    Ping(PingArgs),
+}
+
+#[derive(Parser, Debug)]
+struct PingArgs {
+    /// Be the controlling agent (sends "ping"; serves signalling on 9000, posts to 9001).
+    #[arg(
+        long,
+        conflicts_with = "controlled",
+        required_unless_present = "controlled"
+    )]
+    controlling: bool,
+    /// Be the controlled agent (sends "pong"; serves signalling on 9001, posts to 9000).
+    #[arg(long)]
+    controlled: bool,
+    /// UDP address of the host candidate.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// Signalling server address (default 127.0.0.1:9000 controlling, :9001 controlled).
+    #[arg(long, value_name = "ADDR")]
+    signal_listen: Option<SocketAddr>,
+    /// Peer's signalling URL (default http://127.0.0.1:9001 controlling, :9000 controlled).
+    #[arg(long, value_name = "URL")]
+    signal_remote: Option<String>,
+    /// Seconds between messages.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Exit 0 once this many messages were sent and received.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Give up (exit 1) after this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// STUN server for server-reflexive candidates (not yet supported).
+    #[arg(long, value_name = "URL")]
+    stun: Option<String>,
+    /// TURN server for relayed candidates (not yet supported).
+    #[arg(long, value_name = "URL")]
+    turn: Option<String>,
+}
+
+fn seconds(what: &str, s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--{what} must be a positive number of seconds"))
+}
+
+fn ping(args: PingArgs) -> Result<(), String> {
+    if let Some(url) = &args.stun {
+        return Err(format!(
+            "--stun {url}: server-reflexive gathering is not yet supported by `icering ping`"
+        ));
+    }
+    if let Some(url) = &args.turn {
+        return Err(format!(
+            "--turn {url}: relayed gathering is not yet supported by `icering ping`"
+        ));
+    }
+    let controlling = args.controlling;
+    let (listen, remote) = PingConfig::default_signalling(controlling);
+    let cfg = PingConfig {
+        controlling,
+        bind: args.bind,
+        signal_listen: args.signal_listen.unwrap_or(listen),
+        signal_remote: args.signal_remote.unwrap_or(remote),
+        interval: seconds("interval", args.interval)?,
+        count: args.count,
+        timeout: seconds("timeout", args.timeout)?,
+    };
+    icering::ping::run(&cfg)
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -196,6 +271,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Ping(args) => ping(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,383 @@
+//! `icering ping`: pion/ice's `examples/ping-pong` on the sans-IO [`IceAgent`].
+//!
+//! One UDP socket, one agent, HTTP signalling compatible with pion's example (see
+//! [`signal`]). Once connected, the controlling side sends `ping N` and the controlled side
+//! `pong N` every `interval`; each prints what it receives. With `count`, the run ends
+//! successfully once `count` messages were sent and received (after a short linger so the
+//! peer gets ours too).
+//!
+//! Signalling order, as pion's example needs it: credentials are posted at once (retried
+//! until the peer's server answers); local candidates are posted only after the peer's
+//! credentials have arrived (pion panics on a candidate before credentials). Incoming
+//! credentials and candidates are accepted in any order.
+
+pub mod signal;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
+use crate::net::Received;
+use signal::{Remote, Signal};
+
+/// Settings of one `icering ping` run.
+#[derive(Debug, Clone)]
+pub struct PingConfig {
+    /// Controlling (sends `ping`) or controlled (sends `pong`).
+    pub controlling: bool,
+    /// UDP address of the single host candidate.
+    pub bind: SocketAddr,
+    /// Where this side's signalling server listens.
+    pub signal_listen: SocketAddr,
+    /// Base URL of the peer's signalling server.
+    pub signal_remote: String,
+    /// Time between application messages.
+    pub interval: Duration,
+    /// Stop successfully after this many messages each way (`None`: run until timeout).
+    pub count: Option<u64>,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+impl PingConfig {
+    /// pion's port convention: controlling serves 9000 and posts to 9001, controlled the
+    /// reverse.
+    pub fn default_signalling(controlling: bool) -> (SocketAddr, String) {
+        let (local, remote) = if controlling {
+            (9000, 9001)
+        } else {
+            (9001, 9000)
+        };
+        (
+            SocketAddr::from(([127, 0, 0, 1], local)),
+            format!("http://127.0.0.1:{remote}"),
+        )
+    }
+}
+
+/// What the poster thread should send.
+enum Post {
+    Candidate(String),
+}
+
+fn say(msg: std::fmt::Arguments<'_>) {
+    println!("{msg}");
+}
+
+/// Runs a ping-pong session to completion. `Ok` once `count` messages went each way.
+pub fn run(cfg: &PingConfig) -> Result<(), String> {
+    let start = Instant::now();
+    let deadline = start + cfg.timeout;
+    if cfg.bind.ip().is_unspecified() {
+        return Err("--bind needs a specific IP address (it becomes the host candidate)".into());
+    }
+    let socket =
+        UdpSocket::bind(cfg.bind).map_err(|e| format!("cannot bind UDP {}: {e}", cfg.bind))?;
+    let local_addr = socket.local_addr().map_err(|e| e.to_string())?;
+    let remote = Remote::parse(&cfg.signal_remote)?;
+    let listener = TcpListener::bind(cfg.signal_listen)
+        .map_err(|e| format!("cannot listen for signalling on {}: {e}", cfg.signal_listen))?;
+    let (sig_tx, sig_rx) = mpsc::channel::<Signal>();
+    signal::spawn_server(listener, sig_tx);
+    say(format_args!(
+        "{} agent on udp {local_addr}; signalling on http://{} -> {}",
+        if cfg.controlling {
+            "controlling"
+        } else {
+            "controlled"
+        },
+        cfg.signal_listen,
+        cfg.signal_remote
+    ));
+
+    let seed = u64::from(std::process::id())
+        ^ (start.elapsed().as_nanos() as u64)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut agent = IceAgent::new(IceConfig {
+        controlling: cfg.controlling,
+        seed,
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let (ufrag, pwd) = {
+        let (u, p) = agent.local_credentials();
+        (u.to_owned(), p.to_owned())
+    };
+
+    // Poster thread: credentials first (retried until the peer's server answers), then
+    // candidates in order.
+    let (post_tx, post_rx) = mpsc::channel::<Post>();
+    let (post_err_tx, post_err_rx) = mpsc::channel::<String>();
+    {
+        let remote = remote.clone();
+        std::thread::Builder::new()
+            .name("ping-post".into())
+            .spawn(move || poster(remote, ufrag, pwd, deadline, post_rx, post_err_tx))
+            .map_err(|e| e.to_string())?;
+    }
+
+    agent
+        .add_local_candidate(Candidate::host(local_addr))
+        .map_err(|e| e.to_string())?;
+    agent.end_of_local_candidates();
+    agent.handle_timeout(Instant::now());
+
+    let mut have_remote_creds = false;
+    let mut pending_local: Vec<String> = Vec::new();
+    let mut pending_remote: Vec<Candidate> = Vec::new();
+    let mut state = agent.state();
+    let mut sent: u64 = 0;
+    let mut received: u64 = 0;
+    let mut next_send: Option<Instant> = None;
+    let mut done_at: Option<Instant> = None;
+    let linger = (cfg.interval * 2).max(Duration::from_millis(500));
+    let (word, peer_word) = if cfg.controlling {
+        ("ping", "pong")
+    } else {
+        ("pong", "ping")
+    };
+    let mut out = [0u8; 1500];
+    let mut buf = [0u8; 2048];
+
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!(
+                "timed out after {:?} (state {state:?}, sent {sent}, received {received})",
+                cfg.timeout
+            ));
+        }
+        if let Some(t) = done_at
+            && now >= t
+        {
+            say(format_args!("done: sent {sent}, received {received}"));
+            return Ok(());
+        }
+        if let Ok(e) = post_err_rx.try_recv() {
+            return Err(e);
+        }
+
+        // Signals from the peer.
+        loop {
+            match sig_rx.try_recv() {
+                Ok(Signal::RemoteAuth { ufrag, pwd }) => {
+                    say(format_args!("remote credentials: ufrag {ufrag}"));
+                    agent
+                        .set_remote_credentials(&ufrag, &pwd)
+                        .map_err(|e| format!("bad remote credentials: {e}"))?;
+                    if !have_remote_creds {
+                        have_remote_creds = true;
+                        for c in pending_remote.drain(..) {
+                            add_remote(&mut agent, c);
+                        }
+                        for c in pending_local.drain(..) {
+                            let _ = post_tx.send(Post::Candidate(c));
+                        }
+                    }
+                }
+                Ok(Signal::RemoteCandidate(c)) => {
+                    if have_remote_creds {
+                        add_remote(&mut agent, c);
+                    } else {
+                        pending_remote.push(c);
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    return Err("signalling server stopped".into());
+                }
+            }
+            agent.handle_timeout(Instant::now());
+        }
+
+        // Timers and outgoing STUN.
+        let now = Instant::now();
+        if agent.poll_timeout().is_some_and(|t| t <= now) {
+            agent.handle_timeout(now);
+        }
+        flush(&mut agent, &socket, now, &mut out);
+
+        // Events.
+        while let Some(ev) = agent.poll_event() {
+            match ev {
+                IceEvent::LocalCandidate(c) => {
+                    let line = c.to_sdp();
+                    say(format_args!("local candidate: {line}"));
+                    if have_remote_creds {
+                        let _ = post_tx.send(Post::Candidate(line));
+                    } else {
+                        pending_local.push(line);
+                    }
+                }
+                IceEvent::GatheringComplete => say(format_args!("gathering complete")),
+                IceEvent::ConnectionState(s) => {
+                    state = s;
+                    say(format_args!("ice state: {s:?}"));
+                    match s {
+                        ConnectionState::Failed => {
+                            return Err(format!("ICE failed (sent {sent}, received {received})"));
+                        }
+                        ConnectionState::Closed => return Err("ICE agent closed".into()),
+                        _ => {}
+                    }
+                }
+                IceEvent::SelectedPair { local, remote } => {
+                    say(format_args!("selected pair: {local} -> {remote}"));
+                }
+                IceEvent::RoleChanged { controlling } => {
+                    say(format_args!("role changed: controlling={controlling}"));
+                }
+            }
+        }
+
+        // Application data.
+        let connected = matches!(
+            state,
+            ConnectionState::Connected | ConnectionState::Completed
+        );
+        if connected && let Some((_, remote_addr)) = agent.selected_pair() {
+            let now = Instant::now();
+            let due = *next_send.get_or_insert(now);
+            if now >= due {
+                sent += 1;
+                let msg = format!("{word} {sent}");
+                match socket.send_to(msg.as_bytes(), remote_addr) {
+                    Ok(_) => say(format_args!("sent: {msg}")),
+                    Err(e) => say(format_args!("send error: {e}")),
+                }
+                next_send = Some(due + cfg.interval);
+            }
+        }
+        if let Some(n) = cfg.count
+            && done_at.is_none()
+            && sent >= n
+            && received >= n
+        {
+            done_at = Some(Instant::now() + linger);
+        }
+
+        // Wait for a datagram until the next thing to do (capped so signals are seen).
+        let now = Instant::now();
+        let mut wake = now + Duration::from_millis(20);
+        if let Some(t) = agent.poll_timeout() {
+            wake = wake.min(t);
+        }
+        if connected && let Some(t) = next_send {
+            wake = wake.min(t);
+        }
+        let wait = wake
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1));
+        socket
+            .set_read_timeout(Some(wait))
+            .map_err(|e| e.to_string())?;
+        match socket.recv_from(&mut buf) {
+            Ok((n, source)) => {
+                let now = Instant::now();
+                let handled = agent.handle_packet(
+                    now,
+                    Received {
+                        source,
+                        destination: local_addr,
+                        contents: &buf[..n],
+                    },
+                );
+                if handled == Handled::Data {
+                    received += 1;
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    say(format_args!("received: {text}"));
+                    if !text.starts_with(peer_word) {
+                        say(format_args!("(unexpected message from {source})"));
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            // ICMP errors surfacing on the socket (e.g. connection refused): ignore.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(format!("UDP receive: {e}")),
+        }
+    }
+}
+
+fn add_remote(agent: &mut IceAgent, c: Candidate) {
+    say(format_args!("remote candidate: {}", c.to_sdp()));
+    if let Err(e) = agent.add_remote_candidate(c) {
+        say(format_args!("remote candidate ignored: {e}"));
+    }
+}
+
+fn flush(agent: &mut IceAgent, socket: &UdpSocket, now: Instant, out: &mut [u8]) {
+    while let Some(t) = agent.poll_transmit(now, out) {
+        if let Err(e) = socket.send_to(&out[..t.size], t.destination) {
+            say(format_args!("send to {} failed: {e}", t.destination));
+        }
+    }
+}
+
+fn poster(
+    remote: Remote,
+    ufrag: String,
+    pwd: String,
+    deadline: Instant,
+    jobs: Receiver<Post>,
+    errors: mpsc::Sender<String>,
+) {
+    let mut announced = false;
+    loop {
+        match remote.post_form("/remoteAuth", &[("ufrag", &ufrag), ("pwd", &pwd)]) {
+            Ok(200) => break,
+            Ok(status) => {
+                let _ = errors.send(format!("peer refused our credentials: HTTP {status}"));
+                return;
+            }
+            Err(e) => {
+                if !announced {
+                    say(format_args!(
+                        "waiting for the peer's signalling server ({e}); retrying"
+                    ));
+                    announced = true;
+                }
+                if Instant::now() >= deadline {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    say(format_args!("posted credentials"));
+    loop {
+        let Post::Candidate(line) = match jobs.recv_timeout(Duration::from_millis(500)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        // The peer's server is up (it sent us its credentials); retry briefly anyway.
+        let mut tries = 0;
+        loop {
+            match remote.post_form("/remoteCandidate", &[("candidate", &line)]) {
+                Ok(200) => break,
+                Ok(status) => {
+                    say(format_args!("peer refused candidate: HTTP {status}"));
+                    break;
+                }
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    say(format_args!("cannot post candidate: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+}
