@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 
 use icering::ice::{Candidate, Handled, IceAgent, IceConfig};
 use icering::net::Received;
+use icering::stun::{Class, IntegrityKey, Message, MessageType, MessageWriter, Method, attr};
 use proptest::prelude::*;
 
 fn pump(now: Instant, x: &mut IceAgent, y: &mut IceAgent) {
@@ -85,6 +86,128 @@ fn data_only_from_validated_addresses() {
         ..ok
     };
     assert_eq!(a.handle_packet(now, bad), Handled::Dropped);
+}
+
+/// A Binding request from `b` to `a` (USERNAME `a:b`, PRIORITY, ICE-CONTROLLED) with the
+/// `extra` attributes before MESSAGE-INTEGRITY, signed with `pwd`.
+fn request_with(
+    a: &IceAgent,
+    b: &IceAgent,
+    tid: &[u8; 12],
+    extra: &[u16],
+    pwd: &str,
+    buf: &mut [u8],
+) -> usize {
+    let mut w =
+        MessageWriter::new(buf, MessageType::new(Method::BINDING, Class::Request), tid).unwrap();
+    let user = format!("{}:{}", a.local_credentials().0, b.local_credentials().0);
+    w.add_raw(attr::USERNAME, user.as_bytes()).unwrap();
+    w.add_u32(attr::PRIORITY, 0x6E00_01FF).unwrap();
+    w.add_raw(attr::ICE_CONTROLLED, &b.tie_breaker().to_be_bytes())
+        .unwrap();
+    w.add_raw(attr::USE_CANDIDATE, &[]).unwrap();
+    for &t in extra {
+        w.add_raw(t, &[1, 2, 3, 4]).unwrap();
+    }
+    w.add_message_integrity(&IntegrityKey::new(pwd.as_bytes()))
+        .unwrap();
+    w.add_fingerprint().unwrap();
+    w.finish()
+}
+
+/// The response `a` queued for transaction `tid`, as owned bytes.
+fn response_for(a: &mut IceAgent, now: Instant, tid: &[u8; 12]) -> Vec<u8> {
+    let mut buf = [0u8; 1500];
+    while let Some(t) = a.poll_transmit(now, &mut buf) {
+        let m = Message::parse(&buf[..t.size]).unwrap();
+        if m.transaction_id() == tid {
+            assert_eq!(t.destination, "10.0.0.2:7000".parse().unwrap());
+            return buf[..t.size].to_vec();
+        }
+    }
+    panic!("no response for the request");
+}
+
+/// RFC 8489 §6.3.1.1: an authentic check with unknown comprehension-required attributes
+/// gets a signed 420 listing them (not the comprehension-optional ones), and the agent
+/// learns nothing from it: no peer-reflexive candidate, no pair, no nomination.
+#[test]
+fn unknown_required_attribute_gets_420() {
+    let (mut a, b, now) = connected_pair();
+    let (pairs, remotes, selected) = (
+        a.pair_count(),
+        a.remote_candidates().len(),
+        a.selected_pair(),
+    );
+    let state = a.state();
+    let tid = [7u8; 12];
+    let mut buf = [0u8; 1500];
+    let pwd = a.local_credentials().1.to_owned();
+    let n = request_with(&a, &b, &tid, &[0x7F01, 0xC057, 0x0031], &pwd, &mut buf);
+    let pkt = Received {
+        source: "10.0.0.2:7000".parse().unwrap(),
+        destination: "10.0.0.1:5000".parse().unwrap(),
+        contents: &buf[..n],
+    };
+    assert_eq!(a.handle_packet(now, pkt), Handled::Stun);
+    let resp = response_for(&mut a, now, &tid);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.method(), Method::BINDING);
+    assert_eq!(m.class(), Class::Error);
+    assert_eq!(m.error_code().unwrap().code, 420);
+    let listed: Vec<u16> =
+        attr::unknown_attributes(m.get(attr::UNKNOWN_ATTRIBUTES).unwrap().value).collect();
+    assert_eq!(listed, vec![0x7F01, 0x0031]);
+    m.verify_integrity(&IntegrityKey::new(pwd.as_bytes()))
+        .unwrap();
+    m.verify_fingerprint().unwrap();
+    assert!(m.xor_mapped_address().is_none());
+    assert_eq!(a.pair_count(), pairs);
+    assert_eq!(a.remote_candidates().len(), remotes);
+    assert_eq!(a.selected_pair(), selected);
+    assert_eq!(a.state(), state);
+    assert_eq!(a.poll_event(), None);
+}
+
+/// Integrity comes first: a forged request with an unknown attribute gets an unsigned 401,
+/// and a comprehension-optional unknown alone does not trigger a 420.
+#[test]
+fn unknown_attribute_needs_integrity_first() {
+    let (mut a, b, now) = connected_pair();
+    let mut buf = [0u8; 1500];
+    let tid = [8u8; 12];
+    let n = request_with(
+        &a,
+        &b,
+        &tid,
+        &[0x7F01],
+        "wrongwrongwrongwrongwrong",
+        &mut buf,
+    );
+    let pkt = Received {
+        source: "10.0.0.2:7000".parse().unwrap(),
+        destination: "10.0.0.1:5000".parse().unwrap(),
+        contents: &buf[..n],
+    };
+    a.handle_packet(now, pkt);
+    let resp = response_for(&mut a, now, &tid);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.error_code().unwrap().code, 401);
+    assert!(m.integrity_offset().is_none());
+    assert!(m.get(attr::UNKNOWN_ATTRIBUTES).is_none());
+
+    let tid = [9u8; 12];
+    let pwd = a.local_credentials().1.to_owned();
+    let n = request_with(&a, &b, &tid, &[0xC057], &pwd, &mut buf);
+    let pkt = Received {
+        source: "10.0.0.2:7000".parse().unwrap(),
+        destination: "10.0.0.1:5000".parse().unwrap(),
+        contents: &buf[..n],
+    };
+    a.handle_packet(now, pkt);
+    let resp = response_for(&mut a, now, &tid);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
 }
 
 proptest! {

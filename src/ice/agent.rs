@@ -12,10 +12,13 @@ use super::rng::Rng;
 use super::stun::{CheckParams, write_error, write_request, write_success};
 use super::{ConnectionState, Handled, IceError, IceEvent};
 use crate::net::{Protocol, Received, Transmit};
-use crate::stun::{Class, IntegrityKey, Message, Method, TransactionId};
+use crate::stun::{Class, IntegrityKey, Message, Method, TransactionId, attr};
 
 /// No NOMINATION attribute came with USE-CANDIDATE.
 const NO_NOMINATION: u32 = u32::MAX;
+
+/// At most this many types are listed in a 420's UNKNOWN-ATTRIBUTES.
+const MAX_UNKNOWN: usize = 4;
 
 #[derive(Debug, Clone)]
 struct Credentials {
@@ -61,6 +64,8 @@ enum Pending {
         remote: SocketAddr,
         /// 0 for success, else the error code.
         code: u16,
+        /// 420: the unknown comprehension-required attribute types (0 = unused slot).
+        unknown: [u16; MAX_UNKNOWN],
     },
 }
 
@@ -532,6 +537,7 @@ impl IceAgent {
             local: pkt.destination,
             remote: pkt.source,
             code,
+            unknown: [0; MAX_UNKNOWN],
         });
     }
 
@@ -549,6 +555,25 @@ impl IceAgent {
         }
         if m.verify_integrity(&self.local.key).is_err() {
             self.respond(pkt, tid, 401);
+            return Handled::Stun;
+        }
+        // RFC 8489 §6.3.1.1: unknown comprehension-required attributes get a 420 listing
+        // them (signed, the request being authentic); the check changes nothing.
+        if m.has_unknown_required() {
+            let mut unknown = [0u16; MAX_UNKNOWN];
+            let types = m
+                .unknown_required()
+                .filter(|&t| attr::is_comprehension_required(t));
+            for (slot, t) in unknown.iter_mut().zip(types) {
+                *slot = t;
+            }
+            self.pending.push_back(Pending::Response {
+                tid: *tid,
+                local: pkt.destination,
+                remote: pkt.source,
+                code: 420,
+                unknown,
+            });
             return Handled::Stun;
         }
         let Some(prio) = m.priority() else {
@@ -1007,12 +1032,15 @@ impl IceAgent {
                     local,
                     remote,
                     code,
+                    unknown,
                 } => {
                     let r = if code == 0 {
                         write_success(buf, &tid, remote, &self.local.key)
                     } else {
-                        let key = (code == 487).then_some(&self.local.key);
-                        write_error(buf, &tid, code, key)
+                        // 401/400 answer requests we could not authenticate: unsigned.
+                        let key = matches!(code, 420 | 487).then_some(&self.local.key);
+                        let n = unknown.iter().take_while(|&&t| t != 0).count();
+                        write_error(buf, &tid, code, &unknown[..n], key)
                     };
                     if let Ok(size) = r {
                         return Some(Transmit {

@@ -70,22 +70,31 @@ pub(crate) fn write_success(
     Ok(w.finish())
 }
 
-/// A Binding error response; MI only when the request was authenticated (487), not for
-/// 400/401 (RFC 8489 §9.1.3).
+/// A Binding error response; MI only when the request was authenticated (420, 487), not
+/// for 400/401 (RFC 8489 §9.1.3). `unknown` fills UNKNOWN-ATTRIBUTES (420 only).
 pub(crate) fn write_error(
     buf: &mut [u8],
     tid: &TransactionId,
     code: u16,
+    unknown: &[u16],
     key: Option<&IntegrityKey>,
 ) -> Result<usize, StunError> {
     let mut w = MessageWriter::new(buf, MessageType::new(Method::BINDING, Class::Error), tid)?;
     let e = match code {
         400 => ErrorCode::BAD_REQUEST,
         401 => ErrorCode::UNAUTHENTICATED,
+        420 => ErrorCode::UNKNOWN_ATTRIBUTE,
         487 => ErrorCode::ROLE_CONFLICT,
         _ => ErrorCode::SERVER_ERROR,
     };
     w.add_error_code(&e)?;
+    if !unknown.is_empty() {
+        w.add_with(attr::UNKNOWN_ATTRIBUTES, 2 * unknown.len(), |d| {
+            for (c, t) in d.chunks_exact_mut(2).zip(unknown) {
+                c.copy_from_slice(&t.to_be_bytes());
+            }
+        })?;
+    }
     if let Some(k) = key {
         w.add_message_integrity(k)?;
     }
