@@ -298,3 +298,45 @@ fn consent_loss_fails_and_disconnect_recovers() {
         assert_eq!(s.peers[0].agent.selected_pair(), None);
     }
 }
+
+/// Aggressive nomination (RFC 5245 §8.1.2; deprecated by RFC 8445 §8.1.1 but still sent
+/// by some peers): the controlling agent puts USE-CANDIDATE on every check. Both sides
+/// connect through 5 % loss and settle on one pair.
+#[test]
+fn aggressive_nomination_with_loss_agrees() {
+    for seed in 0..100u64 {
+        let link = Link {
+            loss: 0.05,
+            ..Default::default()
+        };
+        let mut s = Sim::new(seed, link);
+        s.add_peer(
+            IceConfig {
+                aggressive_nomination: true,
+                ..config(seed, true)
+            },
+            HostSpec {
+                nat: nat(seed),
+                ..Default::default()
+            },
+        );
+        s.add_peer(
+            config(seed + 500, false),
+            HostSpec {
+                nat: nat(seed / 4),
+                ..Default::default()
+            },
+        );
+        s.exchange_credentials(0, 1);
+        assert!(
+            connect(&mut s, Duration::from_secs(20)),
+            "seed {seed}: {:?}/{:?}",
+            s.state(0),
+            s.state(1)
+        );
+        assert!(s.peers[0].agent.is_controlling());
+        s.run(Duration::from_secs(3), |_| false);
+        assert!(s.both_connected(), "seed {seed}: liveness");
+        assert!(s.verify_same_pair(8), "seed {seed}: pairs disagree");
+    }
+}
