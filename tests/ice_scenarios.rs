@@ -4,7 +4,7 @@ mod sim;
 
 use std::time::Duration;
 
-use icering::ice::{ConnectionState, IceConfig, IceEvent};
+use icering::ice::{CandidateKind, ConnectionState, IceConfig, IceEvent};
 use sim::{HostSpec, Link, NatType, Sim, config};
 
 fn nat(seed: u64) -> Option<NatType> {
@@ -338,5 +338,49 @@ fn aggressive_nomination_with_loss_agrees() {
         s.run(Duration::from_secs(3), |_| false);
         assert!(s.both_connected(), "seed {seed}: liveness");
         assert!(s.verify_same_pair(8), "seed {seed}: pairs disagree");
+    }
+}
+
+/// Both peers behind symmetric NATs: no direct path. One side also has a relayed candidate
+/// (a forwarding host in the sim standing in for a TURN allocation); the agents pair it,
+/// connect through it and agree on a pair whose local side is that relayed candidate.
+#[test]
+fn symmetric_nats_connect_through_relayed_candidate() {
+    for seed in 0..100u64 {
+        let link = Link {
+            loss: 0.02,
+            ..Default::default()
+        };
+        let mut s = Sim::new(seed, link);
+        let spec = HostSpec {
+            nat: Some(NatType::SYMMETRIC),
+            ..Default::default()
+        };
+        s.add_peer(config(seed, seed % 2 == 0), spec);
+        s.add_peer(config(seed + 300, seed % 2 == 1), spec);
+        // Relay on peer 0 or peer 1, so both roles get to hold it.
+        let holder = (seed / 2 % 2) as usize;
+        let relay: std::net::SocketAddr = "198.51.100.7:49152".parse().unwrap();
+        s.add_relay(holder, relay, "203.0.113.99:40000".parse().unwrap());
+        s.exchange_credentials(0, 1);
+        assert!(
+            connect(&mut s, Duration::from_secs(20)),
+            "seed {seed}: {:?}/{:?}",
+            s.state(0),
+            s.state(1)
+        );
+        s.run(Duration::from_secs(2), |_| false);
+        assert!(s.verify_same_pair(4), "seed {seed}: pairs disagree");
+        let (l, _) = s.peers[holder].agent.selected_pair().unwrap();
+        assert_eq!(l, relay, "seed {seed}: holder not on the relay");
+        let (_, r) = s.peers[1 - holder].agent.selected_pair().unwrap();
+        assert_eq!(r, relay, "seed {seed}: peer not sending to the relay");
+        assert!(
+            s.peers[holder]
+                .agent
+                .local_candidates()
+                .iter()
+                .any(|c| c.kind == CandidateKind::Relayed && c.addr == relay)
+        );
     }
 }

@@ -312,6 +312,25 @@ impl Sim {
         i
     }
 
+    /// Gives peer `i` a relayed candidate at the public address `relay`: a forwarding
+    /// host standing in for a TURN allocation. Datagrams anyone sends to `relay` reach the
+    /// agent as received on that candidate's base (`relay` itself), and the agent's
+    /// transmits from that base leave from `relay` — no NAT, no filtering, no extra hop.
+    /// `mapped` is only the candidate's `raddr`.
+    pub fn add_relay(&mut self, i: usize, relay: SocketAddr, mapped: SocketAddr) {
+        assert!(
+            self.net_of(relay).is_none() && self.nats.iter().all(|n| n.public_ip != relay.ip()),
+            "relay address {relay} already in use"
+        );
+        self.peers[i].ifaces.push((relay, Net::Public));
+        self.peers[i]
+            .agent
+            .add_local_candidate(Candidate::relayed(relay, mapped))
+            .unwrap();
+        let now = self.now;
+        self.peers[i].agent.handle_timeout(now);
+    }
+
     /// Exchanges credentials between peers `a` and `b` (signalling is instantaneous here;
     /// candidates trickle through [`Sim::signal_latency`]).
     pub fn exchange_credentials(&mut self, a: usize, b: usize) {
