@@ -229,3 +229,37 @@ proptest! {
         while a.poll_transmit(now, &mut buf).is_some() {}
     }
 }
+
+/// With `aggressive_nomination` the controlling agent's very first check already carries
+/// USE-CANDIDATE (the scenario in ice_scenarios.rs relies on it); by default it does not.
+#[test]
+fn aggressive_nomination_flags_first_check() {
+    for aggressive in [false, true] {
+        let mut a = IceAgent::new(IceConfig {
+            controlling: true,
+            aggressive_nomination: aggressive,
+            seed: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let b = IceAgent::new(IceConfig {
+            seed: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        a.add_local_candidate(Candidate::host("10.0.0.1:5000".parse().unwrap()))
+            .unwrap();
+        let (u, p) = b.local_credentials();
+        let (u, p) = (u.to_owned(), p.to_owned());
+        a.set_remote_credentials(&u, &p).unwrap();
+        a.add_remote_candidate(Candidate::host("10.0.0.2:6000".parse().unwrap()))
+            .unwrap();
+        let now = Instant::now();
+        a.handle_timeout(now);
+        let mut buf = [0u8; 1500];
+        let t = a.poll_transmit(now, &mut buf).expect("a first check");
+        let m = Message::parse(&buf[..t.size]).unwrap();
+        assert_eq!(m.class(), Class::Request);
+        assert_eq!(m.use_candidate(), aggressive);
+    }
+}
