@@ -67,7 +67,8 @@ pub struct TurnSection {
     pub enabled: bool,
     /// REALM of the long-term credentials.
     pub realm: String,
-    /// Addresses relay sockets bind on (one per family used).
+    /// Addresses relay sockets bind on; allocations rotate over those of their family and
+    /// fall over to the next when a port range is exhausted.
     pub relay_ips: Vec<IpAddr>,
     /// Lowest relay port.
     pub min_port: u16,

@@ -202,6 +202,60 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     Ok(config)
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit: every TURN allocation holds a relay
+/// socket, so the usual soft limit of 1024 would cap a node at ~1,000 allocations. Logs the
+/// limit in force; when it stays low, Allocates beyond it get 508 (counted as
+/// `relay_open_failures`).
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(
+            "getrlimit(RLIMIT_NOFILE): {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            tracing::warn!(
+                "setrlimit(RLIMIT_NOFILE, {}): {}",
+                lim.rlim_max,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    let level_low = lim.rlim_cur < 100_000;
+    if level_low {
+        tracing::warn!(
+            soft = lim.rlim_cur,
+            hard = lim.rlim_max,
+            was = before,
+            "open file limit: at most ~{} TURN allocations (one relay socket each); raise the \
+             hard limit (ulimit -Hn, LimitNOFILE=) for more; beyond it Allocate gets 508",
+            lim.rlim_cur.saturating_sub(64)
+        );
+    } else {
+        tracing::info!(
+            soft = lim.rlim_cur,
+            hard = lim.rlim_max,
+            was = before,
+            "open file limit"
+        );
+    }
+}
+
 fn serve(args: ServeArgs) -> Result<(), String> {
     let config = load_config(&args)?;
     if args.check_config {
@@ -214,6 +268,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         signal_hook::consts::SIGTERM,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    if config.turn.enabled {
+        raise_nofile_limit();
+    }
     let runtime = Runtime::start(&config).map_err(|e| e.to_string())?;
     tracing::info!("{}", runtime.backend_reason());
     let what = if config.turn.enabled {

@@ -99,8 +99,13 @@ impl RelayPorts for Binder<'_> {
             if wish != PortWish::Any && port % 2 == 1 {
                 continue;
             }
-            let Ok(sock) = bind_relay(SocketAddr::new(ip, port)) else {
-                continue;
+            let sock = match bind_relay(SocketAddr::new(ip, port)) {
+                Ok(s) => s,
+                // Out of file descriptors: no other port will do better.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    return Err(OpenError::Exhausted);
+                }
+                Err(_) => continue,
             };
             if wish == PortWish::EvenReserveNext {
                 let next = SocketAddr::new(ip, port.wrapping_add(1));

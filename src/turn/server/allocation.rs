@@ -71,6 +71,79 @@ impl Bucket {
     }
 }
 
+/// Entries a [`SmallMap`] keeps in a vector before it switches to a hash map.
+const SMALL: usize = 8;
+
+/// A map that is a short vector while it holds at most [`SMALL`] entries (most
+/// allocations have one or two permissions and channels: a vector of exactly that many
+/// entries instead of a hash table's minimum of four buckets plus control bytes) and a
+/// hash map beyond, so a client with many peers still gets O(1) lookups.
+#[derive(Debug)]
+pub(super) enum SmallMap<K, V> {
+    Vec(Vec<(K, V)>),
+    Map(HashMap<K, V>),
+}
+
+impl<K: Eq + std::hash::Hash + Copy, V> SmallMap<K, V> {
+    pub fn new() -> Self {
+        SmallMap::Vec(Vec::new())
+    }
+
+    #[inline]
+    pub fn get(&self, k: &K) -> Option<&V> {
+        match self {
+            SmallMap::Vec(v) => v.iter().find(|(key, _)| key == k).map(|(_, v)| v),
+            SmallMap::Map(m) => m.get(k),
+        }
+    }
+
+    pub fn insert(&mut self, k: K, val: V) {
+        match self {
+            SmallMap::Vec(v) => {
+                if let Some(e) = v.iter_mut().find(|(key, _)| *key == k) {
+                    e.1 = val;
+                } else if v.len() < SMALL {
+                    // Grow one at a time: the common case stays at one or two entries.
+                    v.reserve_exact(1);
+                    v.push((k, val));
+                } else {
+                    let mut m: HashMap<K, V> = std::mem::take(v).into_iter().collect();
+                    m.insert(k, val);
+                    *self = SmallMap::Map(m);
+                }
+            }
+            SmallMap::Map(m) => {
+                m.insert(k, val);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        match self {
+            SmallMap::Vec(v) => {
+                let i = v.iter().position(|(key, _)| key == k)?;
+                Some(v.swap_remove(i).1)
+            }
+            SmallMap::Map(m) => m.remove(k),
+        }
+    }
+
+    pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> bool) {
+        match self {
+            SmallMap::Vec(v) => v.retain_mut(|(k, v)| f(k, v)),
+            SmallMap::Map(m) => m.retain(|k, v| f(k, v)),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        match self {
+            SmallMap::Vec(v) => v.len(),
+            SmallMap::Map(m) => m.len(),
+        }
+    }
+}
+
 /// One allocation.
 #[derive(Debug)]
 pub(super) struct Allocation {
@@ -84,11 +157,11 @@ pub(super) struct Allocation {
     pub expires: Instant,
     pub cred: Credential,
     /// Peer IP → permission expiry.
-    pub perms: HashMap<IpAddr, Instant>,
+    pub perms: SmallMap<IpAddr, Instant>,
     /// Channel number → binding.
-    pub channels: HashMap<u16, Channel>,
+    pub channels: SmallMap<u16, Channel>,
     /// Peer transport address → channel number.
-    pub peer_channels: HashMap<SocketAddr, u16>,
+    pub peer_channels: SmallMap<SocketAddr, u16>,
     pub bucket: Bucket,
     pub counters: AllocationCounters,
 }
@@ -122,7 +195,8 @@ impl Allocation {
 /// The allocations of one server.
 #[derive(Debug, Default)]
 pub(super) struct Allocations {
-    slab: Vec<Option<Allocation>>,
+    /// Boxed, so the slab's growth slack costs a pointer per slot, not a whole allocation.
+    slab: Vec<Option<Box<Allocation>>>,
     free: Vec<AllocId>,
     /// (listening socket, client address) → allocation.
     by_client: HashMap<(Sock, SocketAddr), AllocId>,
@@ -147,12 +221,12 @@ impl Allocations {
 
     #[inline]
     pub fn get(&self, id: AllocId) -> Option<&Allocation> {
-        self.slab.get(id as usize)?.as_ref()
+        self.slab.get(id as usize)?.as_deref()
     }
 
     #[inline]
     pub fn get_mut(&mut self, id: AllocId) -> Option<&mut Allocation> {
-        self.slab.get_mut(id as usize)?.as_mut()
+        self.slab.get_mut(id as usize)?.as_deref_mut()
     }
 
     pub fn insert(&mut self, a: Allocation) -> AllocId {
@@ -160,11 +234,11 @@ impl Allocations {
         let relay = a.relay_sock;
         let id = match self.free.pop() {
             Some(id) => {
-                self.slab[id as usize] = Some(a);
+                self.slab[id as usize] = Some(Box::new(a));
                 id
             }
             None => {
-                self.slab.push(Some(a));
+                self.slab.push(Some(Box::new(a)));
                 (self.slab.len() - 1) as AllocId
             }
         };
@@ -178,7 +252,7 @@ impl Allocations {
         self.by_client.remove(&(a.client_sock, a.client));
         self.by_relay.remove(&a.relay_sock);
         self.free.push(id);
-        Some(a)
+        Some(*a)
     }
 
     /// Ids of every live allocation.
@@ -207,5 +281,28 @@ mod tests {
         assert!(!b.take(1));
         let mut unlimited = Bucket::new(0);
         assert!(unlimited.take(1 << 20));
+    }
+
+    #[test]
+    fn small_map_spills_into_a_hash_map_and_back_stays_correct() {
+        let mut m = SmallMap::new();
+        for i in 0..20u16 {
+            m.insert(i, u32::from(i) * 10);
+            m.insert(i, u32::from(i) * 100);
+            assert!(matches!(m, SmallMap::Vec(_)) == (usize::from(i) < SMALL));
+        }
+        assert_eq!(m.len(), 20);
+        assert_eq!(m.get(&7), Some(&700));
+        assert_eq!(m.remove(&7), Some(700));
+        assert_eq!(m.get(&7), None);
+        m.retain(|k, _| k % 2 == 0);
+        assert_eq!(m.len(), 10);
+        let mut s = SmallMap::new();
+        s.insert(1u16, 1u8);
+        s.insert(2, 2);
+        assert_eq!(s.remove(&1), Some(1));
+        assert_eq!(s.get(&2), Some(&2));
+        s.retain(|_, _| false);
+        assert_eq!(s.len(), 0);
     }
 }

@@ -249,6 +249,9 @@ server_stats!(
     dropped_auth_rate,
     /// Requests whose credentials were wrong (401 after a MESSAGE-INTEGRITY check).
     auth_failures,
+    /// Relay sockets that could not be opened (port range exhausted on every relay
+    /// address, out of file descriptors): answered 508.
+    relay_open_failures,
     /// Allocations created.
     allocations_created,
     /// Allocations deleted or expired.
@@ -325,7 +328,9 @@ pub enum Outcome {
 pub struct TurnConfig {
     /// REALM.
     pub realm: String,
-    /// Addresses relay sockets are bound on (at most one per family is used).
+    /// Addresses relay sockets are bound on. Allocations rotate over the addresses of the
+    /// requested family and fall over to the next one when a port range is exhausted, so
+    /// several addresses multiply the ~64k ports one address offers.
     pub relay_ips: Vec<IpAddr>,
     /// Static users `(name, password)`.
     pub users: Vec<(String, String)>,
@@ -412,6 +417,8 @@ struct Relay {
     last_sweep: Instant,
     /// Counter for Data indication transaction ids and reservation tokens.
     tid_counter: u64,
+    /// Index into `cfg.relay_ips` the next allocation starts its search at.
+    relay_rr: usize,
 }
 
 /// The sans-IO STUN/TURN server for one shard.
@@ -441,6 +448,7 @@ impl Server {
             next_sweep: cfg.epoch + SWEEP,
             last_sweep: cfg.epoch,
             tid_counter: 0,
+            relay_rr: 0,
             cfg,
         });
         Server {
@@ -458,6 +466,13 @@ impl Server {
     /// Allocations alive on this server.
     pub fn allocations(&self) -> usize {
         self.relay.as_ref().map_or(0, |r| r.allocs.len())
+    }
+
+    /// `size_of` of one allocation's inline state (for footprint tests; the heap it owns
+    /// — permission and channel tables, username — comes on top).
+    #[doc(hidden)]
+    pub fn allocation_struct_size() -> usize {
+        std::mem::size_of::<allocation::Allocation>()
     }
 
     /// Counts a datagram the runtime dropped before it reached the server (e.g. no send

@@ -2,12 +2,10 @@
 //! Refresh, CreatePermission and ChannelBind. Error responses after a successful
 //! authentication carry MESSAGE-INTEGRITY(-SHA256) like the success responses.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
-
-use super::allocation::{Allocation, Bucket, Channel};
+use super::allocation::{Allocation, Bucket, Channel, SmallMap};
 use super::auth::{self, AuthError, Credential, MiKind};
 use super::policy::QuotaError;
 use super::{OpenError, Outcome, Relay, RelayPorts, ServerStats, Sock, TurnError};
@@ -228,12 +226,39 @@ impl Relay {
             .clamp(c.default_lifetime, c.max_lifetime)
     }
 
-    fn relay_ip(&self, v6: bool) -> Option<IpAddr> {
-        self.cfg
-            .relay_ips
-            .iter()
-            .copied()
-            .find(|ip| ip.is_ipv6() == v6)
+    /// Opens a relay socket on an address of the family: starting from a rotating index
+    /// (spreads allocations over the addresses) and trying the next address while a
+    /// port range is exhausted. `None`: no address of that family.
+    fn open_relay(
+        &mut self,
+        v6: bool,
+        wish: super::PortWish,
+        ports: &mut dyn RelayPorts,
+        stats: &mut ServerStats,
+    ) -> Option<Result<(Sock, SocketAddr), OutcomeOrError>> {
+        let n = self.cfg.relay_ips.len();
+        let start = self.relay_rr;
+        let mut any = false;
+        for k in 0..n {
+            let ip = self.cfg.relay_ips[(start + k) % n];
+            if ip.is_ipv6() != v6 {
+                continue;
+            }
+            any = true;
+            match ports.open(ip, wish) {
+                Ok(x) => {
+                    self.relay_rr = (start + k + 1) % n;
+                    return Some(Ok(x));
+                }
+                Err(OpenError::Later) => return Some(Err(OutcomeOrError::Later)),
+                Err(OpenError::Exhausted) => {}
+            }
+        }
+        if !any {
+            return None;
+        }
+        stats.relay_open_failures += 1;
+        Some(Err(TurnError::InsufficientCapacity.into()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -287,9 +312,9 @@ impl Relay {
             return Err(TurnError::BadRequest.into());
         }
         let want_v6 = requested == Some(AddressFamily::V6);
-        let Some(ip) = self.relay_ip(want_v6) else {
+        if !self.cfg.relay_ips.iter().any(|ip| ip.is_ipv6() == want_v6) {
             return Err(TurnError::AddressFamilyNotSupported.into());
-        };
+        }
         // Dual allocations are not supported: an IPv4 relay is granted and the IPv6 part
         // refused with ADDRESS-ERROR-CODE 440 (RFC 8656 §7.2).
         let v6_refused = additional;
@@ -306,7 +331,10 @@ impl Relay {
                     x
                 }
                 Err(OpenError::Later) => return Err(OutcomeOrError::Later),
-                Err(OpenError::Exhausted) => return Err(TurnError::InsufficientCapacity.into()),
+                Err(OpenError::Exhausted) => {
+                    stats.relay_open_failures += 1;
+                    return Err(TurnError::InsufficientCapacity.into());
+                }
             }
         } else {
             let wish = match even {
@@ -314,10 +342,9 @@ impl Relay {
                 Some(false) => super::PortWish::Even,
                 Some(true) => super::PortWish::EvenReserveNext,
             };
-            let (sock, addr) = match ports.open(ip, wish) {
-                Ok(x) => x,
-                Err(OpenError::Later) => return Err(OutcomeOrError::Later),
-                Err(OpenError::Exhausted) => return Err(TurnError::InsufficientCapacity.into()),
+            let (sock, addr) = match self.open_relay(want_v6, wish, ports, stats) {
+                Some(r) => r?,
+                None => return Err(TurnError::AddressFamilyNotSupported.into()),
             };
             if even == Some(true) {
                 let c = self.tid_counter;
@@ -358,9 +385,9 @@ impl Relay {
             relay,
             expires: now + Duration::from_secs(lifetime.into()),
             cred: cred.clone(),
-            perms: HashMap::new(),
-            channels: HashMap::new(),
-            peer_channels: HashMap::new(),
+            perms: SmallMap::new(),
+            channels: SmallMap::new(),
+            peer_channels: SmallMap::new(),
             bucket: Bucket::new(self.cfg.bandwidth),
             counters: Default::default(),
         });
