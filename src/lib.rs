@@ -9,8 +9,9 @@
 //!  binaries        src/main.rs (icering serve|ping)   loadtest/ (icering-loadtest)
 //!                        │                                 │ public API only
 //!  runtime         shard/  ── one pinned thread per core: demux, timers, cross-shard channel
+//!                  ping/   ── one ICE agent over one std socket + HTTP signalling
 //!                        │ drives ▼            │ owns ▼
-//!  sans-IO         ice/  turn/server  turn/client        io/  ── uring | portable backends
+//!  sans-IO         ice/  turn/server                     io/  ── uring | portable backends
 //!  protocol              │ uses ▼                              (sockets only, no protocol)
 //!  wire codec      stun/  ── zero-copy message view, writer, integrity, ChannelData, demux
 //!  vocabulary      net    ── Transmit, transport addresses
@@ -27,6 +28,7 @@
 //! | `ice`, `turn` | `stun`, `net` |
 //! | [`io`] | `net` (never `stun`/`ice`/`turn`) |
 //! | `shard` | everything above |
+//! | `ping` | `ice`, `stun`, `net`, std sockets (a runtime for one agent) |
 //!
 //! ## The drive loop (sans-IO, in the style of quinn-proto and str0m)
 //!
