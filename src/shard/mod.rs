@@ -3,7 +3,7 @@
 //!
 //! [`Runtime::start`] binds every listen address once per shard with SO_REUSEPORT, so the
 //! kernel spreads 5-tuples over shards, then starts the shards. Each shard runs
-//! [`worker`]'s loop: reap a batch of datagrams → parse in place → dispatch to the sans-IO
+//! `worker`'s loop: reap a batch of datagrams → parse in place → dispatch to the sans-IO
 //! handler, which writes its answer straight into a send slot → flush the batch in one
 //! submission → sleep until the next datagram, control message or timer deadline. Control
 //! messages arrive on a crossbeam channel, with the backend's eventfd waker to interrupt
