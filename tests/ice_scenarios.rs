@@ -20,6 +20,24 @@ fn connect(s: &mut Sim, limit: Duration) -> bool {
     s.run(limit, |s| s.both_connected())
 }
 
+/// Asserts both agents connect within `limit`, naming the seed and both states if not.
+fn assert_connects(s: &mut Sim, seed: u64, limit: Duration) {
+    assert!(
+        connect(s, limit),
+        "seed {seed}: {:?}/{:?}",
+        s.state(0),
+        s.state(1)
+    );
+}
+
+/// A host behind `nat` (or none), otherwise default.
+fn behind(nat: Option<NatType>) -> HostSpec {
+    HostSpec {
+        nat,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn twenty_percent_loss_with_duplication_and_reordering() {
     for seed in 0..200u64 {
@@ -31,27 +49,10 @@ fn twenty_percent_loss_with_duplication_and_reordering() {
             ..Default::default()
         };
         let mut s = Sim::new(seed, link);
-        s.add_peer(
-            config(seed, true),
-            HostSpec {
-                nat: nat(seed),
-                ..Default::default()
-            },
-        );
-        s.add_peer(
-            config(seed + 1000, false),
-            HostSpec {
-                nat: nat(seed / 4),
-                ..Default::default()
-            },
-        );
+        s.add_peer(config(seed, true), behind(nat(seed)));
+        s.add_peer(config(seed + 1000, false), behind(nat(seed / 4)));
         s.exchange_credentials(0, 1);
-        assert!(
-            connect(&mut s, Duration::from_secs(30)),
-            "seed {seed}: {:?}/{:?}",
-            s.state(0),
-            s.state(1)
-        );
+        assert_connects(&mut s, seed, Duration::from_secs(30));
         // Both settle on one pair (a lost nomination response may delay the controlled).
         s.run(Duration::from_secs(3), |_| false);
         assert!(s.verify_same_pair(8), "seed {seed}: pairs disagree");
@@ -63,26 +64,14 @@ fn role_conflict_both_controlling() {
     let mut switched = 0;
     for seed in 0..150u64 {
         let mut s = Sim::new(seed, Link::default());
-        s.add_peer(
-            config(seed, true),
-            HostSpec {
-                nat: nat(seed),
-                ..Default::default()
-            },
-        );
-        s.add_peer(
-            config(seed + 77, seed % 3 != 0),
-            HostSpec {
-                nat: nat(seed + 1),
-                ..Default::default()
-            },
-        );
+        s.add_peer(config(seed, true), behind(nat(seed)));
+        s.add_peer(config(seed + 77, seed % 3 != 0), behind(nat(seed + 1)));
         // seed % 3 == 0: both controlled instead.
         if seed % 3 == 0 {
             s.peers[0].agent.set_controlling(false);
         }
         s.exchange_credentials(0, 1);
-        assert!(connect(&mut s, Duration::from_secs(20)), "seed {seed}");
+        assert_connects(&mut s, seed, Duration::from_secs(20));
         let (a, b) = (
             s.peers[0].agent.is_controlling(),
             s.peers[1].agent.is_controlling(),
@@ -111,26 +100,14 @@ fn role_conflict_both_controlling() {
 fn trickle_late_candidates_and_credentials() {
     for seed in 0..150u64 {
         let mut s = Sim::new(seed, Link::default());
-        s.add_peer(
-            config(seed, true),
-            HostSpec {
-                nat: nat(seed),
-                ..Default::default()
-            },
-        );
-        s.add_peer(
-            config(seed + 5, false),
-            HostSpec {
-                nat: nat(seed + 2),
-                ..Default::default()
-            },
-        );
+        s.add_peer(config(seed, true), behind(nat(seed)));
+        s.add_peer(config(seed + 5, false), behind(nat(seed + 2)));
         // B's candidates arrive 1–3 s late; credentials only after 500 ms.
         s.peers[1].signal_delay = Duration::from_millis(1000 + (seed % 20) * 100);
         s.run(Duration::from_millis(500), |_| false);
         assert_eq!(s.peers[0].agent.selected_pair(), None);
         s.exchange_credentials(0, 1);
-        assert!(connect(&mut s, Duration::from_secs(20)), "seed {seed}");
+        assert_connects(&mut s, seed, Duration::from_secs(20));
         s.run(Duration::from_secs(1), |_| false);
         assert!(s.verify_same_pair(3), "seed {seed}");
         assert!(s.peers[0].events.contains(&IceEvent::GatheringComplete));
@@ -149,13 +126,7 @@ fn lite_peer_and_full_agent() {
         );
         // Full agent behind a NAT, lite agent public (the usual SFU deployment). The full
         // agent is told the peer is lite and becomes controlling whatever it started as.
-        s.add_peer(
-            config(seed, seed % 2 == 0),
-            HostSpec {
-                nat: nat(seed),
-                ..Default::default()
-            },
-        );
+        s.add_peer(config(seed, seed % 2 == 0), behind(nat(seed)));
         s.add_peer(
             IceConfig {
                 lite: true,
@@ -170,12 +141,7 @@ fn lite_peer_and_full_agent() {
         );
         s.peers[0].agent.set_remote_lite(true);
         s.exchange_credentials(0, 1);
-        assert!(
-            connect(&mut s, Duration::from_secs(20)),
-            "seed {seed}: {:?}/{:?}",
-            s.state(0),
-            s.state(1)
-        );
+        assert_connects(&mut s, seed, Duration::from_secs(20));
         assert!(s.peers[0].agent.is_controlling());
         assert!(!s.peers[1].agent.is_controlling());
         s.run(Duration::from_secs(1), |_| false);
@@ -191,22 +157,10 @@ fn lite_peer_and_full_agent() {
 fn restart_mid_session_data_continues() {
     for seed in 0..150u64 {
         let mut s = Sim::new(seed, Link::default());
-        s.add_peer(
-            config(seed, true),
-            HostSpec {
-                nat: nat(seed),
-                ..Default::default()
-            },
-        );
-        s.add_peer(
-            config(seed + 3, false),
-            HostSpec {
-                nat: nat(seed + 1),
-                ..Default::default()
-            },
-        );
+        s.add_peer(config(seed, true), behind(nat(seed)));
+        s.add_peer(config(seed + 3, false), behind(nat(seed + 1)));
         s.exchange_credentials(0, 1);
-        assert!(connect(&mut s, Duration::from_secs(20)), "seed {seed}");
+        assert_connects(&mut s, seed, Duration::from_secs(20));
         s.run(Duration::from_secs(1), |_| false);
         let before = s.peers[0].agent.selected_pair();
         // Restart both sides; re-signal everything.
@@ -261,7 +215,7 @@ fn dual_stack_multihomed_prefers_ipv6_and_agrees() {
             },
         );
         s.exchange_credentials(0, 1);
-        assert!(connect(&mut s, Duration::from_secs(20)), "seed {seed}");
+        assert_connects(&mut s, seed, Duration::from_secs(20));
         s.run(Duration::from_secs(2), |_| false);
         let (l, r) = s.peers[0].agent.selected_pair().unwrap();
         assert!(
@@ -315,25 +269,11 @@ fn aggressive_nomination_with_loss_agrees() {
                 aggressive_nomination: true,
                 ..config(seed, true)
             },
-            HostSpec {
-                nat: nat(seed),
-                ..Default::default()
-            },
+            behind(nat(seed)),
         );
-        s.add_peer(
-            config(seed + 500, false),
-            HostSpec {
-                nat: nat(seed / 4),
-                ..Default::default()
-            },
-        );
+        s.add_peer(config(seed + 500, false), behind(nat(seed / 4)));
         s.exchange_credentials(0, 1);
-        assert!(
-            connect(&mut s, Duration::from_secs(20)),
-            "seed {seed}: {:?}/{:?}",
-            s.state(0),
-            s.state(1)
-        );
+        assert_connects(&mut s, seed, Duration::from_secs(20));
         assert!(s.peers[0].agent.is_controlling());
         s.run(Duration::from_secs(3), |_| false);
         assert!(s.both_connected(), "seed {seed}: liveness");
@@ -352,10 +292,7 @@ fn symmetric_nats_connect_through_relayed_candidate() {
             ..Default::default()
         };
         let mut s = Sim::new(seed, link);
-        let spec = HostSpec {
-            nat: Some(NatType::SYMMETRIC),
-            ..Default::default()
-        };
+        let spec = behind(Some(NatType::SYMMETRIC));
         s.add_peer(config(seed, seed % 2 == 0), spec);
         s.add_peer(config(seed + 300, seed % 2 == 1), spec);
         // Relay on peer 0 or peer 1, so both roles get to hold it.
@@ -363,12 +300,7 @@ fn symmetric_nats_connect_through_relayed_candidate() {
         let relay: std::net::SocketAddr = "198.51.100.7:49152".parse().unwrap();
         s.add_relay(holder, relay, "203.0.113.99:40000".parse().unwrap());
         s.exchange_credentials(0, 1);
-        assert!(
-            connect(&mut s, Duration::from_secs(20)),
-            "seed {seed}: {:?}/{:?}",
-            s.state(0),
-            s.state(1)
-        );
+        assert_connects(&mut s, seed, Duration::from_secs(20));
         s.run(Duration::from_secs(2), |_| false);
         assert!(s.verify_same_pair(4), "seed {seed}: pairs disagree");
         let (l, _) = s.peers[holder].agent.selected_pair().unwrap();
