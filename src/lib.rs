@@ -45,6 +45,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod api;
 pub mod config;
 pub mod ice;
 pub mod io;
@@ -53,3 +54,9 @@ pub mod ping;
 pub mod shard;
 pub mod stun;
 pub mod turn;
+
+pub use api::{
+    Agent, AgentEvent, AgentOptions, ApiError, Conn, ConnStats, DataMode, Engine, EngineStats,
+    NetworkType,
+};
+pub use config::Config;
