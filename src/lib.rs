@@ -56,7 +56,7 @@ pub mod stun;
 pub mod turn;
 
 pub use api::{
-    Agent, AgentEvent, AgentOptions, ApiError, Conn, ConnStats, DataMode, Engine, EngineStats,
-    NetworkType,
+    Agent, AgentEvent, AgentOptions, ApiError, Candidate, Conn, ConnStats, ConnectionState,
+    DataMode, Engine, EngineStats, IceStats, NetworkType,
 };
 pub use config::Config;
