@@ -172,3 +172,46 @@ async fn mux_to_mux_handoff_is_forced() {
     e1.shutdown().unwrap();
     e2.shutdown().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lite_echo_session_on_the_mux() {
+    // What an `icering serve` session is: ICE-lite, on the mux port, data echoed by the
+    // shard itself (no channels). The client is a full agent on a dedicated socket.
+    let engine = Engine::start(&config(2, true)).unwrap();
+    let session = engine
+        .agent(
+            opts(true)
+                .with_lite(true)
+                .with_data(icering::DataMode::Echo),
+        )
+        .unwrap();
+    let mut client = engine.agent(opts(false)).unwrap();
+    let mut events = client.take_events().unwrap();
+    for c in session.gather_candidates().unwrap() {
+        client.add_remote_candidate(c).unwrap();
+    }
+    client.end_of_remote_candidates();
+    client.gather_candidates().unwrap();
+    while let Some(AgentEvent::Candidate(Some(c))) = events.recv().await {
+        session.add_remote_candidate(c).unwrap();
+    }
+    let (cu, cp) = client.local_credentials();
+    session.set_remote_credentials(&cu, &cp).unwrap();
+    let (su, sp) = session.local_credentials();
+    let mut conn = client.dial(&su, &sp).await.unwrap();
+    for i in 0..10u8 {
+        conn.send(Bytes::from(vec![0x80, i, 42])).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), conn.recv())
+            .await
+            .expect("echo arrives")
+            .unwrap();
+        assert_eq!(&got[..], &[0x80, i, 42]);
+    }
+    let s = session.stats().await.unwrap();
+    assert_eq!((s.packets_received, s.packets_sent), (10, 10));
+    assert_eq!(s.bytes_sent, 30);
+    assert_eq!(s.selected.unwrap().0, engine.mux_addrs()[0]);
+    // No channels for echo sessions.
+    assert!(session.state().is_none());
+    engine.shutdown().unwrap();
+}
