@@ -116,7 +116,7 @@ async fn stray_datagrams_are_counted_drops_and_nothing_else_is_lost() {
 
     let s = wait_for(&engine, "drops", |s| {
         s.drop_unknown_ufrag >= before.drop_unknown_ufrag + 3
-            && s.drop_stale_transaction >= before.drop_stale_transaction + 1
+            && s.drop_stale_transaction > before.drop_stale_transaction
             && s.drop_malformed >= before.drop_malformed + 2
             && s.drop_no_route >= before.drop_no_route + 3
     });
