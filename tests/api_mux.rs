@@ -187,3 +187,84 @@ fn unsupported_options_are_refused() {
     assert_eq!(engine.stats().ice.drop_unknown_ufrag, 0);
     engine.shutdown().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathering_honours_the_options() {
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 1;
+    // A mux socket on the unspecified address: one candidate per (filtered) interface.
+    c.ice.listen = vec!["0.0.0.0:0".parse().unwrap()];
+    let engine = Engine::start(&c).unwrap();
+    let port = engine.mux_addrs()[0].port();
+    let lo = AgentOptions::default().loopback_only();
+
+    let mux = engine.agent(lo.clone().with_mux(true)).unwrap();
+    let got = mux.gather_candidates().unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].addr, SocketAddr::from(([127, 0, 0, 1], port)));
+    assert!(matches!(
+        mux.gather_candidates(),
+        Err(ApiError::AlreadyStarted)
+    ));
+
+    // NAT 1:1: the candidate shows the public address, the base stays local.
+    let public: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    let nat = engine
+        .agent(
+            lo.clone()
+                .with_network_types(&[NetworkType::Udp4])
+                .with_nat_1to1_ips(&[public]),
+        )
+        .unwrap();
+    let got = nat.gather_candidates().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].addr.ip(), public);
+    assert_eq!(got[0].base.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(got[0].addr.port(), got[0].base.port());
+
+    // Network types and interface filter.
+    let v6 = engine
+        .agent(lo.clone().with_network_types(&[NetworkType::Udp6]))
+        .unwrap();
+    let got = v6.gather_candidates().unwrap();
+    assert!(got.iter().all(|c| c.addr.is_ipv6()), "{got:?}");
+    let mut none = engine
+        .agent(
+            lo.clone()
+                .with_interface_filter(|name| name == "no-such-if0"),
+        )
+        .unwrap();
+    let mut events = none.take_events().unwrap();
+    assert!(none.gather_candidates().unwrap().is_empty());
+    // Still a clean end of gathering.
+    assert_eq!(events.recv().await, Some(AgentEvent::Candidate(None)));
+
+    // A dedicated port range is honoured.
+    let ranged = engine
+        .agent(
+            lo.with_network_types(&[NetworkType::Udp4])
+                .with_port_range(41000, 41099),
+        )
+        .unwrap();
+    let got = ranged.gather_candidates().unwrap();
+    assert!((41000..=41099).contains(&got[0].addr.port()), "{got:?}");
+    engine.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mux_on_the_unspecified_address_connects() {
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 2;
+    c.ice.listen = vec!["0.0.0.0:0".parse().unwrap()];
+    let engine = Engine::start(&c).unwrap();
+    let lo = AgentOptions::default().loopback_only();
+    let mut a = engine.agent(lo.clone().with_mux(true)).unwrap();
+    let mut b = engine.agent(lo).unwrap();
+    let (ca, mut cb) = connect(&mut a, &mut b).await;
+    round_trips(&ca, &mut cb, 5).await;
+    let (local, _) = ca.stats().await.unwrap().selected.unwrap();
+    assert_eq!(local.port(), engine.mux_addrs()[0].port());
+    engine.shutdown().unwrap();
+}
