@@ -29,7 +29,11 @@ impl Handle {
         self.tx
             .send(Control::Ice(cmd))
             .map_err(|_| ApiError::EngineStopped)?;
-        self.waker.wake();
+        // The shard drains its whole channel every turn, so only a sender that found it
+        // empty must ring the waker: one eventfd write per burst of sends, not per send.
+        if self.tx.len() <= 1 {
+            self.waker.wake();
+        }
         Ok(())
     }
 }
