@@ -113,9 +113,7 @@ fn echo_sessions_do_not_allocate_per_datagram() {
     let (su, sp) = session.local_credentials();
     agent.set_remote_credentials(&su, &sp).unwrap();
     let (pu, pp) = agent.local_credentials();
-    session
-        .set_remote_credentials(&pu.to_owned(), &pp.to_owned())
-        .unwrap();
+    session.set_remote_credentials(pu, pp).unwrap();
     let mut peer = Peer {
         agent,
         sock,
