@@ -43,7 +43,7 @@ async fn connect(a: &mut Agent, b: &mut Agent) -> (Conn, Conn) {
     b.gather_candidates().unwrap();
     for (ev, peer) in [(&mut ea, &*b), (&mut eb, &*a)] {
         while let Some(AgentEvent::Candidate(Some(c))) = ev.recv().await {
-            peer.add_remote_candidate(c).unwrap();
+            peer.add_remote_candidate(*c).unwrap();
         }
     }
     let (ua, pa) = a.local_credentials();

@@ -33,7 +33,7 @@ async fn connect(a: &mut Agent, b: &mut Agent) -> (Conn, Conn) {
             match events.recv().await.expect("agent alive") {
                 AgentEvent::Candidate(Some(c)) => {
                     assert!(c.addr.ip().is_loopback(), "{c:?}");
-                    peer.add_remote_candidate(c).unwrap();
+                    peer.add_remote_candidate(*c).unwrap();
                 }
                 AgentEvent::Candidate(None) => break,
                 other => panic!("before end of gathering: {other:?}"),
@@ -193,7 +193,7 @@ async fn lite_echo_session_on_the_mux() {
     client.end_of_remote_candidates();
     client.gather_candidates().unwrap();
     while let Some(AgentEvent::Candidate(Some(c))) = events.recv().await {
-        session.add_remote_candidate(c).unwrap();
+        session.add_remote_candidate(*c).unwrap();
     }
     let (cu, cp) = client.local_credentials();
     session.set_remote_credentials(&cu, &cp).unwrap();

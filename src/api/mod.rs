@@ -45,7 +45,7 @@
 //!     let (b_ufrag, b_pwd) = b.local_credentials();
 //!     for (events, peer) in [(&mut a_events, &b), (&mut b_events, &a)] {
 //!         while let Some(AgentEvent::Candidate(Some(c))) = events.recv().await {
-//!             peer.add_remote_candidate(c)?;
+//!             peer.add_remote_candidate(*c)?;
 //!         }
 //!         peer.end_of_remote_candidates();
 //!     }
@@ -123,8 +123,9 @@ pub enum ApiError {
 /// `OnSelectedCandidatePairChange`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
-    /// A local candidate to signal; `None` = gathering is complete.
-    Candidate(Option<Candidate>),
+    /// A local candidate to signal; `None` = gathering is complete. Boxed so the event
+    /// (and every slot of the event channel's blocks) stays small.
+    Candidate(Option<Box<Candidate>>),
     /// The connection state changed.
     State(ConnectionState),
     /// The selected pair changed.

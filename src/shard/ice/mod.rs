@@ -393,7 +393,7 @@ impl IceHost {
         }
         while let Some(e) = h.agent.poll_event() {
             let app = match e {
-                IceEvent::LocalCandidate(c) => Some(AgentEvent::Candidate(Some(c))),
+                IceEvent::LocalCandidate(c) => Some(AgentEvent::Candidate(Some(Box::new(c)))),
                 IceEvent::GatheringComplete => Some(AgentEvent::Candidate(None)),
                 IceEvent::ConnectionState(s) => {
                     let up = matches!(s, ConnectionState::Connected | ConnectionState::Completed);
