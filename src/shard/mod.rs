@@ -53,7 +53,6 @@ struct Shard {
     control: Sender<Control>,
     waker: Waker,
     counters: Arc<ShardCounters>,
-    ice: Arc<IceCounters>,
     thread: Option<JoinHandle<Result<(), ShardError>>>,
 }
 
@@ -139,7 +138,6 @@ impl Runtime {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let counters = Arc::new(ShardCounters::default());
-            let ice = Arc::new(IceCounters::default());
             let params = worker::Params {
                 index,
                 core: (n > 1 || cores > 1).then_some(index % cores),
@@ -152,25 +150,23 @@ impl Runtime {
                 parked: parked.clone(),
                 control: control_rx,
                 counters: counters.clone(),
-                ice: ice.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || worker::run(params, ready_tx))
                 .map_err(|e| ShardError::Thread(index, e.to_string()))?;
-            shards.push((control_tx, counters, ice, thread));
+            shards.push((control_tx, counters, thread));
             ready.push(ready_rx);
         }
 
         let mut started = Vec::with_capacity(n);
         let mut first_err = None;
-        for ((control, counters, ice, thread), ready_rx) in shards.into_iter().zip(ready) {
+        for ((control, counters, thread), ready_rx) in shards.into_iter().zip(ready) {
             match ready_rx.recv() {
                 Ok(Ok(waker)) => started.push(Shard {
                     control,
                     waker,
                     counters,
-                    ice,
                     thread: Some(thread),
                 }),
                 Ok(Err(e)) => {
@@ -211,9 +207,13 @@ impl Runtime {
         &self.ice_addrs
     }
 
-    /// ICE counters of each shard.
-    pub fn ice_counters(&self) -> Vec<Arc<IceCounters>> {
-        self.shards.iter().map(|s| s.ice.clone()).collect()
+    /// ICE counters summed over shards (as of each shard's last loop turn).
+    pub fn ice_stats(&self) -> IceStats {
+        let mut total = IceStats::default();
+        for s in &self.shards {
+            total.add(&s.counters.ice.load());
+        }
+        total
     }
 
     /// Control channel and waker of every shard (index = shard).

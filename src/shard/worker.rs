@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use super::ice::{IceCounters, IceHost};
+use super::ice::IceHost;
 use super::{Control, ShardCounters, ShardError};
 use crate::io::{self, Backend, BackendKind, SendQueue, SocketId, Waker};
 use crate::turn::server::{
@@ -35,7 +35,6 @@ pub(super) struct Params {
     pub parked: Parked,
     pub control: Receiver<Control>,
     pub counters: Arc<ShardCounters>,
-    pub ice: Arc<IceCounters>,
 }
 
 /// Longest sleep when nothing is scheduled, so counters stay fresh for observers.
@@ -167,7 +166,7 @@ pub(super) fn run(
     tracing::debug!(shard = p.index, core = ?p.core, "shard running");
 
     let mut server = Server::new(p.server.clone());
-    let mut ice = IceHost::new(p.index, mux, p.ice.clone());
+    let mut ice = IceHost::new(p.index, mux, p.counters.clone());
     let (lo, hi) = p.ports;
     // Each shard starts its port search at its own offset of the range.
     let mut next_port =
