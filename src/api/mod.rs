@@ -155,3 +155,12 @@ pub struct ConnStats {
     /// Selected pair as (local base, remote address).
     pub selected: Option<(SocketAddr, SocketAddr)>,
 }
+
+// Handles move between tasks and threads (an HTTP server holding the engine, a task per
+// connection).
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Engine>();
+    send_sync::<Agent>();
+    send_sync::<Conn>();
+};
