@@ -215,3 +215,19 @@ async fn lite_echo_session_on_the_mux() {
     assert!(session.state().is_none());
     engine.shutdown().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_modes_on_the_portable_backend() {
+    // The tests above run on whatever `auto` picks (io_uring where the kernel allows);
+    // the same flows on epoll + recvmmsg/sendmmsg.
+    let mut c = config(2, true);
+    c.io.backend = icering::config::IoBackendChoice::Portable;
+    let engine = Engine::start(&c).unwrap();
+    for mux in [false, true] {
+        let mut a = engine.agent(opts(mux)).unwrap();
+        let mut b = engine.agent(opts(false)).unwrap();
+        let (mut ca, mut cb) = connect(&mut a, &mut b).await;
+        exchange(&mut ca, &mut cb, 10).await;
+    }
+    engine.shutdown().unwrap();
+}
