@@ -117,6 +117,10 @@ pub enum ApiError {
     /// This needs an agent with [`DataMode::App`].
     #[error("only agents with DataMode::App have channels")]
     NotApp,
+    /// From the ICE layer, e.g. a malformed candidate line
+    /// ([`Candidate::from_sdp`](crate::ice::Candidate::from_sdp)).
+    #[error("ice: {0}")]
+    Ice(#[from] crate::ice::IceError),
 }
 
 /// What an agent tells the application (pion: `OnCandidate`, `OnConnectionStateChange`,
