@@ -153,6 +153,9 @@ struct ServeArgs {
     /// Turn the TURN relay off (STUN Binding only).
     #[arg(long)]
     no_turn: bool,
+    /// Listen on UDP only, no STUN/TURN over TCP (`server.tcp = false`; coturn: --no-tcp).
+    #[arg(long)]
+    no_tcp: bool,
     /// Print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -197,6 +200,9 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if args.no_turn {
         t.enabled = false;
+    }
+    if args.no_tcp {
+        config.server.tcp = false;
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -278,10 +284,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     } else {
         "STUN"
     };
+    let transports = if config.server.tcp { "udp+tcp" } else { "udp" };
     for addr in runtime.local_addrs() {
         tracing::info!(
             shards = runtime.shards(),
-            "listening on {addr}/udp ({what})"
+            "listening on {addr}/{transports} ({what})"
         );
     }
     if config.turn.enabled {
@@ -314,6 +321,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         relayed_to_client = stats.relayed_to_client,
         "stopped"
     );
+    let nonzero: Vec<String> = stats
+        .fields()
+        .iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    tracing::debug!("counters: {}", nonzero.join(" "));
     Ok(())
 }
 

@@ -79,6 +79,7 @@
 mod affinity;
 mod portable;
 mod socket;
+mod stream;
 mod uring;
 mod waker;
 
@@ -92,7 +93,8 @@ use std::time::Duration;
 
 pub use affinity::{available_cores, pin_current_thread};
 pub use portable::PortableBackend;
-pub use socket::bind_udp;
+pub use socket::{bind_tcp_listener, bind_udp};
+pub use stream::{OnData, StreamId, StreamSet, StreamStats};
 pub use uring::UringBackend;
 pub use waker::Waker;
 
@@ -156,7 +158,7 @@ pub enum IoError {
     #[error("io_uring unavailable: {0}")]
     UringUnavailable(String),
     /// Binding a socket failed.
-    #[error("cannot bind UDP socket to {addr}: {source}")]
+    #[error("cannot bind {addr}: {source}")]
     Bind {
         /// Address we tried to bind.
         addr: SocketAddr,
@@ -422,6 +424,18 @@ impl Backend {
     /// A cloneable, `Send` handle that wakes this backend out of [`poll`](Self::poll).
     pub fn waker(&self) -> Waker {
         dispatch!(self, b => b.waker.clone())
+    }
+
+    /// Also end [`poll`](Self::poll)'s wait when `fd` becomes readable (level-triggered),
+    /// e.g. the epoll set of a [`StreamSet`]; [`take_watch_ready`](Self::take_watch_ready)
+    /// then says so. One fd per backend; the caller keeps it open while the backend lives.
+    pub fn watch_fd(&mut self, fd: std::os::fd::RawFd) -> Result<(), IoError> {
+        dispatch!(self, b => b.watch_fd(fd))
+    }
+
+    /// Whether the watched fd was readable since the last call (and clears the flag).
+    pub fn take_watch_ready(&mut self) -> bool {
+        dispatch!(self, b => std::mem::take(&mut b.watch_ready))
     }
 
     /// Counters.
