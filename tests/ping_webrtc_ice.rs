@@ -30,8 +30,6 @@ use webrtc_ice::network_type::NetworkType;
 use webrtc_ice::state::ConnectionState;
 use webrtc_util::Conn;
 
-/// Messages each way.
-const COUNT: usize = 3;
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn free_port() -> u16 {
@@ -212,7 +210,9 @@ fn icering_udp_addr(stdout: &str) -> SocketAddr {
     rest.split(';').next().unwrap().parse().unwrap()
 }
 
-async fn run(icering_controlling: bool) {
+/// One session: `count` messages each way, one every `interval` on both sides.
+async fn run(icering_controlling: bool, count: usize, interval: Duration) {
+    let slack = interval * count as u32;
     let (p_icering, p_ours) = (free_port(), free_port());
     let listener = TcpListener::bind(("127.0.0.1", p_ours)).unwrap();
 
@@ -276,11 +276,11 @@ async fn run(icering_controlling: bool) {
             "--signal-remote",
             &format!("http://127.0.0.1:{p_ours}"),
             "--count",
-            &COUNT.to_string(),
+            &count.to_string(),
             "--interval",
-            "0.2",
+            &interval.as_secs_f64().to_string(),
             "--timeout",
-            "25",
+            &(25 + slack.as_secs()).to_string(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -359,7 +359,7 @@ async fn run(icering_controlling: bool) {
     };
     println!("webrtc-ice connected");
 
-    // Data both ways: COUNT messages each way, then keep receiving until icering exits.
+    // Data both ways: `count` messages each way, then keep receiving until icering exits.
     let (word, peer_word) = if icering_controlling {
         ("pong", "ping")
     } else {
@@ -378,23 +378,23 @@ async fn run(icering_controlling: bool) {
         })
     };
     let mut sent = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sent < COUNT || received.lock().unwrap().len() < COUNT {
+    let deadline = Instant::now() + Duration::from_secs(20) + slack;
+    while sent < count || received.lock().unwrap().len() < count {
         assert!(
             Instant::now() < deadline,
             "data exchange timed out: sent {sent}, received {:?}",
             received.lock().unwrap()
         );
-        if sent < COUNT {
+        if sent < count {
             sent += 1;
             conn.send(format!("{word} {sent}").as_bytes())
                 .await
                 .expect("webrtc-ice sends");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(interval).await;
     }
 
-    let o = tokio::time::timeout(Duration::from_secs(30), icering)
+    let o = tokio::time::timeout(Duration::from_secs(30) + slack, icering)
         .await
         .expect("icering exits")
         .unwrap()
@@ -419,9 +419,9 @@ async fn run(icering_controlling: bool) {
         stdout.contains(&format!("selected pair: {icering_addr} -> {ours}\n")),
         "webrtc-ice selected {ours} <-> {icering_addr}\n{ti}"
     );
-    // Each side got the other's COUNT messages.
+    // Each side got the other's `count` messages.
     let got = received.lock().unwrap().clone();
-    for i in 1..=COUNT {
+    for i in 1..=count {
         assert!(got.contains(&format!("{peer_word} {i}")), "{got:?}\n{ti}");
         assert!(
             stdout.contains(&format!("received: {word} {i}\n")),
@@ -456,7 +456,13 @@ async fn run(icering_controlling: bool) {
         states.push(s);
     }
     assert!(states.contains(&ConnectionState::Connected), "{states:?}");
-    assert!(!states.contains(&ConnectionState::Failed), "{states:?}");
+    for bad in [ConnectionState::Disconnected, ConnectionState::Failed] {
+        assert!(
+            !states.contains(&bad),
+            "webrtc-ice went {bad}: {states:?}\n{ti}"
+        );
+    }
+    assert!(!stdout.contains("ice state: Disconnected"), "{ti}");
 
     // icering took every candidate webrtc-ice trickled (address and port as posted).
     let posted = posted.lock().unwrap().clone();
@@ -479,10 +485,22 @@ async fn run(icering_controlling: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn icering_controlling_webrtc_ice_controlled() {
-    run(true).await;
+    run(true, 3, Duration::from_millis(200)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webrtc_ice_controlling_icering_controlled() {
-    run(false).await;
+    run(false, 3, Duration::from_millis(200)).await;
+}
+
+/// 6 s between messages, longer than both sides' 5 s disconnected timeout: only the
+/// keepalives / consent checks each side sends (and answers) keep the pair alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_carry_idle_gaps_icering_controlling() {
+    run(true, 2, Duration::from_secs(6)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_carry_idle_gaps_webrtc_ice_controlling() {
+    run(false, 2, Duration::from_secs(6)).await;
 }
