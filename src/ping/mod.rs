@@ -9,7 +9,11 @@
 //! Signalling order, as pion's example needs it: credentials are posted at once (retried
 //! until the peer's server answers); local candidates are posted only after the peer's
 //! credentials have arrived (pion panics on a candidate before credentials). Incoming
-//! credentials and candidates are accepted in any order.
+//! credentials and candidates are accepted in any order, but remote candidates reach the
+//! agent (and so are paired and checked) only once every local candidate has been posted:
+//! RFC 8838 §10 forbids pairing a local candidate before it was trickled, and a check that
+//! outruns our candidate makes the peer learn our host address as peer-reflexive (see
+//! `Trickle`).
 
 pub mod signal;
 
@@ -62,6 +66,82 @@ enum Post {
     Candidate(String),
 }
 
+/// Trickle ordering of the ping runtime (pion's example rules and RFC 8838 §10).
+///
+/// * Local candidates are posted only after the peer's credentials arrived (pion's example
+///   panics on a candidate that comes before them).
+/// * Remote candidates are handed to the agent only once the peer's credentials arrived and
+///   every local candidate known so far has been posted (the peer's server answered, or the
+///   poster gave up on it): the agent pairs and checks as soon as it has a remote
+///   candidate, and RFC 8838 §10 says a local candidate MUST NOT be paired before it was
+///   trickled. Without this the first check overtakes our own candidate on the signalling
+///   path and the peer learns our host address as peer-reflexive (webrtc-ice then keeps
+///   the pair typed prflx, tests/ping_webrtc_ice.rs).
+#[derive(Debug, Default)]
+struct Trickle {
+    have_remote_creds: bool,
+    /// Local candidate lines waiting for the peer's credentials.
+    unsent_local: Vec<String>,
+    /// Local candidates handed to the poster and not yet answered.
+    in_flight: usize,
+    /// Remote candidates not yet given to the agent.
+    held_remote: Vec<Candidate>,
+}
+
+impl Trickle {
+    /// Remote candidates may be paired: credentials known, all local candidates conveyed.
+    fn may_pair(&self) -> bool {
+        self.have_remote_creds && self.unsent_local.is_empty() && self.in_flight == 0
+    }
+
+    /// A new local candidate: `Some(line)` to post now.
+    fn local(&mut self, line: String) -> Option<String> {
+        if self.have_remote_creds {
+            self.in_flight += 1;
+            Some(line)
+        } else {
+            self.unsent_local.push(line);
+            None
+        }
+    }
+
+    /// The peer's credentials arrived: the local candidates to post now, and the remote
+    /// candidates to add now.
+    fn remote_credentials(&mut self) -> (Vec<String>, Vec<Candidate>) {
+        if self.have_remote_creds {
+            return (Vec::new(), Vec::new());
+        }
+        self.have_remote_creds = true;
+        let post = std::mem::take(&mut self.unsent_local);
+        self.in_flight += post.len();
+        (post, self.release())
+    }
+
+    /// A remote candidate arrived: `Some` to add it to the agent now.
+    fn remote(&mut self, c: Candidate) -> Option<Candidate> {
+        if self.may_pair() {
+            Some(c)
+        } else {
+            self.held_remote.push(c);
+            None
+        }
+    }
+
+    /// The poster is done with one local candidate: the remote candidates to add now.
+    fn posted(&mut self) -> Vec<Candidate> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.release()
+    }
+
+    fn release(&mut self) -> Vec<Candidate> {
+        if self.may_pair() {
+            std::mem::take(&mut self.held_remote)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 fn say(msg: std::fmt::Arguments<'_>) {
     println!("{msg}");
 }
@@ -112,11 +192,22 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
     // candidates in order.
     let (post_tx, post_rx) = mpsc::channel::<Post>();
     let (post_err_tx, post_err_rx) = mpsc::channel::<String>();
+    let (posted_tx, posted_rx) = mpsc::channel::<()>();
     {
         let remote = remote.clone();
         std::thread::Builder::new()
             .name("ping-post".into())
-            .spawn(move || poster(remote, ufrag, pwd, deadline, post_rx, post_err_tx))
+            .spawn(move || {
+                poster(
+                    remote,
+                    ufrag,
+                    pwd,
+                    deadline,
+                    post_rx,
+                    post_err_tx,
+                    posted_tx,
+                )
+            })
             .map_err(|e| e.to_string())?;
     }
 
@@ -126,9 +217,7 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
     agent.end_of_local_candidates();
     agent.handle_timeout(Instant::now());
 
-    let mut have_remote_creds = false;
-    let mut pending_local: Vec<String> = Vec::new();
-    let mut pending_remote: Vec<Candidate> = Vec::new();
+    let mut trickle = Trickle::default();
     let mut state = agent.state();
     let mut sent: u64 = 0;
     let mut received: u64 = 0;
@@ -169,27 +258,32 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
                     agent
                         .set_remote_credentials(&ufrag, &pwd)
                         .map_err(|e| format!("bad remote credentials: {e}"))?;
-                    if !have_remote_creds {
-                        have_remote_creds = true;
-                        for c in pending_remote.drain(..) {
-                            add_remote(&mut agent, c);
-                        }
-                        for c in pending_local.drain(..) {
-                            let _ = post_tx.send(Post::Candidate(c));
-                        }
+                    let (post, add) = trickle.remote_credentials();
+                    for line in post {
+                        let _ = post_tx.send(Post::Candidate(line));
+                    }
+                    for c in add {
+                        add_remote(&mut agent, c);
                     }
                 }
                 Ok(Signal::RemoteCandidate(c)) => {
-                    if have_remote_creds {
+                    say(format_args!("remote candidate: {}", c.to_sdp()));
+                    if let Some(c) = trickle.remote(c) {
                         add_remote(&mut agent, c);
-                    } else {
-                        pending_remote.push(c);
                     }
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     return Err("signalling server stopped".into());
                 }
+            }
+            agent.handle_timeout(Instant::now());
+        }
+
+        // Local candidates the poster is done with: held remote candidates may now pair.
+        while posted_rx.try_recv().is_ok() {
+            for c in trickle.posted() {
+                add_remote(&mut agent, c);
             }
             agent.handle_timeout(Instant::now());
         }
@@ -207,10 +301,8 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
                 IceEvent::LocalCandidate(c) => {
                     let line = c.to_sdp();
                     say(format_args!("local candidate: {line}"));
-                    if have_remote_creds {
+                    if let Some(line) = trickle.local(line) {
                         let _ = post_tx.send(Post::Candidate(line));
-                    } else {
-                        pending_local.push(line);
                     }
                 }
                 IceEvent::GatheringComplete => say(format_args!("gathering complete")),
@@ -308,7 +400,6 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
 }
 
 fn add_remote(agent: &mut IceAgent, c: Candidate) {
-    say(format_args!("remote candidate: {}", c.to_sdp()));
     if let Err(e) = agent.add_remote_candidate(c) {
         say(format_args!("remote candidate ignored: {e}"));
     }
@@ -322,6 +413,8 @@ fn flush(agent: &mut IceAgent, socket: &UdpSocket, now: Instant, out: &mut [u8])
     }
 }
 
+/// Posts our credentials (retried until the peer's server answers), then each candidate it
+/// is given, in order; reports each candidate it is done with on `posted`.
 fn poster(
     remote: Remote,
     ufrag: String,
@@ -329,6 +422,7 @@ fn poster(
     deadline: Instant,
     jobs: Receiver<Post>,
     errors: mpsc::Sender<String>,
+    posted: mpsc::Sender<()>,
 ) {
     let mut announced = false;
     loop {
@@ -379,5 +473,64 @@ fn poster(
                 }
             }
         }
+        // Conveyed, refused or given up on: either way, stop holding remote candidates.
+        let _ = posted.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(port: u16) -> Candidate {
+        Candidate::host(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    #[test]
+    fn local_candidates_wait_for_the_peer_credentials() {
+        let mut t = Trickle::default();
+        assert_eq!(t.local("a".into()), None);
+        assert_eq!(t.local("b".into()), None);
+        let (post, add) = t.remote_credentials();
+        assert_eq!(post, ["a", "b"]);
+        assert!(add.is_empty());
+        // Later local candidates go out at once; credentials twice change nothing.
+        assert_eq!(t.local("c".into()).as_deref(), Some("c"));
+        assert_eq!(t.remote_credentials(), (Vec::new(), Vec::new()));
+    }
+
+    /// The webrtc-ice interop finding: a remote candidate that arrives while our own
+    /// candidate is still on its way to the peer must not be paired (RFC 8838 §10), or our
+    /// first check reaches the peer before our candidate does.
+    #[test]
+    fn remote_candidates_pair_only_after_every_local_candidate_was_posted() {
+        let mut t = Trickle::default();
+        assert_eq!(t.local("ours".into()), None);
+        // Before the credentials: held.
+        assert_eq!(t.remote(cand(1)), None);
+        let (post, add) = t.remote_credentials();
+        assert_eq!(post, ["ours"]);
+        assert!(add.is_empty(), "paired before our candidate was posted");
+        // Our candidate is still being posted: held.
+        assert_eq!(t.remote(cand(2)), None);
+        assert_eq!(t.posted(), [cand(1), cand(2)]);
+        // Everything conveyed: straight through.
+        assert_eq!(t.remote(cand(3)), Some(cand(3)));
+        // A new local candidate in flight holds remote ones again until it is posted.
+        assert_eq!(t.local("later".into()).as_deref(), Some("later"));
+        assert_eq!(t.remote(cand(4)), None);
+        assert_eq!(t.posted(), [cand(4)]);
+    }
+
+    #[test]
+    fn without_local_candidates_remote_ones_pair_once_credentials_arrive() {
+        let mut t = Trickle::default();
+        assert_eq!(t.remote(cand(1)), None);
+        let (post, add) = t.remote_credentials();
+        assert!(post.is_empty());
+        assert_eq!(add, [cand(1)]);
+        // A stray acknowledgement never underflows.
+        assert!(t.posted().is_empty());
+        assert_eq!(t.remote(cand(2)), Some(cand(2)));
     }
 }
