@@ -331,13 +331,9 @@ fn flush_sends(
         return;
     }
     let mut queued = mem::take(&mut q.queued);
-    // Stable sort; for up to ~1000 entries the std sort uses stack scratch, no allocation.
-    if queued
-        .windows(2)
-        .any(|w| q.socks[w[0] as usize] != q.socks[w[1] as usize])
-    {
-        queued.sort_by_key(|&i| q.socks[i as usize]);
-    }
+    // Group by socket (one `sendmmsg` per socket) and, within a socket, by destination
+    // (longer GSO runs); order within each flow is kept.
+    q.group_flows(&mut queued);
     let mut start = 0;
     while start < queued.len() {
         let sock = q.socks[queued[start] as usize];

@@ -416,6 +416,9 @@ impl UringBackend {
             return;
         }
         let mut queued = mem::take(&mut self.sendq.queued);
+        if self.gso.enabled {
+            self.sendq.group_flows(&mut queued);
+        }
         let mut pos = 0;
         while pos < queued.len() {
             let i = queued[pos] as usize;
