@@ -194,6 +194,12 @@ impl Gatherer {
         };
         if types.srflx {
             for (i, url) in servers.stun.iter().enumerate() {
+                if url.scheme.is_secure() || url.transport == Protocol::Tcp {
+                    say(format_args!(
+                        "stun {url}: skipped: only STUN over UDP is supported"
+                    ));
+                    continue;
+                }
                 match resolve(url, local) {
                     Ok(server) => {
                         let b = BindingClient::new(
