@@ -496,7 +496,7 @@ fn corrupted_server_answers_never_panic_or_allocate() {
             panic!("server did not answer")
         };
         answers.push(out[..len].to_vec());
-        n.deliver_to_client(&out[..len].to_vec());
+        n.deliver_to_client(&out[..len]);
     }
     assert_eq!(answers.len(), 2, "401 then success");
     assert!(n.client.is_allocated());
