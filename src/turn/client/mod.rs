@@ -278,6 +278,8 @@ struct Auth {
 #[derive(Debug, Clone, Copy)]
 struct Permission {
     ip: IpAddr,
+    /// The server refused it (403: peer policy); not asked again.
+    refused: bool,
     installed: bool,
     in_flight: bool,
     refresh_at: Instant,
@@ -413,6 +415,7 @@ impl Client {
         }
         self.perms.push(Permission {
             ip,
+            refused: false,
             installed: false,
             in_flight: false,
             refresh_at: now,
@@ -557,7 +560,7 @@ impl Client {
             if let Some(a) = &self.alloc {
                 fold(a.refresh_at);
             }
-            for p in self.perms.iter().filter(|p| !p.in_flight) {
+            for p in self.perms.iter().filter(|p| !p.in_flight && !p.refused) {
                 fold(p.refresh_at);
             }
             for c in self.channels.iter().filter(|c| c.bound && !c.in_flight) {
@@ -594,7 +597,8 @@ impl Client {
             self.start(Request::Refresh(lifetime), now);
         }
         for i in 0..self.perms.len() {
-            if !self.perms[i].in_flight && now >= self.perms[i].refresh_at {
+            let p = &self.perms[i];
+            if !p.in_flight && !p.refused && now >= p.refresh_at {
                 self.request_permission(i, now);
             }
         }
@@ -639,8 +643,9 @@ impl Client {
 
     /// Writes `data` for `peer` into `buf`: ChannelData if a channel is bound, else a Send
     /// indication (RFC 8656 §11.1). Without an installed permission for the peer's IP
-    /// nothing is written (`Ok(None)`, counted) and a CreatePermission is started: the
-    /// relay would drop the data anyway. No allocation on this path.
+    /// nothing is written (`Ok(None)`, counted) and a CreatePermission is started (unless
+    /// the server refused that IP with 403 before): the relay would drop the data anyway.
+    /// No allocation on this path.
     pub fn send_to(
         &mut self,
         peer: SocketAddr,
@@ -959,6 +964,15 @@ impl Client {
                 self.finish(State::Closed, ClientEvent::Closed);
             }
             Request::Refresh(_) => self.finish(State::Failed, ClientEvent::Failed(e)),
+            Request::Permission(ip) if matches!(e, ClientError::Refused { code: 403, .. }) => {
+                // Peer policy: asking again would get the same answer.
+                if let Some(p) = self.perms.iter_mut().find(|p| p.ip == ip) {
+                    p.refused = true;
+                    p.installed = false;
+                    p.in_flight = false;
+                }
+                self.events.push_back(ClientEvent::RequestFailed(e));
+            }
             Request::Permission(ip) => {
                 // Forget it: the next send_to / create_permission asks again.
                 self.perms.retain(|p| p.ip != ip || p.installed);

@@ -357,6 +357,16 @@ fn refused_permission_is_a_request_failure_not_the_end() {
     );
     assert!(n.client.is_allocated());
     assert!(!n.client.has_permission(peer.ip()));
+    // Refused once, not asked again: more data is dropped without new requests.
+    let requests = n.client.stats().requests_sent;
+    assert!(!n.send(peer, b"y"));
+    n.run_until(600_000);
+    assert_eq!(
+        n.client.stats().requests_sent - requests,
+        1,
+        "only the Refresh at 540 s"
+    );
+    assert_eq!(n.client.stats().dropped_no_permission, 2);
 }
 
 #[test]
