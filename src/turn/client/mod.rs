@@ -229,6 +229,9 @@ enum State {
 enum Request {
     Allocate,
     Refresh(u32),
+    /// Refresh with lifetime 0 while allocating: deletes an allocation whose success
+    /// answer was lost (see `Client::response`), then Allocate starts again.
+    Reset,
     Permission(IpAddr),
     ChannelBind(SocketAddr, u16),
 }
@@ -237,7 +240,7 @@ impl Request {
     fn method(self) -> Method {
         match self {
             Request::Allocate => Method::ALLOCATE,
-            Request::Refresh(_) => Method::REFRESH,
+            Request::Refresh(_) | Request::Reset => Method::REFRESH,
             Request::Permission(_) => Method::CREATE_PERMISSION,
             Request::ChannelBind(..) => Method::CHANNEL_BIND,
         }
@@ -246,7 +249,7 @@ impl Request {
     fn name(self) -> &'static str {
         match self {
             Request::Allocate => "Allocate",
-            Request::Refresh(_) => "Refresh",
+            Request::Refresh(_) | Request::Reset => "Refresh",
             Request::Permission(_) => "CreatePermission",
             Request::ChannelBind(..) => "ChannelBind",
         }
@@ -313,6 +316,8 @@ pub struct Client {
     perms: Vec<Permission>,
     channels: Vec<Channel>,
     next_channel: u16,
+    /// Allocations deleted after a 437 to a retransmitted Allocate.
+    resets: u8,
     events: VecDeque<ClientEvent>,
     stats: ClientStats,
 }
@@ -330,6 +335,7 @@ impl Client {
             perms: Vec::new(),
             channels: Vec::new(),
             next_channel: stun::channel_data::MIN_CHANNEL,
+            resets: 0,
             events: VecDeque::new(),
             stats: ClientStats::default(),
         };
@@ -506,6 +512,7 @@ impl Client {
                 }
             }
             Request::Refresh(l) => w.add_u32(attr::LIFETIME, l)?,
+            Request::Reset => w.add_u32(attr::LIFETIME, 0)?,
             Request::Permission(ip) => {
                 w.add_xor_address(attr::XOR_PEER_ADDRESS, SocketAddr::new(ip, 0))?;
             }
@@ -791,6 +798,16 @@ impl Client {
                     self.fail_request(t.req, ClientError::Unauthorized(t.req.name()));
                 }
             }
+            // RFC 8656 §7.2 servers need not recognise a retransmitted Allocate: a 437 to
+            // one means the first copy succeeded and its answer was lost. Delete that
+            // allocation (we do not know its relayed address) and allocate again.
+            437 if t.req == Request::Allocate && t.timer.sends() > 1 && self.resets < 2 => {
+                self.resets += 1;
+                self.start(Request::Reset, now);
+            }
+            _ if t.req == Request::Reset && code != 401 && code != 438 => {
+                self.start(Request::Allocate, now);
+            }
             438 if t.stale_retries < MAX_STALE && self.learn_nonce(m) => {
                 self.stats.stale_nonces += 1;
                 self.restart(t.req, now, t.stale_retries + 1);
@@ -924,6 +941,7 @@ impl Client {
             Request::Refresh(_) if self.state == State::Closing => {
                 self.finish(State::Closed, ClientEvent::Closed);
             }
+            Request::Reset => self.start(Request::Allocate, now),
             Request::Refresh(_) => {
                 let lifetime = m.lifetime().unwrap_or(0);
                 if let Some(a) = &mut self.alloc {
@@ -959,7 +977,9 @@ impl Client {
 
     fn fail_request(&mut self, req: Request, e: ClientError) {
         match req {
-            Request::Allocate => self.finish(State::Failed, ClientEvent::Failed(e)),
+            Request::Allocate | Request::Reset => {
+                self.finish(State::Failed, ClientEvent::Failed(e));
+            }
             Request::Refresh(_) if self.state == State::Closing => {
                 self.finish(State::Closed, ClientEvent::Closed);
             }

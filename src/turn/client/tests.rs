@@ -47,6 +47,8 @@ struct Net {
     drop_to_server: u32,
     /// Drop everything client → server.
     blackhole: bool,
+    /// Drop the next n success responses server → client.
+    drop_successes: u32,
     /// Datagrams the relay sent to peers: (peer, payload).
     to_peers: Vec<(SocketAddr, Vec<u8>)>,
     /// Data the client delivered: (peer, payload).
@@ -82,6 +84,7 @@ impl Net {
             client: Client::new(ccfg, t0),
             drop_to_server: 0,
             blackhole: false,
+            drop_successes: 0,
             to_peers: Vec::new(),
             delivered: Vec::new(),
             events: Vec::new(),
@@ -114,7 +117,14 @@ impl Net {
             .server
             .handle(self.now, LISTEN, client, bytes, &mut out, &mut self.ports)
         {
-            Outcome::Reply(n) => self.deliver_to_client(&out[..n]),
+            Outcome::Reply(n) => {
+                let success = Message::parse(&out[..n]).is_ok_and(|m| m.class() == Class::Success);
+                if success && self.drop_successes > 0 {
+                    self.drop_successes -= 1;
+                } else {
+                    self.deliver_to_client(&out[..n]);
+                }
+            }
             Outcome::Send { to, len, .. } => self.to_peers.push((to, out[..len].to_vec())),
             Outcome::Later | Outcome::Drop(_) => {}
         }
@@ -250,6 +260,38 @@ fn lost_requests_are_retransmitted_with_doubling_rto() {
     assert!(n.allocated().is_some());
     assert_eq!(n.client.stats().retransmits, 2);
     assert_eq!(n.sent.len(), 4, "3 unauthenticated sends, 1 authenticated");
+}
+
+#[test]
+fn lost_allocate_success_is_recovered_after_the_437() {
+    // The server allocates but its answer is lost; it does not recognise the
+    // retransmission and answers 437. The client deletes the orphan and allocates again.
+    let mut n = Net::new("secret", |_| {});
+    n.drop_successes = 1;
+    n.run_until(0);
+    assert!(n.allocated().is_none());
+    assert_eq!(n.server.allocations(), 1, "the orphan");
+    n.run_until(500);
+    let (relayed, _) = n.allocated().expect("allocated after the reset");
+    assert_eq!(n.server.allocations(), 1);
+    assert_eq!(n.ports.opened.len(), 2);
+    assert_eq!(n.ports.closed, [n.ports.opened[0].0]);
+    assert_eq!(relayed, n.ports.opened[1].1);
+    let methods: Vec<_> = n
+        .sent
+        .iter()
+        .map(|b| Message::parse(b).unwrap().method())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            Method::ALLOCATE,
+            Method::ALLOCATE,
+            Method::ALLOCATE,
+            Method::REFRESH,
+            Method::ALLOCATE
+        ]
+    );
 }
 
 #[test]
