@@ -1,11 +1,12 @@
-//! The TURN client's data path allocates nothing: with a counting global allocator,
+//! The TURN client's data path allocates nothing: with a counting global allocator (per
+//! thread, so the harness's threads do not interfere),
 //! 2,000 round trips through our sans-IO server (client → `send_to` → relay → peer, peer →
 //! relay → `handle_packet` → client), as Send/Data indications and then as ChannelData,
 //! cost zero allocations once the allocation, permission and channel exist.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use icering::turn::client::{Client, ClientConfig, Handled};
@@ -14,12 +15,20 @@ use icering::turn::server::{
 };
 
 struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Allocations made by this thread (the test harness's own threads do not count).
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
 
 // SAFETY: forwards to the system allocator, only counting.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
         // SAFETY: same contract as our caller's.
         unsafe { System.alloc(layout) }
     }
@@ -137,20 +146,20 @@ fn data_path_does_not_allocate() {
 
     // Indications: warm up, then count.
     assert_eq!(round_trips(&mut client, &mut server, now, peer, 100), 100);
-    let before = ALLOCS.load(Relaxed);
+    let before = allocs();
     assert_eq!(round_trips(&mut client, &mut server, now, peer, 2000), 2000);
-    let indications = ALLOCS.load(Relaxed) - before;
+    let indications = allocs() - before;
 
     // The counter does count: binding a channel (control plane) allocates.
-    let before = ALLOCS.load(Relaxed);
+    let before = allocs();
     client.bind_channel(peer, now).unwrap();
     settle(&mut client, &mut server, now);
     assert!(client.channel(peer).is_some());
-    assert!(ALLOCS.load(Relaxed) > before);
+    assert!(allocs() > before);
     assert_eq!(round_trips(&mut client, &mut server, now, peer, 100), 100);
-    let before = ALLOCS.load(Relaxed);
+    let before = allocs();
     assert_eq!(round_trips(&mut client, &mut server, now, peer, 2000), 2000);
-    let channel = ALLOCS.load(Relaxed) - before;
+    let channel = allocs() - before;
     assert_eq!(client.stats().channel_data_sent, 2100);
 
     assert_eq!(
