@@ -15,40 +15,42 @@ use super::{HEADER_LEN, MAGIC_COOKIE, StunError};
 /// parses the frame with [`Message::parse`](super::Message::parse) or
 /// [`ChannelData::parse_udp`](super::ChannelData::parse_udp).
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, StunError> {
+    Ok(declared_len(buf)?.filter(|&n| buf.len() >= n))
+}
+
+/// The length the next frame's header declares (padding included), as soon as the header
+/// bytes that say it have arrived (4 bytes; a STUN header is refused as soon as its length
+/// or magic cookie is wrong), so a reader can refuse an oversized frame early. `Ok(None)`:
+/// more bytes are needed to know.
+pub fn declared_len(buf: &[u8]) -> Result<Option<usize>, StunError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
+    if buf.len() < 4 {
+        return match first >> 6 {
+            0 | 1 => Ok(None),
+            _ => Err(StunError::NotStun),
+        };
+    }
+    let len = u16::from_be_bytes([buf[2], buf[3]]);
     match first >> 6 {
         0 => {
-            // Refuse a bad header as soon as its bytes are there.
-            if buf.len() >= 4 {
-                let len = u16::from_be_bytes([buf[2], buf[3]]);
-                if !len.is_multiple_of(4) {
-                    return Err(StunError::UnalignedLength(len));
-                }
+            if !len.is_multiple_of(4) {
+                return Err(StunError::UnalignedLength(len));
             }
             if buf.len() >= 8
                 && u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE
             {
                 return Err(StunError::BadMagicCookie);
             }
-            if buf.len() < HEADER_LEN {
-                return Ok(None);
-            }
-            let len = u16::from_be_bytes([buf[2], buf[3]]);
-            let n = HEADER_LEN + usize::from(len);
-            Ok((buf.len() >= n).then_some(n))
+            Ok(Some(HEADER_LEN + usize::from(len)))
         }
         // ChannelData: any channel number 0x4000..=0x7FFF frames the same way; whether it
         // is bound (and inside RFC 8656's 0x4000..=0x4FFF or RFC 5766's wider range) is the
         // receiver's decision.
         1 => {
-            if buf.len() < channel_data::HEADER_LEN {
-                return Ok(None);
-            }
-            let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-            let n = channel_data::HEADER_LEN + len + padding(len);
-            Ok((buf.len() >= n).then_some(n))
+            let len = usize::from(len);
+            Ok(Some(channel_data::HEADER_LEN + len + padding(len)))
         }
         _ => Err(StunError::NotStun),
     }
