@@ -200,6 +200,8 @@ impl TurnSection {
 pub struct ServerSection {
     /// UDP listen addresses.
     pub listen: Vec<SocketAddr>,
+    /// Also accept STUN/TURN over TCP on the same addresses (RFC 8656 §3.1).
+    pub tcp: bool,
     /// Shards; 0 = one per available core.
     pub shards: usize,
     /// SOFTWARE attribute value ("" to omit).
@@ -210,6 +212,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             listen: vec!["127.0.0.1:3478".parse().expect("literal")],
+            tcp: true,
             shards: 0,
             software: "icering".into(),
         }

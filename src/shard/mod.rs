@@ -96,6 +96,7 @@ impl Runtime {
         // shards share one port.
         let mut local_addrs = Vec::with_capacity(config.server.listen.len());
         let mut sockets: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
+        let mut tcp: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         for &addr in &config.server.listen {
             let first = io::bind_udp(addr, true)?;
             let resolved = first.local_addr().map_err(IoError::Io)?;
@@ -103,6 +104,12 @@ impl Runtime {
             sockets[0].push(first);
             for per_shard in sockets.iter_mut().skip(1) {
                 per_shard.push(io::bind_udp(resolved, true)?);
+            }
+            // STUN/TURN over TCP on the same address and port (RFC 8656 §3.1).
+            if config.server.tcp {
+                for per_shard in tcp.iter_mut() {
+                    per_shard.push(io::bind_tcp_listener(resolved, true)?);
+                }
             }
         }
         // The same for the ICE mux sockets (`[ice] listen`).
@@ -134,7 +141,8 @@ impl Runtime {
 
         let mut shards = Vec::with_capacity(n);
         let mut ready = Vec::with_capacity(n);
-        for (index, (socks, ice_socks)) in sockets.into_iter().zip(ice_sockets).enumerate() {
+        let shard_sockets = sockets.into_iter().zip(ice_sockets).zip(tcp);
+        for (index, ((socks, ice_socks), tcp)) in shard_sockets.enumerate() {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let counters = Arc::new(ShardCounters::default());
@@ -147,6 +155,7 @@ impl Runtime {
                 ports,
                 sockets: socks,
                 ice_sockets: ice_socks,
+                tcp,
                 parked: parked.clone(),
                 control: control_rx,
                 counters: counters.clone(),
