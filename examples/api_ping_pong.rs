@@ -45,6 +45,7 @@ async fn side(
                 AgentEvent::SelectedPair { local, remote } => {
                     println!("{name}: selected {} -> {}", local.addr, remote.addr)
                 }
+                AgentEvent::GatherError { url, error } => println!("{name}: {url}: {error}"),
             }
         }
     });

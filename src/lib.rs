@@ -61,7 +61,7 @@ pub mod stun;
 pub mod turn;
 
 pub use api::{
-    Agent, AgentEvent, AgentOptions, ApiError, Candidate, Conn, ConnStats, ConnectionState,
-    DataMode, Engine, EngineStats, IceStats, NetworkType,
+    Agent, AgentEvent, AgentOptions, ApiError, Candidate, CandidateTypes, Conn, ConnStats,
+    ConnectionState, DataMode, Engine, EngineStats, IceStats, NetworkType, ServerUrl,
 };
 pub use config::Config;

@@ -1,6 +1,6 @@
 //! [`Agent`] and [`Conn`]: handles that talk to the owning shard over its control channel.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -10,8 +10,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::engine::{Inner, os_random};
 use super::{AgentEvent, AgentOptions, ApiError, ConnStats};
-use crate::ice::{Candidate, ConnectionState};
+use crate::ice::{Candidate, ConnectionState, IceUrl};
 use crate::io::Waker;
+use crate::shard::ServerSpec;
 use crate::shard::gather::{interface_addrs, usable};
 use crate::shard::{Control, IceCmd};
 
@@ -56,6 +57,8 @@ pub struct Agent {
     handle: Arc<Handle>,
     creds: (String, String),
     opts: AgentOptions,
+    /// Parsed [`AgentOptions::urls`]: (url, username, credential).
+    servers: Vec<(IceUrl, String, String)>,
     events: Option<mpsc::UnboundedReceiver<AgentEvent>>,
     state: Option<watch::Receiver<ConnectionState>>,
     data: Mutex<Option<mpsc::Receiver<Bytes>>>,
@@ -116,6 +119,7 @@ impl Agent {
         handle: Arc<Handle>,
         creds: (String, String),
         opts: AgentOptions,
+        servers: Vec<(IceUrl, String, String)>,
         chans: Option<Channels>,
     ) -> Self {
         let (events, state, data) = match chans {
@@ -127,6 +131,7 @@ impl Agent {
             handle,
             creds,
             opts,
+            servers,
             events,
             state,
             data: Mutex::new(data),
@@ -167,9 +172,14 @@ impl Agent {
     }
 
     /// Gathers host candidates (RFC 8445 §5.1.1.1): on the mux sockets (`mux`), or on one
-    /// dedicated socket per interface address, bound here from the port range. Every
-    /// candidate is emitted as [`AgentEvent::Candidate`], then `Candidate(None)`.
-    /// Returns the candidates too (for agents without events). Once per agent (pion:
+    /// dedicated socket per interface address, bound here from the port range. With
+    /// [`AgentOptions::urls`], the shard then asks each STUN server from each dedicated
+    /// socket of its family (server-reflexive, §5.1.1.2; dropped when equal to the host
+    /// candidate) and allocates on each TURN server (relayed, RFC 8656); server names are
+    /// resolved here. Every candidate is emitted as [`AgentEvent::Candidate`] as it
+    /// appears, then `Candidate(None)` once every server answered or timed out (a failed
+    /// server is reported as [`AgentEvent::GatherError`]).
+    /// Returns the host candidates (for agents without events). Once per agent (pion:
     /// `ErrMultipleGatherAttempted`): a second call is [`ApiError::AlreadyStarted`].
     pub fn gather_candidates(&self) -> Result<Vec<Candidate>, ApiError> {
         if self.gathered.swap(true, Relaxed) {
@@ -213,6 +223,20 @@ impl Agent {
                 sockets.push(s);
             }
         }
+        let servers = self
+            .servers
+            .iter()
+            .map(|(url, user, cred)| ServerSpec {
+                url: url.clone(),
+                addrs: url
+                    .host_port()
+                    .to_socket_addrs()
+                    .map(Iterator::collect)
+                    .map_err(|e| format!("cannot resolve: {e}")),
+                username: user.clone(),
+                password: cred.clone(),
+            })
+            .collect();
         let candidates: Vec<Candidate> = bases
             .into_iter()
             .map(|b| {
@@ -227,8 +251,14 @@ impl Agent {
             key: self.handle.key,
             sockets,
             candidates: candidates.clone(),
+            servers,
+            types: o.candidate_types,
         })?;
-        Ok(candidates)
+        Ok(if o.candidate_types.host {
+            candidates
+        } else {
+            Vec::new()
+        })
     }
 
     /// The next event; `None` once the agent is gone (or for agents without channels,

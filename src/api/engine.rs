@@ -11,8 +11,9 @@ use super::agent::{Agent, Handle};
 use super::{AgentOptions, ApiError, DataMode, IceStats};
 use crate::config::{Config, IceSection};
 use crate::ice::rng::ICE_CHARS;
-use crate::ice::{ConnectionState, IceConfig};
+use crate::ice::{ConnectionState, IceConfig, IceUrl};
 use crate::io::Waker;
+use crate::net::Protocol;
 use crate::shard::{AppLink, Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime};
 
 pub(crate) struct Inner {
@@ -71,6 +72,41 @@ fn ice_string(first: Option<u8>, random: &[u8]) -> String {
         .into_iter()
         .chain(random.iter().map(|b| ICE_CHARS[usize::from(b & 63)]))
         .map(char::from)
+        .collect()
+}
+
+/// Parses and checks [`AgentOptions::urls`]: `(url, username, credential)`.
+fn parse_urls(opts: &AgentOptions) -> Result<Vec<(IceUrl, String, String)>, ApiError> {
+    if opts.urls.is_empty() {
+        return Ok(Vec::new());
+    }
+    if opts.mux {
+        return Err(ApiError::Unsupported(
+            "STUN/TURN URLs on mux agents (they gather host candidates only)",
+        ));
+    }
+    opts.urls
+        .iter()
+        .map(|u| {
+            let url = IceUrl::parse(&u.url)
+                .map_err(|e| ApiError::Invalid(format!("{:?}: {e}", u.url)))?;
+            if url.scheme.is_secure() {
+                return Err(ApiError::Unsupported(
+                    "stuns:/turns: (TLS) URLs on the shards",
+                ));
+            }
+            if url.transport != Protocol::Udp {
+                return Err(ApiError::Unsupported(
+                    "TURN over TCP from the shards (the io layer has no outgoing TCP streams)",
+                ));
+            }
+            if url.scheme.is_turn() && u.username.is_empty() {
+                return Err(ApiError::Invalid(format!(
+                    "{url}: a TURN URL needs a username and credential"
+                )));
+            }
+            Ok((url, u.username.clone(), u.credential.clone()))
+        })
         .collect()
 }
 
@@ -139,11 +175,7 @@ impl Engine {
     /// character of the generated ufrag names the shard). Credentials are generated from
     /// the OS's random source. Nothing is sent until candidates and a role exist.
     pub fn agent(&self, opts: AgentOptions) -> Result<Agent, ApiError> {
-        if !opts.urls.is_empty() {
-            return Err(ApiError::Unsupported(
-                "STUN/TURN URLs (server-reflexive and relayed candidates, issue 7)",
-            ));
-        }
+        let servers = parse_urls(&opts)?;
         if opts.mux && self.inner.mux_addrs.is_empty() {
             return Err(ApiError::Invalid(
                 "mux agents need `[ice] listen` addresses".into(),
@@ -196,6 +228,7 @@ impl Engine {
             Arc::new(handle),
             (ufrag, pwd),
             opts,
+            servers,
             chans,
         ))
     }

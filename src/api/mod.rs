@@ -77,7 +77,9 @@ use std::time::Duration;
 
 pub use agent::{Agent, Conn};
 pub use engine::{Engine, EngineStats};
-pub use options::{AgentOptions, DataMode, InterfaceFilter, IpFilter, NetworkType};
+pub use options::{
+    AgentOptions, CandidateTypes, DataMode, InterfaceFilter, IpFilter, NetworkType, ServerUrl,
+};
 
 pub use crate::ice::{Candidate, ConnectionState};
 pub use crate::shard::IceStats;
@@ -138,6 +140,15 @@ pub enum AgentEvent {
         local: Box<Candidate>,
         /// Remote candidate.
         remote: Box<Candidate>,
+    },
+    /// A STUN/TURN server in [`AgentOptions::urls`] gave no candidate: unresolvable,
+    /// refused (e.g. wrong TURN credentials: `401`), or no answer. Gathering goes on
+    /// without it.
+    GatherError {
+        /// The server's URL.
+        url: String,
+        /// Why.
+        error: String,
     },
 }
 

@@ -28,6 +28,94 @@ pub enum DataMode {
     Sink,
 }
 
+/// Which local candidate types an agent gets (pion: `CandidateTypes`; `icering ping
+/// --candidate-types`). Default all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandidateTypes {
+    /// Host candidate of the socket.
+    pub host: bool,
+    /// Server-reflexive candidates from `--stun` URLs.
+    pub srflx: bool,
+    /// Relayed candidates from `--turn` URLs.
+    pub relay: bool,
+}
+
+impl Default for CandidateTypes {
+    fn default() -> Self {
+        CandidateTypes {
+            host: true,
+            srflx: true,
+            relay: true,
+        }
+    }
+}
+
+impl std::str::FromStr for CandidateTypes {
+    type Err = String;
+    /// A comma-separated list of `host`, `srflx`, `relay`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut t = CandidateTypes {
+            host: false,
+            srflx: false,
+            relay: false,
+        };
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "host" => t.host = true,
+                "srflx" => t.srflx = true,
+                "relay" => t.relay = true,
+                other => {
+                    return Err(format!(
+                        "unknown candidate type {other:?} (expected host, srflx, relay)"
+                    ));
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// A STUN or TURN server (pion: a `stun.URI` in `Urls`, with `Username`/`Password`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// `stun:host[:port]` or `turn:host[:port][?transport=udp]` (RFC 7064/7065).
+    pub url: String,
+    /// TURN long-term credential user name (unused for STUN).
+    pub username: String,
+    /// TURN password (unused for STUN).
+    pub credential: String,
+}
+
+impl ServerUrl {
+    /// A URL without credentials (STUN).
+    pub fn new(url: &str) -> Self {
+        ServerUrl {
+            url: url.into(),
+            username: String::new(),
+            credential: String::new(),
+        }
+    }
+
+    /// A TURN URL with its long-term credentials.
+    pub fn turn(url: &str, username: &str, credential: &str) -> Self {
+        ServerUrl {
+            url: url.into(),
+            username: username.into(),
+            credential: credential.into(),
+        }
+    }
+}
+
+impl fmt::Debug for ServerUrl {
+    /// The credential is not printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerUrl")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A predicate over interface names (pion's `InterfaceFilter`).
 pub type InterfaceFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// A predicate over local IPs (pion's `IPFilter`).
@@ -58,10 +146,12 @@ pub struct AgentOptions {
     /// NAT 1:1 (pion: `NAT1To1IPs` with host candidates): host candidates show this IP
     /// (first of the same family) instead of the interface's; the base stays local.
     pub nat_1to1_ips: Vec<IpAddr>,
-    /// STUN/TURN server URLs for server-reflexive and relayed candidates. Not yet
-    /// supported (issue 7): a non-empty list is refused by
-    /// [`Engine::agent`](super::Engine::agent).
-    pub urls: Vec<String>,
+    /// STUN/TURN servers for server-reflexive and relayed candidates (dedicated sockets
+    /// only: [`Engine::agent`](super::Engine::agent) refuses them with `mux`). TURN over
+    /// UDP only for now (`?transport=tcp` and `turns:` are refused).
+    pub urls: Vec<ServerUrl>,
+    /// Candidate types to gather (e.g. relay only, to force the relay).
+    pub candidate_types: CandidateTypes,
     /// Pacing interval Ta between checks (RFC 8445 §14.2). Default 50 ms.
     pub check_interval: Duration,
     /// Keepalive / consent interval on the selected pair. Default 2 s.
@@ -87,6 +177,7 @@ impl Default for AgentOptions {
             include_loopback: false,
             nat_1to1_ips: Vec::new(),
             urls: Vec::new(),
+            candidate_types: CandidateTypes::default(),
             check_interval: ice.ta,
             keepalive_interval: ice.keepalive_interval,
             disconnected_timeout: ice.disconnected_timeout,
@@ -146,9 +237,19 @@ impl AgentOptions {
         self.nat_1to1_ips = ips.to_vec();
         self
     }
-    /// Sets [`urls`](Self::urls).
+    /// Adds STUN (or credential-less TURN) URLs to [`urls`](Self::urls).
     pub fn with_urls(mut self, urls: &[&str]) -> Self {
-        self.urls = urls.iter().map(|s| s.to_string()).collect();
+        self.urls.extend(urls.iter().map(|s| ServerUrl::new(s)));
+        self
+    }
+    /// Adds a TURN URL with its credentials to [`urls`](Self::urls).
+    pub fn with_turn(mut self, url: &str, username: &str, credential: &str) -> Self {
+        self.urls.push(ServerUrl::turn(url, username, credential));
+        self
+    }
+    /// Sets [`candidate_types`](Self::candidate_types).
+    pub fn with_candidate_types(mut self, t: CandidateTypes) -> Self {
+        self.candidate_types = t;
         self
     }
 
@@ -176,6 +277,7 @@ impl fmt::Debug for AgentOptions {
             .field("include_loopback", &self.include_loopback)
             .field("nat_1to1_ips", &self.nat_1to1_ips)
             .field("urls", &self.urls)
+            .field("candidate_types", &self.candidate_types)
             .field("check_interval", &self.check_interval)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("disconnected_timeout", &self.disconnected_timeout)

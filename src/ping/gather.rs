@@ -18,51 +18,7 @@ use crate::turn::client::{
     BindingClient, BindingEvent, Client, ClientConfig, ClientEvent, Handled, Retransmit,
 };
 
-/// Which local candidate types the agent gets (`--candidate-types`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CandidateTypes {
-    /// Host candidate of the socket.
-    pub host: bool,
-    /// Server-reflexive candidates from `--stun` URLs.
-    pub srflx: bool,
-    /// Relayed candidates from `--turn` URLs.
-    pub relay: bool,
-}
-
-impl Default for CandidateTypes {
-    fn default() -> Self {
-        CandidateTypes {
-            host: true,
-            srflx: true,
-            relay: true,
-        }
-    }
-}
-
-impl std::str::FromStr for CandidateTypes {
-    type Err = String;
-    /// A comma-separated list of `host`, `srflx`, `relay`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut t = CandidateTypes {
-            host: false,
-            srflx: false,
-            relay: false,
-        };
-        for part in s.split(',').map(str::trim) {
-            match part {
-                "host" => t.host = true,
-                "srflx" => t.srflx = true,
-                "relay" => t.relay = true,
-                other => {
-                    return Err(format!(
-                        "unknown candidate type {other:?} (expected host, srflx, relay)"
-                    ));
-                }
-            }
-        }
-        Ok(t)
-    }
-}
+pub use crate::api::CandidateTypes;
 
 /// TURN credentials and the servers to use.
 #[derive(Debug, Clone, Default)]

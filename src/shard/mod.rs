@@ -26,7 +26,7 @@ use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
 pub use counters::ShardCounters;
 pub use ice::gather;
-pub(crate) use ice::{AppLink, IceCmd, NewAgent};
+pub(crate) use ice::{AppLink, IceCmd, NewAgent, ServerSpec};
 pub use ice::{IceCounters, IceStats, MAX_ICE_SHARDS};
 
 /// Errors starting or running the runtime.

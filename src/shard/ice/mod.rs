@@ -7,13 +7,17 @@
 //! | `table` | slab of agents with a free list; key → slot and ufrag → slot maps |
 //! | `demux` | who owns a datagram on a mux socket (RFC 7983 first byte, ufrag, transaction id, 5-tuple) |
 //! | `gather` | interface addresses for host candidates (RFC 8445 §5.1.1.1) |
+//! | `servers` | STUN/TURN clients of an agent: srflx and relayed candidates, relaying |
 //!
 //! Everything here runs on the shard thread. The application side (`crate::api`) talks to
 //! it only through [`IceCmd`]s on the shard's control channel.
 
 pub(crate) mod demux;
 pub mod gather;
+mod servers;
 mod table;
+
+pub(crate) use servers::ServerSpec;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -27,11 +31,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::timers::Timers;
 use super::{Control, ShardCounters};
-use crate::api::{AgentEvent, ConnStats, DataMode};
+use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode};
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
 use crate::io::{Backend, SendQueue, SocketId, Waker};
 use crate::net::Received;
 use demux::{Owner, Verdict};
+use servers::{FromServer, Servers};
 use table::{Hosted, Table};
 
 /// At most this many shards host agents: the first ufrag character names the owner shard.
@@ -60,11 +65,14 @@ pub(crate) enum IceCmd {
     /// Host a new agent.
     Create(Box<NewAgent>),
     /// Host candidates: dedicated sockets to register (bound by the handle) and the
-    /// candidates on them or on the mux sockets; then end of gathering.
+    /// candidates on them or on the mux sockets; STUN/TURN servers to ask from the
+    /// dedicated sockets; then (once every server is done) end of gathering.
     Gather {
         key: u64,
         sockets: Vec<UdpSocket>,
         candidates: Vec<Candidate>,
+        servers: Vec<ServerSpec>,
+        types: CandidateTypes,
     },
     RemoteCredentials {
         key: u64,
@@ -205,7 +213,13 @@ pub(crate) struct IceHost {
     stats: IceStats,
     /// Where `stats` is published (`ShardCounters::ice`).
     counters: Arc<ShardCounters>,
+    /// An agent's transmit from a relayed address, copied out of its send slot so the
+    /// TURN client can wrap it into the same slot (allocated once).
+    scratch: Box<[u8]>,
 }
+
+/// Largest agent transmit (a connectivity check) relayed through TURN.
+const MAX_RELAYED_CHECK: usize = 1500;
 
 impl IceHost {
     pub(crate) fn new(
@@ -224,6 +238,7 @@ impl IceHost {
             wake: 0,
             stats: IceStats::default(),
             counters: c,
+            scratch: vec![0; MAX_RELAYED_CHECK].into_boxed_slice(),
         };
         for (i, (id, addr)) in mux.into_iter().enumerate() {
             host.set_role(id, SockRole::Mux(i as u16));
@@ -317,7 +332,9 @@ impl IceHost {
         }
     }
 
-    /// Feeds a datagram to the agent in `slot` and drives it.
+    /// Feeds a datagram to the agent in `slot` and drives it. On a dedicated socket, a
+    /// datagram from one of the agent's STUN/TURN servers goes to that client first;
+    /// relayed data is fed to the agent as arriving from the peer on the relayed address.
     fn deliver(
         &mut self,
         now: Instant,
@@ -331,12 +348,30 @@ impl IceHost {
             self.stats.drop_stale_transaction += 1;
             return;
         };
-        let Some(local) = h.local_for(sock, from) else {
-            self.stats.drop_agent += 1;
-            return;
+        let relayed = h
+            .servers
+            .as_mut()
+            .map(|s| s.on_datagram(now, sock, from, data));
+        let (source, local, data) = match relayed {
+            Some(FromServer::Consumed) => {
+                self.drive(now, sendq, slot);
+                return;
+            }
+            Some(FromServer::Data {
+                relayed,
+                peer,
+                data,
+            }) => (peer, relayed, data),
+            _ => {
+                let Some(local) = h.local_for(sock, from) else {
+                    self.stats.drop_agent += 1;
+                    return;
+                };
+                (from, local, data)
+            }
         };
         let pkt = Received {
-            source: from,
+            source,
             destination: local,
             contents: data,
         };
@@ -349,16 +384,13 @@ impl IceHost {
                 h.packets_in += 1;
                 match h.mode {
                     DataMode::Sink => {}
-                    DataMode::Echo => match sendq.slot() {
-                        Some(out) if data.len() <= out.len() => {
-                            out[..data.len()].copy_from_slice(data);
-                            sendq.commit(sock, from, data.len());
-                            h.bytes_out += data.len() as u64;
-                            h.packets_out += 1;
+                    DataMode::Echo => {
+                        if send_app(h, sendq, now, Some(sock), local, source, data) {
                             self.stats.data_out += 1;
+                        } else {
+                            self.stats.drop_send += 1;
                         }
-                        _ => self.stats.drop_send += 1,
-                    },
+                    }
                     DataMode::App => {
                         // The one copy out of the receive buffer.
                         let sent = h
@@ -382,6 +414,10 @@ impl IceHost {
         let Some(h) = self.table.get_mut(slot) else {
             return;
         };
+        // Server answers first: new candidates and the end of gathering reach the agent.
+        if let Some(sv) = h.servers.as_mut() {
+            sv.events(&mut h.agent, h.link.as_ref());
+        }
         let mut starved = false;
         loop {
             let Some(buf) = sendq.slot() else {
@@ -391,8 +427,22 @@ impl IceHost {
             let Some(t) = h.agent.poll_transmit(now, buf) else {
                 break;
             };
-            match h.sock_for(t.source) {
-                Some(sock) => sendq.commit(sock, t.destination, t.size),
+            if let Some(sock) = h.sock_for(t.source) {
+                sendq.commit(sock, t.destination, t.size);
+                continue;
+            }
+            // A check from a relayed candidate: the TURN client wraps it into the same
+            // (uncommitted) slot.
+            let relayed = match h.servers.as_mut() {
+                Some(sv) if sv.is_relayed(t.source) && t.size <= self.scratch.len() => {
+                    self.scratch[..t.size].copy_from_slice(&buf[..t.size]);
+                    let out = sendq.slot().expect("the same slot is still free");
+                    sv.wrap(t.source, t.destination, &self.scratch[..t.size], out, now)
+                }
+                _ => None,
+            };
+            match relayed {
+                Some((sock, server, n)) => sendq.commit(sock, server, n),
                 None => self.stats.drop_send += 1,
             }
         }
@@ -417,6 +467,12 @@ impl IceHost {
                 }
                 IceEvent::SelectedPair { local, remote } => {
                     h.selected_sock = h.sock_for(local);
+                    if let Some(sv) = h.servers.as_mut()
+                        && sv.is_relayed(local)
+                    {
+                        // RFC 8656 §12: a channel for the pair in use (4-byte overhead).
+                        sv.selected(local, remote, now);
+                    }
                     if let Some(SockRole::Mux(m)) = h
                         .selected_sock
                         .and_then(|s| self.roles.get(s.0 as usize).copied())
@@ -462,10 +518,19 @@ impl IceHost {
                 let _ = l.events.send(ev);
             }
         }
+        if let Some(sv) = h.servers.as_mut()
+            && !sv.transmit(now, sendq)
+        {
+            starved = true;
+        }
         let next = if starved {
             Some(now)
         } else {
-            h.agent.poll_timeout()
+            let sv = h.servers.as_ref().and_then(|s| s.poll_timeout());
+            match (h.agent.poll_timeout(), sv) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
         };
         if let Some(at) = next
             && h.timer_at.is_none_or(|t| at < t)
@@ -485,6 +550,9 @@ impl IceHost {
                 Some(t) if t <= now => {
                     h.timer_at = None;
                     h.agent.handle_timeout(now);
+                    if let Some(sv) = h.servers.as_mut() {
+                        sv.handle_timeout(now);
+                    }
                     self.drive(now, sendq, slot);
                 }
                 _ => {}
@@ -522,18 +590,26 @@ impl IceHost {
                 key,
                 sockets,
                 candidates,
+                servers,
+                types,
             } => {
                 let Some(slot) = self.table.slot_of(key) else {
                     return;
                 };
+                let turn = servers.iter().any(|s| s.url.scheme.is_turn());
+                let mut dedicated = Vec::new();
                 for s in sockets {
                     let Ok(addr) = s.local_addr() else { continue };
                     debug_assert!(!addr.ip().is_unspecified());
+                    // TURN: a duplicate to delete the allocation after the backend closed
+                    // its socket (close).
+                    let dup = if turn { s.try_clone().ok() } else { None };
                     if let Ok(id) = backend.add_socket(s) {
                         self.set_role(id, SockRole::Agent(slot));
                         if let Some(h) = self.table.get_mut(slot) {
                             h.socks.push((addr, id, false));
                         }
+                        dedicated.push((addr, id, dup));
                     }
                 }
                 let mux = self.mux.clone();
@@ -549,9 +625,18 @@ impl IceHost {
                                 continue;
                             }
                         }
-                        let _ = h.agent.add_local_candidate(c);
+                        if types.host {
+                            let _ = h.agent.add_local_candidate(c);
+                        }
                     }
-                    h.agent.end_of_local_candidates();
+                    if servers.is_empty() || dedicated.is_empty() {
+                        h.agent.end_of_local_candidates();
+                    } else {
+                        let seed = h.ufrag ^ key.rotate_left(32);
+                        let sv = Servers::new(servers, dedicated, types, seed, now);
+                        // End of gathering follows once every server is done (drive).
+                        h.servers = Some(Box::new(sv));
+                    }
                 }
                 self.drive(now, backend.send_queue(), slot);
             }
@@ -566,6 +651,10 @@ impl IceHost {
             }
             IceCmd::RemoteCandidate { key, candidate } => {
                 self.with(now, backend, key, |h| {
+                    if let Some(sv) = h.servers.as_mut() {
+                        // RFC 8656 §9: the relay passes only peers with a permission.
+                        sv.add_remote(candidate.addr, now);
+                    }
                     let _ = h.agent.add_remote_candidate(*candidate);
                 });
             }
@@ -589,15 +678,14 @@ impl IceHost {
                     return;
                 };
                 let sendq = backend.send_queue();
-                match (h.agent.selected_pair(), h.selected_sock, sendq.slot()) {
-                    (Some((_, remote)), Some(sock), Some(out)) if data.len() <= out.len() => {
-                        out[..data.len()].copy_from_slice(&data);
-                        sendq.commit(sock, remote, data.len());
-                        h.bytes_out += data.len() as u64;
-                        h.packets_out += 1;
-                        self.stats.data_out += 1;
-                    }
-                    _ => self.stats.drop_send += 1,
+                let sent = h.agent.selected_pair().is_some_and(|(local, remote)| {
+                    let sock = h.selected_sock;
+                    send_app(h, sendq, now, sock, local, remote, &data)
+                });
+                if sent {
+                    self.stats.data_out += 1;
+                } else {
+                    self.stats.drop_send += 1;
                 }
             }
             IceCmd::Stats { key, reply } => {
@@ -605,7 +693,7 @@ impl IceHost {
                     let _ = reply.send(h.conn_stats());
                 }
             }
-            IceCmd::Close { key } => self.close(backend, key),
+            IceCmd::Close { key } => self.close(now, backend, key),
             IceCmd::Handoff { mux, from, data } => {
                 self.stats.handoffs_in += 1;
                 if usize::from(mux) < self.mux.len() {
@@ -647,7 +735,7 @@ impl IceHost {
         self.drive(now, backend.send_queue(), slot);
     }
 
-    fn close(&mut self, backend: &mut Backend, key: u64) {
+    fn close(&mut self, now: Instant, backend: &mut Backend, key: u64) {
         let me = self.shard;
         let Some(slot) = self.table.slot_of(key) else {
             return;
@@ -656,6 +744,9 @@ impl IceHost {
             return;
         };
         h.agent.close();
+        if let Some(sv) = h.servers.as_mut() {
+            sv.close(now, &mut self.scratch);
+        }
         if h.up {
             self.stats.connected -= 1;
         }
@@ -703,6 +794,45 @@ impl IceHost {
         }
         self.counters.ice.publish(&self.stats);
     }
+}
+
+/// Sends application data from the local base `local` to `remote`: through the TURN
+/// client when `local` is a relayed address (RFC 8656 §11-12), else copied into a send
+/// slot of `sock`. Counts it on the agent; false if it could not be queued.
+fn send_app(
+    h: &mut table::Hosted,
+    sendq: &mut SendQueue,
+    now: Instant,
+    sock: Option<SocketId>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    data: &[u8],
+) -> bool {
+    let Some(out) = sendq.slot() else {
+        return false;
+    };
+    let queued = match h.servers.as_mut() {
+        Some(sv) if sv.is_relayed(local) => match sv.wrap(local, remote, data, out, now) {
+            Some((sock, server, n)) => {
+                sendq.commit(sock, server, n);
+                true
+            }
+            None => false,
+        },
+        _ => match sock {
+            Some(sock) if data.len() <= out.len() => {
+                out[..data.len()].copy_from_slice(data);
+                sendq.commit(sock, remote, data.len());
+                true
+            }
+            _ => false,
+        },
+    };
+    if queued {
+        h.bytes_out += data.len() as u64;
+        h.packets_out += 1;
+    }
+    queued
 }
 
 /// Whether a candidate base lives on a socket bound to `bound` (exact, or the same port on

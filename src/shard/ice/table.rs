@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 
 use super::AppLink;
+use super::servers::Servers;
 use crate::api::{ConnStats, DataMode};
 use crate::ice::IceAgent;
 use crate::io::SocketId;
@@ -26,6 +27,8 @@ pub(crate) struct Hosted {
     /// Mux routes announced for this agent, withdrawn on close.
     pub routes: Vec<(u16, SocketAddr)>,
     pub selected_sock: Option<SocketId>,
+    /// STUN/TURN clients (agents with `urls` only; boxed: 8 bytes for the others).
+    pub servers: Option<Box<Servers>>,
     /// The one live timer-heap entry of this agent.
     pub timer_at: Option<Instant>,
     /// Remote credentials held back until the role is chosen (dial/accept).
@@ -51,6 +54,7 @@ impl Hosted {
             socks: Vec::new(),
             routes: Vec::new(),
             selected_sock: None,
+            servers: None,
             timer_at: None,
             pending_remote: None,
             up: false,

@@ -1,0 +1,393 @@
+//! Server-reflexive and relayed candidates of one hosted agent (RFC 8445 §5.1.1.2,
+//! RFC 8656): a [`BindingClient`] per STUN server per dedicated socket of the server's
+//! family, and a TURN [`Client`] per TURN server on the first such socket, all driven by
+//! the shard like the agent itself (same timer-heap entry, same flush).
+//!
+//! Relaying is transparent to the agent (as in `icering ping`): a transmit whose source is
+//! a relayed address is wrapped by that relay's client (Send indication, then ChannelData
+//! once the selected pair's channel is bound), and data the client unwraps is fed to the
+//! agent as arriving from the peer on the relayed address.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Instant;
+
+use crate::api::{AgentEvent, CandidateTypes};
+use crate::ice::{Candidate, IceAgent, IceUrl};
+use crate::io::{SendQueue, SocketId};
+use crate::turn::client::{
+    BindingClient, BindingEvent, Client, ClientConfig, ClientEvent, Handled, Retransmit,
+};
+
+use super::AppLink;
+
+/// One STUN/TURN server as the application handle resolved it (DNS runs on the caller's
+/// thread, never on the shard).
+#[derive(Debug, Clone)]
+pub(crate) struct ServerSpec {
+    pub url: IceUrl,
+    /// Resolved addresses, or why resolution failed.
+    pub addrs: Result<Vec<SocketAddr>, String>,
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug)]
+struct Binding {
+    url: IceUrl,
+    sock: SocketId,
+    base: SocketAddr,
+    client: BindingClient,
+}
+
+#[derive(Debug)]
+struct Relay {
+    url: IceUrl,
+    sock: SocketId,
+    client: Client,
+    done: bool,
+}
+
+/// What a datagram from a server was.
+#[derive(Debug)]
+pub(crate) enum FromServer<'a> {
+    /// Not from one of our servers (or not an answer to us): the agent's.
+    NotOurs,
+    /// A response or a message consumed by a client.
+    Consumed,
+    /// Relayed data from `peer` to our relayed address `relayed`.
+    Data {
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: &'a [u8],
+    },
+}
+
+/// The STUN/TURN clients of one agent.
+#[derive(Debug)]
+pub(crate) struct Servers {
+    bindings: Vec<Binding>,
+    relays: Vec<Relay>,
+    /// Duplicates of the sockets relays use, to delete the allocations after the io
+    /// backend closed its copy (close).
+    ctl: Vec<(SocketId, UdpSocket)>,
+    types: CandidateTypes,
+    /// Host candidate addresses (a srflx equal to one of them is redundant).
+    hosts: Vec<SocketAddr>,
+    /// Resolution and server failures to report as events (drained by `events`).
+    errors: Vec<(String, String)>,
+    /// End of gathering is held back until every client is done.
+    end_pending: bool,
+}
+
+impl Servers {
+    /// Starts the clients. `socks` are the agent's dedicated sockets as (base, id, a
+    /// duplicate of the socket).
+    pub fn new(
+        specs: Vec<ServerSpec>,
+        socks: Vec<(SocketAddr, SocketId, Option<UdpSocket>)>,
+        types: CandidateTypes,
+        seed: u64,
+        now: Instant,
+    ) -> Servers {
+        let mut s = Servers {
+            bindings: Vec::new(),
+            relays: Vec::new(),
+            ctl: Vec::new(),
+            types,
+            hosts: socks.iter().map(|(b, _, _)| *b).collect(),
+            errors: Vec::new(),
+            end_pending: true,
+        };
+        let mut n = 0u64;
+        let mut next_seed = || {
+            n += 1;
+            seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        };
+        let mut dups: Vec<(SocketId, Option<UdpSocket>)> = Vec::with_capacity(socks.len());
+        let socks: Vec<(SocketAddr, SocketId)> = socks
+            .into_iter()
+            .map(|(base, id, dup)| {
+                dups.push((id, dup));
+                (base, id)
+            })
+            .collect();
+        for spec in specs {
+            let turn = spec.url.scheme.is_turn();
+            if (turn && !types.relay) || (!turn && !types.srflx) {
+                continue;
+            }
+            let addrs = match &spec.addrs {
+                Ok(a) => a,
+                Err(e) => {
+                    s.errors.push((spec.url.to_string(), e.clone()));
+                    continue;
+                }
+            };
+            // Every socket whose family the server has (TURN: the first such socket).
+            let mut used = false;
+            for (base, id) in &socks {
+                let Some(server) = addrs.iter().find(|a| a.is_ipv4() == base.is_ipv4()) else {
+                    continue;
+                };
+                used = true;
+                if turn {
+                    let mut cfg = ClientConfig::new(*server, *base, &spec.username, &spec.password);
+                    cfg.seed = next_seed();
+                    s.relays.push(Relay {
+                        url: spec.url.clone(),
+                        sock: *id,
+                        client: Client::new(cfg, now),
+                        done: false,
+                    });
+                    if let Some(d) = dups.iter_mut().find(|(i, _)| i == id)
+                        && let Some(sock) = d.1.take()
+                    {
+                        s.ctl.push((*id, sock));
+                    }
+                    break;
+                }
+                s.bindings.push(Binding {
+                    url: spec.url.clone(),
+                    sock: *id,
+                    base: *base,
+                    client: BindingClient::new(
+                        *server,
+                        *base,
+                        Retransmit::default(),
+                        next_seed(),
+                        now,
+                    ),
+                });
+            }
+            if !used {
+                s.errors.push((
+                    spec.url.to_string(),
+                    "no local socket of the server's address family".into(),
+                ));
+            }
+        }
+        s
+    }
+
+    /// Whether every server answered or gave up.
+    fn complete(&self) -> bool {
+        self.bindings.iter().all(|b| b.client.is_done()) && self.relays.iter().all(|r| r.done)
+    }
+
+    /// Earliest timer of any client.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let b = self.bindings.iter().filter_map(|b| b.client.poll_timeout());
+        let r = self.relays.iter().filter_map(|r| r.client.poll_timeout());
+        b.chain(r).min()
+    }
+
+    /// Retransmissions, timeouts, refreshes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for b in &mut self.bindings {
+            b.client.handle_timeout(now);
+        }
+        for r in &mut self.relays {
+            if r.client.poll_timeout().is_some_and(|t| t <= now) {
+                r.client.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Writes every due request into send slots. Returns false if the slots ran out.
+    pub fn transmit(&mut self, now: Instant, sendq: &mut SendQueue) -> bool {
+        for b in &mut self.bindings {
+            loop {
+                let Some(buf) = sendq.slot() else {
+                    return false;
+                };
+                let Some(t) = b.client.poll_transmit(now, buf) else {
+                    break;
+                };
+                sendq.commit(b.sock, t.destination, t.size);
+            }
+        }
+        for r in &mut self.relays {
+            loop {
+                let Some(buf) = sendq.slot() else {
+                    return false;
+                };
+                let Some(t) = r.client.poll_transmit(now, buf) else {
+                    break;
+                };
+                sendq.commit(r.sock, t.destination, t.size);
+            }
+        }
+        true
+    }
+
+    /// Client outcomes: new local candidates go to the agent, failures to the application
+    /// (and the log); once every client is done, the agent's end of gathering.
+    pub fn events(&mut self, agent: &mut IceAgent, link: Option<&AppLink>) {
+        let report = |url: &IceUrl, e: String| {
+            tracing::warn!(%url, "gathering: {e}");
+            if let Some(l) = link {
+                let _ = l.events.send(AgentEvent::GatherError {
+                    url: url.to_string(),
+                    error: e,
+                });
+            }
+        };
+        for (url, e) in self.errors.drain(..) {
+            tracing::warn!(%url, "gathering: {e}");
+            if let Some(l) = link {
+                let _ = l.events.send(AgentEvent::GatherError { url, error: e });
+            }
+        }
+        for b in &mut self.bindings {
+            match b.client.poll_event() {
+                // RFC 8445 §5.1.3: a srflx equal to a host candidate is redundant.
+                Some(BindingEvent::Mapped(a)) if self.types.host && self.hosts.contains(&a) => {
+                    tracing::debug!(url = %b.url, "mapped address {a} equals the host candidate");
+                }
+                Some(BindingEvent::Mapped(a)) => {
+                    let _ = agent.add_local_candidate(Candidate::server_reflexive(a, b.base));
+                }
+                Some(BindingEvent::Failed(e)) => report(&b.url, e.to_string()),
+                None => {}
+            }
+        }
+        for r in &mut self.relays {
+            while let Some(ev) = r.client.poll_event() {
+                match ev {
+                    ClientEvent::Allocated {
+                        relayed, mapped, ..
+                    } => {
+                        r.done = true;
+                        let _ = agent.add_local_candidate(Candidate::relayed(relayed, mapped));
+                    }
+                    ClientEvent::Failed(e) => {
+                        if !r.done {
+                            r.done = true;
+                            report(&r.url, e.to_string());
+                        } else {
+                            tracing::warn!(url = %r.url, "relay lost: {e}");
+                        }
+                    }
+                    ClientEvent::RequestFailed(e) => {
+                        tracing::debug!(url = %r.url, "TURN request failed: {e}");
+                    }
+                    ClientEvent::ChannelBound { .. }
+                    | ClientEvent::PermissionCreated(_)
+                    | ClientEvent::Refreshed { .. }
+                    | ClientEvent::Closed => {}
+                }
+            }
+        }
+        if self.end_pending && self.complete() {
+            self.end_pending = false;
+            agent.end_of_local_candidates();
+        }
+    }
+
+    /// Offers a datagram that arrived on `sock` from `from` to the clients.
+    pub fn on_datagram<'a>(
+        &mut self,
+        now: Instant,
+        sock: SocketId,
+        from: SocketAddr,
+        data: &'a [u8],
+    ) -> FromServer<'a> {
+        for b in self.bindings.iter_mut().filter(|b| b.sock == sock) {
+            if b.client.handle_packet(from, data) {
+                return FromServer::Consumed;
+            }
+        }
+        for r in self.relays.iter_mut().filter(|r| r.sock == sock) {
+            match r.client.handle_packet(now, from, data) {
+                Handled::Data { peer, data } => {
+                    return match r.client.relayed() {
+                        Some(relayed) => FromServer::Data {
+                            relayed,
+                            peer,
+                            data,
+                        },
+                        None => FromServer::Consumed,
+                    };
+                }
+                Handled::Consumed => return FromServer::Consumed,
+                Handled::NotOurs => {}
+            }
+        }
+        FromServer::NotOurs
+    }
+
+    /// Whether `addr` is one of our relayed addresses.
+    #[inline]
+    pub fn is_relayed(&self, addr: SocketAddr) -> bool {
+        self.relays.iter().any(|r| r.client.relayed() == Some(addr))
+    }
+
+    /// Writes `data` from our relayed address `relayed` to `peer` into `out` (Send
+    /// indication or ChannelData). `Some((socket, server, size))` to commit; `None` if
+    /// nothing is to be sent (no permission yet: one is being created; or an error).
+    pub fn wrap(
+        &mut self,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+        now: Instant,
+    ) -> Option<(SocketId, SocketAddr, usize)> {
+        let r = self
+            .relays
+            .iter_mut()
+            .find(|r| r.client.relayed() == Some(relayed))?;
+        match r.client.send_to(peer, data, out, now) {
+            Ok(Some(t)) => Some((r.sock, t.destination, t.size)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(url = %r.url, "cannot relay to {peer}: {e}");
+                None
+            }
+        }
+    }
+
+    /// A remote candidate: every relay of its family installs a permission for it
+    /// (RFC 8656 §9).
+    pub fn add_remote(&mut self, remote: SocketAddr, now: Instant) {
+        for r in &mut self.relays {
+            if r.client
+                .relayed()
+                .is_none_or(|a| a.is_ipv4() == remote.is_ipv4())
+            {
+                r.client.create_permission(remote, now);
+            }
+        }
+    }
+
+    /// The selected pair is (`relayed`, `remote`): bind a channel (RFC 8656 §12).
+    pub fn selected(&mut self, relayed: SocketAddr, remote: SocketAddr, now: Instant) {
+        if let Some(r) = self
+            .relays
+            .iter_mut()
+            .find(|r| r.client.relayed() == Some(relayed))
+        {
+            let _ = r.client.bind_channel(remote, now);
+        }
+    }
+
+    /// Deletes every allocation (Refresh with LIFETIME 0, RFC 8656 §7), sent at once on
+    /// the socket duplicates: the agent's sockets are closed right after, so answers and
+    /// retransmissions are not waited for (a lost request leaves the allocation to expire).
+    pub fn close(&mut self, now: Instant, buf: &mut [u8]) {
+        for r in &mut self.relays {
+            if r.client.is_finished() {
+                continue;
+            }
+            r.client.close(now);
+            let Some((_, sock)) = self.ctl.iter().find(|(id, _)| *id == r.sock) else {
+                continue;
+            };
+            while let Some(t) = r.client.poll_transmit(now, buf) {
+                if let Err(e) = sock.send_to(&buf[..t.size], t.destination) {
+                    tracing::debug!(url = %r.url, "cannot delete the allocation: {e}");
+                }
+            }
+        }
+    }
+}

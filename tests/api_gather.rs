@@ -1,0 +1,306 @@
+//! Server-reflexive and relayed candidates for API agents (dedicated sockets), gathered
+//! and relayed by the shard's STUN/TURN clients, against our own STUN/TURN server running
+//! in-process (an `icering serve` engine: static user, loopback peers allowed) on
+//! loopback.
+//!
+//! On loopback nothing is translated, so the server-reflexive address always equals the
+//! host candidate and is dropped as redundant (RFC 8445 §5.1.3). What shows the Binding
+//! exchange really happened: gathering ends without a `GatherError` (the other outcome of
+//! the Binding client is a timeout or an error response), the server counts the answer,
+//! and an agent gathering srflx candidates only (no host candidate to be redundant with)
+//! gets the srflx candidate the server reported.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use icering::ice::CandidateKind;
+use icering::turn::server::ServerStats;
+use icering::{
+    Agent, AgentEvent, AgentOptions, ApiError, Candidate, CandidateTypes, Config, Conn,
+    ConnectionState, Engine, NetworkType, ServerUrl,
+};
+
+/// The STUN/TURN server: one shard on 127.0.0.1, user alice:secret, relays to loopback.
+fn server() -> Engine {
+    let mut c = Config::embedded();
+    c.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.server.shards = 1;
+    c.turn.users = vec!["alice:secret".into()];
+    c.turn.allow_loopback_peers = true;
+    Engine::start(&c).unwrap()
+}
+
+/// The engine hosting the agents (no server of its own), two shards.
+fn agents() -> Engine {
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 2;
+    Engine::start(&c).unwrap()
+}
+
+fn base_opts() -> AgentOptions {
+    AgentOptions::default()
+        .loopback_only()
+        .with_network_types(&[NetworkType::Udp4])
+}
+
+fn stun_url(server: SocketAddr) -> String {
+    format!("stun:{server}")
+}
+
+fn turn_url(server: SocketAddr) -> String {
+    format!("turn:{server}?transport=udp")
+}
+
+fn only(host: bool, srflx: bool, relay: bool) -> CandidateTypes {
+    CandidateTypes { host, srflx, relay }
+}
+
+/// Polls the server's counters until `f` holds (they are published once per loop turn).
+fn wait_server(engine: &Engine, what: &str, f: impl Fn(&ServerStats) -> bool) -> ServerStats {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = engine.server_stats();
+        if f(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What one agent's gathering produced, up to `Candidate(None)`.
+#[derive(Debug, Default)]
+struct Gathered {
+    candidates: Vec<Candidate>,
+    errors: Vec<(String, String)>,
+}
+
+impl Gathered {
+    fn of(&self, kind: CandidateKind) -> Vec<&Candidate> {
+        self.candidates.iter().filter(|c| c.kind == kind).collect()
+    }
+}
+
+/// Gathers on `agent`, draining its events until the end of gathering. Every candidate
+/// also goes to `peer` (trickle), then the end of candidates.
+async fn gather(agent: &mut Agent, peer: Option<&Agent>) -> Gathered {
+    let mut events = agent.take_events().unwrap();
+    agent.gather_candidates().unwrap();
+    let mut g = Gathered::default();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .expect("gathering ends")
+            .expect("agent alive");
+        match ev {
+            AgentEvent::Candidate(Some(c)) => {
+                if let Some(p) = peer {
+                    p.add_remote_candidate((*c).clone()).unwrap();
+                }
+                g.candidates.push(*c);
+            }
+            AgentEvent::Candidate(None) => break,
+            AgentEvent::GatherError { url, error } => g.errors.push((url, error)),
+            other => panic!("before end of gathering: {other:?}"),
+        }
+    }
+    if let Some(p) = peer {
+        p.end_of_remote_candidates();
+    }
+    g
+}
+
+async fn connect(a: &Agent, b: &Agent) -> (Conn, Conn) {
+    let (ua, pa) = a.local_credentials();
+    let (ub, pb) = b.local_credentials();
+    let (ca, cb) = tokio::join!(a.dial(&ub, &pb), b.accept(&ua, &pa));
+    (ca.expect("dial"), cb.expect("accept"))
+}
+
+/// Sends `m` from `from` until `to` receives it. The first datagrams on a relayed pair
+/// may precede the far side's permission (dropped, UDP semantics): resend on silence.
+async fn deliver(from: &Conn, to: &mut Conn, m: &str) {
+    let got = loop {
+        from.send(Bytes::from(m.to_owned())).await.unwrap();
+        if let Ok(got) = tokio::time::timeout(Duration::from_millis(500), to.recv()).await {
+            break got.unwrap();
+        }
+    };
+    assert_eq!(&got[..], m.as_bytes());
+}
+
+/// `n` datagrams each way, each checked on arrival.
+async fn exchange(ca: &mut Conn, cb: &mut Conn, n: usize) {
+    for i in 0..n {
+        deliver(ca, cb, &format!("ping {i}")).await;
+        deliver(cb, ca, &format!("pong {i}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathers_relay_and_drops_the_redundant_srflx() {
+    let srv = server();
+    let at = srv.server_addrs()[0];
+    let engine = agents();
+    let opts = base_opts()
+        .with_urls(&[&stun_url(at)])
+        .with_turn(&turn_url(at), "alice", "secret");
+    let mut a = engine.agent(opts).unwrap();
+    let g = gather(&mut a, None).await;
+    assert!(g.errors.is_empty(), "{g:?}");
+    let hosts = g.of(CandidateKind::Host);
+    let relays = g.of(CandidateKind::Relayed);
+    assert_eq!(hosts.len(), 1, "{g:?}");
+    // Loopback: the mapped address is the host candidate, so no srflx candidate.
+    assert!(g.of(CandidateKind::ServerReflexive).is_empty(), "{g:?}");
+    assert_eq!(relays.len(), 1, "{g:?}");
+    let (host, relay) = (hosts[0], relays[0]);
+    assert!(relay.addr.ip().is_loopback(), "{relay:?}");
+    assert_ne!(relay.addr, host.addr);
+    assert_ne!(relay.addr.port(), at.port());
+    // raddr of a relayed candidate: the client as the server saw it (= host here).
+    assert_eq!(relay.related, Some(host.addr));
+
+    // The Binding answer and the Allocate success; one allocation lives.
+    let s = wait_server(&srv, "answers", |s| s.answered >= 2 && s.allocations() == 1);
+    assert_eq!(s.allocations_created, 1, "{s:?}");
+    // One 401 (the unauthenticated first Allocate), no wrong credentials.
+    assert_eq!(s.auth_failures, 0, "{s:?}");
+
+    // Close deletes the allocation (Refresh with LIFETIME 0).
+    a.close();
+    wait_server(&srv, "allocation deleted", |s| s.allocations() == 0);
+    engine.shutdown().unwrap();
+    srv.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srflx_only_agent_gets_the_mapped_address() {
+    let srv = server();
+    let at = srv.server_addrs()[0];
+    let engine = agents();
+    let opts = base_opts()
+        .with_urls(&[&stun_url(at)])
+        .with_candidate_types(only(false, true, false));
+    let mut a = engine.agent(opts).unwrap();
+    let g = gather(&mut a, None).await;
+    assert!(g.errors.is_empty(), "{g:?}");
+    assert_eq!(g.candidates.len(), 1, "{g:?}");
+    let c = &g.candidates[0];
+    assert_eq!(c.kind, CandidateKind::ServerReflexive);
+    // No NAT on loopback: mapped = base, and the base is the raddr.
+    assert!(c.addr.ip().is_loopback(), "{c:?}");
+    assert_eq!(c.related, Some(c.base));
+    assert_eq!(c.addr, c.base);
+    wait_server(&srv, "binding answered", |s| s.answered >= 1);
+    a.close();
+    engine.shutdown().unwrap();
+    srv.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_agent_connects_through_the_relay() {
+    let srv = server();
+    let at = srv.server_addrs()[0];
+    let engine = agents();
+    let relay_only = base_opts()
+        .with_turn(&turn_url(at), "alice", "secret")
+        .with_candidate_types(only(false, false, true));
+    let mut a = engine.agent(relay_only).unwrap();
+    let mut b = engine.agent(base_opts()).unwrap();
+    let ga = gather(&mut a, Some(&b)).await;
+    let gb = gather(&mut b, Some(&a)).await;
+    assert!(ga.errors.is_empty(), "{ga:?}");
+    assert_eq!(ga.candidates.len(), 1, "{ga:?}");
+    let relayed = ga.candidates[0].clone();
+    assert_eq!(relayed.kind, CandidateKind::Relayed);
+    assert_eq!(gb.of(CandidateKind::Host).len(), 1, "{gb:?}");
+
+    let (mut ca, mut cb) = connect(&a, &b).await;
+    // The only pair: a's relayed address ↔ b's host, seen the same from both ends.
+    let (sa, sb) = (ca.stats().await.unwrap(), cb.stats().await.unwrap());
+    let (la, ra) = sa.selected.expect("a selected");
+    let (lb, rb) = sb.selected.expect("b selected");
+    assert_eq!(la, relayed.addr);
+    assert_eq!(rb, relayed.addr);
+    assert_eq!(ra, gb.candidates[0].addr);
+    assert_eq!(lb, gb.candidates[0].base);
+
+    exchange(&mut ca, &mut cb, 5).await;
+    for s in [ca.stats().await.unwrap(), cb.stats().await.unwrap()] {
+        assert!(s.packets_received >= 5, "{s:?}");
+        assert!(matches!(
+            s.state,
+            ConnectionState::Connected | ConnectionState::Completed
+        ));
+    }
+    // Everything went through the relay both ways (checks and data).
+    wait_server(&srv, "relayed both ways", |s| {
+        s.relayed_to_peer >= 5 && s.relayed_to_client >= 5
+    });
+
+    a.close();
+    b.close();
+    wait_server(&srv, "allocation deleted", |s| s.allocations() == 0);
+    engine.shutdown().unwrap();
+    srv.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_turn_password_is_reported_and_host_still_works() {
+    let srv = server();
+    let at = srv.server_addrs()[0];
+    let engine = agents();
+    let bad = base_opts().with_turn(&turn_url(at), "alice", "not-the-password");
+    let mut a = engine.agent(bad).unwrap();
+    let mut b = engine.agent(base_opts()).unwrap();
+    let ga = gather(&mut a, Some(&b)).await;
+    gather(&mut b, Some(&a)).await;
+    assert!(ga.of(CandidateKind::Relayed).is_empty(), "{ga:?}");
+    assert_eq!(ga.of(CandidateKind::Host).len(), 1, "{ga:?}");
+    assert_eq!(ga.errors.len(), 1, "{ga:?}");
+    let (url, error) = &ga.errors[0];
+    assert_eq!(url, &turn_url(at));
+    assert!(error.contains("401"), "{error}");
+    let s = wait_server(&srv, "auth failure", |s| s.auth_failures >= 1);
+    assert_eq!(s.allocations(), 0, "{s:?}");
+
+    // Nothing else broke: the host pair connects and carries data.
+    let (mut ca, mut cb) = connect(&a, &b).await;
+    exchange(&mut ca, &mut cb, 2).await;
+    engine.shutdown().unwrap();
+    srv.shutdown().unwrap();
+}
+
+#[test]
+fn unsupported_or_invalid_urls_are_refused() {
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 1;
+    c.ice.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let engine = Engine::start(&c).unwrap();
+    let stun = AgentOptions::default().with_urls(&["stun:127.0.0.1:3478"]);
+    assert!(matches!(
+        engine.agent(stun.clone().with_mux(true)),
+        Err(ApiError::Unsupported(_))
+    ));
+    let tcp = AgentOptions::default().with_turn("turn:127.0.0.1?transport=tcp", "u", "p");
+    assert!(matches!(engine.agent(tcp), Err(ApiError::Unsupported(_))));
+    let tls = AgentOptions::default().with_turn("turns:127.0.0.1", "u", "p");
+    assert!(matches!(engine.agent(tls), Err(ApiError::Unsupported(_))));
+    let no_user = AgentOptions::default().with_urls(&["turn:127.0.0.1"]);
+    assert!(matches!(engine.agent(no_user), Err(ApiError::Invalid(_))));
+    let bad = AgentOptions::default().with_urls(&["stun://127.0.0.1"]);
+    assert!(matches!(engine.agent(bad), Err(ApiError::Invalid(_))));
+    // The credential never shows in debug output.
+    let dbg = format!("{:?}", ServerUrl::turn("turn:h", "u", "hunter2"));
+    assert!(!dbg.contains("hunter2"), "{dbg}");
+    // A valid STUN URL on a dedicated agent is accepted.
+    assert!(engine.agent(stun).is_ok());
+    engine.shutdown().unwrap();
+}
