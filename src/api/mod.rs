@@ -17,6 +17,9 @@
 //! port range, registered with the owning shard's io backend) or, with
 //! [`AgentOptions::mux`], from the shard's shared `[ice] listen` sockets, which serve
 //! thousands of agents on one port (see `docs/agents.md` for routing and handoff).
+//! Agents on dedicated sockets also gather server-reflexive and relayed candidates from
+//! the STUN/TURN servers in [`AgentOptions::urls`]; the shard drives those clients and
+//! relays a relayed pair's checks and data transparently.
 //!
 //! # Example: two agents on one engine, connected over loopback
 //!
