@@ -252,6 +252,38 @@ async fn relay_only_agent_connects_through_the_relay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relay_only_agents_connect_relay_to_relay() {
+    let srv = server();
+    let at = srv.server_addrs()[0];
+    let engine = agents();
+    let relay_only = base_opts()
+        .with_turn(&turn_url(at), "alice", "secret")
+        .with_candidate_types(only(false, false, true));
+    let mut a = engine.agent(relay_only.clone()).unwrap();
+    let mut b = engine.agent(relay_only).unwrap();
+    let ga = gather(&mut a, Some(&b)).await;
+    let gb = gather(&mut b, Some(&a)).await;
+    assert_eq!(ga.of(CandidateKind::Relayed).len(), 1, "{ga:?}");
+    assert_eq!(gb.of(CandidateKind::Relayed).len(), 1, "{gb:?}");
+    let (ra, rb) = (ga.candidates[0].addr, gb.candidates[0].addr);
+    assert_eq!(srv.server_stats().allocations(), 2);
+
+    let (mut ca, mut cb) = connect(&a, &b).await;
+    assert_eq!(ca.stats().await.unwrap().selected, Some((ra, rb)));
+    assert_eq!(cb.stats().await.unwrap().selected, Some((rb, ra)));
+    exchange(&mut ca, &mut cb, 3).await;
+    // Each datagram crosses the relay twice (client → relay a → relay b → client).
+    wait_server(&srv, "relayed", |s| {
+        s.relayed_to_peer >= 6 && s.relayed_to_client >= 6
+    });
+    drop((ca, cb));
+    drop((a, b));
+    wait_server(&srv, "allocations deleted", |s| s.allocations() == 0);
+    engine.shutdown().unwrap();
+    srv.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_turn_password_is_reported_and_host_still_works() {
     let srv = server();
     let at = srv.server_addrs()[0];
