@@ -9,6 +9,7 @@
 mod common;
 mod nat;
 
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
@@ -177,6 +178,102 @@ fn routed_without_nat_host_pair_through_loss_and_delay() {
             assert_eq!(k, "host", "{s:?}");
         }
     }
+}
+
+/// The lab part of scenario 5: with UDP to the TURN port dropped at the routers, coturn in
+/// the public namespace answers a STUN Binding over TCP from behind the NAT (seen at the
+/// router's address), and not over UDP.
+#[test]
+fn lab_blocks_udp_to_the_turn_port_but_tcp_reaches_coturn() {
+    let name = "lab_blocks_udp_to_the_turn_port_but_tcp_reaches_coturn";
+    if !lab_or_skip(name) || !nat::tool_or_skip(name, "turnserver") {
+        return;
+    }
+    let mut lab = Lab::new(&Spec {
+        nat_a: Nat::Symmetric,
+        nat_b: Nat::Symmetric,
+        impair_a: None,
+        block_udp_port: Some(TURN_PORT),
+    })
+    .unwrap();
+    lab.start_coturn().unwrap();
+    let mut req = [0u8; 64];
+    let n = common::binding_request([7; 12], &mut req);
+
+    let udp = host_socket(&lab, true);
+    for _ in 0..3 {
+        udp.send_to(&req[..n], server(SERVER)).unwrap();
+        assert!(!receives(&udp), "UDP to the TURN port passed the block");
+    }
+
+    let mut tcp = in_ns(&lab.host_a, || {
+        std::net::TcpStream::connect_timeout(&server(SERVER), Duration::from_secs(5))
+    })
+    .unwrap()
+    .expect("TCP to coturn through the NAT");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(&req[..n]).unwrap();
+    let mut head = [0u8; 20];
+    tcp.read_exact(&mut head).unwrap();
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let mut msg = head.to_vec();
+    msg.resize(20 + len, 0);
+    tcp.read_exact(&mut msg[20..]).unwrap();
+    let m = icering::stun::Message::parse(&msg).expect("coturn's answer parses");
+    assert_eq!(m.transaction_id(), &[7; 12]);
+    assert_eq!(m.class(), icering::stun::Class::Success);
+    let mapped = m.xor_mapped_address().expect("XOR-MAPPED-ADDRESS").unwrap();
+    assert_eq!(ip(mapped), IpAddr::V4(ROUTER_A_WAN), "seen through the NAT");
+}
+
+/// A panicking test still removes its namespaces (and so its veths, rules and processes).
+#[test]
+fn lab_is_torn_down_when_the_test_panics() {
+    if !lab_or_skip("lab_is_torn_down_when_the_test_panics") {
+        return;
+    }
+    let names = std::sync::Mutex::new(Vec::new());
+    let ping = std::sync::Mutex::new(None);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut lab = Lab::new(&Spec {
+            nat_a: Nat::Symmetric,
+            nat_b: Nat::None,
+            impair_a: Some(Impair {
+                loss_percent: 20,
+                delay: Duration::from_millis(100),
+            }),
+            block_udp_port: None,
+        })
+        .unwrap();
+        lab.start_icering_serve().unwrap();
+        *ping.lock().unwrap() = Some(lab.spawn_ping(true, &[]).unwrap());
+        *names.lock().unwrap() = vec![
+            lab.public.clone(),
+            lab.router_a.clone(),
+            lab.router_b.clone(),
+            lab.host_a.clone(),
+            lab.host_b.clone(),
+        ];
+        let listed = nat::run(&["ip", "netns", "list"]).unwrap();
+        for n in names.lock().unwrap().iter() {
+            assert!(listed.contains(n.as_str()), "{n} not created: {listed}");
+        }
+        panic!("deliberate");
+    }));
+    assert!(r.is_err());
+    let listed = nat::run(&["ip", "netns", "list"]).unwrap();
+    let names = names.into_inner().unwrap();
+    assert_eq!(names.len(), 5);
+    for n in &names {
+        assert!(!listed.contains(n.as_str()), "{n} left behind: {listed}");
+    }
+    let status = ping.into_inner().unwrap().unwrap().wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the ping inside was killed"
+    );
 }
 
 /// Asserts a direct (NAT-traversed) pair: no relay; each side's remote is the peer's NAT
