@@ -39,6 +39,7 @@ fn flags(parts: &[Vec<String>]) -> Vec<String> {
 
 /// Both sides exited 0 after 3 messages each way; returns both selected pairs.
 fn exchanged(a: &PingRun, b: &PingRun) -> (Selected, Selected) {
+    eprintln!("--- A (controlling)\n{}\n--- B (controlled)\n{}", a.text, b.text);
     a.assert_exchanged(true, 3, b);
     b.assert_exchanged(false, 3, a);
     let sa = a
