@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use icering::config::{Config, IoBackendChoice};
-use icering::ping::PingConfig;
+use icering::ice::IceUrl;
+use icering::ping::{CandidateTypes, PingConfig, Servers};
 use icering::shard::Runtime;
 
 #[global_allocator]
@@ -68,12 +69,22 @@ struct PingArgs {
     /// Give up (exit 1) after this many seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// STUN server for server-reflexive candidates (not yet supported).
+    /// STUN server URL (`stun:host[:port]`) for a server-reflexive candidate (repeatable).
     #[arg(long, value_name = "URL")]
-    stun: Option<String>,
-    /// TURN server for relayed candidates (not yet supported).
+    stun: Vec<String>,
+    /// TURN server URL (`turn:host[:port][?transport=udp|tcp]`) for a relayed candidate
+    /// (repeatable; needs --turn-user and --turn-pass).
     #[arg(long, value_name = "URL")]
-    turn: Option<String>,
+    turn: Vec<String>,
+    /// TURN long-term credential user name.
+    #[arg(long, value_name = "NAME")]
+    turn_user: Option<String>,
+    /// TURN long-term credential password.
+    #[arg(long, value_name = "PASS")]
+    turn_pass: Option<String>,
+    /// Local candidate types to gather, comma-separated: host,srflx,relay.
+    #[arg(long, value_name = "TYPES", default_value = "host,srflx,relay")]
+    candidate_types: String,
 }
 
 fn seconds(what: &str, s: f64) -> Result<Duration, String> {
@@ -84,16 +95,29 @@ fn seconds(what: &str, s: f64) -> Result<Duration, String> {
 }
 
 fn ping(args: PingArgs) -> Result<(), String> {
-    if let Some(url) = &args.stun {
-        return Err(format!(
-            "--stun {url}: server-reflexive gathering is not yet supported by `icering ping`"
-        ));
+    let parse = |flag: &str, u: &String| IceUrl::parse(u).map_err(|e| format!("--{flag} {u}: {e}"));
+    let stun = args
+        .stun
+        .iter()
+        .map(|u| parse("stun", u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let turn = args
+        .turn
+        .iter()
+        .map(|u| parse("turn", u))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(u) = turn.iter().find(|u| !u.scheme.is_turn()) {
+        return Err(format!("--turn {u}: not a turn: or turns: URL"));
     }
-    if let Some(url) = &args.turn {
-        return Err(format!(
-            "--turn {url}: relayed gathering is not yet supported by `icering ping`"
-        ));
-    }
+    let (user, pass) = match (&args.turn_user, &args.turn_pass) {
+        (Some(u), Some(p)) => (u.clone(), p.clone()),
+        (None, None) if turn.is_empty() => (String::new(), String::new()),
+        _ => return Err("--turn needs both --turn-user and --turn-pass".into()),
+    };
+    let candidate_types: CandidateTypes = args
+        .candidate_types
+        .parse()
+        .map_err(|e| format!("--candidate-types: {e}"))?;
     let controlling = args.controlling;
     let (listen, remote) = PingConfig::default_signalling(controlling);
     let cfg = PingConfig {
@@ -104,6 +128,13 @@ fn ping(args: PingArgs) -> Result<(), String> {
         interval: seconds("interval", args.interval)?,
         count: args.count,
         timeout: seconds("timeout", args.timeout)?,
+        servers: Servers {
+            stun,
+            turn,
+            user,
+            pass,
+        },
+        candidate_types,
     };
     icering::ping::run(&cfg)
 }

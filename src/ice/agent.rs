@@ -190,6 +190,20 @@ impl IceAgent {
         self.selected.map(|s| (s.local, s.remote))
     }
 
+    /// The selected pair's local and remote candidates. The local one is the candidate
+    /// that was paired: a server-reflexive candidate pairs as its base, the host
+    /// candidate, when that is a local candidate too (RFC 8445 §6.1.2.4).
+    pub fn selected_candidates(&self) -> Option<(&Candidate, &Candidate)> {
+        let p = self
+            .checklist
+            .pairs
+            .get(usize::from(self.selected?.pair?))?;
+        Some((
+            self.locals.get(usize::from(p.local))?,
+            self.remotes.get(usize::from(p.remote))?,
+        ))
+    }
+
     /// Round-trip time last measured on the selected pair.
     pub fn selected_rtt(&self) -> Option<Duration> {
         let i = self.selected?.pair?;

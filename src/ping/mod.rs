@@ -11,6 +11,7 @@
 //! credentials have arrived (pion panics on a candidate before credentials). Incoming
 //! credentials and candidates are accepted in any order.
 
+pub mod gather;
 pub mod signal;
 
 use std::io;
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
 use crate::net::Received;
+pub use gather::{CandidateTypes, Servers};
+use gather::{Gatherer, Relayed};
 use signal::{Remote, Signal};
 
 /// Settings of one `icering ping` run.
@@ -39,6 +42,10 @@ pub struct PingConfig {
     pub count: Option<u64>,
     /// Give up after this long.
     pub timeout: Duration,
+    /// STUN/TURN servers for server-reflexive and relayed candidates.
+    pub servers: Servers,
+    /// Which local candidate types the agent gets.
+    pub candidate_types: CandidateTypes,
 }
 
 impl PingConfig {
@@ -120,10 +127,18 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
 
-    agent
-        .add_local_candidate(Candidate::host(local_addr))
-        .map_err(|e| e.to_string())?;
-    agent.end_of_local_candidates();
+    if cfg.candidate_types.host {
+        agent
+            .add_local_candidate(Candidate::host(local_addr))
+            .map_err(|e| e.to_string())?;
+    }
+    let mut gatherer = Gatherer::start(
+        &cfg.servers,
+        cfg.candidate_types,
+        local_addr,
+        seed,
+        Instant::now(),
+    );
     agent.handle_timeout(Instant::now());
 
     let mut have_remote_creds = false;
@@ -131,7 +146,6 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
     let mut pending_remote: Vec<Candidate> = Vec::new();
     let mut state = agent.state();
     let mut sent: u64 = 0;
-    let mut received: u64 = 0;
     let mut next_send: Option<Instant> = None;
     let mut done_at: Option<Instant> = None;
     let linger = (cfg.interval * 2).max(Duration::from_millis(500));
@@ -142,19 +156,26 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
     };
     let mut out = [0u8; 1500];
     let mut buf = [0u8; 2048];
+    let mut wrap = [0u8; 2048];
+    let mut relayed: Vec<Relayed> = Vec::new();
+    let mut app = App {
+        received: 0,
+        peer_word,
+    };
 
     loop {
         let now = Instant::now();
         if now >= deadline {
             return Err(format!(
-                "timed out after {:?} (state {state:?}, sent {sent}, received {received})",
-                cfg.timeout
+                "timed out after {:?} (state {state:?}, sent {sent}, received {})",
+                cfg.timeout, app.received
             ));
         }
         if let Some(t) = done_at
             && now >= t
         {
-            say(format_args!("done: sent {sent}, received {received}"));
+            say(format_args!("done: sent {sent}, received {}", app.received));
+            gatherer.close(&socket, now, &mut wrap);
             return Ok(());
         }
         if let Ok(e) = post_err_rx.try_recv() {
@@ -172,7 +193,7 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
                     if !have_remote_creds {
                         have_remote_creds = true;
                         for c in pending_remote.drain(..) {
-                            add_remote(&mut agent, c);
+                            add_remote(&mut agent, &mut gatherer, c);
                         }
                         for c in pending_local.drain(..) {
                             let _ = post_tx.send(Post::Candidate(c));
@@ -181,7 +202,7 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
                 }
                 Ok(Signal::RemoteCandidate(c)) => {
                     if have_remote_creds {
-                        add_remote(&mut agent, c);
+                        add_remote(&mut agent, &mut gatherer, c);
                     } else {
                         pending_remote.push(c);
                     }
@@ -194,12 +215,29 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
             agent.handle_timeout(Instant::now());
         }
 
-        // Timers and outgoing STUN.
+        // Gathering: srflx and relay candidates as they appear, then the end.
         let now = Instant::now();
+        let mut found = Vec::new();
+        let complete = gatherer.drive(&socket, now, &mut wrap, &mut |c| found.push(c));
+        for c in found {
+            if let Err(e) = agent.add_local_candidate(c) {
+                say(format_args!("local candidate refused: {e}"));
+            }
+        }
+        if complete {
+            agent.end_of_local_candidates();
+        }
+        // Data relayed over TCP.
+        gatherer.poll_tcp(now, &mut relayed);
+        for r in relayed.drain(..) {
+            app.deliver(&mut agent, now, r.peer, r.relayed, &r.data);
+        }
+
+        // Timers and outgoing STUN (checks from a relayed candidate go through TURN).
         if agent.poll_timeout().is_some_and(|t| t <= now) {
             agent.handle_timeout(now);
         }
-        flush(&mut agent, &socket, now, &mut out);
+        flush(&mut agent, &mut gatherer, &socket, now, &mut out, &mut wrap);
 
         // Events.
         while let Some(ev) = agent.poll_event() {
@@ -219,14 +257,26 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
                     say(format_args!("ice state: {s:?}"));
                     match s {
                         ConnectionState::Failed => {
-                            return Err(format!("ICE failed (sent {sent}, received {received})"));
+                            return Err(format!(
+                                "ICE failed (sent {sent}, received {})",
+                                app.received
+                            ));
                         }
                         ConnectionState::Closed => return Err("ICE agent closed".into()),
                         _ => {}
                     }
                 }
                 IceEvent::SelectedPair { local, remote } => {
-                    say(format_args!("selected pair: {local} -> {remote}"));
+                    let kinds = agent
+                        .selected_candidates()
+                        .map(|(l, r)| (l.kind.as_str(), r.kind.as_str()));
+                    let (lk, rk) = kinds.unwrap_or(("?", "?"));
+                    say(format_args!(
+                        "selected pair: {local} ({lk}) -> {remote} ({rk})"
+                    ));
+                    if gatherer.is_relayed(local) {
+                        gatherer.selected(local, remote, Instant::now());
+                    }
                 }
                 IceEvent::RoleChanged { controlling } => {
                     say(format_args!("role changed: controlling={controlling}"));
@@ -239,15 +289,26 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
             state,
             ConnectionState::Connected | ConnectionState::Completed
         );
-        if connected && let Some((_, remote_addr)) = agent.selected_pair() {
+        if connected && let Some((local_sel, remote_addr)) = agent.selected_pair() {
             let now = Instant::now();
             let due = *next_send.get_or_insert(now);
             if now >= due {
                 sent += 1;
                 let msg = format!("{word} {sent}");
-                match socket.send_to(msg.as_bytes(), remote_addr) {
-                    Ok(_) => say(format_args!("sent: {msg}")),
-                    Err(e) => say(format_args!("send error: {e}")),
+                if gatherer.send_relayed(
+                    &socket,
+                    local_sel,
+                    remote_addr,
+                    msg.as_bytes(),
+                    &mut wrap,
+                    now,
+                ) {
+                    say(format_args!("sent: {msg}"));
+                } else {
+                    match socket.send_to(msg.as_bytes(), remote_addr) {
+                        Ok(_) => say(format_args!("sent: {msg}")),
+                        Err(e) => say(format_args!("send error: {e}")),
+                    }
                 }
                 next_send = Some(due + cfg.interval);
             }
@@ -255,15 +316,20 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
         if let Some(n) = cfg.count
             && done_at.is_none()
             && sent >= n
-            && received >= n
+            && app.received >= n
         {
             done_at = Some(Instant::now() + linger);
         }
 
         // Wait for a datagram until the next thing to do (capped so signals are seen).
         let now = Instant::now();
-        let mut wake = now + Duration::from_millis(20);
+        // TURN over TCP frames arrive on a channel: poll it often.
+        let cap = if gatherer.has_tcp() { 2 } else { 20 };
+        let mut wake = now + Duration::from_millis(cap);
         if let Some(t) = agent.poll_timeout() {
+            wake = wake.min(t);
+        }
+        if let Some(t) = gatherer.poll_timeout() {
             wake = wake.min(t);
         }
         if connected && let Some(t) = next_send {
@@ -278,21 +344,11 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
         match socket.recv_from(&mut buf) {
             Ok((n, source)) => {
                 let now = Instant::now();
-                let handled = agent.handle_packet(
-                    now,
-                    Received {
-                        source,
-                        destination: local_addr,
-                        contents: &buf[..n],
-                    },
-                );
-                if handled == Handled::Data {
-                    received += 1;
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    say(format_args!("received: {text}"));
-                    if !text.starts_with(peer_word) {
-                        say(format_args!("(unexpected message from {source})"));
-                    }
+                if !gatherer.handle_udp(now, source, &buf[..n], &mut relayed) {
+                    app.deliver(&mut agent, now, source, local_addr, &buf[..n]);
+                }
+                for r in relayed.drain(..) {
+                    app.deliver(&mut agent, now, r.peer, r.relayed, &r.data);
                 }
             }
             Err(e)
@@ -307,15 +363,62 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
     }
 }
 
-fn add_remote(agent: &mut IceAgent, c: Candidate) {
+/// Application messages received.
+struct App {
+    received: u64,
+    peer_word: &'static str,
+}
+
+impl App {
+    /// Feeds a datagram to the agent (`source` → `destination`, a relayed address when it
+    /// came through TURN) and prints it if it is application data.
+    fn deliver(
+        &mut self,
+        agent: &mut IceAgent,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
+        let handled = agent.handle_packet(
+            now,
+            Received {
+                source,
+                destination,
+                contents: data,
+            },
+        );
+        if handled == Handled::Data {
+            self.received += 1;
+            let text = String::from_utf8_lossy(data);
+            say(format_args!("received: {text}"));
+            if !text.starts_with(self.peer_word) {
+                say(format_args!("(unexpected message from {source})"));
+            }
+        }
+    }
+}
+
+fn add_remote(agent: &mut IceAgent, gatherer: &mut Gatherer, c: Candidate) {
     say(format_args!("remote candidate: {}", c.to_sdp()));
+    gatherer.add_remote(c.addr, Instant::now());
     if let Err(e) = agent.add_remote_candidate(c) {
         say(format_args!("remote candidate ignored: {e}"));
     }
 }
 
-fn flush(agent: &mut IceAgent, socket: &UdpSocket, now: Instant, out: &mut [u8]) {
+fn flush(
+    agent: &mut IceAgent,
+    gatherer: &mut Gatherer,
+    socket: &UdpSocket,
+    now: Instant,
+    out: &mut [u8],
+    wrap: &mut [u8],
+) {
     while let Some(t) = agent.poll_transmit(now, out) {
+        if gatherer.send_relayed(socket, t.source, t.destination, &out[..t.size], wrap, now) {
+            continue;
+        }
         if let Err(e) = socket.send_to(&out[..t.size], t.destination) {
             say(format_args!("send to {} failed: {e}", t.destination));
         }
