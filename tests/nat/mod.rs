@@ -243,6 +243,9 @@ pub struct Lab {
     created: Vec<String>,
     wires: Vec<Wire>,
     servers: Vec<Child>,
+    /// Every line the servers logged, in order.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+    coturn_log: Option<PathBuf>,
     files: Vec<PathBuf>,
     /// How the impaired link was made ("netem" or "userspace wire"), if there is one.
     pub impairment: Option<&'static str>,
@@ -281,6 +284,8 @@ impl Lab {
             created: Vec::new(),
             wires: Vec::new(),
             servers: Vec::new(),
+            log: Arc::default(),
+            coturn_log: None,
             files: Vec::new(),
             impairment: None,
         };
@@ -454,6 +459,15 @@ impl Lab {
         Ok(path)
     }
 
+    /// What the servers in the public namespace logged so far.
+    pub fn server_log(&self) -> String {
+        let mut text = self.log.lock().unwrap().join("\n");
+        if let Some(path) = &self.coturn_log {
+            text += &std::fs::read_to_string(path).unwrap_or_default();
+        }
+        text
+    }
+
     /// Packets the userspace wire forwarded and dropped (`None` without one, e.g. netem).
     pub fn wire_stats(&self) -> Option<(u64, u64)> {
         self.wires.first().map(|w| {
@@ -487,17 +501,20 @@ impl Lab {
 
     /// Starts coturn's `turnserver` in the public namespace on [`SERVER`]:[`TURN_PORT`]
     /// (UDP and TCP), the same user and realm: the TURN-over-TCP server, since `icering
-    /// serve` has no TCP listener yet.
+    /// serve` has no TCP listener yet. Its log goes to a file [`Lab::server_log`] reads.
     pub fn start_coturn(&mut self) -> Result<(), String> {
-        let pidfile = std::env::temp_dir().join(format!("{}-turnserver.pid", self.id));
-        self.files.push(pidfile.clone());
-        let db = std::env::temp_dir().join(format!("{}-turndb", self.id));
-        self.files.push(db.clone());
+        let tmp = std::env::temp_dir();
+        let pidfile = tmp.join(format!("{}-turnserver.pid", self.id));
+        let db = tmp.join(format!("{}-turndb", self.id));
+        let log = tmp.join(format!("{}-turnserver.log", self.id));
+        self.files
+            .extend([pidfile.clone(), db.clone(), log.clone()]);
+        self.coturn_log = Some(log.clone());
         let server = SERVER.to_string();
         let user = format!("{TURN_USER}:{TURN_PASS}");
         let port = TURN_PORT.to_string();
         let public = self.public.clone();
-        let child = spawn_in(
+        let mut child = spawn_in(
             &public,
             &[
                 "turnserver",
@@ -520,24 +537,47 @@ impl Lab {
                 "--no-tls",
                 "--no-dtls",
                 "--no-cli",
+                "--verbose",
+                "--no-stdout-log",
                 "--log-file",
-                "stdout",
+                log.to_str().unwrap(),
                 "--simple-log",
                 "--pidfile",
                 pidfile.to_str().unwrap(),
                 "--db",
                 db.to_str().unwrap(),
             ],
-            Stdio::piped(),
+            Stdio::null(),
             Stdio::null(),
         )?;
-        // coturn logs its listeners once they are open; the TCP one names the address.
-        self.wait_ready(
-            child,
-            |l| l.contains("Total General servers") || l.contains("Relay ports initialization"),
-            1,
-            "turnserver",
-        )
+        // Ready once its TCP listener accepts.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = in_ns(&public, || {
+                std::net::TcpStream::connect_timeout(
+                    &SocketAddr::from((SERVER, TURN_PORT)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })?;
+            if up {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "turnserver exited ({status}): {}",
+                    self.server_log()
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("turnserver did not listen: {}", self.server_log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.servers.push(child);
+        Ok(())
     }
 
     fn wait_ready(
@@ -547,14 +587,13 @@ impl Lab {
         want: usize,
         what: &str,
     ) -> Result<(), String> {
-        let out: Box<dyn std::io::Read + Send> = match (child.stderr.take(), child.stdout.take()) {
-            (Some(e), _) => Box::new(e),
-            (None, Some(o)) => Box::new(o),
-            (None, None) => unreachable!("one stream is piped"),
-        };
+        let out = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = mpsc::channel();
+        let keep = self.log.clone();
+        let tag = what.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(format!("{tag}: {line}"));
                 // Keep draining after the receiver is gone so the child never blocks.
                 let _ = tx.send(line);
             }
