@@ -9,9 +9,10 @@
 //!  binaries        src/main.rs (icering serve|ping)   loadtest/ (icering-loadtest)
 //!                        │                                 │ public API only
 //!  runtime         shard/  ── one pinned thread per core: demux, timers, cross-shard channel
-//!                  ping/   ── one ICE agent over one std socket + HTTP signalling
-//!                        │ drives ▼            │ owns ▼
-//!  sans-IO         ice/  turn/server                     io/  ── uring | portable backends
+//!                  ping/   ── one ICE agent over one std socket + HTTP signalling,
+//!                             srflx/relay gathering with turn/client
+//!                        │ drives ▼                    │ owns ▼
+//!  sans-IO         ice/  turn/server  turn/client        io/  ── uring | portable backends
 //!  protocol              │ uses ▼                              (sockets only, no protocol)
 //!  wire codec      stun/  ── zero-copy message view, writer, integrity, ChannelData, demux
 //!  vocabulary      net    ── Transmit, transport addresses
@@ -28,7 +29,7 @@
 //! | `ice`, `turn` | `stun`, `net` |
 //! | [`io`] | `net` (never `stun`/`ice`/`turn`) |
 //! | `shard` | everything above |
-//! | `ping` | `ice`, `stun`, `net`, std sockets (a runtime for one agent) |
+//! | `ping` | `ice`, `turn::client`, `stun`, `net`, std sockets (a runtime for one agent) |
 //!
 //! ## The drive loop (sans-IO, in the style of quinn-proto and str0m)
 //!

@@ -155,6 +155,8 @@ pub struct Relayed {
 
 /// All gatherers of one ping run.
 pub struct Gatherer {
+    /// A handle on the ping's socket, for the deallocation on drop.
+    socket: Option<UdpSocket>,
     types: CandidateTypes,
     local: SocketAddr,
     bindings: Vec<(IceUrl, BindingClient)>,
@@ -179,6 +181,7 @@ impl Gatherer {
     /// Starts a Binding transaction per STUN URL and an allocation per TURN URL. Servers
     /// that cannot be resolved or connected are reported and skipped.
     pub fn start(
+        socket: &UdpSocket,
         servers: &Servers,
         types: CandidateTypes,
         local: SocketAddr,
@@ -186,6 +189,7 @@ impl Gatherer {
         now: Instant,
     ) -> Gatherer {
         let mut g = Gatherer {
+            socket: socket.try_clone().ok(),
             types,
             local,
             bindings: Vec::new(),
@@ -194,6 +198,12 @@ impl Gatherer {
         };
         if types.srflx {
             for (i, url) in servers.stun.iter().enumerate() {
+                if url.scheme.is_secure() || url.transport == Protocol::Tcp {
+                    say(format_args!(
+                        "stun {url}: skipped: only STUN over UDP is supported"
+                    ));
+                    continue;
+                }
                 match resolve(url, local) {
                     Ok(server) => {
                         let b = BindingClient::new(
@@ -439,8 +449,12 @@ impl Gatherer {
     }
 
     /// Deletes every allocation (Refresh with lifetime 0), without waiting for answers.
+    /// Also done on drop, so allocations are freed however the run ends.
     pub fn close(&mut self, socket: &UdpSocket, now: Instant, buf: &mut [u8]) {
         for r in &mut self.relays {
+            if r.client.is_finished() {
+                continue;
+            }
             r.client.close(now);
             while let Some(t) = r.client.poll_transmit(now, buf) {
                 send(socket, r.tcp.as_mut(), t.destination, &buf[..t.size]);
@@ -451,6 +465,15 @@ impl Gatherer {
     /// Candidate types the agent gets.
     pub fn types(&self) -> CandidateTypes {
         self.types
+    }
+}
+
+impl Drop for Gatherer {
+    fn drop(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            let mut buf = [0u8; 512];
+            self.close(&socket, Instant::now(), &mut buf);
+        }
     }
 }
 

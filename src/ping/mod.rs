@@ -133,6 +133,7 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     let mut gatherer = Gatherer::start(
+        &socket,
         &cfg.servers,
         cfg.candidate_types,
         local_addr,
@@ -175,7 +176,7 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
             && now >= t
         {
             say(format_args!("done: sent {sent}, received {}", app.received));
-            gatherer.close(&socket, now, &mut wrap);
+            // Dropping the gatherer deletes the TURN allocations.
             return Ok(());
         }
         if let Ok(e) = post_err_rx.try_recv() {

@@ -229,6 +229,9 @@ enum State {
 enum Request {
     Allocate,
     Refresh(u32),
+    /// Refresh with lifetime 0 while allocating: deletes an allocation whose success
+    /// answer was lost (see `Client::response`), then Allocate starts again.
+    Reset,
     Permission(IpAddr),
     ChannelBind(SocketAddr, u16),
 }
@@ -237,7 +240,7 @@ impl Request {
     fn method(self) -> Method {
         match self {
             Request::Allocate => Method::ALLOCATE,
-            Request::Refresh(_) => Method::REFRESH,
+            Request::Refresh(_) | Request::Reset => Method::REFRESH,
             Request::Permission(_) => Method::CREATE_PERMISSION,
             Request::ChannelBind(..) => Method::CHANNEL_BIND,
         }
@@ -246,7 +249,7 @@ impl Request {
     fn name(self) -> &'static str {
         match self {
             Request::Allocate => "Allocate",
-            Request::Refresh(_) => "Refresh",
+            Request::Refresh(_) | Request::Reset => "Refresh",
             Request::Permission(_) => "CreatePermission",
             Request::ChannelBind(..) => "ChannelBind",
         }
@@ -278,6 +281,8 @@ struct Auth {
 #[derive(Debug, Clone, Copy)]
 struct Permission {
     ip: IpAddr,
+    /// The server refused it (403: peer policy); not asked again.
+    refused: bool,
     installed: bool,
     in_flight: bool,
     refresh_at: Instant,
@@ -311,6 +316,8 @@ pub struct Client {
     perms: Vec<Permission>,
     channels: Vec<Channel>,
     next_channel: u16,
+    /// Allocations deleted after a 437 to a retransmitted Allocate.
+    resets: u8,
     events: VecDeque<ClientEvent>,
     stats: ClientStats,
 }
@@ -328,6 +335,7 @@ impl Client {
             perms: Vec::new(),
             channels: Vec::new(),
             next_channel: stun::channel_data::MIN_CHANNEL,
+            resets: 0,
             events: VecDeque::new(),
             stats: ClientStats::default(),
         };
@@ -413,6 +421,7 @@ impl Client {
         }
         self.perms.push(Permission {
             ip,
+            refused: false,
             installed: false,
             in_flight: false,
             refresh_at: now,
@@ -503,6 +512,7 @@ impl Client {
                 }
             }
             Request::Refresh(l) => w.add_u32(attr::LIFETIME, l)?,
+            Request::Reset => w.add_u32(attr::LIFETIME, 0)?,
             Request::Permission(ip) => {
                 w.add_xor_address(attr::XOR_PEER_ADDRESS, SocketAddr::new(ip, 0))?;
             }
@@ -557,7 +567,7 @@ impl Client {
             if let Some(a) = &self.alloc {
                 fold(a.refresh_at);
             }
-            for p in self.perms.iter().filter(|p| !p.in_flight) {
+            for p in self.perms.iter().filter(|p| !p.in_flight && !p.refused) {
                 fold(p.refresh_at);
             }
             for c in self.channels.iter().filter(|c| c.bound && !c.in_flight) {
@@ -594,7 +604,8 @@ impl Client {
             self.start(Request::Refresh(lifetime), now);
         }
         for i in 0..self.perms.len() {
-            if !self.perms[i].in_flight && now >= self.perms[i].refresh_at {
+            let p = &self.perms[i];
+            if !p.in_flight && !p.refused && now >= p.refresh_at {
                 self.request_permission(i, now);
             }
         }
@@ -639,8 +650,9 @@ impl Client {
 
     /// Writes `data` for `peer` into `buf`: ChannelData if a channel is bound, else a Send
     /// indication (RFC 8656 §11.1). Without an installed permission for the peer's IP
-    /// nothing is written (`Ok(None)`, counted) and a CreatePermission is started: the
-    /// relay would drop the data anyway. No allocation on this path.
+    /// nothing is written (`Ok(None)`, counted) and a CreatePermission is started (unless
+    /// the server refused that IP with 403 before): the relay would drop the data anyway.
+    /// No allocation on this path.
     pub fn send_to(
         &mut self,
         peer: SocketAddr,
@@ -786,6 +798,16 @@ impl Client {
                     self.fail_request(t.req, ClientError::Unauthorized(t.req.name()));
                 }
             }
+            // RFC 8656 §7.2 servers need not recognise a retransmitted Allocate: a 437 to
+            // one means the first copy succeeded and its answer was lost. Delete that
+            // allocation (we do not know its relayed address) and allocate again.
+            437 if t.req == Request::Allocate && t.timer.sends() > 1 && self.resets < 2 => {
+                self.resets += 1;
+                self.start(Request::Reset, now);
+            }
+            _ if t.req == Request::Reset && code != 401 && code != 438 => {
+                self.start(Request::Allocate, now);
+            }
             438 if t.stale_retries < MAX_STALE && self.learn_nonce(m) => {
                 self.stats.stale_nonces += 1;
                 self.restart(t.req, now, t.stale_retries + 1);
@@ -919,6 +941,7 @@ impl Client {
             Request::Refresh(_) if self.state == State::Closing => {
                 self.finish(State::Closed, ClientEvent::Closed);
             }
+            Request::Reset => self.start(Request::Allocate, now),
             Request::Refresh(_) => {
                 let lifetime = m.lifetime().unwrap_or(0);
                 if let Some(a) = &mut self.alloc {
@@ -954,11 +977,22 @@ impl Client {
 
     fn fail_request(&mut self, req: Request, e: ClientError) {
         match req {
-            Request::Allocate => self.finish(State::Failed, ClientEvent::Failed(e)),
+            Request::Allocate | Request::Reset => {
+                self.finish(State::Failed, ClientEvent::Failed(e));
+            }
             Request::Refresh(_) if self.state == State::Closing => {
                 self.finish(State::Closed, ClientEvent::Closed);
             }
             Request::Refresh(_) => self.finish(State::Failed, ClientEvent::Failed(e)),
+            Request::Permission(ip) if matches!(e, ClientError::Refused { code: 403, .. }) => {
+                // Peer policy: asking again would get the same answer.
+                if let Some(p) = self.perms.iter_mut().find(|p| p.ip == ip) {
+                    p.refused = true;
+                    p.installed = false;
+                    p.in_flight = false;
+                }
+                self.events.push_back(ClientEvent::RequestFailed(e));
+            }
             Request::Permission(ip) => {
                 // Forget it: the next send_to / create_permission asks again.
                 self.perms.retain(|p| p.ip != ip || p.installed);

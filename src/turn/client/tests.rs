@@ -47,6 +47,8 @@ struct Net {
     drop_to_server: u32,
     /// Drop everything client → server.
     blackhole: bool,
+    /// Drop the next n success responses server → client.
+    drop_successes: u32,
     /// Datagrams the relay sent to peers: (peer, payload).
     to_peers: Vec<(SocketAddr, Vec<u8>)>,
     /// Data the client delivered: (peer, payload).
@@ -82,6 +84,7 @@ impl Net {
             client: Client::new(ccfg, t0),
             drop_to_server: 0,
             blackhole: false,
+            drop_successes: 0,
             to_peers: Vec::new(),
             delivered: Vec::new(),
             events: Vec::new(),
@@ -114,7 +117,14 @@ impl Net {
             .server
             .handle(self.now, LISTEN, client, bytes, &mut out, &mut self.ports)
         {
-            Outcome::Reply(n) => self.deliver_to_client(&out[..n]),
+            Outcome::Reply(n) => {
+                let success = Message::parse(&out[..n]).is_ok_and(|m| m.class() == Class::Success);
+                if success && self.drop_successes > 0 {
+                    self.drop_successes -= 1;
+                } else {
+                    self.deliver_to_client(&out[..n]);
+                }
+            }
             Outcome::Send { to, len, .. } => self.to_peers.push((to, out[..len].to_vec())),
             Outcome::Later | Outcome::Drop(_) => {}
         }
@@ -253,6 +263,38 @@ fn lost_requests_are_retransmitted_with_doubling_rto() {
 }
 
 #[test]
+fn lost_allocate_success_is_recovered_after_the_437() {
+    // The server allocates but its answer is lost; it does not recognise the
+    // retransmission and answers 437. The client deletes the orphan and allocates again.
+    let mut n = Net::new("secret", |_| {});
+    n.drop_successes = 1;
+    n.run_until(0);
+    assert!(n.allocated().is_none());
+    assert_eq!(n.server.allocations(), 1, "the orphan");
+    n.run_until(500);
+    let (relayed, _) = n.allocated().expect("allocated after the reset");
+    assert_eq!(n.server.allocations(), 1);
+    assert_eq!(n.ports.opened.len(), 2);
+    assert_eq!(n.ports.closed, [n.ports.opened[0].0]);
+    assert_eq!(relayed, n.ports.opened[1].1);
+    let methods: Vec<_> = n
+        .sent
+        .iter()
+        .map(|b| Message::parse(b).unwrap().method())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            Method::ALLOCATE,
+            Method::ALLOCATE,
+            Method::ALLOCATE,
+            Method::REFRESH,
+            Method::ALLOCATE
+        ]
+    );
+}
+
+#[test]
 fn silent_server_times_out_after_seven_sends() {
     let mut n = Net::new("secret", |_| {});
     n.blackhole = true;
@@ -357,6 +399,16 @@ fn refused_permission_is_a_request_failure_not_the_end() {
     );
     assert!(n.client.is_allocated());
     assert!(!n.client.has_permission(peer.ip()));
+    // Refused once, not asked again: more data is dropped without new requests.
+    let requests = n.client.stats().requests_sent;
+    assert!(!n.send(peer, b"y"));
+    n.run_until(600_000);
+    assert_eq!(
+        n.client.stats().requests_sent - requests,
+        1,
+        "only the Refresh at 540 s"
+    );
+    assert_eq!(n.client.stats().dropped_no_permission, 2);
 }
 
 #[test]
@@ -469,4 +521,80 @@ fn binding_client_times_out_without_answers() {
         b.poll_event(),
         Some(BindingEvent::Failed(ClientError::Timeout("Binding")))
     );
+}
+
+/// Every single-byte corruption of the server's real 401 and Allocate success: no panic,
+/// and no corruption of the integrity-protected part is ever accepted. (Bytes after
+/// MESSAGE-INTEGRITY-SHA256 are FINGERPRINT: a bad value is caught, a changed type makes
+/// it an unknown attribute after the integrity, which RFC 8489 §14.6 says to ignore — the
+/// protected content is intact then, and the result must be the genuine one.)
+#[test]
+fn corrupted_server_answers_never_panic_or_allocate() {
+    // Record the genuine exchange once.
+    let mut n = Net::new("secret", |_| {});
+    let mut answers: Vec<Vec<u8>> = Vec::new();
+    let mut buf = [0u8; 1500];
+    let mut out = vec![0u8; 2048];
+    while let Some(t) = n.client.poll_transmit(n.now, &mut buf) {
+        let client = n.client.local();
+        let Outcome::Reply(len) = n.server.handle(
+            n.now,
+            LISTEN,
+            client,
+            &buf[..t.size],
+            &mut out,
+            &mut n.ports,
+        ) else {
+            panic!("server did not answer")
+        };
+        answers.push(out[..len].to_vec());
+        n.deliver_to_client(&out[..len]);
+    }
+    assert_eq!(answers.len(), 2, "401 then success");
+    assert!(n.client.is_allocated());
+
+    let genuine_relayed = n.client.relayed();
+    for (which, genuine) in answers.iter().enumerate() {
+        let g = Message::parse(genuine).unwrap();
+        let protected_end = g
+            .integrity_sha256_offset()
+            .map(|o| o + 36)
+            .or(g.integrity_offset().map(|o| o + 24))
+            .unwrap_or(genuine.len());
+        // A fresh client in the state the genuine answer met (same seed, same
+        // transaction ids, so the recorded answers match its requests).
+        let replay = || {
+            let mut m = Net::new("secret", |_| {});
+            let mut b = [0u8; 1500];
+            for _ in 0..which {
+                m.client.poll_transmit(m.now, &mut b).unwrap();
+                m.deliver_to_client(&answers[0]);
+            }
+            m.client.poll_transmit(m.now, &mut b).unwrap();
+            m
+        };
+        // Uncorrupted, the replay does what the genuine exchange did.
+        let mut m = replay();
+        m.deliver_to_client(genuine);
+        assert_eq!(m.client.is_allocated(), which == 1);
+        for at in 0..genuine.len() {
+            for flip in [0x01u8, 0x80, 0xFF] {
+                let mut m = replay();
+                let mut bad = genuine.clone();
+                bad[at] ^= flip;
+                let _ = m.client.handle_packet(m.now, m.server_addr, &bad);
+                if at < protected_end {
+                    while let Some(e) = m.client.poll_event() {
+                        assert!(
+                            !matches!(e, ClientEvent::Allocated { .. }),
+                            "answer {which} byte {at} ^ {flip:#x} accepted"
+                        );
+                    }
+                    assert!(!m.client.is_allocated());
+                } else if m.client.is_allocated() {
+                    assert_eq!(m.client.relayed(), genuine_relayed);
+                }
+            }
+        }
+    }
 }
