@@ -394,14 +394,7 @@ fn nat4_loss_and_delay_still_connect() {
 
 /// Scenario 5: UDP to the TURN port blocked at both routers, both NATs symmetric → TURN
 /// over TCP relays. coturn serves TURN/TCP (`icering serve` has no TCP listener yet).
-///
-/// Ignored: the pair is selected (relay/relay over TCP) but coturn 4.6.1 closes both
-/// allocations at the first ChannelData from icering's TURN client ("wrote to peer -1
-/// bytes", "closed ... reason: general" in its --verbose log), over UDP as well as TCP,
-/// while coturn's own turnutils_uclient relays channel data through the same lab. See
-/// docs/nat.md. Run with `cargo test --test nat_lab -- --ignored`.
 #[test]
-#[ignore = "coturn drops the session at icering's first ChannelData (docs/nat.md)"]
 fn nat5_turn_over_tcp_when_udp_is_blocked() {
     if !lab_or_skip("nat5_turn_over_tcp_when_udp_is_blocked")
         || !nat::tool_or_skip("nat5_turn_over_tcp_when_udp_is_blocked", "turnserver")

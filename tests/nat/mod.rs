@@ -306,6 +306,39 @@ impl Lab {
             self.created.push(ns.clone());
             run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
+        // The rest of the Internet: a default route out of a veth to a gateway whose MAC
+        // nobody has, so packets to unknown destinations (e.g. a peer's private host
+        // candidate) vanish silently as they would upstream, instead of failing the sender
+        // with ENETUNREACH (coturn closes an allocation on that error). Not a dummy device:
+        // some kernels are built without it.
+        veth(&p, "inet", &p, "inet1")?;
+        run(&[
+            "ip",
+            "-n",
+            &p,
+            "neigh",
+            "add",
+            "100.64.255.254",
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            "inet",
+            "nud",
+            "permanent",
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &p,
+            "route",
+            "add",
+            "default",
+            "via",
+            "100.64.255.254",
+            "dev",
+            "inet",
+            "onlink",
+        ])?;
         for ip in [SERVER, SERVER2, STRANGER] {
             run(&[
                 "ip",
