@@ -654,10 +654,13 @@ impl Lab {
     }
 
     /// Starts `icering ping` on host A (controlling) or B (controlled) with `extra` flags,
-    /// signalling over the `sig` veth, `--count 3 --interval 0.2`; `--interval 0.05` on an
-    /// impaired lab: the side that finishes first lingers only max(2 intervals, 0.5 s), so
-    /// with 20 % loss and 0.2 s the peer was sometimes left short of its 3 messages (about 1
-    /// run in 10); 10 messages in the linger make that vanishingly rare.
+    /// signalling over the `sig` veth, `--count 3 --interval 0.2 --timeout 25`.
+    ///
+    /// On an impaired lab `--interval 0.05 --timeout 60`: the side that finishes first
+    /// lingers only max(2 intervals, 0.5 s), so with 20 % loss and 0.2 s the peer was
+    /// sometimes left short of its 3 messages (about 1 run in 10), and 10 messages in the
+    /// linger make that vanishingly rare; lost STUN/ICE retransmissions (RTO doubling) made
+    /// a few runs in 30 take 17-25 s, close to the default timeout.
     pub fn spawn_ping(&self, controlling: bool, extra: &[String]) -> Result<Child, String> {
         let (ns, role, host, listen, remote) = if controlling {
             (&self.host_a, "--controlling", HOST_A, SIG_A, SIG_B)
@@ -686,7 +689,11 @@ impl Lab {
                 "0.2"
             },
             "--timeout",
-            "25",
+            if self.impairment.is_some() {
+                "60"
+            } else {
+                "25"
+            },
         ];
         argv.extend(extra.iter().map(String::as_str));
         spawn_in(ns, &argv, Stdio::piped(), Stdio::piped())
