@@ -414,4 +414,14 @@ fn nat5_turn_over_tcp_when_udp_is_blocked() {
     eprintln!("--- server log\n{}", lab.server_log());
     let (sa, sb) = exchanged(&a, &b);
     assert_relayed(&sa, &sb);
+    // No STUN, so neither NAT's mapping is known to the other side's relay: only
+    // relay-to-relay can work, each allocated over TCP (UDP to the port is dropped).
+    for (s, run) in [(&sa, &a), (&sb, &b)] {
+        assert_eq!(s.kinds(), [Some("relay"), Some("relay")], "{s:?}");
+        assert!(
+            run.stdout.contains("?transport=tcp: relayed address"),
+            "{}",
+            run.text
+        );
+    }
 }
