@@ -10,8 +10,10 @@
 //!
 //! Routers NAT what leaves `wan` (or route without NAT), hosts route through their router,
 //! and the public namespace forwards between `pa` and `pb`: it knows no route to the private
-//! LANs, so a host is only reachable through its NAT. The ping processes' HTTP signalling
-//! uses the direct `sig` veth between the two hosts, which bypasses the NATs.
+//! LANs, so a host is only reachable through its NAT; its default route ends in a gateway
+//! nobody answers for, so traffic to unknown addresses vanishes instead of failing the
+//! sender. The ping processes' HTTP signalling uses the direct `sig` veth between the two
+//! hosts, which bypasses the NATs.
 
 #![allow(dead_code)]
 
