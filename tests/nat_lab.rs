@@ -184,13 +184,13 @@ fn routed_without_nat_host_pair_through_loss_and_delay() {
     }
 }
 
-/// The lab part of scenario 5: with UDP to the TURN port dropped at the routers, coturn in
-/// the public namespace answers a STUN Binding over TCP from behind the NAT (seen at the
-/// router's address), and not over UDP.
+/// The lab part of scenario 5: with UDP to the TURN port dropped at the routers,
+/// `icering serve` in the public namespace answers a STUN Binding over TCP from behind the
+/// NAT (seen at the router's address), and not over UDP.
 #[test]
-fn lab_blocks_udp_to_the_turn_port_but_tcp_reaches_coturn() {
-    let name = "lab_blocks_udp_to_the_turn_port_but_tcp_reaches_coturn";
-    if !lab_or_skip(name) || !nat::tool_or_skip(name, "turnserver") {
+fn lab_blocks_udp_to_the_turn_port_but_tcp_reaches_the_server() {
+    let name = "lab_blocks_udp_to_the_turn_port_but_tcp_reaches_the_server";
+    if !lab_or_skip(name) {
         return;
     }
     let mut lab = Lab::new(&Spec {
@@ -200,7 +200,7 @@ fn lab_blocks_udp_to_the_turn_port_but_tcp_reaches_coturn() {
         block_udp_port: Some(TURN_PORT),
     })
     .unwrap();
-    lab.start_coturn().unwrap();
+    lab.start_icering_serve().unwrap();
     let mut req = [0u8; 64];
     let n = common::binding_request([7; 12], &mut req);
 
@@ -214,7 +214,7 @@ fn lab_blocks_udp_to_the_turn_port_but_tcp_reaches_coturn() {
         std::net::TcpStream::connect_timeout(&server(SERVER), Duration::from_secs(5))
     })
     .unwrap()
-    .expect("TCP to coturn through the NAT");
+    .expect("TCP to the server through the NAT");
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     tcp.write_all(&req[..n]).unwrap();
     let mut head = [0u8; 20];
@@ -223,7 +223,7 @@ fn lab_blocks_udp_to_the_turn_port_but_tcp_reaches_coturn() {
     let mut msg = head.to_vec();
     msg.resize(20 + len, 0);
     tcp.read_exact(&mut msg[20..]).unwrap();
-    let m = icering::stun::Message::parse(&msg).expect("coturn's answer parses");
+    let m = icering::stun::Message::parse(&msg).expect("the answer parses");
     assert_eq!(m.transaction_id(), &[7; 12]);
     assert_eq!(m.class(), icering::stun::Class::Success);
     let mapped = m.xor_mapped_address().expect("XOR-MAPPED-ADDRESS").unwrap();
@@ -393,11 +393,43 @@ fn nat4_loss_and_delay_still_connect() {
 }
 
 /// Scenario 5: UDP to the TURN port blocked at both routers, both NATs symmetric → TURN
-/// over TCP relays. coturn serves TURN/TCP (`icering serve` has no TCP listener yet).
+/// over TCP relays, `icering serve` being the relay (STUN/TURN over TCP on its UDP port).
 #[test]
 fn nat5_turn_over_tcp_when_udp_is_blocked() {
-    if !lab_or_skip("nat5_turn_over_tcp_when_udp_is_blocked")
-        || !nat::tool_or_skip("nat5_turn_over_tcp_when_udp_is_blocked", "turnserver")
+    if !lab_or_skip("nat5_turn_over_tcp_when_udp_is_blocked") {
+        return;
+    }
+    let mut lab = Lab::new(&Spec {
+        nat_a: Nat::Symmetric,
+        nat_b: Nat::Symmetric,
+        impair_a: None,
+        block_udp_port: Some(TURN_PORT),
+    })
+    .unwrap();
+    lab.start_icering_serve().unwrap();
+    let f = turn_flags("tcp");
+    let (a, b) = lab.ping_pair(&f, &f);
+    eprintln!("--- server log\n{}", lab.server_log());
+    let (sa, sb) = exchanged(&a, &b);
+    assert_relayed(&sa, &sb);
+    // No STUN, so neither NAT's mapping is known to the other side's relay: only
+    // relay-to-relay can work, each allocated over TCP (UDP to the port is dropped).
+    for (s, run) in [(&sa, &a), (&sb, &b)] {
+        assert_eq!(s.kinds(), [Some("relay"), Some("relay")], "{s:?}");
+        assert!(
+            run.stdout.contains("?transport=tcp: relayed address"),
+            "{}",
+            run.text
+        );
+    }
+}
+
+/// Scenario 5 with coturn as the relay: the same topology and assertions, so icering's TURN
+/// client over TCP is also checked against an independent server.
+#[test]
+fn nat5_turn_over_tcp_via_coturn() {
+    if !lab_or_skip("nat5_turn_over_tcp_via_coturn")
+        || !nat::tool_or_skip("nat5_turn_over_tcp_via_coturn", "turnserver")
     {
         return;
     }

@@ -514,7 +514,7 @@ impl Lab {
         })
     }
 
-    /// Starts `icering serve` in the public namespace: STUN and TURN (UDP) on
+    /// Starts `icering serve` in the public namespace: STUN and TURN (UDP and TCP) on
     /// [`SERVER`] and [`SERVER2`] port [`TURN_PORT`], relaying from [`SERVER`], static
     /// user [`TURN_USER`], private peers allowed (the lab's "public" range is 100.64/10).
     pub fn start_icering_serve(&mut self) -> Result<(), String> {
@@ -536,8 +536,8 @@ impl Lab {
     }
 
     /// Starts coturn's `turnserver` in the public namespace on [`SERVER`]:[`TURN_PORT`]
-    /// (UDP and TCP), the same user and realm: the TURN-over-TCP server, since `icering
-    /// serve` has no TCP listener yet. Its log goes to a file [`Lab::server_log`] reads.
+    /// (UDP and TCP), the same user and realm: an independent TURN-over-TCP server for the
+    /// coturn variant of scenario 5. Its log goes to a file [`Lab::server_log`] reads.
     pub fn start_coturn(&mut self) -> Result<(), String> {
         let tmp = std::env::temp_dir();
         let pidfile = tmp.join(format!("{}-turnserver.pid", self.id));
