@@ -8,7 +8,10 @@
 //! ```text
 //!  binaries        src/main.rs (icering serve|ping)   loadtest/ (icering-loadtest)
 //!                        │                                 │ public API only
+//!  application     api/    ── Engine / Agent / Conn: tokio-friendly handles (channels only)
+//!                        │ commands over each shard's control channel ▼
 //!  runtime         shard/  ── one pinned thread per core: demux, timers, cross-shard channel
+//!                  shard/ice ─ agent table, mux demux, handoff, one timer heap per shard
 //!                  ping/   ── one ICE agent over one std socket + HTTP signalling,
 //!                             srflx/relay gathering with turn/client
 //!                        │ drives ▼                    │ owns ▼
@@ -29,6 +32,7 @@
 //! | `ice`, `turn` | `stun`, `net` |
 //! | [`io`] | `net` (never `stun`/`ice`/`turn`) |
 //! | `shard` | everything above |
+//! | [`api`] | `shard` (through its control channel), `ice` types, tokio `sync` channels |
 //! | `ping` | `ice`, `turn::client`, `stun`, `net`, std sockets (a runtime for one agent) |
 //!
 //! ## The drive loop (sans-IO, in the style of quinn-proto and str0m)
@@ -46,6 +50,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod api;
 pub mod config;
 pub mod ice;
 pub mod io;
@@ -54,3 +59,9 @@ pub mod ping;
 pub mod shard;
 pub mod stun;
 pub mod turn;
+
+pub use api::{
+    Agent, AgentEvent, AgentOptions, ApiError, Candidate, Conn, ConnStats, ConnectionState,
+    DataMode, Engine, EngineStats, IceStats, NetworkType,
+};
+pub use config::Config;

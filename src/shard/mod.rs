@@ -10,6 +10,7 @@
 //! the sleep. Counters are published to shared atomics once per loop turn, not per packet.
 
 mod counters;
+pub(crate) mod ice;
 pub mod timers;
 mod worker;
 
@@ -24,6 +25,9 @@ use crate::io::{self, BackendChoice, BackendKind, IoError, Waker};
 use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
 pub use counters::ShardCounters;
+pub use ice::gather;
+pub(crate) use ice::{AppLink, IceCmd, NewAgent};
+pub use ice::{IceCounters, IceStats, MAX_ICE_SHARDS};
 
 /// Errors starting or running the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,8 @@ pub enum ShardError {
 pub(crate) enum Control {
     /// Stop receiving, answer what has arrived, flush, exit.
     Shutdown,
+    /// Hosted ICE agents: commands from handles, handoffs and routes from other shards.
+    Ice(IceCmd),
 }
 
 struct Shard {
@@ -54,6 +60,7 @@ struct Shard {
 pub struct Runtime {
     shards: Vec<Shard>,
     local_addrs: Vec<SocketAddr>,
+    ice_addrs: Vec<SocketAddr>,
     backend: BackendKind,
     backend_reason: String,
 }
@@ -105,6 +112,18 @@ impl Runtime {
                 }
             }
         }
+        // The same for the ICE mux sockets (`[ice] listen`).
+        let mut ice_addrs = Vec::with_capacity(config.ice.listen.len());
+        let mut ice_sockets: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
+        for &addr in &config.ice.listen {
+            let first = io::bind_udp(addr, true)?;
+            let resolved = first.local_addr().map_err(IoError::Io)?;
+            ice_addrs.push(resolved);
+            ice_sockets[0].push(first);
+            for per_shard in ice_sockets.iter_mut().skip(1) {
+                per_shard.push(io::bind_udp(resolved, true)?);
+            }
+        }
 
         let io_config = io::Config {
             batch: config.io.batch,
@@ -122,7 +141,8 @@ impl Runtime {
 
         let mut shards = Vec::with_capacity(n);
         let mut ready = Vec::with_capacity(n);
-        for (index, (socks, tcp)) in sockets.into_iter().zip(tcp).enumerate() {
+        let shard_sockets = sockets.into_iter().zip(ice_sockets).zip(tcp);
+        for (index, ((socks, ice_socks), tcp)) in shard_sockets.enumerate() {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let counters = Arc::new(ShardCounters::default());
@@ -134,6 +154,7 @@ impl Runtime {
                 server: server_config.clone(),
                 ports,
                 sockets: socks,
+                ice_sockets: ice_socks,
                 tcp,
                 parked: parked.clone(),
                 control: control_rx,
@@ -173,6 +194,7 @@ impl Runtime {
         let mut runtime = Runtime {
             shards: started,
             local_addrs,
+            ice_addrs,
             backend,
             backend_reason,
         };
@@ -180,7 +202,35 @@ impl Runtime {
             let _ = runtime.shutdown_inner();
             return Err(e);
         }
+        // Every shard learns every shard's control channel (cross-shard ICE handoff).
+        let peers: Arc<[(Sender<Control>, Waker)]> = runtime.links().into();
+        for s in &runtime.shards {
+            let _ = s.control.send(Control::Ice(IceCmd::Peers(peers.clone())));
+            s.waker.wake();
+        }
         Ok(runtime)
+    }
+
+    /// The ICE mux addresses actually bound (`[ice] listen`, port 0 resolved).
+    pub fn ice_addrs(&self) -> &[SocketAddr] {
+        &self.ice_addrs
+    }
+
+    /// ICE counters summed over shards (as of each shard's last loop turn).
+    pub fn ice_stats(&self) -> IceStats {
+        let mut total = IceStats::default();
+        for s in &self.shards {
+            total.add(&s.counters.ice.load());
+        }
+        total
+    }
+
+    /// Control channel and waker of every shard (index = shard).
+    pub(crate) fn links(&self) -> Vec<(Sender<Control>, Waker)> {
+        self.shards
+            .iter()
+            .map(|s| (s.control.clone(), s.waker.clone()))
+            .collect()
     }
 
     /// The addresses actually bound (port 0 resolved), in `server.listen` order.
