@@ -309,6 +309,21 @@ async fn wrong_turn_password_is_reported_and_host_still_works() {
     srv.shutdown().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_of_another_family_is_reported_and_gathering_ends() {
+    let engine = agents();
+    // IPv4 sockets only, an IPv6 server: nothing to ask it from (no datagram is sent).
+    let opts = base_opts().with_urls(&["stun:[::1]:3478"]);
+    let mut a = engine.agent(opts).unwrap();
+    let g = gather(&mut a, None).await;
+    assert_eq!(g.of(CandidateKind::Host).len(), 1, "{g:?}");
+    assert_eq!(g.candidates.len(), 1, "{g:?}");
+    assert_eq!(g.errors.len(), 1, "{g:?}");
+    assert_eq!(g.errors[0].0, "stun:[::1]:3478");
+    assert!(g.errors[0].1.contains("family"), "{g:?}");
+    engine.shutdown().unwrap();
+}
+
 #[test]
 fn unsupported_or_invalid_urls_are_refused() {
     let mut c = Config::embedded();
