@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use icering::config::IoBackendChoice;
 use icering::ice::CandidateKind;
 use icering::turn::server::ServerStats;
 use icering::{
@@ -33,9 +34,14 @@ fn server() -> Engine {
 
 /// The engine hosting the agents (no server of its own), two shards.
 fn agents() -> Engine {
+    agents_on(IoBackendChoice::Auto)
+}
+
+fn agents_on(backend: IoBackendChoice) -> Engine {
     let mut c = Config::embedded();
     c.server.listen.clear();
     c.server.shards = 2;
+    c.io.backend = backend;
     Engine::start(&c).unwrap()
 }
 
@@ -205,9 +211,20 @@ async fn srflx_only_agent_gets_the_mapped_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_agent_connects_through_the_relay() {
+    relay_only_to_host(IoBackendChoice::Auto).await;
+}
+
+/// The test above runs on whatever `auto` picks (io_uring where the kernel allows); the
+/// same flow with the agents on epoll + recvmmsg/sendmmsg.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_agent_connects_on_the_portable_backend() {
+    relay_only_to_host(IoBackendChoice::Portable).await;
+}
+
+async fn relay_only_to_host(backend: IoBackendChoice) {
     let srv = server();
     let at = srv.server_addrs()[0];
-    let engine = agents();
+    let engine = agents_on(backend);
     let relay_only = base_opts()
         .with_turn(&turn_url(at), "alice", "secret")
         .with_candidate_types(only(false, false, true));
