@@ -687,6 +687,13 @@ impl IceHost {
                 } else {
                     self.stats.drop_send += 1;
                 }
+                // A relayed send may have started a CreatePermission: wake for it.
+                if let Some(at) = h.servers.as_ref().and_then(|s| s.poll_timeout())
+                    && h.timer_at.is_none_or(|t| at < t)
+                {
+                    h.timer_at = Some(at);
+                    self.timers.schedule(at, slot);
+                }
             }
             IceCmd::Stats { key, reply } => {
                 if let Some(h) = self.table.slot_of(key).and_then(|s| self.table.get_mut(s)) {
