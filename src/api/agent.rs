@@ -253,6 +253,11 @@ impl Agent {
             candidates: candidates.clone(),
             servers,
             types: o.candidate_types,
+            seed: {
+                let mut b = [0u8; 8];
+                os_random(&mut b);
+                u64::from_le_bytes(b)
+            },
         })?;
         Ok(if o.candidate_types.host {
             candidates

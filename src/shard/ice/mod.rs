@@ -73,6 +73,9 @@ pub(crate) enum IceCmd {
         candidates: Vec<Candidate>,
         servers: Vec<ServerSpec>,
         types: CandidateTypes,
+        /// Seed of the clients' transaction ids (from the OS: a Binding answer is not
+        /// authenticated, so its id must not be guessable).
+        seed: u64,
     },
     RemoteCredentials {
         key: u64,
@@ -592,6 +595,7 @@ impl IceHost {
                 candidates,
                 servers,
                 types,
+                seed,
             } => {
                 let Some(slot) = self.table.slot_of(key) else {
                     return;
@@ -632,7 +636,6 @@ impl IceHost {
                     if servers.is_empty() || dedicated.is_empty() {
                         h.agent.end_of_local_candidates();
                     } else {
-                        let seed = h.ufrag ^ key.rotate_left(32);
                         let sv = Servers::new(servers, dedicated, types, seed, now);
                         // End of gathering follows once every server is done (drive).
                         h.servers = Some(Box::new(sv));
