@@ -4,20 +4,29 @@
 //! → client. Reports round trips per second (each is two relayed datagrams, one each way),
 //! loss and RTT percentiles.
 //!
-//! Plain std sockets (one per allocation, polled non-blocking by `--threads` threads) and
-//! icering's public STUN codec; the peer is an echo thread on `--peer-ip`.
+//! Setup and teardown (Allocate 401 → signed, ChannelBind or CreatePermission, Refresh 0)
+//! use one blocking std socket per allocation. The data path is batched: one driver thread
+//! (`--threads` of them, each with a share of the allocations) registers every client
+//! socket of its share *and* its own echo peer socket in one icering [`Backend`] (io_uring
+//! or epoll + `recvmmsg`/`sendmmsg`, UDP GSO on), so a window refill of many allocations is
+//! one flush and a burst of answers one receive batch. The peer echoes inside the receive
+//! callback: per round trip the driver does what the server does (two datagrams in, two
+//! out), batched the same way.
+//!
+//! `--raw-echo`: the same load shape (flows = allocations, window, datagram bytes) sent
+//! straight to a plain UDP echo server (e.g. `examples/udp_echo`) without TURN, to measure
+//! the raw echo limit the relay is compared with.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use icering::io::{self, Backend, BackendChoice, BackendKind, SendQueue, SocketId};
 use icering::stun::{
     Class, IntegrityKey, Message, MessageType, MessageWriter, Method, attr, long_term_key_md5,
 };
 
 use crate::report::{Report, Tally, process_cpu};
+use crate::stun::Outstanding;
 
 /// Arguments of `icering-loadtest turn`.
 #[derive(clap::Args, Debug)]
@@ -52,9 +61,18 @@ pub struct Args {
     /// Seconds of load.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
-    /// Threads driving the allocations.
+    /// Driver threads; each drives its share of the allocations and its own echo peer
+    /// socket through one batched io backend.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// io backend for the load generator: auto | uring | portable.
+    #[arg(long, default_value = "auto")]
+    io: String,
+    /// `--target` is a plain UDP echo server, not TURN: no allocations, the same datagrams
+    /// (ChannelData or Send indications, `--size` payload) from `--allocations` sockets with
+    /// `--window` in flight each, checked when they come back. Measures the raw echo limit.
+    #[arg(long)]
+    raw_echo: bool,
     /// A datagram not back after this many milliseconds counts as lost.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
@@ -68,11 +86,9 @@ pub struct Args {
 
 const CHANNEL: u16 = 0x4000;
 
-/// One allocation: its socket, relayed address, and datagrams in flight.
+/// One allocation (or, with `--raw-echo`, one flow): its socket and the auth state.
 struct Alloc {
     sock: UdpSocket,
-    inflight: HashMap<u64, Instant>,
-    next_seq: u64,
     id: u32,
     /// REALM and NONCE learnt at setup, so the final Refresh is signed at once.
     auth: Option<(String, String)>,
@@ -163,6 +179,13 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
     let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .map_err(|e| e.to_string())?;
+    if args.raw_echo {
+        return Ok(Alloc {
+            sock,
+            id,
+            auth: None,
+        });
+    }
     let mut auth = None;
     let mut seq = u64::from(id) << 32;
     let t = args.target;
@@ -199,17 +222,14 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
             },
         )?;
     }
-    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
-    Ok(Alloc {
-        sock,
-        inflight: HashMap::new(),
-        next_seq: 0,
-        id,
-        auth,
-    })
+    Ok(Alloc { sock, id, auth })
 }
 
 fn teardown(args: &Args, creds: &Creds, a: &Alloc) {
+    if args.raw_echo {
+        return;
+    }
+    // The backend set the (shared) file description non-blocking.
     let _ = a.sock.set_nonblocking(false);
     let mut auth = a.auth.clone();
     let mut seq = (u64::from(a.id) << 32) | 0x8000_0000;
@@ -256,10 +276,12 @@ fn build(
     }
 }
 
-/// The (id, seq) of a datagram relayed back, from ChannelData or a Data indication.
-fn parse_back(d: &[u8]) -> Option<(u32, u64)> {
+/// The (id, seq) of a datagram relayed back, from ChannelData or a Data indication (or, from
+/// a raw echo server, our own Send indication).
+fn parse_back(d: &[u8], raw_echo: bool) -> Option<(u32, u64)> {
     let payload = if let Ok(m) = Message::parse(d) {
-        (m.method() == Method::DATA).then(|| m.data())??
+        let want = if raw_echo { Method::SEND } else { Method::DATA };
+        (m.method() == want && m.class() == Class::Indication).then(|| m.data())??
     } else if d.len() >= 4 && (0x40..=0x7F).contains(&d[0]) {
         let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
         d.get(4..4 + len)?
@@ -271,75 +293,194 @@ fn parse_back(d: &[u8]) -> Option<(u32, u64)> {
     Some((id, seq))
 }
 
-fn drive(args: &Args, peer: SocketAddr, allocs: &mut [Alloc], until: Instant) -> Tally {
-    let mut t = Tally::new();
+/// Data-path state of one allocation inside a driver thread.
+struct Flow {
+    out: Outstanding,
+    sock: SocketId,
+    id: u32,
+    answered: u64,
+    /// Listed in `ready` (its window may have room).
+    ready: bool,
+}
+
+/// What one driver thread hands back.
+struct Driven {
+    tally: Tally,
+    flows_without_answer: u64,
+    peer_echo_dropped: u64,
+}
+
+/// Drives `allocs` (and the echo `peer`, unless `--raw-echo`) through one batched backend
+/// until `until`, then waits up to the timeout for the datagrams still in flight.
+fn drive(
+    args: &Args,
+    kind: BackendKind,
+    peer: Option<UdpSocket>,
+    dest_for_send: SocketAddr,
+    allocs: &[Alloc],
+    until: Instant,
+) -> Result<Driven, String> {
+    let e = |e: io::IoError| e.to_string();
+    let window = args.window;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut out = [0u8; 2048];
-    let mut r = [0u8; 2048];
-    let mut last_expire = Instant::now();
+    let slots = (allocs.len() * window * 2 + 256)
+        .next_power_of_two()
+        .clamp(1024, 16384);
+    let cfg = io::Config {
+        batch: 64,
+        buf_size: 2048,
+        buf_count: 4096,
+        send_slots: slots,
+        gso: true,
+    };
+    let mut backend = Backend::new(kind, &cfg).map_err(e)?;
+    // Socket id → flow index (ids of a fresh backend are dense from 0).
+    let mut by_sock: Vec<u32> = Vec::new();
+    let mut flows = Vec::with_capacity(allocs.len());
+    let now = Instant::now();
+    for (k, a) in allocs.iter().enumerate() {
+        let sock = backend
+            .add_socket(a.sock.try_clone().map_err(|e| e.to_string())?)
+            .map_err(e)?;
+        let i = sock.0 as usize;
+        if by_sock.len() <= i {
+            by_sock.resize(i + 1, u32::MAX);
+        }
+        by_sock[i] = k as u32;
+        flows.push(Flow {
+            out: Outstanding::new(window * 2, now),
+            sock,
+            id: a.id,
+            answered: 0,
+            ready: true,
+        });
+    }
+    let peer_id = match peer {
+        Some(p) => Some(backend.add_socket(p).map_err(e)?),
+        None => None,
+    };
+    let mut ready: Vec<u32> = (0..flows.len() as u32).collect();
+    let mut t = Tally::new();
+    let mut echo_dropped = 0u64;
+    let mut live = 0usize;
+    let mut now = Instant::now();
+    let mut last_sweep = now;
+    let mut draining = false;
+    let (target, size, indications, raw) =
+        (args.target, args.size, args.indications, args.raw_echo);
     loop {
-        let now = Instant::now();
-        let sending = now < until;
-        if !sending && allocs.iter().all(|a| a.inflight.is_empty()) {
+        if !draining && now >= until {
+            draining = true;
+        }
+        if draining && (live == 0 || now >= until + timeout) {
             break;
         }
-        if now > until + timeout {
-            break;
-        }
-        for a in allocs.iter_mut() {
-            while let Ok((n, from)) = a.sock.recv_from(&mut r) {
-                if from != args.target {
-                    t.invalid += 1;
-                    continue;
+        // Refill the windows that may have room, as one batch.
+        if !draining {
+            let sendq = backend.send_queue();
+            let mut done = 0;
+            'fill: for &k in ready.iter() {
+                let f = &mut flows[k as usize];
+                let lost = f.out.expire(now, timeout, false);
+                t.lost += lost;
+                live -= lost as usize;
+                while f.out.live < window && !f.out.full() {
+                    let Some(slot) = sendq.slot() else {
+                        break 'fill;
+                    };
+                    let seq = f.out.next;
+                    let n = build(indications, dest_for_send, f.id, seq, size, slot);
+                    sendq.commit(f.sock, target, n);
+                    f.out.push(now);
+                    live += 1;
+                    t.sent += 1;
                 }
-                match parse_back(&r[..n]) {
-                    Some((id, seq)) if id == a.id => match a.inflight.remove(&seq) {
-                        Some(at) => {
-                            t.answered += 1;
-                            let us = at.elapsed().as_micros().max(1) as u64;
-                            let _ = t.latency_us.record(us);
+                f.ready = false;
+                done += 1;
+            }
+            ready.drain(..done);
+        }
+        // Flush, wait for answers; echo what reaches the peer.
+        let mut received_at = now;
+        backend
+            .poll(
+                Some(Duration::from_millis(1)),
+                &mut |sq: &mut SendQueue, sock: SocketId, from: SocketAddr, data: &mut [u8]| {
+                    if Some(sock) == peer_id {
+                        if sq.send_to(sock, from, data).is_err() {
+                            echo_dropped += 1;
                         }
-                        None => t.late_or_duplicate += 1,
-                    },
-                    _ => t.invalid += 1,
-                }
-            }
-            while sending && a.inflight.len() < args.window {
-                let seq = a.next_seq;
-                a.next_seq += 1;
-                let n = build(args.indications, peer, a.id, seq, args.size, &mut out);
-                match a.sock.send_to(&out[..n], args.target) {
-                    Ok(_) => {
-                        t.sent += 1;
-                        a.inflight.insert(seq, Instant::now());
+                        return;
                     }
-                    Err(_) => {
-                        t.send_failed += 1;
-                        break;
+                    let Some(&k) = by_sock.get(sock.0 as usize) else {
+                        t.invalid += 1;
+                        return;
+                    };
+                    let f = &mut flows[k as usize];
+                    if from != target {
+                        t.invalid += 1;
+                        return;
                     }
+                    match parse_back(data, raw) {
+                        Some((id, seq)) if id == f.id => match f.out.answer(seq) {
+                            Some(sent_at) => {
+                                let at = Instant::now().max(received_at);
+                                received_at = at;
+                                t.answered += 1;
+                                f.answered += 1;
+                                live -= 1;
+                                let us = at.duration_since(sent_at).as_micros().max(1) as u64;
+                                let _ = t.latency_us.record(us.min(60_000_000));
+                                if !f.ready {
+                                    f.ready = true;
+                                    ready.push(k);
+                                }
+                            }
+                            None => t.late_or_duplicate += 1,
+                        },
+                        _ => t.invalid += 1,
+                    }
+                },
+            )
+            .map_err(e)?;
+        now = Instant::now();
+        // Windows stalled on lost datagrams: expire them now and then.
+        if now.duration_since(last_sweep) >= Duration::from_millis(20) {
+            last_sweep = now;
+            for (k, f) in flows.iter_mut().enumerate() {
+                let lost = f.out.expire(now, timeout, false);
+                t.lost += lost;
+                live -= lost as usize;
+                if !f.ready && f.out.live < window {
+                    f.ready = true;
+                    ready.push(k as u32);
                 }
             }
         }
-        if now.duration_since(last_expire) > Duration::from_millis(50) {
-            last_expire = now;
-            for a in allocs.iter_mut() {
-                let before = a.inflight.len();
-                a.inflight.retain(|_, at| now.duration_since(*at) < timeout);
-                t.lost += (before - a.inflight.len()) as u64;
-            }
-        }
     }
-    for a in allocs.iter_mut() {
-        t.lost += a.inflight.len() as u64;
-        a.inflight.clear();
+    for f in flows.iter_mut() {
+        t.lost += f.out.expire(now, timeout, true);
     }
-    t
+    t.send_failed = backend.stats().send_errors;
+    Ok(Driven {
+        tally: t,
+        flows_without_answer: flows.iter().filter(|f| f.answered == 0).count() as u64,
+        peer_echo_dropped: echo_dropped,
+    })
 }
 
 /// Runs the load.
 pub fn run(args: Args) -> Result<(), String> {
     if args.allocations == 0 || args.window == 0 || args.threads == 0 {
         return Err("--allocations, --window and --threads must be at least 1".into());
+    }
+    if args.duration <= 0.0 {
+        return Err("--duration must be positive".into());
+    }
+    let choice: BackendChoice = args.io.parse().map_err(|e: io::IoError| e.to_string())?;
+    let (kind, why) = io::select_backend(choice).map_err(|e| e.to_string())?;
+    if !args.json {
+        eprintln!("{why}");
     }
     let creds = match &args.secret {
         None => Creds {
@@ -357,42 +498,50 @@ pub fn run(args: Args) -> Result<(), String> {
             Creds { user, pass }
         }
     };
-    // The echo peer.
-    let peer_sock = UdpSocket::bind(SocketAddr::new(args.peer_ip, 0)).map_err(|e| e.to_string())?;
-    peer_sock
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| e.to_string())?;
-    let peer = peer_sock.local_addr().map_err(|e| e.to_string())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let echo = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop.load(Relaxed) {
-                if let Ok((n, from)) = peer_sock.recv_from(&mut buf) {
-                    let _ = peer_sock.send_to(&buf[..n], from);
-                }
-            }
-        })
-    };
+    let threads = args.threads.min(args.allocations);
+    let per = args.allocations.div_ceil(threads);
+    // One echo peer socket per driver thread (none against a raw echo server); the
+    // allocations of thread j relay to peer j.
+    let mut peers = Vec::with_capacity(threads);
+    let mut peer_addrs = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        if args.raw_echo {
+            peer_addrs.push(args.target);
+        } else {
+            let p = UdpSocket::bind(SocketAddr::new(args.peer_ip, 0)).map_err(|e| e.to_string())?;
+            peer_addrs.push(p.local_addr().map_err(|e| e.to_string())?);
+            peers.push(Some(p));
+        }
+    }
+    if args.raw_echo {
+        peers.resize_with(threads, || None);
+    }
 
     let mut allocs = Vec::with_capacity(args.allocations);
     for i in 0..args.allocations {
-        allocs.push(setup(&args, &creds, peer, i as u32)?);
+        allocs.push(setup(&args, &creds, peer_addrs[i / per], i as u32)?);
     }
     let cpu0 = args.server_pid.map(process_cpu).transpose()?;
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(args.duration);
-    let per = args.allocations.div_ceil(args.threads);
     let mut total = Tally::new();
-    std::thread::scope(|s| {
+    let (mut idle, mut echo_dropped) = (0, 0);
+    let results: Vec<Result<Driven, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = allocs
-            .chunks_mut(per)
-            .map(|chunk| s.spawn(|| drive(&args, peer, chunk, until)))
+            .chunks(per)
+            .zip(peers.into_iter().zip(peer_addrs.iter().copied()))
+            .map(|(chunk, (peer, paddr))| {
+                let args = &args;
+                s.spawn(move || drive(args, kind, peer, paddr, chunk, until))
+            })
             .collect();
-        for h in handles {
-            total.merge(&h.join().expect("driver thread"));
-        }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("driver thread panicked".into()))
+            })
+            .collect()
     });
     let elapsed = start.elapsed().min(Duration::from_secs_f64(args.duration));
     let server = match (args.server_pid, cpu0) {
@@ -402,11 +551,21 @@ pub fn run(args: Args) -> Result<(), String> {
     for a in &allocs {
         teardown(&args, &creds, a);
     }
-    stop.store(true, Relaxed);
-    let _ = echo.join();
+    for r in results {
+        let d = r?;
+        total.merge(&d.tally);
+        idle += d.flows_without_answer;
+        echo_dropped += d.peer_echo_dropped;
+    }
     let mode = format!(
-        "turn {} allocations, {}, window {}, {} B",
+        "{} {} {}, {}, window {}, {} B",
+        if args.raw_echo { "raw echo" } else { "turn" },
         args.allocations,
+        if args.raw_echo {
+            "flows"
+        } else {
+            "allocations"
+        },
         if args.indications {
             "Send/Data indications"
         } else {
@@ -415,18 +574,30 @@ pub fn run(args: Args) -> Result<(), String> {
         args.window,
         args.size
     );
-    let report = Report::new(
+    let mut report = Report::new(
         &total,
         elapsed,
-        (args.target.to_string(), mode, args.threads, "std".into()),
+        (args.target.to_string(), mode, threads, kind.to_string()),
         server,
     );
+    report.flows_without_answer = Some(idle);
+    report.peer_echo_dropped = (!args.raw_echo).then_some(echo_dropped);
     report.print(args.json);
     if !args.json {
-        println!(
-            "relayed         {:.0} datagrams/s each way (a round trip is one relayed datagram each way)",
-            report.answered_per_s
-        );
+        println!("flows idle      {idle} (no datagram back)");
+        if args.raw_echo {
+            println!(
+                "echoed          {:.0} datagrams/s (each in and out of the echo server once)",
+                report.answered_per_s
+            );
+        } else {
+            println!("peer echo drops {echo_dropped}");
+            println!(
+                "relayed         {:.0} datagrams/s in total, {:.0} each way (a round trip is one relayed datagram each way)",
+                2.0 * report.answered_per_s,
+                report.answered_per_s
+            );
+        }
     }
     Ok(())
 }
