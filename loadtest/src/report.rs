@@ -93,6 +93,10 @@ pub struct Report {
     /// `turn`: datagrams the local echo peer could not send back (no free send slot).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_echo_dropped: Option<u64>,
+    /// `turn`: CPU time of the load generator itself (all its threads, the echo peer
+    /// included) during the load, to show whether it or the server was the bottleneck.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_cpu_s: Option<f64>,
 }
 
 impl Report {
@@ -142,6 +146,7 @@ impl Report {
                 .map(|(_, c)| c.as_nanos() as f64 / (t.answered.max(1)) as f64),
             flows_without_answer: None,
             peer_echo_dropped: None,
+            load_cpu_s: None,
         }
     }
 

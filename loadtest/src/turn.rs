@@ -522,6 +522,8 @@ pub fn run(args: Args) -> Result<(), String> {
         allocs.push(setup(&args, &creds, peer_addrs[i / per], i as u32)?);
     }
     let cpu0 = args.server_pid.map(process_cpu).transpose()?;
+    let me = std::process::id();
+    let own0 = process_cpu(me)?;
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(args.duration);
     let mut total = Tally::new();
@@ -543,6 +545,7 @@ pub fn run(args: Args) -> Result<(), String> {
             })
             .collect()
     });
+    let own = process_cpu(me)?.saturating_sub(own0);
     let elapsed = start.elapsed().min(Duration::from_secs_f64(args.duration));
     let server = match (args.server_pid, cpu0) {
         (Some(pid), Some(c0)) => Some((pid, process_cpu(pid)?.saturating_sub(c0))),
@@ -582,8 +585,14 @@ pub fn run(args: Args) -> Result<(), String> {
     );
     report.flows_without_answer = Some(idle);
     report.peer_echo_dropped = (!args.raw_echo).then_some(echo_dropped);
+    report.load_cpu_s = Some(own.as_secs_f64());
     report.print(args.json);
     if !args.json {
+        println!(
+            "load generator  cpu {:.3} s ({:.0} % of the load phase)",
+            own.as_secs_f64(),
+            100.0 * own.as_secs_f64() / start.elapsed().as_secs_f64().max(1e-9)
+        );
         println!("flows idle      {idle} (no datagram back)");
         if args.raw_echo {
             println!(
