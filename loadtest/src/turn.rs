@@ -176,7 +176,9 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
     } else {
         "0.0.0.0:0".parse().expect("literal")
     };
-    let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    // 4 MiB socket buffers, as the server and the echo peer have.
+    let sock = io::bind_udp(bind, false).map_err(|e| e.to_string())?;
+    sock.set_nonblocking(false).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .map_err(|e| e.to_string())?;
     if args.raw_echo {
@@ -508,7 +510,9 @@ pub fn run(args: Args) -> Result<(), String> {
         if args.raw_echo {
             peer_addrs.push(args.target);
         } else {
-            let p = UdpSocket::bind(SocketAddr::new(args.peer_ip, 0)).map_err(|e| e.to_string())?;
+            // 4 MiB receive buffer: every allocation's window arrives here.
+            let p =
+                io::bind_udp(SocketAddr::new(args.peer_ip, 0), false).map_err(|e| e.to_string())?;
             peer_addrs.push(p.local_addr().map_err(|e| e.to_string())?);
             peers.push(Some(p));
         }
