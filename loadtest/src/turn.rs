@@ -88,7 +88,10 @@ const CHANNEL: u16 = 0x4000;
 
 /// One allocation (or, with `--raw-echo`, one flow): its socket and the auth state.
 struct Alloc {
-    sock: UdpSocket,
+    /// Blocking socket of the setup; moved into a driver's backend for the load (one file
+    /// descriptor per allocation, not two), and bound again to `local` for the teardown.
+    sock: Option<UdpSocket>,
+    local: SocketAddr,
     id: u32,
     /// REALM and NONCE learnt at setup, so the final Refresh is signed at once.
     auth: Option<(String, String)>,
@@ -181,9 +184,11 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
     sock.set_nonblocking(false).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .map_err(|e| e.to_string())?;
+    let local = sock.local_addr().map_err(|e| e.to_string())?;
     if args.raw_echo {
         return Ok(Alloc {
-            sock,
+            sock: Some(sock),
+            local,
             id,
             auth: None,
         });
@@ -224,19 +229,39 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
             },
         )?;
     }
-    Ok(Alloc { sock, id, auth })
+    Ok(Alloc {
+        sock: Some(sock),
+        local,
+        id,
+        auth,
+    })
 }
 
-fn teardown(args: &Args, creds: &Creds, a: &Alloc) {
+/// Refresh with LIFETIME 0 from the allocation's 5-tuple (its local address bound again:
+/// the driver's backend closed the socket). False if that address could not be bound.
+fn teardown(args: &Args, creds: &Creds, a: &mut Alloc) -> bool {
     if args.raw_echo {
-        return;
+        return true;
     }
-    // The backend set the (shared) file description non-blocking.
-    let _ = a.sock.set_nonblocking(false);
+    let sock = match a.sock.take() {
+        Some(s) => s,
+        None => {
+            let Ok(s) = io::bind_udp(a.local, false) else {
+                return false;
+            };
+            if s.set_nonblocking(false).is_err()
+                || s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .is_err()
+            {
+                return false;
+            }
+            s
+        }
+    };
     let mut auth = a.auth.clone();
     let mut seq = (u64::from(a.id) << 32) | 0x8000_0000;
     let _ = request(
-        &a.sock,
+        &sock,
         args.target,
         creds,
         &mut auth,
@@ -244,6 +269,7 @@ fn teardown(args: &Args, creds: &Creds, a: &Alloc) {
         &mut seq,
         &|w| w.add_u32(attr::LIFETIME, 0),
     );
+    true
 }
 
 /// Builds one relayed datagram carrying (allocation id, seq) into `out`.
@@ -319,7 +345,7 @@ fn drive(
     kind: BackendKind,
     peer: Option<UdpSocket>,
     dest_for_send: SocketAddr,
-    allocs: &[Alloc],
+    allocs: &mut [Alloc],
     until: Instant,
 ) -> Result<Driven, String> {
     let e = |e: io::IoError| e.to_string();
@@ -340,10 +366,9 @@ fn drive(
     let mut by_sock: Vec<u32> = Vec::new();
     let mut flows = Vec::with_capacity(allocs.len());
     let now = Instant::now();
-    for (k, a) in allocs.iter().enumerate() {
-        let sock = backend
-            .add_socket(a.sock.try_clone().map_err(|e| e.to_string())?)
-            .map_err(e)?;
+    for (k, a) in allocs.iter_mut().enumerate() {
+        let s = a.sock.take().ok_or("allocation without a socket")?;
+        let sock = backend.add_socket(s).map_err(e)?;
         let i = sock.0 as usize;
         if by_sock.len() <= i {
             by_sock.resize(i + 1, u32::MAX);
@@ -534,7 +559,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let (mut idle, mut echo_dropped) = (0, 0);
     let results: Vec<Result<Driven, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = allocs
-            .chunks(per)
+            .chunks_mut(per)
             .zip(peers.into_iter().zip(peer_addrs.iter().copied()))
             .map(|(chunk, (peer, paddr))| {
                 let args = &args;
@@ -555,8 +580,14 @@ pub fn run(args: Args) -> Result<(), String> {
         (Some(pid), Some(c0)) => Some((pid, process_cpu(pid)?.saturating_sub(c0))),
         _ => None,
     };
-    for a in &allocs {
-        teardown(&args, &creds, a);
+    let mut not_refreshed = 0;
+    for a in allocs.iter_mut() {
+        if !teardown(&args, &creds, a) {
+            not_refreshed += 1;
+        }
+    }
+    if not_refreshed > 0 && !args.json {
+        eprintln!("{not_refreshed} allocations not deleted (local address taken meanwhile)");
     }
     for r in results {
         let d = r?;
