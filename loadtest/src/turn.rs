@@ -97,6 +97,37 @@ struct Alloc {
     auth: Option<(String, String)>,
 }
 
+/// A blocking UDP socket with 4 MiB receive and send buffers (as root beyond `rmem_max`),
+/// like the server's: the echo peer receives every allocation's window. No `SO_REUSEADDR`
+/// (unlike `io::bind_udp`): with it, Linux may give two port-0 binds the same port, i.e.
+/// two allocations one 5-tuple (437).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use std::os::fd::AsRawFd;
+    let sock = UdpSocket::bind(addr)?;
+    let size: libc::c_int = 4 << 20;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        for opt in [force, plain] {
+            // SAFETY: setsockopt with a valid c_int value on a socket we own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break; // best effort: the plain option is capped at rmem_max/wmem_max
+            }
+        }
+    }
+    Ok(sock)
+}
+
 fn tid(n: u64) -> [u8; 12] {
     let mut t = [0x5Au8; 12];
     t[4..].copy_from_slice(&n.to_be_bytes());
@@ -179,9 +210,7 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
     } else {
         "0.0.0.0:0".parse().expect("literal")
     };
-    // 4 MiB socket buffers, as the server and the echo peer have.
-    let sock = io::bind_udp(bind, false).map_err(|e| e.to_string())?;
-    sock.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let sock = bind_udp(bind).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .map_err(|e| e.to_string())?;
     let local = sock.local_addr().map_err(|e| e.to_string())?;
@@ -246,12 +275,11 @@ fn teardown(args: &Args, creds: &Creds, a: &mut Alloc) -> bool {
     let sock = match a.sock.take() {
         Some(s) => s,
         None => {
-            let Ok(s) = io::bind_udp(a.local, false) else {
+            let Ok(s) = bind_udp(a.local) else {
                 return false;
             };
-            if s.set_nonblocking(false).is_err()
-                || s.set_read_timeout(Some(Duration::from_millis(300)))
-                    .is_err()
+            if s.set_read_timeout(Some(Duration::from_millis(300)))
+                .is_err()
             {
                 return false;
             }
@@ -536,8 +564,7 @@ pub fn run(args: Args) -> Result<(), String> {
             peer_addrs.push(args.target);
         } else {
             // 4 MiB receive buffer: every allocation's window arrives here.
-            let p =
-                io::bind_udp(SocketAddr::new(args.peer_ip, 0), false).map_err(|e| e.to_string())?;
+            let p = bind_udp(SocketAddr::new(args.peer_ip, 0)).map_err(|e| e.to_string())?;
             peer_addrs.push(p.local_addr().map_err(|e| e.to_string())?);
             peers.push(Some(p));
         }
