@@ -90,6 +90,10 @@ fn turn_load_through_icering_relay_loses_nothing() {
             "indications, portable",
             &["--indications", "--io", "portable"][..],
         ),
+        (
+            "channel, two driver threads and peers",
+            &["--threads", "2"][..],
+        ),
     ] {
         let r = load(server, extra);
         eprintln!("{mode}: {r}");
