@@ -467,7 +467,7 @@ fn drive(
                         }
                         return;
                     }
-                    let Some(&k) = by_sock.get(sock.0 as usize) else {
+                    let Some(&k) = by_sock.get(sock.0 as usize).filter(|&&k| k != u32::MAX) else {
                         t.invalid += 1;
                         return;
                     };
