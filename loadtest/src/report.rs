@@ -97,6 +97,13 @@ pub struct Report {
     /// included) during the load, to show whether it or the server was the bottleneck.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_cpu_s: Option<f64>,
+    /// `turn`: datagrams from a source other than the target (not answers; not in
+    /// `invalid`), e.g. leftovers for a port another process had just before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stray: Option<u64>,
+    /// `turn`: allocations whose Refresh with LIFETIME 0 was not confirmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_deleted: Option<u64>,
 }
 
 impl Report {
@@ -147,6 +154,8 @@ impl Report {
             flows_without_answer: None,
             peer_echo_dropped: None,
             load_cpu_s: None,
+            stray: None,
+            not_deleted: None,
         }
     }
 

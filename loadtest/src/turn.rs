@@ -18,6 +18,7 @@
 //! the raw echo limit the relay is compared with.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use icering::io::{self, Backend, BackendChoice, BackendKind, SendQueue, SocketId};
@@ -88,10 +89,9 @@ const CHANNEL: u16 = 0x4000;
 
 /// One allocation (or, with `--raw-echo`, one flow): its socket and the auth state.
 struct Alloc {
-    /// Blocking socket of the setup; moved into a driver's backend for the load (one file
-    /// descriptor per allocation, not two), and bound again to `local` for the teardown.
+    /// Blocking socket of the setup; moved into a driver's backend for the load and the
+    /// teardown (one file descriptor per allocation).
     sock: Option<UdpSocket>,
-    local: SocketAddr,
     id: u32,
     /// REALM and NONCE learnt at setup, so the final Refresh is signed at once.
     auth: Option<(String, String)>,
@@ -139,6 +139,33 @@ struct Creds {
     pass: String,
 }
 
+/// Writes a request into `buf`, signed (USERNAME, REALM, NONCE, MESSAGE-INTEGRITY; RFC 8656
+/// §5 long-term credentials) once `auth` holds the realm and nonce; returns its length.
+fn write_request(
+    buf: &mut [u8],
+    method: Method,
+    t: &[u8; 12],
+    creds: &Creds,
+    auth: Option<&(String, String)>,
+    attrs: &dyn Fn(&mut MessageWriter<'_>) -> Result<(), icering::stun::StunError>,
+) -> Result<usize, String> {
+    let mut w = MessageWriter::new(buf, MessageType::new(method, Class::Request), t)
+        .map_err(|e| e.to_string())?;
+    attrs(&mut w).map_err(|e| e.to_string())?;
+    if let Some((realm, nonce)) = auth {
+        let key = long_term_key_md5(&creds.user, realm, &creds.pass);
+        let add = |w: &mut MessageWriter<'_>| -> Result<(), icering::stun::StunError> {
+            w.add_raw(attr::USERNAME, creds.user.as_bytes())?;
+            w.add_raw(attr::REALM, realm.as_bytes())?;
+            w.add_raw(attr::NONCE, nonce.as_bytes())?;
+            w.add_message_integrity(&IntegrityKey::new(&key))
+        };
+        add(&mut w).map_err(|e| e.to_string())?;
+    }
+    w.add_fingerprint().map_err(|e| e.to_string())?;
+    Ok(w.finish())
+}
+
 /// A request/answer exchange with the 401 → signed retry; returns the answer bytes.
 fn request(
     sock: &UdpSocket,
@@ -153,21 +180,7 @@ fn request(
         *seq += 1;
         let t = tid(*seq);
         let mut buf = [0u8; 1024];
-        let mut w = MessageWriter::new(&mut buf, MessageType::new(method, Class::Request), &t)
-            .map_err(|e| e.to_string())?;
-        attrs(&mut w).map_err(|e| e.to_string())?;
-        if let Some((realm, nonce)) = auth.as_ref() {
-            let key = long_term_key_md5(&creds.user, realm, &creds.pass);
-            let add = |w: &mut MessageWriter<'_>| -> Result<(), icering::stun::StunError> {
-                w.add_raw(attr::USERNAME, creds.user.as_bytes())?;
-                w.add_raw(attr::REALM, realm.as_bytes())?;
-                w.add_raw(attr::NONCE, nonce.as_bytes())?;
-                w.add_message_integrity(&IntegrityKey::new(&key))
-            };
-            add(&mut w).map_err(|e| e.to_string())?;
-        }
-        w.add_fingerprint().map_err(|e| e.to_string())?;
-        let n = w.finish();
+        let n = write_request(&mut buf, method, &t, creds, auth.as_ref(), attrs)?;
         let mut answer = None;
         for _ in 0..5 {
             sock.send_to(&buf[..n], server).map_err(|e| e.to_string())?;
@@ -213,11 +226,9 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
     let sock = bind_udp(bind).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .map_err(|e| e.to_string())?;
-    let local = sock.local_addr().map_err(|e| e.to_string())?;
     if args.raw_echo {
         return Ok(Alloc {
             sock: Some(sock),
-            local,
             id,
             auth: None,
         });
@@ -260,44 +271,85 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
     }
     Ok(Alloc {
         sock: Some(sock),
-        local,
         id,
         auth,
     })
 }
 
-/// Refresh with LIFETIME 0 from the allocation's 5-tuple (its local address bound again:
-/// the driver's backend closed the socket). False if that address could not be bound.
-fn teardown(args: &Args, creds: &Creds, a: &mut Alloc) -> bool {
-    if args.raw_echo {
-        return true;
-    }
-    let sock = match a.sock.take() {
-        Some(s) => s,
-        None => {
-            let Ok(s) = bind_udp(a.local) else {
-                return false;
-            };
-            if s.set_read_timeout(Some(Duration::from_millis(300)))
-                .is_err()
-            {
-                return false;
-            }
-            s
-        }
+/// Deletes this driver's allocations (Refresh with LIFETIME 0, RFC 8656 §7.2) through its
+/// backend, from each allocation's own socket, all at once: signed with the realm and
+/// nonce learnt at setup, signed again with the new nonce after a 438 (or after a 401 if
+/// setup needed no credentials), retransmitted every 300 ms, 5 rounds at most. Returns how
+/// many were not confirmed. The exchange of `request`, batched: a serial one would need the
+/// sockets back, i.e. a second file descriptor per allocation.
+fn refresh_zero(
+    backend: &mut Backend,
+    target: SocketAddr,
+    creds: &Creds,
+    allocs: &[Alloc],
+    flows: &[Flow],
+) -> Result<u64, String> {
+    let n = allocs.len();
+    let Some(first) = allocs.first().map(|a| a.id) else {
+        return Ok(0);
     };
-    let mut auth = a.auth.clone();
-    let mut seq = (u64::from(a.id) << 32) | 0x8000_0000;
-    let _ = request(
-        &sock,
-        args.target,
-        creds,
-        &mut auth,
-        Method::REFRESH,
-        &mut seq,
-        &|w| w.add_u32(attr::LIFETIME, 0),
-    );
-    true
+    let mut auth: Vec<Option<(String, String)>> = allocs.iter().map(|a| a.auth.clone()).collect();
+    // 0 pending, 1 deleted, 2 failed.
+    let mut state = vec![0u8; n];
+    let lifetime0 = |w: &mut MessageWriter<'_>| w.add_u32(attr::LIFETIME, 0);
+    for round in 0..5u64 {
+        let mut buf = [0u8; 1024];
+        for k in (0..n).filter(|&k| state[k] == 0) {
+            let seq = (u64::from(allocs[k].id) << 32) | 0x8000_0000 | round;
+            let len = write_request(
+                &mut buf,
+                Method::REFRESH,
+                &tid(seq),
+                creds,
+                auth[k].as_ref(),
+                &lifetime0,
+            )?;
+            backend
+                .send_to(flows[k].sock, target, &buf[..len])
+                .map_err(|e| e.to_string())?;
+        }
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while state.contains(&0) && Instant::now() < deadline {
+            backend
+                .poll(Some(Duration::from_millis(10)), &mut |_, _, from, data| {
+                    let Ok(m) = Message::parse(data) else { return };
+                    let t = m.transaction_id();
+                    if from != target || m.method() != Method::REFRESH || t[..4] != [0x5A; 4] {
+                        return; // a late relayed datagram, or a stale answer
+                    }
+                    let seq = u64::from_be_bytes(t[4..].try_into().expect("8 bytes"));
+                    let k = ((seq >> 32) as u32).wrapping_sub(first) as usize;
+                    if k >= n || state[k] != 0 || seq & 0xFFFF_FFFF != 0x8000_0000 | round {
+                        return;
+                    }
+                    match m.error_code().map(|e| e.code) {
+                        None => state[k] = 1,
+                        Some(code @ (401 | 438)) if m.nonce().is_some() => {
+                            let unsigned = auth[k].is_none();
+                            if code == 401 && !unsigned {
+                                state[k] = 2; // wrong credentials
+                            } else {
+                                auth[k] = Some((
+                                    m.realm().unwrap_or_default().to_string(),
+                                    m.nonce().unwrap_or_default().to_string(),
+                                ));
+                            }
+                        }
+                        Some(_) => state[k] = 2,
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        if !state.contains(&0) {
+            break;
+        }
+    }
+    Ok(state.iter().filter(|&&s| s != 1).count() as u64)
 }
 
 /// Builds one relayed datagram carrying (allocation id, seq) into `out`.
@@ -364,22 +416,38 @@ struct Driven {
     tally: Tally,
     flows_without_answer: u64,
     peer_echo_dropped: u64,
+    /// Datagrams from a source other than the target (not answers; e.g. leftovers for a
+    /// port that another process used just before, on a busy shared machine).
+    stray: u64,
+    /// Allocations whose Refresh 0 was not confirmed.
+    not_deleted: u64,
 }
 
-/// Drives `allocs` (and the echo `peer`, unless `--raw-echo`) through one batched backend
-/// until `until`, then waits up to the timeout for the datagrams still in flight.
-fn drive(
+/// A driver's backend with every client socket of its share and its echo peer.
+struct Prepared {
+    backend: Backend,
+    flows: Vec<Flow>,
+    /// Socket id → flow index (`u32::MAX`: none).
+    by_sock: Vec<u32>,
+    peer: Option<SocketId>,
+}
+
+/// The measured phase, shared by the driver threads and `run`: everyone waits at `start`
+/// once the backends are ready, and at `end` once the last datagram is in (before the
+/// teardown), so rates and CPU cover exactly the load.
+pub(crate) struct Phase {
+    start: Barrier,
+    end: Barrier,
+}
+
+fn prepare(
     args: &Args,
     kind: BackendKind,
     peer: Option<UdpSocket>,
-    dest_for_send: SocketAddr,
     allocs: &mut [Alloc],
-    until: Instant,
-) -> Result<Driven, String> {
+) -> Result<Prepared, String> {
     let e = |e: io::IoError| e.to_string();
-    let window = args.window;
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let slots = (allocs.len() * window * 2 + 256)
+    let slots = (allocs.len() * args.window * 2 + 256)
         .next_power_of_two()
         .clamp(1024, 16384);
     let cfg = io::Config {
@@ -390,7 +458,6 @@ fn drive(
         gso: true,
     };
     let mut backend = Backend::new(kind, &cfg).map_err(e)?;
-    // Socket id → flow index (ids of a fresh backend are dense from 0).
     let mut by_sock: Vec<u32> = Vec::new();
     let mut flows = Vec::with_capacity(allocs.len());
     let now = Instant::now();
@@ -403,20 +470,80 @@ fn drive(
         }
         by_sock[i] = k as u32;
         flows.push(Flow {
-            out: Outstanding::new(window * 2, now),
+            out: Outstanding::new(args.window * 2, now),
             sock,
             id: a.id,
             answered: 0,
             ready: true,
         });
     }
-    let peer_id = match peer {
+    let peer = match peer {
         Some(p) => Some(backend.add_socket(p).map_err(e)?),
         None => None,
     };
+    Ok(Prepared {
+        backend,
+        flows,
+        by_sock,
+        peer,
+    })
+}
+
+/// Drives `allocs` (and the echo peer, unless `--raw-echo`) through one batched backend for
+/// `--duration` from the common start, waits up to the timeout for the datagrams still in
+/// flight, then deletes the allocations.
+fn drive(
+    args: &Args,
+    kind: BackendKind,
+    creds: &Creds,
+    peer: Option<UdpSocket>,
+    dest_for_send: SocketAddr,
+    allocs: &mut [Alloc],
+    phase: &Phase,
+) -> Result<Driven, String> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    fn panicked<T>(_: Box<dyn std::any::Any + Send>) -> Result<T, String> {
+        Err("driver thread panicked".into())
+    }
+    // Whatever happens, both barriers are passed once, or `run` would wait forever.
+    let prepared = catch_unwind(AssertUnwindSafe(|| prepare(args, kind, peer, allocs)))
+        .unwrap_or_else(panicked);
+    phase.start.wait();
+    let until = Instant::now() + Duration::from_secs_f64(args.duration);
+    let loaded = prepared.and_then(|mut p| {
+        catch_unwind(AssertUnwindSafe(|| {
+            load(args, &mut p, dest_for_send, until)
+        }))
+        .unwrap_or_else(panicked)
+        .map(|d| (p, d))
+    });
+    phase.end.wait();
+    let (mut p, mut d) = loaded?;
+    if !args.raw_echo {
+        d.not_deleted = refresh_zero(&mut p.backend, args.target, creds, allocs, &p.flows)?;
+    }
+    Ok(d)
+}
+
+/// The measured load of one driver.
+fn load(
+    args: &Args,
+    p: &mut Prepared,
+    dest_for_send: SocketAddr,
+    until: Instant,
+) -> Result<Driven, String> {
+    let Prepared {
+        backend,
+        flows,
+        by_sock,
+        peer,
+    } = p;
+    let peer_id = *peer;
+    let window = args.window;
+    let timeout = Duration::from_millis(args.timeout_ms);
     let mut ready: Vec<u32> = (0..flows.len() as u32).collect();
     let mut t = Tally::new();
-    let mut echo_dropped = 0u64;
+    let (mut echo_dropped, mut stray) = (0u64, 0u64);
     let mut live = 0usize;
     let mut now = Instant::now();
     let mut last_sweep = now;
@@ -468,14 +595,14 @@ fn drive(
                         return;
                     }
                     let Some(&k) = by_sock.get(sock.0 as usize).filter(|&&k| k != u32::MAX) else {
-                        t.invalid += 1;
+                        stray += 1;
                         return;
                     };
-                    let f = &mut flows[k as usize];
                     if from != target {
-                        t.invalid += 1;
+                        stray += 1;
                         return;
                     }
+                    let f = &mut flows[k as usize];
                     match parse_back(data, raw) {
                         Some((id, seq)) if id == f.id => match f.out.answer(seq) {
                             Some(sent_at) => {
@@ -497,7 +624,7 @@ fn drive(
                     }
                 },
             )
-            .map_err(e)?;
+            .map_err(|e| e.to_string())?;
         now = Instant::now();
         // Windows stalled on lost datagrams: expire them now and then.
         if now.duration_since(last_sweep) >= Duration::from_millis(20) {
@@ -521,6 +648,8 @@ fn drive(
         tally: t,
         flows_without_answer: flows.iter().filter(|f| f.answered == 0).count() as u64,
         peer_echo_dropped: echo_dropped,
+        stray,
+        not_deleted: 0,
     })
 }
 
@@ -577,50 +706,59 @@ pub fn run(args: Args) -> Result<(), String> {
     for i in 0..args.allocations {
         allocs.push(setup(&args, &creds, peer_addrs[i / per], i as u32)?);
     }
-    let cpu0 = args.server_pid.map(process_cpu).transpose()?;
     let me = std::process::id();
-    let own0 = process_cpu(me)?;
-    let start = Instant::now();
-    let until = start + Duration::from_secs_f64(args.duration);
+    let phase = Phase {
+        start: Barrier::new(threads + 1),
+        end: Barrier::new(threads + 1),
+    };
     let mut total = Tally::new();
-    let (mut idle, mut echo_dropped) = (0, 0);
-    let results: Vec<Result<Driven, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = allocs
-            .chunks_mut(per)
-            .zip(peers.into_iter().zip(peer_addrs.iter().copied()))
-            .map(|(chunk, (peer, paddr))| {
-                let args = &args;
-                s.spawn(move || drive(args, kind, peer, paddr, chunk, until))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("driver thread panicked".into()))
-            })
-            .collect()
-    });
-    let own = process_cpu(me)?.saturating_sub(own0);
-    let elapsed = start.elapsed().min(Duration::from_secs_f64(args.duration));
-    let server = match (args.server_pid, cpu0) {
-        (Some(pid), Some(c0)) => Some((pid, process_cpu(pid)?.saturating_sub(c0))),
+    let (mut idle, mut echo_dropped, mut stray, mut not_deleted) = (0, 0, 0, 0);
+    // CPU of the server and of this process, and the start time, sampled at the barriers.
+    let cpu = |pid: Option<u32>| pid.map(process_cpu).transpose();
+    type Sample = (Option<Duration>, Duration, Instant);
+    let sample = || -> Result<Sample, String> {
+        Ok((cpu(args.server_pid)?, process_cpu(me)?, Instant::now()))
+    };
+    let (results, before, after): (Vec<Result<Driven, String>>, Result<Sample, String>, _) =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = allocs
+                .chunks_mut(per)
+                .zip(peers.into_iter().zip(peer_addrs.iter().copied()))
+                .map(|(chunk, (peer, paddr))| {
+                    let (args, creds, phase) = (&args, &creds, &phase);
+                    s.spawn(move || drive(args, kind, creds, peer, paddr, chunk, phase))
+                })
+                .collect();
+            phase.start.wait();
+            let before = sample();
+            phase.end.wait();
+            let after = sample();
+            let results = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("driver thread panicked".into()))
+                })
+                .collect();
+            (results, before, after)
+        });
+    let (server0, own0, start) = before?;
+    let (server1, own1, end): Sample = after?;
+    let own = own1.saturating_sub(own0);
+    let elapsed = end
+        .duration_since(start)
+        .min(Duration::from_secs_f64(args.duration));
+    let server = match (args.server_pid, server0, server1) {
+        (Some(pid), Some(c0), Some(c1)) => Some((pid, c1.saturating_sub(c0))),
         _ => None,
     };
-    let mut not_refreshed = 0;
-    for a in allocs.iter_mut() {
-        if !teardown(&args, &creds, a) {
-            not_refreshed += 1;
-        }
-    }
-    if not_refreshed > 0 && !args.json {
-        eprintln!("{not_refreshed} allocations not deleted (local address taken meanwhile)");
-    }
     for r in results {
         let d = r?;
         total.merge(&d.tally);
         idle += d.flows_without_answer;
         echo_dropped += d.peer_echo_dropped;
+        stray += d.stray;
+        not_deleted += d.not_deleted;
     }
     let mode = format!(
         "{} {} {}, {}, window {}, {} B",
@@ -648,13 +786,19 @@ pub fn run(args: Args) -> Result<(), String> {
     report.flows_without_answer = Some(idle);
     report.peer_echo_dropped = (!args.raw_echo).then_some(echo_dropped);
     report.load_cpu_s = Some(own.as_secs_f64());
+    report.stray = Some(stray);
+    report.not_deleted = (!args.raw_echo).then_some(not_deleted);
     report.print(args.json);
     if !args.json {
         println!(
             "load generator  cpu {:.3} s ({:.0} % of the load phase)",
             own.as_secs_f64(),
-            100.0 * own.as_secs_f64() / start.elapsed().as_secs_f64().max(1e-9)
+            100.0 * own.as_secs_f64() / end.duration_since(start).as_secs_f64().max(1e-9)
         );
+        println!("stray           {stray} (datagrams from other sources, not counted)");
+        if !args.raw_echo {
+            println!("not deleted     {not_deleted} (Refresh 0 unconfirmed)");
+        }
         println!("flows idle      {idle} (no datagram back)");
         if args.raw_echo {
             println!(
