@@ -85,4 +85,11 @@ for n in ["echo", "coturn", "icering"]:
               f"{per_s(n, m) / per_s('echo', m):.2f} | {cpu_ns(n, m):.0f} | "
               f"{cpu_ns(n, m) / cpu_ns('coturn', m):.2f} | {busy:.0f} | {gen:.0f} | {x['latency_us_p50']} | "
               f"{x['latency_us_p99']} | {x['loss_pct']:.3f} | {x['invalid']} |")
+anomalies = [f"{n} {m}: {k} {r[(n, m)][k]}" for (n, m) in r
+             for k in ["late_or_duplicate", "send_failed", "flows_without_answer",
+                       "peer_echo_dropped", "not_deleted", "stray"]
+             if r[(n, m)].get(k)]
+print("\n" + ("; ".join(anomalies) if anomalies else
+              "no late/duplicate, send failures, idle allocations, echo drops, undeleted "
+              "allocations or stray datagrams"))
 PY

@@ -97,8 +97,8 @@ pub struct Report {
     /// included) during the load, to show whether it or the server was the bottleneck.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_cpu_s: Option<f64>,
-    /// `turn`: datagrams from a source other than the target (not answers; not in
-    /// `invalid`), e.g. leftovers for a port another process had just before.
+    /// `turn`: datagrams that are not answers (not in `invalid`): from a source other than
+    /// the target, or late STUN responses to retransmitted setup requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stray: Option<u64>,
     /// `turn`: allocations whose Refresh with LIFETIME 0 was not confirmed.

@@ -324,11 +324,17 @@ fn refresh_zero(
                     }
                     let seq = u64::from_be_bytes(t[4..].try_into().expect("8 bytes"));
                     let k = ((seq >> 32) as u32).wrapping_sub(first) as usize;
-                    if k >= n || state[k] != 0 || seq & 0xFFFF_FFFF != 0x8000_0000 | round {
+                    let sent_in = seq & 0xFFFF_FFFF;
+                    if k >= n
+                        || state[k] != 0
+                        || !(0x8000_0000..=0x8000_0000 | round).contains(&sent_in)
+                    {
                         return;
                     }
                     match m.error_code().map(|e| e.code) {
-                        None => state[k] = 1,
+                        // 437: no allocation for this 5-tuple any more, i.e. an earlier
+                        // transmission (answered late) deleted it (RFC 8656 §7.3).
+                        None | Some(437) => state[k] = 1,
                         Some(code @ (401 | 438)) if m.nonce().is_some() => {
                             let unsigned = auth[k].is_none();
                             if code == 401 && !unsigned {
@@ -416,8 +422,9 @@ struct Driven {
     tally: Tally,
     flows_without_answer: u64,
     peer_echo_dropped: u64,
-    /// Datagrams from a source other than the target (not answers; e.g. leftovers for a
-    /// port that another process used just before, on a busy shared machine).
+    /// Datagrams that are not answers: from a source other than the target (e.g. leftovers
+    /// for a port another process used just before, on a busy shared machine), or STUN
+    /// responses from the target (late answers to retransmitted setup requests).
     stray: u64,
     /// Allocations whose Refresh 0 was not confirmed.
     not_deleted: u64,
@@ -620,6 +627,12 @@ fn load(
                             }
                             None => t.late_or_duplicate += 1,
                         },
+                        // A late answer to a retransmitted setup request, not relayed data.
+                        _ if Message::parse(data)
+                            .is_ok_and(|m| matches!(m.class(), Class::Success | Class::Error)) =>
+                        {
+                            stray += 1
+                        }
                         _ => t.invalid += 1,
                     }
                 },
@@ -795,7 +808,7 @@ pub fn run(args: Args) -> Result<(), String> {
             own.as_secs_f64(),
             100.0 * own.as_secs_f64() / end.duration_since(start).as_secs_f64().max(1e-9)
         );
-        println!("stray           {stray} (datagrams from other sources, not counted)");
+        println!("stray           {stray} (not answers: other sources, late setup responses)");
         if !args.raw_echo {
             println!("not deleted     {not_deleted} (Refresh 0 unconfirmed)");
         }
