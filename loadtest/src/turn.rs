@@ -4,14 +4,16 @@
 //! → client. Reports round trips per second (each is two relayed datagrams, one each way),
 //! loss and RTT percentiles.
 //!
-//! Setup and teardown (Allocate 401 → signed, ChannelBind or CreatePermission, Refresh 0)
-//! use one blocking std socket per allocation. The data path is batched: one driver thread
-//! (`--threads` of them, each with a share of the allocations) registers every client
-//! socket of its share *and* its own echo peer socket in one icering [`Backend`] (io_uring
-//! or epoll + `recvmmsg`/`sendmmsg`, UDP GSO on), so a window refill of many allocations is
+//! Setup (Allocate 401 → signed, ChannelBind or CreatePermission) runs one allocation at a
+//! time on its blocking std socket. The data path is batched: one driver thread
+//! (`--threads` of them, each with a share of the allocations) moves every client socket
+//! of its share *and* its own echo peer socket into one icering [`Backend`] (io_uring or
+//! epoll + `recvmmsg`/`sendmmsg`, UDP GSO on), so a window refill of many allocations is
 //! one flush and a burst of answers one receive batch. The peer echoes inside the receive
 //! callback: per round trip the driver does what the server does (two datagrams in, two
-//! out), batched the same way.
+//! out), batched the same way. The drivers start and end the measured phase together
+//! (barriers), then delete their allocations through the same backend (Refresh 0, all at
+//! once), so each allocation holds one file descriptor.
 //!
 //! `--raw-echo`: the same load shape (flows = allocations, window, datagram bytes) sent
 //! straight to a plain UDP echo server (e.g. `examples/udp_echo`) without TURN, to measure
