@@ -696,3 +696,17 @@ fn gso_groups_interleaved_flows_and_keeps_each_flow_in_order() {
         }
     }
 }
+
+/// Port 0 with SO_REUSEADDR/SO_REUSEPORT: Linux may pick a port another reuse socket of
+/// this user holds; `bind_udp` resolves port 0 with a plain probe first, so 1,000 sockets
+/// held at once all get distinct ports.
+#[test]
+fn port_zero_binds_never_share_a_port() {
+    let socks: Vec<UdpSocket> = (0..1000)
+        .map(|_| bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap())
+        .collect();
+    let mut ports: Vec<u16> = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), socks.len(), "two reuse sockets got the same port");
+}

@@ -87,6 +87,23 @@ pub struct Report {
     pub server_pid: Option<u32>,
     pub server_cpu_s: Option<f64>,
     pub server_cpu_ns_per_answer: Option<f64>,
+    /// `turn`: allocations (flows) that got no datagram back at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flows_without_answer: Option<u64>,
+    /// `turn`: datagrams the local echo peer could not send back (no free send slot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_echo_dropped: Option<u64>,
+    /// `turn`: CPU time of the load generator itself (all its threads, the echo peer
+    /// included) during the load, to show whether it or the server was the bottleneck.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_cpu_s: Option<f64>,
+    /// `turn`: datagrams that are not answers (not in `invalid`): from a source other than
+    /// the target, or late STUN responses to retransmitted setup requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stray: Option<u64>,
+    /// `turn`: allocations whose Refresh with LIFETIME 0 was not confirmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_deleted: Option<u64>,
 }
 
 impl Report {
@@ -134,6 +151,11 @@ impl Report {
             server_cpu_s: server.map(|(_, c)| c.as_secs_f64()),
             server_cpu_ns_per_answer: server
                 .map(|(_, c)| c.as_nanos() as f64 / (t.answered.max(1)) as f64),
+            flows_without_answer: None,
+            peer_echo_dropped: None,
+            load_cpu_s: None,
+            stray: None,
+            not_deleted: None,
         }
     }
 

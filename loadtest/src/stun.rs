@@ -61,17 +61,18 @@ struct Slot {
     live: bool,
 }
 
-/// Requests in flight of one thread: a ring indexed by sequence number.
-struct Outstanding {
+/// Requests in flight of one thread (or, for `turn`, of one allocation): a ring indexed by
+/// sequence number.
+pub(crate) struct Outstanding {
     ring: Vec<Slot>,
     mask: u64,
-    next: u64,
+    pub(crate) next: u64,
     oldest: u64,
-    live: usize,
+    pub(crate) live: usize,
 }
 
 impl Outstanding {
-    fn new(capacity: usize, now: Instant) -> Self {
+    pub(crate) fn new(capacity: usize, now: Instant) -> Self {
         let cap = capacity.next_power_of_two().max(64);
         Outstanding {
             ring: (0..cap)
@@ -88,11 +89,11 @@ impl Outstanding {
         }
     }
 
-    fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.next - self.oldest > self.mask
     }
 
-    fn push(&mut self, now: Instant) -> u64 {
+    pub(crate) fn push(&mut self, now: Instant) -> u64 {
         let seq = self.next;
         self.ring[(seq & self.mask) as usize] = Slot {
             seq,
@@ -105,7 +106,7 @@ impl Outstanding {
     }
 
     /// Marks `seq` answered; returns when it was sent, or None if it is not outstanding.
-    fn answer(&mut self, seq: u64) -> Option<Instant> {
+    pub(crate) fn answer(&mut self, seq: u64) -> Option<Instant> {
         if seq < self.oldest || seq >= self.next {
             return None;
         }
@@ -120,7 +121,7 @@ impl Outstanding {
 
     /// Retires the oldest entries: answered ones, and live ones older than `timeout`
     /// (returned as the number lost). With `all`, every live entry counts as lost.
-    fn expire(&mut self, now: Instant, timeout: Duration, all: bool) -> u64 {
+    pub(crate) fn expire(&mut self, now: Instant, timeout: Duration, all: bool) -> u64 {
         let mut lost = 0;
         while self.oldest < self.next {
             let s = &mut self.ring[(self.oldest & self.mask) as usize];

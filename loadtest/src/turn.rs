@@ -4,20 +4,32 @@
 //! → client. Reports round trips per second (each is two relayed datagrams, one each way),
 //! loss and RTT percentiles.
 //!
-//! Plain std sockets (one per allocation, polled non-blocking by `--threads` threads) and
-//! icering's public STUN codec; the peer is an echo thread on `--peer-ip`.
+//! Setup (Allocate 401 → signed, ChannelBind or CreatePermission) runs one allocation at a
+//! time on its blocking std socket. The data path is batched: one driver thread
+//! (`--threads` of them, each with a share of the allocations) moves every client socket
+//! of its share *and* its own echo peer socket into one icering [`Backend`] (io_uring or
+//! epoll + `recvmmsg`/`sendmmsg`, UDP GSO on), so a window refill of many allocations is
+//! one flush and a burst of answers one receive batch. The peer echoes inside the receive
+//! callback: per round trip the driver does what the server does (two datagrams in, two
+//! out), batched the same way. The drivers start and end the measured phase together
+//! (barriers), then delete their allocations through the same backend (Refresh 0, all at
+//! once), so each allocation holds one file descriptor.
+//!
+//! `--raw-echo`: the same load shape (flows = allocations, window, datagram bytes) sent
+//! straight to a plain UDP echo server (e.g. `examples/udp_echo`) without TURN, to measure
+//! the raw echo limit the relay is compared with.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use icering::io::{self, Backend, BackendChoice, BackendKind, SendQueue, SocketId};
 use icering::stun::{
     Class, IntegrityKey, Message, MessageType, MessageWriter, Method, attr, long_term_key_md5,
 };
 
 use crate::report::{Report, Tally, process_cpu};
+use crate::stun::Outstanding;
 
 /// Arguments of `icering-loadtest turn`.
 #[derive(clap::Args, Debug)]
@@ -52,9 +64,18 @@ pub struct Args {
     /// Seconds of load.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
-    /// Threads driving the allocations.
+    /// Driver threads; each drives its share of the allocations and its own echo peer
+    /// socket through one batched io backend.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// io backend for the load generator: auto | uring | portable.
+    #[arg(long, default_value = "auto")]
+    io: String,
+    /// `--target` is a plain UDP echo server, not TURN: no allocations, the same datagrams
+    /// (ChannelData or Send indications, `--size` payload) from `--allocations` sockets with
+    /// `--window` in flight each, checked when they come back. Measures the raw echo limit.
+    #[arg(long)]
+    raw_echo: bool,
     /// A datagram not back after this many milliseconds counts as lost.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
@@ -68,14 +89,45 @@ pub struct Args {
 
 const CHANNEL: u16 = 0x4000;
 
-/// One allocation: its socket, relayed address, and datagrams in flight.
+/// One allocation (or, with `--raw-echo`, one flow): its socket and the auth state.
 struct Alloc {
-    sock: UdpSocket,
-    inflight: HashMap<u64, Instant>,
-    next_seq: u64,
+    /// Blocking socket of the setup; moved into a driver's backend for the load and the
+    /// teardown (one file descriptor per allocation).
+    sock: Option<UdpSocket>,
     id: u32,
     /// REALM and NONCE learnt at setup, so the final Refresh is signed at once.
     auth: Option<(String, String)>,
+}
+
+/// A blocking UDP socket with 4 MiB receive and send buffers (as root beyond `rmem_max`),
+/// like the server's: the echo peer receives every allocation's window. No `SO_REUSEADDR`
+/// (unlike `io::bind_udp`): with it, Linux may give two port-0 binds the same port, i.e.
+/// two allocations one 5-tuple (437).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use std::os::fd::AsRawFd;
+    let sock = UdpSocket::bind(addr)?;
+    let size: libc::c_int = 4 << 20;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        for opt in [force, plain] {
+            // SAFETY: setsockopt with a valid c_int value on a socket we own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break; // best effort: the plain option is capped at rmem_max/wmem_max
+            }
+        }
+    }
+    Ok(sock)
 }
 
 fn tid(n: u64) -> [u8; 12] {
@@ -87,6 +139,33 @@ fn tid(n: u64) -> [u8; 12] {
 struct Creds {
     user: String,
     pass: String,
+}
+
+/// Writes a request into `buf`, signed (USERNAME, REALM, NONCE, MESSAGE-INTEGRITY; RFC 8656
+/// §5 long-term credentials) once `auth` holds the realm and nonce; returns its length.
+fn write_request(
+    buf: &mut [u8],
+    method: Method,
+    t: &[u8; 12],
+    creds: &Creds,
+    auth: Option<&(String, String)>,
+    attrs: &dyn Fn(&mut MessageWriter<'_>) -> Result<(), icering::stun::StunError>,
+) -> Result<usize, String> {
+    let mut w = MessageWriter::new(buf, MessageType::new(method, Class::Request), t)
+        .map_err(|e| e.to_string())?;
+    attrs(&mut w).map_err(|e| e.to_string())?;
+    if let Some((realm, nonce)) = auth {
+        let key = long_term_key_md5(&creds.user, realm, &creds.pass);
+        let add = |w: &mut MessageWriter<'_>| -> Result<(), icering::stun::StunError> {
+            w.add_raw(attr::USERNAME, creds.user.as_bytes())?;
+            w.add_raw(attr::REALM, realm.as_bytes())?;
+            w.add_raw(attr::NONCE, nonce.as_bytes())?;
+            w.add_message_integrity(&IntegrityKey::new(&key))
+        };
+        add(&mut w).map_err(|e| e.to_string())?;
+    }
+    w.add_fingerprint().map_err(|e| e.to_string())?;
+    Ok(w.finish())
 }
 
 /// A request/answer exchange with the 401 → signed retry; returns the answer bytes.
@@ -103,21 +182,7 @@ fn request(
         *seq += 1;
         let t = tid(*seq);
         let mut buf = [0u8; 1024];
-        let mut w = MessageWriter::new(&mut buf, MessageType::new(method, Class::Request), &t)
-            .map_err(|e| e.to_string())?;
-        attrs(&mut w).map_err(|e| e.to_string())?;
-        if let Some((realm, nonce)) = auth.as_ref() {
-            let key = long_term_key_md5(&creds.user, realm, &creds.pass);
-            let add = |w: &mut MessageWriter<'_>| -> Result<(), icering::stun::StunError> {
-                w.add_raw(attr::USERNAME, creds.user.as_bytes())?;
-                w.add_raw(attr::REALM, realm.as_bytes())?;
-                w.add_raw(attr::NONCE, nonce.as_bytes())?;
-                w.add_message_integrity(&IntegrityKey::new(&key))
-            };
-            add(&mut w).map_err(|e| e.to_string())?;
-        }
-        w.add_fingerprint().map_err(|e| e.to_string())?;
-        let n = w.finish();
+        let n = write_request(&mut buf, method, &t, creds, auth.as_ref(), attrs)?;
         let mut answer = None;
         for _ in 0..5 {
             sock.send_to(&buf[..n], server).map_err(|e| e.to_string())?;
@@ -160,9 +225,16 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
     } else {
         "0.0.0.0:0".parse().expect("literal")
     };
-    let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    let sock = bind_udp(bind).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .map_err(|e| e.to_string())?;
+    if args.raw_echo {
+        return Ok(Alloc {
+            sock: Some(sock),
+            id,
+            auth: None,
+        });
+    }
     let mut auth = None;
     let mut seq = u64::from(id) << 32;
     let t = args.target;
@@ -199,29 +271,93 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
             },
         )?;
     }
-    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok(Alloc {
-        sock,
-        inflight: HashMap::new(),
-        next_seq: 0,
+        sock: Some(sock),
         id,
         auth,
     })
 }
 
-fn teardown(args: &Args, creds: &Creds, a: &Alloc) {
-    let _ = a.sock.set_nonblocking(false);
-    let mut auth = a.auth.clone();
-    let mut seq = (u64::from(a.id) << 32) | 0x8000_0000;
-    let _ = request(
-        &a.sock,
-        args.target,
-        creds,
-        &mut auth,
-        Method::REFRESH,
-        &mut seq,
-        &|w| w.add_u32(attr::LIFETIME, 0),
-    );
+/// Deletes this driver's allocations (Refresh with LIFETIME 0, RFC 8656 §7.2) through its
+/// backend, from each allocation's own socket, all at once: signed with the realm and
+/// nonce learnt at setup, signed again with the new nonce after a 438 (or after a 401 if
+/// setup needed no credentials), retransmitted every 300 ms, 5 rounds at most. Returns how
+/// many were not confirmed. The exchange of `request`, batched: a serial one would need the
+/// sockets back, i.e. a second file descriptor per allocation.
+fn refresh_zero(
+    backend: &mut Backend,
+    target: SocketAddr,
+    creds: &Creds,
+    allocs: &[Alloc],
+    flows: &[Flow],
+) -> Result<u64, String> {
+    let n = allocs.len();
+    let Some(first) = allocs.first().map(|a| a.id) else {
+        return Ok(0);
+    };
+    let mut auth: Vec<Option<(String, String)>> = allocs.iter().map(|a| a.auth.clone()).collect();
+    // 0 pending, 1 deleted, 2 failed.
+    let mut state = vec![0u8; n];
+    let lifetime0 = |w: &mut MessageWriter<'_>| w.add_u32(attr::LIFETIME, 0);
+    for round in 0..5u64 {
+        let mut buf = [0u8; 1024];
+        for k in (0..n).filter(|&k| state[k] == 0) {
+            let seq = (u64::from(allocs[k].id) << 32) | 0x8000_0000 | round;
+            let len = write_request(
+                &mut buf,
+                Method::REFRESH,
+                &tid(seq),
+                creds,
+                auth[k].as_ref(),
+                &lifetime0,
+            )?;
+            backend
+                .send_to(flows[k].sock, target, &buf[..len])
+                .map_err(|e| e.to_string())?;
+        }
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while state.contains(&0) && Instant::now() < deadline {
+            backend
+                .poll(Some(Duration::from_millis(10)), &mut |_, _, from, data| {
+                    let Ok(m) = Message::parse(data) else { return };
+                    let t = m.transaction_id();
+                    if from != target || m.method() != Method::REFRESH || t[..4] != [0x5A; 4] {
+                        return; // a late relayed datagram, or a stale answer
+                    }
+                    let seq = u64::from_be_bytes(t[4..].try_into().expect("8 bytes"));
+                    let k = ((seq >> 32) as u32).wrapping_sub(first) as usize;
+                    let sent_in = seq & 0xFFFF_FFFF;
+                    if k >= n
+                        || state[k] != 0
+                        || !(0x8000_0000..=0x8000_0000 | round).contains(&sent_in)
+                    {
+                        return;
+                    }
+                    match m.error_code().map(|e| e.code) {
+                        // 437: no allocation for this 5-tuple any more, i.e. an earlier
+                        // transmission (answered late) deleted it (RFC 8656 §7.3).
+                        None | Some(437) => state[k] = 1,
+                        Some(code @ (401 | 438)) if m.nonce().is_some() => {
+                            let unsigned = auth[k].is_none();
+                            if code == 401 && !unsigned {
+                                state[k] = 2; // wrong credentials
+                            } else {
+                                auth[k] = Some((
+                                    m.realm().unwrap_or_default().to_string(),
+                                    m.nonce().unwrap_or_default().to_string(),
+                                ));
+                            }
+                        }
+                        Some(_) => state[k] = 2,
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        if !state.contains(&0) {
+            break;
+        }
+    }
+    Ok(state.iter().filter(|&&s| s != 1).count() as u64)
 }
 
 /// Builds one relayed datagram carrying (allocation id, seq) into `out`.
@@ -256,10 +392,12 @@ fn build(
     }
 }
 
-/// The (id, seq) of a datagram relayed back, from ChannelData or a Data indication.
-fn parse_back(d: &[u8]) -> Option<(u32, u64)> {
+/// The (id, seq) of a datagram relayed back, from ChannelData or a Data indication (or, from
+/// a raw echo server, our own Send indication).
+fn parse_back(d: &[u8], raw_echo: bool) -> Option<(u32, u64)> {
     let payload = if let Ok(m) = Message::parse(d) {
-        (m.method() == Method::DATA).then(|| m.data())??
+        let want = if raw_echo { Method::SEND } else { Method::DATA };
+        (m.method() == want && m.class() == Class::Indication).then(|| m.data())??
     } else if d.len() >= 4 && (0x40..=0x7F).contains(&d[0]) {
         let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
         d.get(4..4 + len)?
@@ -271,75 +409,277 @@ fn parse_back(d: &[u8]) -> Option<(u32, u64)> {
     Some((id, seq))
 }
 
-fn drive(args: &Args, peer: SocketAddr, allocs: &mut [Alloc], until: Instant) -> Tally {
-    let mut t = Tally::new();
+/// Data-path state of one allocation inside a driver thread.
+struct Flow {
+    out: Outstanding,
+    sock: SocketId,
+    id: u32,
+    answered: u64,
+    /// Listed in `ready` (its window may have room).
+    ready: bool,
+}
+
+/// What one driver thread hands back.
+struct Driven {
+    tally: Tally,
+    flows_without_answer: u64,
+    peer_echo_dropped: u64,
+    /// Datagrams that are not answers: from a source other than the target (e.g. leftovers
+    /// for a port another process used just before, on a busy shared machine), or STUN
+    /// responses from the target (late answers to retransmitted setup requests).
+    stray: u64,
+    /// Allocations whose Refresh 0 was not confirmed.
+    not_deleted: u64,
+}
+
+/// A driver's backend with every client socket of its share and its echo peer.
+struct Prepared {
+    backend: Backend,
+    flows: Vec<Flow>,
+    /// Socket id → flow index (`u32::MAX`: none).
+    by_sock: Vec<u32>,
+    peer: Option<SocketId>,
+}
+
+/// The measured phase, shared by the driver threads and `run`: everyone waits at `start`
+/// once the backends are ready, and at `end` once the last datagram is in (before the
+/// teardown), so rates and CPU cover exactly the load.
+pub(crate) struct Phase {
+    start: Barrier,
+    end: Barrier,
+}
+
+fn prepare(
+    args: &Args,
+    kind: BackendKind,
+    peer: Option<UdpSocket>,
+    allocs: &mut [Alloc],
+) -> Result<Prepared, String> {
+    let e = |e: io::IoError| e.to_string();
+    let slots = (allocs.len() * args.window * 2 + 256)
+        .next_power_of_two()
+        .clamp(1024, 16384);
+    let cfg = io::Config {
+        batch: 64,
+        buf_size: 2048,
+        buf_count: 4096,
+        send_slots: slots,
+        gso: true,
+    };
+    let mut backend = Backend::new(kind, &cfg).map_err(e)?;
+    let mut by_sock: Vec<u32> = Vec::new();
+    let mut flows = Vec::with_capacity(allocs.len());
+    let now = Instant::now();
+    for (k, a) in allocs.iter_mut().enumerate() {
+        let s = a.sock.take().ok_or("allocation without a socket")?;
+        let sock = backend.add_socket(s).map_err(e)?;
+        let i = sock.0 as usize;
+        if by_sock.len() <= i {
+            by_sock.resize(i + 1, u32::MAX);
+        }
+        by_sock[i] = k as u32;
+        flows.push(Flow {
+            out: Outstanding::new(args.window * 2, now),
+            sock,
+            id: a.id,
+            answered: 0,
+            ready: true,
+        });
+    }
+    let peer = match peer {
+        Some(p) => Some(backend.add_socket(p).map_err(e)?),
+        None => None,
+    };
+    Ok(Prepared {
+        backend,
+        flows,
+        by_sock,
+        peer,
+    })
+}
+
+/// Drives `allocs` (and the echo peer, unless `--raw-echo`) through one batched backend for
+/// `--duration` from the common start, waits up to the timeout for the datagrams still in
+/// flight, then deletes the allocations.
+fn drive(
+    args: &Args,
+    kind: BackendKind,
+    creds: &Creds,
+    peer: Option<UdpSocket>,
+    dest_for_send: SocketAddr,
+    allocs: &mut [Alloc],
+    phase: &Phase,
+) -> Result<Driven, String> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    fn panicked<T>(_: Box<dyn std::any::Any + Send>) -> Result<T, String> {
+        Err("driver thread panicked".into())
+    }
+    // Whatever happens, both barriers are passed once, or `run` would wait forever.
+    let prepared = catch_unwind(AssertUnwindSafe(|| prepare(args, kind, peer, allocs)))
+        .unwrap_or_else(panicked);
+    phase.start.wait();
+    let until = Instant::now() + Duration::from_secs_f64(args.duration);
+    let loaded = prepared.and_then(|mut p| {
+        catch_unwind(AssertUnwindSafe(|| {
+            load(args, &mut p, dest_for_send, until)
+        }))
+        .unwrap_or_else(panicked)
+        .map(|d| (p, d))
+    });
+    phase.end.wait();
+    let (mut p, mut d) = loaded?;
+    if !args.raw_echo {
+        d.not_deleted = refresh_zero(&mut p.backend, args.target, creds, allocs, &p.flows)?;
+    }
+    Ok(d)
+}
+
+/// The measured load of one driver.
+fn load(
+    args: &Args,
+    p: &mut Prepared,
+    dest_for_send: SocketAddr,
+    until: Instant,
+) -> Result<Driven, String> {
+    let Prepared {
+        backend,
+        flows,
+        by_sock,
+        peer,
+    } = p;
+    let peer_id = *peer;
+    let window = args.window;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut out = [0u8; 2048];
-    let mut r = [0u8; 2048];
-    let mut last_expire = Instant::now();
+    let mut ready: Vec<u32> = (0..flows.len() as u32).collect();
+    let mut t = Tally::new();
+    let (mut echo_dropped, mut stray) = (0u64, 0u64);
+    let mut live = 0usize;
+    let mut now = Instant::now();
+    let mut last_sweep = now;
+    let mut draining = false;
+    let (target, size, indications, raw) =
+        (args.target, args.size, args.indications, args.raw_echo);
     loop {
-        let now = Instant::now();
-        let sending = now < until;
-        if !sending && allocs.iter().all(|a| a.inflight.is_empty()) {
+        if !draining && now >= until {
+            draining = true;
+        }
+        if draining && (live == 0 || now >= until + timeout) {
             break;
         }
-        if now > until + timeout {
-            break;
-        }
-        for a in allocs.iter_mut() {
-            while let Ok((n, from)) = a.sock.recv_from(&mut r) {
-                if from != args.target {
-                    t.invalid += 1;
-                    continue;
+        // Refill the windows that may have room, as one batch.
+        if !draining {
+            let sendq = backend.send_queue();
+            let mut done = 0;
+            'fill: for &k in ready.iter() {
+                let f = &mut flows[k as usize];
+                let lost = f.out.expire(now, timeout, false);
+                t.lost += lost;
+                live -= lost as usize;
+                while f.out.live < window && !f.out.full() {
+                    let Some(slot) = sendq.slot() else {
+                        break 'fill;
+                    };
+                    let seq = f.out.next;
+                    let n = build(indications, dest_for_send, f.id, seq, size, slot);
+                    sendq.commit(f.sock, target, n);
+                    f.out.push(now);
+                    live += 1;
+                    t.sent += 1;
                 }
-                match parse_back(&r[..n]) {
-                    Some((id, seq)) if id == a.id => match a.inflight.remove(&seq) {
-                        Some(at) => {
-                            t.answered += 1;
-                            let us = at.elapsed().as_micros().max(1) as u64;
-                            let _ = t.latency_us.record(us);
+                f.ready = false;
+                done += 1;
+            }
+            ready.drain(..done);
+        }
+        // Flush, wait for answers; echo what reaches the peer.
+        let mut received_at = now;
+        backend
+            .poll(
+                Some(Duration::from_millis(1)),
+                &mut |sq: &mut SendQueue, sock: SocketId, from: SocketAddr, data: &mut [u8]| {
+                    if Some(sock) == peer_id {
+                        if sq.send_to(sock, from, data).is_err() {
+                            echo_dropped += 1;
                         }
-                        None => t.late_or_duplicate += 1,
-                    },
-                    _ => t.invalid += 1,
-                }
-            }
-            while sending && a.inflight.len() < args.window {
-                let seq = a.next_seq;
-                a.next_seq += 1;
-                let n = build(args.indications, peer, a.id, seq, args.size, &mut out);
-                match a.sock.send_to(&out[..n], args.target) {
-                    Ok(_) => {
-                        t.sent += 1;
-                        a.inflight.insert(seq, Instant::now());
+                        return;
                     }
-                    Err(_) => {
-                        t.send_failed += 1;
-                        break;
+                    let Some(&k) = by_sock.get(sock.0 as usize).filter(|&&k| k != u32::MAX) else {
+                        stray += 1;
+                        return;
+                    };
+                    if from != target {
+                        stray += 1;
+                        return;
                     }
+                    let f = &mut flows[k as usize];
+                    match parse_back(data, raw) {
+                        Some((id, seq)) if id == f.id => match f.out.answer(seq) {
+                            Some(sent_at) => {
+                                let at = Instant::now().max(received_at);
+                                received_at = at;
+                                t.answered += 1;
+                                f.answered += 1;
+                                live -= 1;
+                                let us = at.duration_since(sent_at).as_micros().max(1) as u64;
+                                let _ = t.latency_us.record(us.min(60_000_000));
+                                if !f.ready {
+                                    f.ready = true;
+                                    ready.push(k);
+                                }
+                            }
+                            None => t.late_or_duplicate += 1,
+                        },
+                        // A late answer to a retransmitted setup request, not relayed data.
+                        _ if Message::parse(data)
+                            .is_ok_and(|m| matches!(m.class(), Class::Success | Class::Error)) =>
+                        {
+                            stray += 1
+                        }
+                        _ => t.invalid += 1,
+                    }
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        now = Instant::now();
+        // Windows stalled on lost datagrams: expire them now and then.
+        if now.duration_since(last_sweep) >= Duration::from_millis(20) {
+            last_sweep = now;
+            for (k, f) in flows.iter_mut().enumerate() {
+                let lost = f.out.expire(now, timeout, false);
+                t.lost += lost;
+                live -= lost as usize;
+                if !f.ready && f.out.live < window {
+                    f.ready = true;
+                    ready.push(k as u32);
                 }
             }
         }
-        if now.duration_since(last_expire) > Duration::from_millis(50) {
-            last_expire = now;
-            for a in allocs.iter_mut() {
-                let before = a.inflight.len();
-                a.inflight.retain(|_, at| now.duration_since(*at) < timeout);
-                t.lost += (before - a.inflight.len()) as u64;
-            }
-        }
     }
-    for a in allocs.iter_mut() {
-        t.lost += a.inflight.len() as u64;
-        a.inflight.clear();
+    for f in flows.iter_mut() {
+        t.lost += f.out.expire(now, timeout, true);
     }
-    t
+    t.send_failed = backend.stats().send_errors;
+    Ok(Driven {
+        tally: t,
+        flows_without_answer: flows.iter().filter(|f| f.answered == 0).count() as u64,
+        peer_echo_dropped: echo_dropped,
+        stray,
+        not_deleted: 0,
+    })
 }
 
 /// Runs the load.
 pub fn run(args: Args) -> Result<(), String> {
     if args.allocations == 0 || args.window == 0 || args.threads == 0 {
         return Err("--allocations, --window and --threads must be at least 1".into());
+    }
+    if args.duration <= 0.0 {
+        return Err("--duration must be positive".into());
+    }
+    let choice: BackendChoice = args.io.parse().map_err(|e: io::IoError| e.to_string())?;
+    let (kind, why) = io::select_backend(choice).map_err(|e| e.to_string())?;
+    if !args.json {
+        eprintln!("{why}");
     }
     let creds = match &args.secret {
         None => Creds {
@@ -357,56 +697,93 @@ pub fn run(args: Args) -> Result<(), String> {
             Creds { user, pass }
         }
     };
-    // The echo peer.
-    let peer_sock = UdpSocket::bind(SocketAddr::new(args.peer_ip, 0)).map_err(|e| e.to_string())?;
-    peer_sock
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| e.to_string())?;
-    let peer = peer_sock.local_addr().map_err(|e| e.to_string())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let echo = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop.load(Relaxed) {
-                if let Ok((n, from)) = peer_sock.recv_from(&mut buf) {
-                    let _ = peer_sock.send_to(&buf[..n], from);
-                }
-            }
-        })
-    };
+    let threads = args.threads.min(args.allocations);
+    let per = args.allocations.div_ceil(threads);
+    // One echo peer socket per driver thread (none against a raw echo server); the
+    // allocations of thread j relay to peer j.
+    let mut peers = Vec::with_capacity(threads);
+    let mut peer_addrs = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        if args.raw_echo {
+            peer_addrs.push(args.target);
+        } else {
+            // 4 MiB receive buffer: every allocation's window arrives here.
+            let p = bind_udp(SocketAddr::new(args.peer_ip, 0)).map_err(|e| e.to_string())?;
+            peer_addrs.push(p.local_addr().map_err(|e| e.to_string())?);
+            peers.push(Some(p));
+        }
+    }
+    if args.raw_echo {
+        peers.resize_with(threads, || None);
+    }
 
     let mut allocs = Vec::with_capacity(args.allocations);
     for i in 0..args.allocations {
-        allocs.push(setup(&args, &creds, peer, i as u32)?);
+        allocs.push(setup(&args, &creds, peer_addrs[i / per], i as u32)?);
     }
-    let cpu0 = args.server_pid.map(process_cpu).transpose()?;
-    let start = Instant::now();
-    let until = start + Duration::from_secs_f64(args.duration);
-    let per = args.allocations.div_ceil(args.threads);
+    let me = std::process::id();
+    let phase = Phase {
+        start: Barrier::new(threads + 1),
+        end: Barrier::new(threads + 1),
+    };
     let mut total = Tally::new();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = allocs
-            .chunks_mut(per)
-            .map(|chunk| s.spawn(|| drive(&args, peer, chunk, until)))
-            .collect();
-        for h in handles {
-            total.merge(&h.join().expect("driver thread"));
-        }
-    });
-    let elapsed = start.elapsed().min(Duration::from_secs_f64(args.duration));
-    let server = match (args.server_pid, cpu0) {
-        (Some(pid), Some(c0)) => Some((pid, process_cpu(pid)?.saturating_sub(c0))),
+    let (mut idle, mut echo_dropped, mut stray, mut not_deleted) = (0, 0, 0, 0);
+    // CPU of the server and of this process, and the start time, sampled at the barriers.
+    let cpu = |pid: Option<u32>| pid.map(process_cpu).transpose();
+    type Sample = (Option<Duration>, Duration, Instant);
+    let sample = || -> Result<Sample, String> {
+        Ok((cpu(args.server_pid)?, process_cpu(me)?, Instant::now()))
+    };
+    let (results, before, after): (Vec<Result<Driven, String>>, Result<Sample, String>, _) =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = allocs
+                .chunks_mut(per)
+                .zip(peers.into_iter().zip(peer_addrs.iter().copied()))
+                .map(|(chunk, (peer, paddr))| {
+                    let (args, creds, phase) = (&args, &creds, &phase);
+                    s.spawn(move || drive(args, kind, creds, peer, paddr, chunk, phase))
+                })
+                .collect();
+            phase.start.wait();
+            let before = sample();
+            phase.end.wait();
+            let after = sample();
+            let results = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("driver thread panicked".into()))
+                })
+                .collect();
+            (results, before, after)
+        });
+    let (server0, own0, start) = before?;
+    let (server1, own1, end): Sample = after?;
+    let own = own1.saturating_sub(own0);
+    let elapsed = end
+        .duration_since(start)
+        .min(Duration::from_secs_f64(args.duration));
+    let server = match (args.server_pid, server0, server1) {
+        (Some(pid), Some(c0), Some(c1)) => Some((pid, c1.saturating_sub(c0))),
         _ => None,
     };
-    for a in &allocs {
-        teardown(&args, &creds, a);
+    for r in results {
+        let d = r?;
+        total.merge(&d.tally);
+        idle += d.flows_without_answer;
+        echo_dropped += d.peer_echo_dropped;
+        stray += d.stray;
+        not_deleted += d.not_deleted;
     }
-    stop.store(true, Relaxed);
-    let _ = echo.join();
     let mode = format!(
-        "turn {} allocations, {}, window {}, {} B",
+        "{} {} {}, {}, window {}, {} B",
+        if args.raw_echo { "raw echo" } else { "turn" },
         args.allocations,
+        if args.raw_echo {
+            "flows"
+        } else {
+            "allocations"
+        },
         if args.indications {
             "Send/Data indications"
         } else {
@@ -415,18 +792,42 @@ pub fn run(args: Args) -> Result<(), String> {
         args.window,
         args.size
     );
-    let report = Report::new(
+    let mut report = Report::new(
         &total,
         elapsed,
-        (args.target.to_string(), mode, args.threads, "std".into()),
+        (args.target.to_string(), mode, threads, kind.to_string()),
         server,
     );
+    report.flows_without_answer = Some(idle);
+    report.peer_echo_dropped = (!args.raw_echo).then_some(echo_dropped);
+    report.load_cpu_s = Some(own.as_secs_f64());
+    report.stray = Some(stray);
+    report.not_deleted = (!args.raw_echo).then_some(not_deleted);
     report.print(args.json);
     if !args.json {
         println!(
-            "relayed         {:.0} datagrams/s each way (a round trip is one relayed datagram each way)",
-            report.answered_per_s
+            "load generator  cpu {:.3} s ({:.0} % of the load phase)",
+            own.as_secs_f64(),
+            100.0 * own.as_secs_f64() / end.duration_since(start).as_secs_f64().max(1e-9)
         );
+        println!("stray           {stray} (not answers: other sources, late setup responses)");
+        if !args.raw_echo {
+            println!("not deleted     {not_deleted} (Refresh 0 unconfirmed)");
+        }
+        println!("flows idle      {idle} (no datagram back)");
+        if args.raw_echo {
+            println!(
+                "echoed          {:.0} datagrams/s (each in and out of the echo server once)",
+                report.answered_per_s
+            );
+        } else {
+            println!("peer echo drops {echo_dropped}");
+            println!(
+                "relayed         {:.0} datagrams/s in total, {:.0} each way (a round trip is one relayed datagram each way)",
+                2.0 * report.answered_per_s,
+                report.answered_per_s
+            );
+        }
     }
     Ok(())
 }

@@ -15,8 +15,28 @@ const SOCK_BUF: usize = 4 << 20;
 /// Sets `SO_REUSEADDR`, `SO_REUSEPORT` if `reuse_port` (so several shards can bind the same
 /// address and the kernel spreads 5-tuples over them), `IPV6_V6ONLY` for IPv6, and asks for
 /// 4 MiB receive/send buffers (best effort; as root this uses `SO_RCVBUFFORCE`).
+///
+/// Port 0 is first resolved by a probe socket bound without any reuse option and closed
+/// again: with `SO_REUSEADDR`/`SO_REUSEPORT` set, Linux's port-0 choice may return a port
+/// that another reuse socket of the same user already holds, and the two would then share
+/// traffic (two runtimes started side by side, say).
 pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, IoError> {
     let bind_err = |source| IoError::Bind { addr, source };
+    let addr = if addr.port() == 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(bind_err)?;
+        if addr.is_ipv6() {
+            probe.set_only_v6(true).map_err(bind_err)?;
+        }
+        probe.bind(&addr.into()).map_err(bind_err)?;
+        probe
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| bind_err(std::io::Error::other("probe socket has no address")))?
+    } else {
+        addr
+    };
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_err)?;
     sock.set_cloexec(true).map_err(bind_err)?;

@@ -98,30 +98,23 @@ impl Runtime {
         let mut sockets: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
         let mut tcp: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         for &addr in &config.server.listen {
-            let first = io::bind_udp(addr, true)?;
-            let resolved = first.local_addr().map_err(IoError::Io)?;
+            let (resolved, udp, listeners) = bind_group(addr, n, config.server.tcp)?;
             local_addrs.push(resolved);
-            sockets[0].push(first);
-            for per_shard in sockets.iter_mut().skip(1) {
-                per_shard.push(io::bind_udp(resolved, true)?);
+            for (per_shard, s) in sockets.iter_mut().zip(udp) {
+                per_shard.push(s);
             }
-            // STUN/TURN over TCP on the same address and port (RFC 8656 §3.1).
-            if config.server.tcp {
-                for per_shard in tcp.iter_mut() {
-                    per_shard.push(io::bind_tcp_listener(resolved, true)?);
-                }
+            for (per_shard, l) in tcp.iter_mut().zip(listeners) {
+                per_shard.push(l);
             }
         }
         // The same for the ICE mux sockets (`[ice] listen`).
         let mut ice_addrs = Vec::with_capacity(config.ice.listen.len());
         let mut ice_sockets: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
         for &addr in &config.ice.listen {
-            let first = io::bind_udp(addr, true)?;
-            let resolved = first.local_addr().map_err(IoError::Io)?;
+            let (resolved, udp, _) = bind_group(addr, n, false)?;
             ice_addrs.push(resolved);
-            ice_sockets[0].push(first);
-            for per_shard in ice_sockets.iter_mut().skip(1) {
-                per_shard.push(io::bind_udp(resolved, true)?);
+            for (per_shard, s) in ice_sockets.iter_mut().zip(udp) {
+                per_shard.push(s);
             }
         }
 
@@ -288,6 +281,54 @@ impl Runtime {
     /// Graceful stop: every shard answers what it already received, flushes and exits.
     pub fn shutdown(mut self) -> Result<(), ShardError> {
         self.shutdown_inner()
+    }
+}
+
+/// One SO_REUSEPORT socket per shard on `addr` (port 0: one port chosen for all), plus a
+/// TCP listener per shard on the same port when `tcp`. With port 0 the UDP port may be
+/// taken for TCP; then another port is tried (a few times).
+#[allow(clippy::type_complexity)]
+fn bind_group(
+    addr: SocketAddr,
+    shards: usize,
+    tcp: bool,
+) -> Result<
+    (
+        SocketAddr,
+        Vec<std::net::UdpSocket>,
+        Vec<std::net::TcpListener>,
+    ),
+    IoError,
+> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let first = io::bind_udp(addr, true)?;
+        let resolved = first.local_addr().map_err(IoError::Io)?;
+        let mut udp = vec![first];
+        for _ in 1..shards {
+            udp.push(io::bind_udp(resolved, true)?);
+        }
+        let mut listeners = Vec::new();
+        if tcp {
+            for _ in 0..shards {
+                match io::bind_tcp_listener(resolved, true) {
+                    Ok(l) => listeners.push(l),
+                    Err(IoError::Bind { source, .. })
+                        if addr.port() == 0
+                            && attempt < 8
+                            && source.kind() == std::io::ErrorKind::AddrInUse =>
+                    {
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if listeners.len() < shards {
+                continue; // the UDP port is someone's TCP port: another one
+            }
+        }
+        return Ok((resolved, udp, listeners));
     }
 }
 

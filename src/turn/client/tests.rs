@@ -49,6 +49,9 @@ struct Net {
     blackhole: bool,
     /// Drop the next n success responses server → client.
     drop_successes: u32,
+    /// Play a server that does not recognise a retransmitted Allocate (RFC 8656 lets it
+    /// answer 437): the second copy of an Allocate gets 437 without reaching our server.
+    no_retransmit_memory: bool,
     /// Datagrams the relay sent to peers: (peer, payload).
     to_peers: Vec<(SocketAddr, Vec<u8>)>,
     /// Data the client delivered: (peer, payload).
@@ -85,6 +88,7 @@ impl Net {
             drop_to_server: 0,
             blackhole: false,
             drop_successes: 0,
+            no_retransmit_memory: false,
             to_peers: Vec::new(),
             delivered: Vec::new(),
             events: Vec::new(),
@@ -103,6 +107,25 @@ impl Net {
     }
 
     fn deliver_to_server(&mut self, bytes: &[u8]) {
+        if self.no_retransmit_memory
+            && let Ok(m) = Message::parse(bytes)
+            && m.method() == Method::ALLOCATE
+            && self.sent.iter().any(|b| b == bytes)
+        {
+            self.sent.push(bytes.to_vec());
+            let mut out = [0u8; 128];
+            let mut w = crate::stun::MessageWriter::new(
+                &mut out,
+                crate::stun::MessageType::new(Method::ALLOCATE, Class::Error),
+                m.transaction_id(),
+            )
+            .unwrap();
+            w.add_error_code(&crate::stun::ErrorCode::ALLOCATION_MISMATCH)
+                .unwrap();
+            let n = w.finish();
+            self.deliver_to_client(&out[..n]);
+            return;
+        }
         self.sent.push(bytes.to_vec());
         if self.blackhole {
             return;
@@ -263,11 +286,34 @@ fn lost_requests_are_retransmitted_with_doubling_rto() {
 }
 
 #[test]
-fn lost_allocate_success_is_recovered_after_the_437() {
-    // The server allocates but its answer is lost; it does not recognise the
-    // retransmission and answers 437. The client deletes the orphan and allocates again.
+fn lost_allocate_success_is_answered_again_by_our_server() {
+    // The answer is lost; our server recognises the retransmission (same transaction id,
+    // same 5-tuple) and sends the success again: one allocation, no 437.
     let mut n = Net::new("secret", |_| {});
     n.drop_successes = 1;
+    n.run_until(500);
+    let (relayed, _) = n.allocated().expect("allocated by the retransmission");
+    assert_eq!(n.server.allocations(), 1);
+    assert_eq!(n.ports.opened.len(), 1);
+    assert_eq!(relayed, n.ports.opened[0].1);
+    let methods: Vec<_> = n
+        .sent
+        .iter()
+        .map(|b| Message::parse(b).unwrap().method())
+        .collect();
+    assert_eq!(
+        methods,
+        [Method::ALLOCATE, Method::ALLOCATE, Method::ALLOCATE]
+    );
+}
+
+#[test]
+fn lost_allocate_success_is_recovered_after_the_437() {
+    // The server allocates but its answer is lost; a server that does not recognise the
+    // retransmission answers 437. The client deletes the orphan and allocates again.
+    let mut n = Net::new("secret", |_| {});
+    n.drop_successes = 1;
+    n.no_retransmit_memory = true;
     n.run_until(0);
     assert!(n.allocated().is_none());
     assert_eq!(n.server.allocations(), 1, "the orphan");
