@@ -172,6 +172,9 @@ pub struct ServerSection {
     pub shards: usize,
     /// SOFTWARE attribute value ("" to omit).
     pub software: String,
+    /// HTTP session API of `icering serve` (docs/serve-api.md); absent = off. Sessions
+    /// are hosted on the `[ice] listen` sockets.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Default for ServerSection {
@@ -180,6 +183,7 @@ impl Default for ServerSection {
             listen: vec!["127.0.0.1:3478".parse().expect("literal")],
             shards: 0,
             software: "icering".into(),
+            admin: None,
         }
     }
 }

@@ -50,6 +50,7 @@ pub mod ice;
 pub mod io;
 pub mod net;
 pub mod ping;
+pub mod serve;
 pub mod shard;
 pub mod stun;
 pub mod turn;

@@ -13,7 +13,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use icering::config::{Config, IoBackendChoice};
 use icering::ping::PingConfig;
+use icering::serve::AdminServer;
 use icering::shard::Runtime;
+use icering::Engine;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -153,6 +155,12 @@ struct ServeArgs {
     /// Turn the TURN relay off (STUN Binding only).
     #[arg(long)]
     no_turn: bool,
+    /// HTTP session API address (`server.admin`; docs/serve-api.md). Needs an ICE port.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Shared UDP port for ICE sessions (repeatable; replaces `ice.listen`).
+    #[arg(long = "ice-listen", value_name = "ADDR")]
+    ice_listen: Vec<SocketAddr>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -168,6 +176,12 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(n) = args.shards {
         config.server.shards = n;
+    }
+    if args.admin.is_some() {
+        config.server.admin = args.admin;
+    }
+    if !args.ice_listen.is_empty() {
+        config.ice.listen = args.ice_listen.clone();
     }
     if let Some(io) = args.io {
         config.io.backend = match io {
@@ -271,6 +285,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if config.turn.enabled {
         raise_nofile_limit();
     }
+    if let Some(admin) = config.server.admin {
+        return serve_sessions(&config, admin, &mut signals);
+    }
     let runtime = Runtime::start(&config).map_err(|e| e.to_string())?;
     tracing::info!("{}", runtime.backend_reason());
     let what = if config.turn.enabled {
@@ -314,6 +331,40 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         relayed_to_client = stats.relayed_to_client,
         "stopped"
     );
+    Ok(())
+}
+
+/// `icering serve` with the HTTP session API: the engine (STUN/TURN on `[server] listen`
+/// as usual, plus the shared ICE sockets of `[ice] listen`) and the admin server.
+fn serve_sessions(
+    config: &Config,
+    admin: SocketAddr,
+    signals: &mut signal_hook::iterator::Signals,
+) -> Result<(), String> {
+    if config.ice.listen.is_empty() {
+        return Err(format!(
+            "--admin {admin}: sessions need a shared ICE port: set `[ice] listen` or \
+             --ice-listen ADDR"
+        ));
+    }
+    let engine = Engine::start(config).map_err(|e| e.to_string())?;
+    for addr in engine.mux_addrs() {
+        tracing::info!(
+            lite = config.ice.lite,
+            "ICE sessions on {addr}/udp (shared by every session)"
+        );
+    }
+    let server =
+        AdminServer::start(admin, engine.clone(), config.ice.lite).map_err(|e| e.to_string())?;
+    tracing::info!("session API on http://{}", server.local_addr());
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    let open = server.sessions();
+    server.shutdown();
+    let stats = engine.stats();
+    engine.shutdown().map_err(|e| e.to_string())?;
+    tracing::info!(sessions_open = open, ice = ?stats.ice, "stopped");
     Ok(())
 }
 
