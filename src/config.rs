@@ -56,6 +56,38 @@ pub struct Config {
     pub io: IoSection,
     /// `[turn]`.
     pub turn: TurnSection,
+    /// `[ice]`.
+    pub ice: IceSection,
+}
+
+/// `[ice]`: ICE agents hosted on the shards (see `docs/agents.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IceSection {
+    /// Shared (mux) ICE sockets: each bound once per shard with SO_REUSEPORT. Agents
+    /// created with `mux` take their host candidates from these. Port 0 is resolved once.
+    pub listen: Vec<SocketAddr>,
+    /// Port range for agents' dedicated sockets (both 0: any ephemeral port). An agent's
+    /// `port_range` option overrides it.
+    pub min_port: u16,
+    /// Upper end of `min_port`'s range.
+    pub max_port: u16,
+    /// Whether sessions created by `icering serve` are ICE-lite.
+    pub lite: bool,
+    /// Received datagrams queued per app-owned connection before the next is dropped.
+    pub recv_queue: usize,
+}
+
+impl Default for IceSection {
+    fn default() -> Self {
+        IceSection {
+            listen: Vec::new(),
+            min_port: 0,
+            max_port: 0,
+            lite: true,
+            recv_queue: 256,
+        }
+    }
 }
 
 /// `[turn]`: the TURN relay (RFC 8656). With no `users` and no `static_auth_secrets`
@@ -263,6 +295,13 @@ impl Config {
         }
         if !self.io.buf_count.is_power_of_two() || !(64..=32768).contains(&self.io.buf_count) {
             return invalid("io.buf_count", "must be a power of two in 64..=32768");
+        }
+        let i = &self.ice;
+        if i.min_port > i.max_port {
+            return invalid("ice.min_port", "must be <= ice.max_port");
+        }
+        if i.recv_queue == 0 {
+            return invalid("ice.recv_queue", "must be at least 1");
         }
         let t = &self.turn;
         if t.enabled {

@@ -45,6 +45,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod api;
 pub mod config;
 pub mod ice;
 pub mod io;
@@ -54,3 +55,9 @@ pub mod serve;
 pub mod shard;
 pub mod stun;
 pub mod turn;
+
+pub use api::{
+    Agent, AgentEvent, AgentOptions, ApiError, Conn, ConnStats, DataMode, Engine, EngineStats,
+    NetworkType,
+};
+pub use config::Config;

@@ -898,6 +898,9 @@ impl IceAgent {
     fn start_transaction(&mut self, i: usize, purpose: Purpose, now: Instant) {
         let mut tid = [0u8; 12];
         self.rng.fill(&mut tid);
+        if let Some(prefix) = self.cfg.tid_prefix {
+            tid[..6].copy_from_slice(&prefix);
+        }
         let rto = if purpose == Purpose::Consent {
             self.cfg.keepalive_interval
         } else {

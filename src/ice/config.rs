@@ -47,6 +47,12 @@ pub struct IceConfig {
     pub max_pairs: usize,
     /// Maximum number of local or remote candidates. Default 64.
     pub max_candidates: usize,
+    /// Written at the start of every transaction id the agent generates (the other 6 of
+    /// the 12 bytes stay random), so a runtime hosting many agents on one port can route
+    /// responses statelessly (icering's shards put shard u16 + slot u32 here). RFC 8489
+    /// §5 asks for ids that are unpredictable to off-path attackers; 48 random bits plus
+    /// MESSAGE-INTEGRITY on every response keep that. Default `None`: 96 random bits.
+    pub tid_prefix: Option<[u8; 6]>,
 }
 
 impl Default for IceConfig {
@@ -71,6 +77,7 @@ impl Default for IceConfig {
             failed_timeout: Duration::from_secs(25),
             max_pairs: 100,
             max_candidates: 64,
+            tid_prefix: None,
         }
     }
 }

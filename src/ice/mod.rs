@@ -69,7 +69,7 @@ mod checklist;
 mod config;
 mod error;
 mod pair;
-mod rng;
+pub(crate) mod rng;
 mod sdp;
 mod stun;
 

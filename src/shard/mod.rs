@@ -10,6 +10,7 @@
 //! the sleep. Counters are published to shared atomics once per loop turn, not per packet.
 
 mod counters;
+pub(crate) mod ice;
 pub mod timers;
 mod worker;
 
@@ -24,6 +25,9 @@ use crate::io::{self, BackendChoice, BackendKind, IoError, Waker};
 use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
 pub use counters::ShardCounters;
+pub use ice::gather;
+pub(crate) use ice::{AppLink, IceCmd, NewAgent};
+pub use ice::{IceCounters, IceStats, MAX_ICE_SHARDS};
 
 /// Errors starting or running the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +45,15 @@ pub enum ShardError {
 pub(crate) enum Control {
     /// Stop receiving, answer what has arrived, flush, exit.
     Shutdown,
+    /// Hosted ICE agents: commands from handles, handoffs and routes from other shards.
+    Ice(IceCmd),
 }
 
 struct Shard {
     control: Sender<Control>,
     waker: Waker,
     counters: Arc<ShardCounters>,
+    ice: Arc<IceCounters>,
     thread: Option<JoinHandle<Result<(), ShardError>>>,
 }
 
@@ -54,6 +61,7 @@ struct Shard {
 pub struct Runtime {
     shards: Vec<Shard>,
     local_addrs: Vec<SocketAddr>,
+    ice_addrs: Vec<SocketAddr>,
     backend: BackendKind,
     backend_reason: String,
 }
@@ -98,6 +106,18 @@ impl Runtime {
                 per_shard.push(io::bind_udp(resolved, true)?);
             }
         }
+        // The same for the ICE mux sockets (`[ice] listen`).
+        let mut ice_addrs = Vec::with_capacity(config.ice.listen.len());
+        let mut ice_sockets: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
+        for &addr in &config.ice.listen {
+            let first = io::bind_udp(addr, true)?;
+            let resolved = first.local_addr().map_err(IoError::Io)?;
+            ice_addrs.push(resolved);
+            ice_sockets[0].push(first);
+            for per_shard in ice_sockets.iter_mut().skip(1) {
+                per_shard.push(io::bind_udp(resolved, true)?);
+            }
+        }
 
         let io_config = io::Config {
             batch: config.io.batch,
@@ -115,10 +135,11 @@ impl Runtime {
 
         let mut shards = Vec::with_capacity(n);
         let mut ready = Vec::with_capacity(n);
-        for (index, socks) in sockets.into_iter().enumerate() {
+        for (index, (socks, ice_socks)) in sockets.into_iter().zip(ice_sockets).enumerate() {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let counters = Arc::new(ShardCounters::default());
+            let ice = Arc::new(IceCounters::default());
             let params = worker::Params {
                 index,
                 core: (n > 1 || cores > 1).then_some(index % cores),
@@ -127,26 +148,29 @@ impl Runtime {
                 server: server_config.clone(),
                 ports,
                 sockets: socks,
+                ice_sockets: ice_socks,
                 parked: parked.clone(),
                 control: control_rx,
                 counters: counters.clone(),
+                ice: ice.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || worker::run(params, ready_tx))
                 .map_err(|e| ShardError::Thread(index, e.to_string()))?;
-            shards.push((control_tx, counters, thread));
+            shards.push((control_tx, counters, ice, thread));
             ready.push(ready_rx);
         }
 
         let mut started = Vec::with_capacity(n);
         let mut first_err = None;
-        for ((control, counters, thread), ready_rx) in shards.into_iter().zip(ready) {
+        for ((control, counters, ice, thread), ready_rx) in shards.into_iter().zip(ready) {
             match ready_rx.recv() {
                 Ok(Ok(waker)) => started.push(Shard {
                     control,
                     waker,
                     counters,
+                    ice,
                     thread: Some(thread),
                 }),
                 Ok(Err(e)) => {
@@ -165,6 +189,7 @@ impl Runtime {
         let mut runtime = Runtime {
             shards: started,
             local_addrs,
+            ice_addrs,
             backend,
             backend_reason,
         };
@@ -172,7 +197,31 @@ impl Runtime {
             let _ = runtime.shutdown_inner();
             return Err(e);
         }
+        // Every shard learns every shard's control channel (cross-shard ICE handoff).
+        let peers: Arc<[(Sender<Control>, Waker)]> = runtime.links().into();
+        for s in &runtime.shards {
+            let _ = s.control.send(Control::Ice(IceCmd::Peers(peers.clone())));
+            s.waker.wake();
+        }
         Ok(runtime)
+    }
+
+    /// The ICE mux addresses actually bound (`[ice] listen`, port 0 resolved).
+    pub fn ice_addrs(&self) -> &[SocketAddr] {
+        &self.ice_addrs
+    }
+
+    /// ICE counters of each shard.
+    pub fn ice_counters(&self) -> Vec<Arc<IceCounters>> {
+        self.shards.iter().map(|s| s.ice.clone()).collect()
+    }
+
+    /// Control channel and waker of every shard (index = shard).
+    pub(crate) fn links(&self) -> Vec<(Sender<Control>, Waker)> {
+        self.shards
+            .iter()
+            .map(|s| (s.control.clone(), s.waker.clone()))
+            .collect()
     }
 
     /// The addresses actually bound (port 0 resolved), in `server.listen` order.

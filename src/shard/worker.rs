@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use super::ice::{IceCounters, IceHost};
 use super::{Control, ShardCounters, ShardError};
 use crate::io::{self, Backend, BackendKind, SendQueue, SocketId, Waker};
 use crate::turn::server::{
@@ -29,9 +30,12 @@ pub(super) struct Params {
     /// Relay port range.
     pub ports: (u16, u16),
     pub sockets: Vec<UdpSocket>,
+    /// This shard's copies of the `[ice] listen` mux sockets.
+    pub ice_sockets: Vec<UdpSocket>,
     pub parked: Parked,
     pub control: Receiver<Control>,
     pub counters: Arc<ShardCounters>,
+    pub ice: Arc<IceCounters>,
 }
 
 /// Longest sleep when nothing is scheduled, so counters stay fresh for observers.
@@ -150,7 +154,8 @@ pub(super) fn run(
         tracing::warn!(shard = p.index, core, "cannot pin shard thread: {e}");
     }
     let sockets = std::mem::take(&mut p.sockets);
-    let mut backend = match setup(&p, sockets) {
+    let ice_sockets = std::mem::take(&mut p.ice_sockets);
+    let (mut backend, mux) = match setup(&p, sockets, ice_sockets) {
         Ok(b) => b,
         Err(e) => {
             let msg = e.to_string();
@@ -162,6 +167,7 @@ pub(super) fn run(
     tracing::debug!(shard = p.index, core = ?p.core, "shard running");
 
     let mut server = Server::new(p.server.clone());
+    let mut ice = IceHost::new(p.index, mux, p.ice.clone());
     let (lo, hi) = p.ports;
     // Each shard starts its port search at its own offset of the range.
     let mut next_port =
@@ -171,23 +177,38 @@ pub(super) fn run(
     let mut scratch = vec![0u8; p.io.buf_size];
     let mut turns = 0u64;
     loop {
-        let shutdown = match p.control.try_recv() {
-            Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => true,
-            Err(TryRecvError::Empty) => false,
-        };
         let now = Instant::now();
+        let shutdown = loop {
+            match p.control.try_recv() {
+                Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => break true,
+                Ok(Control::Ice(cmd)) => ice.command(now, &mut backend, cmd),
+                Err(TryRecvError::Empty) => break false,
+            }
+        };
         // On shutdown, one last non-blocking turn answers what already arrived.
         let timeout = if shutdown {
             Duration::ZERO
         } else {
-            match server.poll_timeout() {
+            let at = match (server.poll_timeout(), ice.next_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match at {
                 Some(at) => at.saturating_duration_since(now).min(IDLE_TICK),
                 None => IDLE_TICK,
             }
         };
+        // ICE reads the clock once per poll, at its first datagram (timers and RTTs
+        // need better than the turn's start, which may precede a long sleep).
+        let mut ice_now: Option<Instant> = None;
         // `now` is read once per turn: at most IDLE_TICK stale, far below the 1 s
         // resolution of lifetimes and nonces.
         backend.poll(Some(timeout), &mut |sendq, sock, from, data| {
+            if ice.owns(sock) {
+                let now = *ice_now.get_or_insert_with(Instant::now);
+                ice.on_datagram(now, sendq, sock, from, data);
+                return;
+            }
             let mut ports = Deferred {
                 to_close: &mut to_close,
                 parked: &p.parked,
@@ -203,6 +224,9 @@ pub(super) fn run(
                 &mut later,
             )
         })?;
+        // Every agent due now runs; its checks join this turn's flush (one submission).
+        ice.run_timers(Instant::now(), backend.send_queue());
+        ice.end_turn();
         // Publish before the flush: whoever sees an answer then also sees it counted
         // (io counters lag one turn).
         turns += 1;
@@ -283,10 +307,21 @@ fn bind_relay(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(sock.into())
 }
 
-fn setup(p: &Params, sockets: Vec<UdpSocket>) -> Result<Backend, ShardError> {
+type Mux = Vec<(SocketId, SocketAddr)>;
+
+fn setup(
+    p: &Params,
+    sockets: Vec<UdpSocket>,
+    ice_sockets: Vec<UdpSocket>,
+) -> Result<(Backend, Mux), ShardError> {
     let mut backend = Backend::new(p.backend, &p.io)?;
     for s in sockets {
         backend.add_socket(s)?;
     }
-    Ok(backend)
+    let mut mux = Vec::with_capacity(ice_sockets.len());
+    for s in ice_sockets {
+        let addr = s.local_addr().map_err(io::IoError::Io)?;
+        mux.push((backend.add_socket(s)?, addr));
+    }
+    Ok((backend, mux))
 }

@@ -1,0 +1,354 @@
+//! [`Agent`] and [`Conn`]: handles that talk to the owning shard over its control channel.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::engine::{Inner, os_random};
+use super::{AgentEvent, AgentOptions, ApiError, ConnStats};
+use crate::ice::{Candidate, ConnectionState};
+use crate::io::Waker;
+use crate::shard::gather::{interface_addrs, usable};
+use crate::shard::{Control, IceCmd};
+
+/// The shard's address of one agent. Dropped with the last `Agent`/`Conn` of the agent,
+/// which closes it (frees the slot, its sockets and routes).
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub key: u64,
+    pub tx: Sender<Control>,
+    pub waker: Waker,
+}
+
+impl Handle {
+    pub fn send(&self, cmd: IceCmd) -> Result<(), ApiError> {
+        self.tx
+            .send(Control::Ice(cmd))
+            .map_err(|_| ApiError::EngineStopped)?;
+        self.waker.wake();
+        Ok(())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.send(IceCmd::Close { key: self.key });
+    }
+}
+
+type Channels = (
+    mpsc::UnboundedReceiver<AgentEvent>,
+    watch::Receiver<ConnectionState>,
+    mpsc::Receiver<Bytes>,
+);
+
+/// One ICE agent hosted on a shard (pion/ice's `Agent`).
+pub struct Agent {
+    engine: Arc<Inner>,
+    handle: Arc<Handle>,
+    creds: (String, String),
+    opts: AgentOptions,
+    events: Option<mpsc::UnboundedReceiver<AgentEvent>>,
+    state: Option<watch::Receiver<ConnectionState>>,
+    data: Mutex<Option<mpsc::Receiver<Bytes>>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("key", &self.handle.key)
+            .field("ufrag", &self.creds.0)
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+fn check_credentials(ufrag: &str, pwd: &str) -> Result<(), ApiError> {
+    let ok = |s: &str, min: usize| {
+        (min..=256).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    };
+    if !ok(ufrag, 4) || !ok(pwd, 22) {
+        return Err(ApiError::Invalid(
+            "ufrag must be 4..=256 and pwd 22..=256 ice-chars (RFC 8445 §5.3)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Binds a UDP socket on `ip`, from `range` (inclusive; starting at a random port so
+/// agents spread over it) or any ephemeral port.
+fn bind_dedicated(ip: IpAddr, range: Option<(u16, u16)>) -> Result<UdpSocket, ApiError> {
+    let bind_err = |source| ApiError::Bind { ip, source };
+    let Some((lo, hi)) = range.filter(|r| r.1 != 0) else {
+        return UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(bind_err);
+    };
+    let span = u32::from(hi.saturating_sub(lo)) + 1;
+    let mut r = [0u8; 4];
+    os_random(&mut r);
+    let start = u32::from_le_bytes(r) % span;
+    let mut last = None;
+    for i in 0..span {
+        let port = lo + ((start + i) % span) as u16;
+        match UdpSocket::bind(SocketAddr::new(ip, port)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(bind_err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrInUse, "port range exhausted")
+    })))
+}
+
+impl Agent {
+    pub(crate) fn new(
+        engine: Arc<Inner>,
+        handle: Arc<Handle>,
+        creds: (String, String),
+        opts: AgentOptions,
+        chans: Option<Channels>,
+    ) -> Self {
+        let (events, state, data) = match chans {
+            Some((e, s, d)) => (Some(e), Some(s), Some(d)),
+            None => (None, None, None),
+        };
+        Agent {
+            engine,
+            handle,
+            creds,
+            opts,
+            events,
+            state,
+            data: Mutex::new(data),
+        }
+    }
+
+    /// Local `(ufrag, pwd)` to signal to the peer.
+    pub fn local_credentials(&self) -> (String, String) {
+        self.creds.clone()
+    }
+
+    /// The peer's credentials. Checks start once a role is chosen too
+    /// ([`dial`](Self::dial), [`accept`](Self::accept), [`start`](Self::start); a lite
+    /// agent needs none).
+    pub fn set_remote_credentials(&self, ufrag: &str, pwd: &str) -> Result<(), ApiError> {
+        check_credentials(ufrag, pwd)?;
+        self.handle.send(IceCmd::RemoteCredentials {
+            key: self.handle.key,
+            ufrag: ufrag.into(),
+            pwd: pwd.into(),
+        })
+    }
+
+    /// A remote candidate (trickle: any time, before or after dial/accept).
+    pub fn add_remote_candidate(&self, c: Candidate) -> Result<(), ApiError> {
+        self.handle.send(IceCmd::RemoteCandidate {
+            key: self.handle.key,
+            candidate: Box::new(c),
+        })
+    }
+
+    /// The peer will send no more candidates (RFC 8838): the agent can then fail.
+    pub fn end_of_remote_candidates(&self) {
+        let _ = self.handle.send(IceCmd::EndOfRemoteCandidates {
+            key: self.handle.key,
+        });
+    }
+
+    /// Gathers host candidates (RFC 8445 §5.1.1.1): on the mux sockets (`mux`), or on one
+    /// dedicated socket per interface address, bound here from the port range. Every
+    /// candidate is emitted as [`AgentEvent::Candidate`], then `Candidate(None)`.
+    /// Returns the candidates too (for agents without events).
+    pub fn gather_candidates(&self) -> Result<Vec<Candidate>, ApiError> {
+        let o = &self.opts;
+        let ifaces = || -> Result<Vec<(String, IpAddr)>, ApiError> {
+            let all = interface_addrs().map_err(|source| ApiError::Bind {
+                ip: IpAddr::from([0, 0, 0, 0]),
+                source,
+            })?;
+            Ok(all
+                .into_iter()
+                .filter(|a| usable(a.ip, o.include_loopback) && o.allows(Some(&a.name), a.ip))
+                .map(|a| (a.name, a.ip))
+                .collect())
+        };
+        let mut bases: Vec<SocketAddr> = Vec::new();
+        let mut sockets = Vec::new();
+        if o.mux {
+            for m in &self.engine.mux_addrs {
+                if m.ip().is_unspecified() {
+                    for (_, ip) in ifaces()? {
+                        if ip.is_ipv4() == m.is_ipv4() {
+                            bases.push(SocketAddr::new(ip, m.port()));
+                        }
+                    }
+                } else if o.allows(None, m.ip()) {
+                    bases.push(*m);
+                }
+            }
+        } else {
+            let range = o.port_range.or((self.engine.ice.max_port != 0)
+                .then_some((self.engine.ice.min_port, self.engine.ice.max_port)));
+            for (_, ip) in ifaces()? {
+                let s = bind_dedicated(ip, range)?;
+                let addr = s
+                    .local_addr()
+                    .map_err(|source| ApiError::Bind { ip, source })?;
+                bases.push(addr);
+                sockets.push(s);
+            }
+        }
+        let candidates: Vec<Candidate> = bases
+            .into_iter()
+            .map(|b| {
+                let mut c = Candidate::host(b);
+                if let Some(public) = o.nat_1to1_ips.iter().find(|p| p.is_ipv4() == b.is_ipv4()) {
+                    c.addr = SocketAddr::new(*public, b.port());
+                }
+                c
+            })
+            .collect();
+        self.handle.send(IceCmd::Gather {
+            key: self.handle.key,
+            sockets,
+            candidates: candidates.clone(),
+        })?;
+        Ok(candidates)
+    }
+
+    /// The next event; `None` once the agent is gone (or for agents without channels,
+    /// or after [`take_events`](Self::take_events)).
+    pub async fn next_event(&mut self) -> Option<AgentEvent> {
+        self.events.as_mut()?.recv().await
+    }
+
+    /// Takes the event receiver, so events can be read in another task while
+    /// [`dial`](Self::dial)/[`accept`](Self::accept) wait.
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<AgentEvent>> {
+        self.events.take()
+    }
+
+    /// A `watch` of the connection state (agents with [`DataMode::App`](super::DataMode::App)).
+    pub fn state(&self) -> Option<watch::Receiver<ConnectionState>> {
+        self.state.clone()
+    }
+
+    /// Chooses the role and lets checks start without waiting (for agents whose data the
+    /// shard handles, or apps that watch [`state`](Self::state) themselves).
+    pub fn start(&self, controlling: bool) -> Result<(), ApiError> {
+        self.handle.send(IceCmd::Start {
+            key: self.handle.key,
+            controlling,
+        })
+    }
+
+    /// Controlling side (pion: `Dial`): sets the peer's credentials, starts checks and
+    /// resolves once Connected; fails on Failed or Closed.
+    pub async fn dial(&self, ufrag: &str, pwd: &str) -> Result<Conn, ApiError> {
+        self.connect(true, ufrag, pwd).await
+    }
+
+    /// Controlled side (pion: `Accept`); see [`dial`](Self::dial).
+    pub async fn accept(&self, ufrag: &str, pwd: &str) -> Result<Conn, ApiError> {
+        self.connect(false, ufrag, pwd).await
+    }
+
+    async fn connect(&self, controlling: bool, ufrag: &str, pwd: &str) -> Result<Conn, ApiError> {
+        let mut state = self.state.clone().ok_or(ApiError::NotApp)?;
+        let data = self
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or(ApiError::AlreadyStarted)?;
+        self.set_remote_credentials(ufrag, pwd)?;
+        self.start(controlling)?;
+        loop {
+            let s = *state.borrow_and_update();
+            match s {
+                ConnectionState::Connected | ConnectionState::Completed => break,
+                ConnectionState::Failed => return Err(ApiError::Failed),
+                ConnectionState::Closed => return Err(ApiError::Closed),
+                _ => {}
+            }
+            state.changed().await.map_err(|_| ApiError::Closed)?;
+        }
+        Ok(Conn {
+            handle: self.handle.clone(),
+            state,
+            data,
+        })
+    }
+
+    /// Connection counters (works for every data mode).
+    pub async fn stats(&self) -> Result<ConnStats, ApiError> {
+        stats(&self.handle).await
+    }
+
+    /// Closes the agent: the shard frees its slot, sockets and routes.
+    pub fn close(&self) {
+        let _ = self.handle.send(IceCmd::Close {
+            key: self.handle.key,
+        });
+    }
+}
+
+async fn stats(handle: &Handle) -> Result<ConnStats, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    handle.send(IceCmd::Stats {
+        key: handle.key,
+        reply: tx,
+    })?;
+    rx.await.map_err(|_| ApiError::Closed)
+}
+
+/// A connected agent's datagram path (pion: `ice.Conn`). Datagrams are not framed: each
+/// `send` is one UDP datagram on the selected pair.
+#[derive(Debug)]
+pub struct Conn {
+    handle: Arc<Handle>,
+    state: watch::Receiver<ConnectionState>,
+    data: mpsc::Receiver<Bytes>,
+}
+
+impl Conn {
+    /// Sends one datagram on the selected pair. Like UDP, delivery is not guaranteed; a
+    /// datagram with no selected pair or no free send slot is dropped and counted.
+    pub async fn send(&self, data: Bytes) -> Result<(), ApiError> {
+        match *self.state.borrow() {
+            ConnectionState::Closed => return Err(ApiError::Closed),
+            ConnectionState::Failed => return Err(ApiError::Failed),
+            _ => {}
+        }
+        self.handle.send(IceCmd::Send {
+            key: self.handle.key,
+            data,
+        })
+    }
+
+    /// The next received datagram (copied once out of the receive buffer).
+    pub async fn recv(&mut self) -> Result<Bytes, ApiError> {
+        self.data.recv().await.ok_or(ApiError::Closed)
+    }
+
+    /// Bytes and packets each way, RTT, selected pair.
+    pub async fn stats(&self) -> Result<ConnStats, ApiError> {
+        stats(&self.handle).await
+    }
+
+    /// Current connection state.
+    pub fn state(&self) -> ConnectionState {
+        *self.state.borrow()
+    }
+
+    /// Closes the agent (same as [`Agent::close`]).
+    pub fn close(&self) {
+        let _ = self.handle.send(IceCmd::Close {
+            key: self.handle.key,
+        });
+    }
+}

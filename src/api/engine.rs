@@ -1,0 +1,192 @@
+//! [`Engine`]: the shards, started with ICE hosting, and agent creation.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::Sender;
+use tokio::sync::{mpsc, watch};
+
+use super::agent::{Agent, Handle};
+use super::{AgentOptions, ApiError, DataMode, IceStats};
+use crate::config::{Config, IceSection};
+use crate::ice::rng::ICE_CHARS;
+use crate::ice::{ConnectionState, IceConfig};
+use crate::io::Waker;
+use crate::shard::{AppLink, Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime};
+
+pub(crate) struct Inner {
+    runtime: Mutex<Option<Runtime>>,
+    pub(crate) links: Vec<(Sender<Control>, Waker)>,
+    pub(crate) mux_addrs: Vec<SocketAddr>,
+    pub(crate) ice: IceSection,
+    next_key: AtomicU64,
+    next_shard: AtomicUsize,
+}
+
+/// The running engine: shards hosting ICE agents (and, if `[server] listen` is not
+/// empty, the STUN/TURN server). Cheap to clone; the shards stop at
+/// [`shutdown`](Self::shutdown) or when the last clone is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("shards", &self.inner.links.len())
+            .field("mux_addrs", &self.inner.mux_addrs)
+            .finish()
+    }
+}
+
+/// Engine-wide counters, summed over shards as of each shard's last loop turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Shards running.
+    pub shards: usize,
+    /// ICE counters: agents, connected, handoffs, drops by reason.
+    pub ice: IceStats,
+}
+
+/// Fills `buf` from the OS (getrandom(2)); credentials must not be predictable.
+pub(crate) fn os_random(buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes at most `buf.len() - done` bytes into the rest of `buf`.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n > 0 {
+            done += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            panic!("getrandom failed: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+fn ice_string(first: Option<u8>, random: &[u8]) -> String {
+    first
+        .into_iter()
+        .chain(random.iter().map(|b| ICE_CHARS[usize::from(b & 63)]))
+        .map(char::from)
+        .collect()
+}
+
+impl Engine {
+    /// Starts the shards (`[server] shards`, io backend, `[ice] listen` mux sockets bound
+    /// once per shard with SO_REUSEPORT). `[server] listen` may be empty.
+    pub fn start(config: &Config) -> Result<Engine, ApiError> {
+        let runtime = Runtime::start(config)?;
+        let links = runtime.links();
+        let mux_addrs = runtime.ice_addrs().to_vec();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                runtime: Mutex::new(Some(runtime)),
+                links,
+                mux_addrs,
+                ice: config.ice.clone(),
+                next_key: AtomicU64::new(1),
+                next_shard: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The mux socket addresses (`[ice] listen`, port 0 resolved).
+    pub fn mux_addrs(&self) -> &[SocketAddr] {
+        &self.inner.mux_addrs
+    }
+
+    /// Creates an agent on the next shard (round robin over at most 64 shards: the first
+    /// character of the generated ufrag names the shard). Credentials are generated from
+    /// the OS's random source. Nothing is sent until candidates and a role exist.
+    pub fn agent(&self, opts: AgentOptions) -> Result<Agent, ApiError> {
+        if !opts.urls.is_empty() {
+            return Err(ApiError::Unsupported(
+                "STUN/TURN URLs (server-reflexive and relayed candidates, issue 7)",
+            ));
+        }
+        if opts.mux && self.inner.mux_addrs.is_empty() {
+            return Err(ApiError::Invalid(
+                "mux agents need `[ice] listen` addresses".into(),
+            ));
+        }
+        let n = self.inner.links.len().min(MAX_ICE_SHARDS);
+        let shard = self.inner.next_shard.fetch_add(1, Relaxed) % n;
+        let key = self.inner.next_key.fetch_add(1, Relaxed);
+        let mut rnd = [0u8; 7 + 24 + 8];
+        os_random(&mut rnd);
+        let ufrag = ice_string(Some(ICE_CHARS[shard]), &rnd[..7]);
+        let pwd = ice_string(None, &rnd[7..31]);
+        let seed = u64::from_le_bytes(rnd[31..].try_into().expect("8 bytes"));
+        let config = IceConfig {
+            lite: opts.lite,
+            seed,
+            local_ufrag: Some(ufrag.clone()),
+            local_pwd: Some(pwd.clone()),
+            ta: opts.check_interval,
+            keepalive_interval: opts.keepalive_interval,
+            disconnected_timeout: opts.disconnected_timeout,
+            failed_timeout: opts.failed_timeout,
+            ..IceConfig::default()
+        };
+        let (link, chans) = if opts.data == DataMode::App {
+            let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+            let (st_tx, st_rx) = watch::channel(ConnectionState::New);
+            let (d_tx, d_rx) = mpsc::channel(self.inner.ice.recv_queue.max(1));
+            (
+                Some(AppLink {
+                    events: ev_tx,
+                    state: st_tx,
+                    data: d_tx,
+                }),
+                Some((ev_rx, st_rx, d_rx)),
+            )
+        } else {
+            (None, None)
+        };
+        let (tx, waker) = self.inner.links[shard].clone();
+        let handle = Handle { key, tx, waker };
+        handle.send(IceCmd::Create(Box::new(NewAgent {
+            key,
+            config,
+            mode: opts.data,
+            link,
+        })))?;
+        Ok(Agent::new(
+            self.inner.clone(),
+            Arc::new(handle),
+            (ufrag, pwd),
+            opts,
+            chans,
+        ))
+    }
+
+    /// Counters summed over shards.
+    pub fn stats(&self) -> EngineStats {
+        let rt = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ice = IceStats::default();
+        let mut shards = 0;
+        if let Some(rt) = rt.as_ref() {
+            shards = rt.shards();
+            for c in rt.ice_counters() {
+                ice.add(&c.load());
+            }
+        }
+        EngineStats { shards, ice }
+    }
+
+    /// Stops the shards (agents are dropped; handles then get
+    /// [`ApiError::EngineStopped`] or [`ApiError::Closed`]).
+    pub fn shutdown(self) -> Result<(), ApiError> {
+        let rt = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match rt {
+            Some(rt) => Ok(rt.shutdown()?),
+            None => Ok(()),
+        }
+    }
+}

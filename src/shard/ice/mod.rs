@@ -1,0 +1,705 @@
+//! ICE agents hosted on a shard: the agent table, mux demultiplexing, cross-shard handoff,
+//! one timer heap for all agents, and the data path to the application (see
+//! `docs/agents.md`).
+//!
+//! | module | what |
+//! |--------|------|
+//! | `table` | slab of agents with a free list; key → slot and ufrag → slot maps |
+//! | `demux` | who owns a datagram on a mux socket (RFC 7983 first byte, ufrag, transaction id, 5-tuple) |
+//! | `gather` | interface addresses for host candidates (RFC 8445 §5.1.1.1) |
+//!
+//! Everything here runs on the shard thread. The application side (`crate::api`) talks to
+//! it only through [`IceCmd`]s on the shard's control channel.
+
+pub(crate) mod demux;
+pub mod gather;
+mod table;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use hashbrown::HashMap;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::Control;
+use super::timers::Timers;
+use crate::api::{AgentEvent, ConnStats, DataMode};
+use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
+use crate::io::{Backend, SendQueue, SocketId, Waker};
+use crate::net::Received;
+use demux::{Owner, Verdict};
+use table::{Hosted, Table};
+
+/// At most this many shards host agents: the first ufrag character names the owner shard.
+pub const MAX_ICE_SHARDS: usize = 64;
+
+/// The application's side of an app-owned agent: events, state, received data.
+#[derive(Debug)]
+pub(crate) struct AppLink {
+    pub events: mpsc::UnboundedSender<AgentEvent>,
+    pub state: watch::Sender<ConnectionState>,
+    pub data: mpsc::Sender<Bytes>,
+}
+
+/// A new agent for the shard to host.
+#[derive(Debug)]
+pub(crate) struct NewAgent {
+    pub key: u64,
+    pub config: IceConfig,
+    pub mode: DataMode,
+    pub link: Option<AppLink>,
+}
+
+/// Requests from the application handles and from the other shards.
+#[derive(Debug)]
+pub(crate) enum IceCmd {
+    /// Host a new agent.
+    Create(Box<NewAgent>),
+    /// Host candidates: dedicated sockets to register (bound by the handle) and the
+    /// candidates on them or on the mux sockets; then end of gathering.
+    Gather {
+        key: u64,
+        sockets: Vec<UdpSocket>,
+        candidates: Vec<Candidate>,
+    },
+    RemoteCredentials {
+        key: u64,
+        ufrag: String,
+        pwd: String,
+    },
+    RemoteCandidate {
+        key: u64,
+        candidate: Box<Candidate>,
+    },
+    EndOfRemoteCandidates {
+        key: u64,
+    },
+    /// Choose the role and let checks start (dial: controlling, accept: controlled).
+    Start {
+        key: u64,
+        controlling: bool,
+    },
+    /// Application data to the selected pair.
+    Send {
+        key: u64,
+        data: Bytes,
+    },
+    Stats {
+        key: u64,
+        reply: oneshot::Sender<ConnStats>,
+    },
+    Close {
+        key: u64,
+    },
+    /// A datagram that arrived on another shard's copy of mux socket `mux`.
+    Handoff {
+        mux: u16,
+        from: SocketAddr,
+        data: Box<[u8]>,
+    },
+    /// 5-tuple (mux socket, remote) belongs to `shard`'s agent in `slot`.
+    Route {
+        mux: u16,
+        remote: SocketAddr,
+        shard: u16,
+        slot: u32,
+    },
+    /// Forget a route (only if it still names `shard`).
+    Unroute {
+        mux: u16,
+        remote: SocketAddr,
+        shard: u16,
+    },
+    /// The control channels of every shard (index = shard), sent once after start.
+    Peers(Peers),
+}
+
+/// Every shard's control channel and waker (index = shard).
+pub(crate) type Peers = Arc<[(Sender<Control>, Waker)]>;
+
+/// What one socket of the shard is to ICE (indexed by `SocketId`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SockRole {
+    None,
+    Mux(u16),
+    Agent(u32),
+}
+
+macro_rules! ice_stats {
+    ($($(#[$m:meta])* $f:ident),* $(,)?) => {
+        /// ICE counters of one shard (monotonic, except the two gauges `agents` and
+        /// `connected`).
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct IceStats { $($(#[$m])* pub $f: u64,)* }
+
+        /// [`IceStats`] published by a shard once per loop turn.
+        #[derive(Debug, Default)]
+        pub struct IceCounters { $($f: AtomicU64,)* }
+
+        impl IceCounters {
+            pub(crate) fn publish(&self, s: &IceStats) { $(self.$f.store(s.$f, Relaxed);)* }
+            /// The counters as last published.
+            pub fn load(&self) -> IceStats { IceStats { $($f: self.$f.load(Relaxed),)* } }
+        }
+
+        impl IceStats {
+            /// Adds another shard's counters.
+            pub fn add(&mut self, o: &IceStats) { $(self.$f += o.$f;)* }
+        }
+    };
+}
+
+ice_stats!(
+    /// Agents hosted now.
+    agents,
+    /// Agents now Connected or Completed.
+    connected,
+    /// Agents ever created.
+    created,
+    /// Agents closed and freed.
+    closed,
+    /// Datagrams copied to their owner shard.
+    handoffs_out,
+    /// Datagrams received from other shards.
+    handoffs_in,
+    /// Binding requests whose USERNAME names no agent.
+    drop_unknown_ufrag,
+    /// STUN responses whose transaction id names no live agent.
+    drop_stale_transaction,
+    /// Non-STUN datagrams on a mux socket from a 5-tuple with no route.
+    drop_no_route,
+    /// Datagrams that are neither valid STUN nor routable (too short, bad header).
+    drop_malformed,
+    /// Datagrams the owning agent refused (unvalidated source, bad integrity, closed).
+    drop_agent,
+    /// Received data dropped because the application's queue was full.
+    drop_app_full,
+    /// Handoffs dropped: no such shard, or the datagram came back a second time.
+    drop_handoff,
+    /// Application sends dropped: no selected pair yet, or no free send slot.
+    drop_send,
+    /// Data datagrams delivered (app, echo or sink).
+    data_in,
+    /// Data datagrams sent (app or echo).
+    data_out,
+);
+
+/// The ICE side of one shard.
+#[derive(Debug)]
+pub(crate) struct IceHost {
+    shard: u16,
+    /// Mux sockets of this shard, in `[ice] listen` order (same order on every shard).
+    mux: Vec<(SocketId, SocketAddr)>,
+    roles: Vec<SockRole>,
+    table: Table,
+    /// (mux index, remote) → (owner shard, slot).
+    routes: HashMap<(u16, SocketAddr), (u16, u32)>,
+    timers: Timers<u32>,
+    peers: Option<Peers>,
+    /// Shards to wake at the end of this turn (bit per shard).
+    wake: u64,
+    stats: IceStats,
+    pub(crate) counters: Arc<IceCounters>,
+}
+
+impl IceHost {
+    pub(crate) fn new(shard: usize, mux: Vec<(SocketId, SocketAddr)>, c: Arc<IceCounters>) -> Self {
+        let mut host = IceHost {
+            shard: shard as u16,
+            mux: Vec::new(),
+            roles: Vec::new(),
+            table: Table::default(),
+            routes: HashMap::new(),
+            timers: Timers::default(),
+            peers: None,
+            wake: 0,
+            stats: IceStats::default(),
+            counters: c,
+        };
+        for (i, (id, addr)) in mux.into_iter().enumerate() {
+            host.set_role(id, SockRole::Mux(i as u16));
+            host.mux.push((id, addr));
+        }
+        host
+    }
+
+    fn set_role(&mut self, id: SocketId, role: SockRole) {
+        let i = id.0 as usize;
+        if self.roles.len() <= i {
+            self.roles.resize(i + 1, SockRole::None);
+        }
+        self.roles[i] = role;
+    }
+
+    /// Whether a datagram on `sock` is ICE's (one array index, no hashing).
+    #[inline]
+    pub(crate) fn owns(&self, sock: SocketId) -> bool {
+        self.roles
+            .get(sock.0 as usize)
+            .is_some_and(|r| *r != SockRole::None)
+    }
+
+    /// The earliest agent deadline.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    /// A datagram on one of ICE's sockets (inside the receive callback).
+    pub(crate) fn on_datagram(
+        &mut self,
+        now: Instant,
+        sendq: &mut SendQueue,
+        sock: SocketId,
+        from: SocketAddr,
+        data: &mut [u8],
+    ) {
+        match self.roles.get(sock.0 as usize).copied() {
+            Some(SockRole::Mux(m)) => self.on_mux(now, sendq, m, from, data, true),
+            Some(SockRole::Agent(slot)) => self.deliver(now, sendq, slot, sock, from, data),
+            _ => {}
+        }
+    }
+
+    fn on_mux(
+        &mut self,
+        now: Instant,
+        sendq: &mut SendQueue,
+        m: u16,
+        from: SocketAddr,
+        data: &[u8],
+        may_handoff: bool,
+    ) {
+        let owner = match demux::owner(data, m, from, self.shard, &self.table, &self.routes) {
+            Verdict::Owner(o) => o,
+            Verdict::Drop(reason) => {
+                reason.count(&mut self.stats);
+                return;
+            }
+        };
+        match owner {
+            Owner::Local(slot) => {
+                let sock = self.mux[usize::from(m)].0;
+                self.deliver(now, sendq, slot, sock, from, data);
+            }
+            Owner::Shard(s) => {
+                let peer = self.peers.as_ref().and_then(|p| p.get(usize::from(s)));
+                match peer {
+                    Some((tx, _)) if may_handoff => {
+                        let cmd = IceCmd::Handoff {
+                            mux: m,
+                            from,
+                            data: data.into(),
+                        };
+                        if tx.send(Control::Ice(cmd)).is_ok() {
+                            self.stats.handoffs_out += 1;
+                            self.wake |= 1 << (s % 64);
+                        } else {
+                            self.stats.drop_handoff += 1;
+                        }
+                    }
+                    _ => self.stats.drop_handoff += 1,
+                }
+            }
+        }
+    }
+
+    /// Feeds a datagram to the agent in `slot` and drives it.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        sendq: &mut SendQueue,
+        slot: u32,
+        sock: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
+        let Some(h) = self.table.get_mut(slot) else {
+            self.stats.drop_stale_transaction += 1;
+            return;
+        };
+        let Some(local) = h.local_for(sock, from) else {
+            self.stats.drop_agent += 1;
+            return;
+        };
+        let pkt = Received {
+            source: from,
+            destination: local,
+            contents: data,
+        };
+        match h.agent.handle_packet(now, pkt) {
+            Handled::Stun => {}
+            Handled::Dropped => self.stats.drop_agent += 1,
+            Handled::Data => {
+                self.stats.data_in += 1;
+                h.bytes_in += data.len() as u64;
+                h.packets_in += 1;
+                match h.mode {
+                    DataMode::Sink => {}
+                    DataMode::Echo => match sendq.slot() {
+                        Some(out) if data.len() <= out.len() => {
+                            out[..data.len()].copy_from_slice(data);
+                            sendq.commit(sock, from, data.len());
+                            h.bytes_out += data.len() as u64;
+                            h.packets_out += 1;
+                            self.stats.data_out += 1;
+                        }
+                        _ => self.stats.drop_send += 1,
+                    },
+                    DataMode::App => {
+                        // The one copy out of the receive buffer.
+                        let sent = h
+                            .link
+                            .as_ref()
+                            .is_some_and(|l| l.data.try_send(Bytes::copy_from_slice(data)).is_ok());
+                        if !sent {
+                            self.stats.drop_app_full += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.drive(now, sendq, slot);
+    }
+
+    /// Drains the agent's transmits into send slots and its events to the application,
+    /// then (re)schedules its one timer entry.
+    fn drive(&mut self, now: Instant, sendq: &mut SendQueue, slot: u32) {
+        let me = self.shard;
+        let Some(h) = self.table.get_mut(slot) else {
+            return;
+        };
+        let mut starved = false;
+        loop {
+            let Some(buf) = sendq.slot() else {
+                starved = true;
+                break;
+            };
+            let Some(t) = h.agent.poll_transmit(now, buf) else {
+                break;
+            };
+            match h.sock_for(t.source) {
+                Some(sock) => sendq.commit(sock, t.destination, t.size),
+                None => self.stats.drop_send += 1,
+            }
+        }
+        while let Some(e) = h.agent.poll_event() {
+            let app = match e {
+                IceEvent::LocalCandidate(c) => Some(AgentEvent::Candidate(Some(c))),
+                IceEvent::GatheringComplete => Some(AgentEvent::Candidate(None)),
+                IceEvent::ConnectionState(s) => {
+                    let up = matches!(s, ConnectionState::Connected | ConnectionState::Completed);
+                    if up != h.up {
+                        h.up = up;
+                        if up {
+                            self.stats.connected += 1;
+                        } else {
+                            self.stats.connected -= 1;
+                        }
+                    }
+                    if let Some(l) = &h.link {
+                        l.state.send_replace(s);
+                    }
+                    Some(AgentEvent::State(s))
+                }
+                IceEvent::SelectedPair { local, remote } => {
+                    h.selected_sock = h.sock_for(local);
+                    if let Some(SockRole::Mux(m)) = h
+                        .selected_sock
+                        .and_then(|s| self.roles.get(s.0 as usize).copied())
+                        && !h.routes.contains(&(m, remote))
+                    {
+                        h.routes.push((m, remote));
+                        self.routes.insert((m, remote), (me, slot));
+                        if let Some(peers) = &self.peers {
+                            for (i, (tx, waker)) in peers.iter().enumerate() {
+                                if i != usize::from(me) {
+                                    let cmd = IceCmd::Route {
+                                        mux: m,
+                                        remote,
+                                        shard: me,
+                                        slot,
+                                    };
+                                    let _ = tx.send(Control::Ice(cmd));
+                                    waker.wake();
+                                }
+                            }
+                        }
+                    }
+                    let lc = h
+                        .agent
+                        .local_candidates()
+                        .iter()
+                        .find(|c| c.base == local || c.addr == local)
+                        .cloned();
+                    let rc = h
+                        .agent
+                        .remote_candidates()
+                        .iter()
+                        .find(|c| c.addr == remote)
+                        .cloned();
+                    lc.zip(rc).map(|(l, r)| AgentEvent::SelectedPair {
+                        local: Box::new(l),
+                        remote: Box::new(r),
+                    })
+                }
+                IceEvent::RoleChanged { .. } => None,
+            };
+            if let (Some(ev), Some(l)) = (app, &h.link) {
+                let _ = l.events.send(ev);
+            }
+        }
+        let next = if starved {
+            Some(now)
+        } else {
+            h.agent.poll_timeout()
+        };
+        if let Some(at) = next
+            && h.timer_at.is_none_or(|t| at < t)
+        {
+            h.timer_at = Some(at);
+            self.timers.schedule(at, slot);
+        }
+    }
+
+    /// Runs every agent whose deadline passed; their checks share this turn's flush.
+    pub(crate) fn run_timers(&mut self, now: Instant, sendq: &mut SendQueue) {
+        while let Some(slot) = self.timers.pop_expired(now) {
+            let Some(h) = self.table.get_mut(slot) else {
+                continue;
+            };
+            match h.timer_at {
+                Some(t) if t <= now => {
+                    h.timer_at = None;
+                    h.agent.handle_timeout(now);
+                    self.drive(now, sendq, slot);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A command from a handle or another shard (outside the receive callback).
+    pub(crate) fn command(&mut self, now: Instant, backend: &mut Backend, cmd: IceCmd) {
+        match cmd {
+            IceCmd::Create(n) => {
+                let NewAgent {
+                    key,
+                    mut config,
+                    mode,
+                    link,
+                } = *n;
+                let slot = self.table.next_slot();
+                let mut prefix = [0u8; 6];
+                prefix[..2].copy_from_slice(&self.shard.to_be_bytes());
+                prefix[2..].copy_from_slice(&slot.to_be_bytes());
+                config.tid_prefix = Some(prefix);
+                let Ok(agent) = IceAgent::new(config) else {
+                    return;
+                };
+                let h = Hosted::new(key, agent, mode, link);
+                let slot = self.table.insert(h);
+                self.stats.created += 1;
+                self.stats.agents += 1;
+                let h = self.table.get_mut(slot).expect("just inserted");
+                h.agent.handle_timeout(now);
+                self.drive(now, backend.send_queue(), slot);
+            }
+            IceCmd::Gather {
+                key,
+                sockets,
+                candidates,
+            } => {
+                let Some(slot) = self.table.slot_of(key) else {
+                    return;
+                };
+                for s in sockets {
+                    let Ok(addr) = s.local_addr() else { continue };
+                    debug_assert!(!addr.ip().is_unspecified());
+                    if let Ok(id) = backend.add_socket(s) {
+                        self.set_role(id, SockRole::Agent(slot));
+                        if let Some(h) = self.table.get_mut(slot) {
+                            h.socks.push((addr, id, false));
+                        }
+                    }
+                }
+                let mux = self.mux.clone();
+                if let Some(h) = self.table.get_mut(slot) {
+                    for c in candidates {
+                        if !h.socks.iter().any(|(b, _, _)| *b == c.base) {
+                            // A mux candidate: find the mux socket it lives on.
+                            if let Some((id, _)) =
+                                mux.iter().find(|(_, a)| base_matches(*a, c.base))
+                            {
+                                h.socks.push((c.base, *id, true));
+                            } else {
+                                continue;
+                            }
+                        }
+                        let _ = h.agent.add_local_candidate(c);
+                    }
+                    h.agent.end_of_local_candidates();
+                }
+                self.drive(now, backend.send_queue(), slot);
+            }
+            IceCmd::RemoteCredentials { key, ufrag, pwd } => {
+                self.with(now, backend, key, |h| {
+                    if h.started || h.agent.is_lite() {
+                        let _ = h.agent.set_remote_credentials(&ufrag, &pwd);
+                    } else {
+                        h.pending_remote = Some(Box::new((ufrag, pwd)));
+                    }
+                });
+            }
+            IceCmd::RemoteCandidate { key, candidate } => {
+                self.with(now, backend, key, |h| {
+                    let _ = h.agent.add_remote_candidate(*candidate);
+                });
+            }
+            IceCmd::EndOfRemoteCandidates { key } => {
+                self.with(now, backend, key, |h| h.agent.end_of_remote_candidates());
+            }
+            IceCmd::Start { key, controlling } => {
+                self.with(now, backend, key, |h| {
+                    h.started = true;
+                    h.agent.set_controlling(controlling);
+                    if let Some(p) = h.pending_remote.take() {
+                        let _ = h.agent.set_remote_credentials(&p.0, &p.1);
+                    }
+                });
+            }
+            IceCmd::Send { key, data } => {
+                let Some(slot) = self.table.slot_of(key) else {
+                    return;
+                };
+                let Some(h) = self.table.get_mut(slot) else {
+                    return;
+                };
+                let sendq = backend.send_queue();
+                match (h.agent.selected_pair(), h.selected_sock, sendq.slot()) {
+                    (Some((_, remote)), Some(sock), Some(out)) if data.len() <= out.len() => {
+                        out[..data.len()].copy_from_slice(&data);
+                        sendq.commit(sock, remote, data.len());
+                        h.bytes_out += data.len() as u64;
+                        h.packets_out += 1;
+                        self.stats.data_out += 1;
+                    }
+                    _ => self.stats.drop_send += 1,
+                }
+            }
+            IceCmd::Stats { key, reply } => {
+                if let Some(h) = self.table.slot_of(key).and_then(|s| self.table.get_mut(s)) {
+                    let _ = reply.send(h.conn_stats());
+                }
+            }
+            IceCmd::Close { key } => self.close(backend, key),
+            IceCmd::Handoff { mux, from, data } => {
+                self.stats.handoffs_in += 1;
+                if usize::from(mux) < self.mux.len() {
+                    self.on_mux(now, backend.send_queue(), mux, from, &data, false);
+                } else {
+                    self.stats.drop_handoff += 1;
+                }
+            }
+            IceCmd::Route {
+                mux,
+                remote,
+                shard,
+                slot,
+            } => {
+                self.routes.insert((mux, remote), (shard, slot));
+            }
+            IceCmd::Unroute { mux, remote, shard } => {
+                if self
+                    .routes
+                    .get(&(mux, remote))
+                    .is_some_and(|r| r.0 == shard)
+                {
+                    self.routes.remove(&(mux, remote));
+                }
+            }
+            IceCmd::Peers(p) => self.peers = Some(p),
+        }
+    }
+
+    fn with(&mut self, now: Instant, backend: &mut Backend, key: u64, f: impl FnOnce(&mut Hosted)) {
+        let Some(slot) = self.table.slot_of(key) else {
+            return;
+        };
+        if let Some(h) = self.table.get_mut(slot) {
+            f(h);
+            // Trickle: new candidates or credentials may start checks now.
+            h.agent.handle_timeout(now);
+        }
+        self.drive(now, backend.send_queue(), slot);
+    }
+
+    fn close(&mut self, backend: &mut Backend, key: u64) {
+        let me = self.shard;
+        let Some(slot) = self.table.slot_of(key) else {
+            return;
+        };
+        let Some(mut h) = self.table.remove(slot) else {
+            return;
+        };
+        h.agent.close();
+        if h.up {
+            self.stats.connected -= 1;
+        }
+        if let Some(l) = &h.link {
+            l.state.send_replace(ConnectionState::Closed);
+            let _ = l.events.send(AgentEvent::State(ConnectionState::Closed));
+        }
+        for (_, id, mux) in &h.socks {
+            if !mux {
+                self.set_role(*id, SockRole::None);
+                backend.remove_socket(*id);
+            }
+        }
+        for (m, remote) in h.routes.drain(..) {
+            self.routes.remove(&(m, remote));
+            if let Some(peers) = &self.peers {
+                for (i, (tx, waker)) in peers.iter().enumerate() {
+                    if i != usize::from(me) {
+                        let cmd = IceCmd::Unroute {
+                            mux: m,
+                            remote,
+                            shard: me,
+                        };
+                        let _ = tx.send(Control::Ice(cmd));
+                        waker.wake();
+                    }
+                }
+            }
+        }
+        self.stats.agents -= 1;
+        self.stats.closed += 1;
+    }
+
+    /// End of a loop turn: wake the shards we handed datagrams to, publish counters.
+    pub(crate) fn end_turn(&mut self) {
+        if self.wake != 0 {
+            if let Some(peers) = &self.peers {
+                for (i, (_, waker)) in peers.iter().enumerate() {
+                    if self.wake & (1 << (i % 64)) != 0 {
+                        waker.wake();
+                    }
+                }
+            }
+            self.wake = 0;
+        }
+        self.counters.publish(&self.stats);
+    }
+}
+
+/// Whether a candidate base lives on a socket bound to `bound` (exact, or the same port on
+/// an unspecified address of the same family).
+fn base_matches(bound: SocketAddr, base: SocketAddr) -> bool {
+    bound == base
+        || (bound.ip().is_unspecified()
+            && bound.port() == base.port()
+            && bound.is_ipv4() == base.is_ipv4())
+}

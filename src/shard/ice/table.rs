@@ -1,0 +1,174 @@
+//! The agent table of one shard: a slab with a free list (slots are reused, so a slot
+//! number in a transaction id may name a newer agent — that agent then finds no matching
+//! transaction and drops the response), a key → slot map for commands, and a
+//! ufrag → slot map for Binding requests on mux sockets.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+
+use super::AppLink;
+use crate::api::{ConnStats, DataMode};
+use crate::ice::IceAgent;
+use crate::io::SocketId;
+
+/// One hosted agent.
+#[derive(Debug)]
+pub(crate) struct Hosted {
+    pub key: u64,
+    pub ufrag: u64,
+    pub agent: IceAgent,
+    pub mode: DataMode,
+    pub link: Option<AppLink>,
+    /// (candidate base, socket, is a mux socket).
+    pub socks: Vec<(SocketAddr, SocketId, bool)>,
+    /// Mux routes announced for this agent, withdrawn on close.
+    pub routes: Vec<(u16, SocketAddr)>,
+    pub selected_sock: Option<SocketId>,
+    /// The one live timer-heap entry of this agent.
+    pub timer_at: Option<Instant>,
+    /// Remote credentials held back until the role is chosen (dial/accept).
+    pub pending_remote: Option<Box<(String, String)>>,
+    pub started: bool,
+    pub up: bool,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+}
+
+impl Hosted {
+    pub fn new(key: u64, agent: IceAgent, mode: DataMode, link: Option<AppLink>) -> Self {
+        let ufrag = ufrag_key(agent.local_credentials().0.as_bytes());
+        Hosted {
+            key,
+            ufrag,
+            started: agent.is_lite(),
+            agent,
+            mode,
+            link,
+            socks: Vec::new(),
+            routes: Vec::new(),
+            selected_sock: None,
+            timer_at: None,
+            pending_remote: None,
+            up: false,
+            bytes_in: 0,
+            bytes_out: 0,
+            packets_in: 0,
+            packets_out: 0,
+        }
+    }
+
+    /// The local base a datagram from `from` on `sock` arrived on. A socket bound to an
+    /// unspecified address carries one base per interface: the one with the source's IP
+    /// (same host), else the first of the family (the io layer reports no destination IP).
+    pub fn local_for(&self, sock: SocketId, from: SocketAddr) -> Option<SocketAddr> {
+        let mut first = None;
+        for (base, id, _) in &self.socks {
+            if *id == sock && base.is_ipv4() == from.is_ipv4() {
+                if base.ip() == from.ip() {
+                    return Some(*base);
+                }
+                first.get_or_insert(*base);
+            }
+        }
+        first
+    }
+
+    /// The socket a transmit from `base` goes out on.
+    pub fn sock_for(&self, base: SocketAddr) -> Option<SocketId> {
+        self.socks
+            .iter()
+            .find(|(b, _, _)| *b == base)
+            .map(|(_, id, _)| *id)
+    }
+
+    pub fn conn_stats(&self) -> ConnStats {
+        ConnStats {
+            state: self.agent.state(),
+            bytes_sent: self.bytes_out,
+            bytes_received: self.bytes_in,
+            packets_sent: self.packets_out,
+            packets_received: self.packets_in,
+            rtt: self.agent.selected_rtt().unwrap_or(Duration::ZERO),
+            selected: self.agent.selected_pair(),
+        }
+    }
+}
+
+/// Map key of a ufrag: the engine's ufrags are 8 ice-chars, packed; others are hashed
+/// (a collision only makes the wrong agent drop the request).
+pub(crate) fn ufrag_key(u: &[u8]) -> u64 {
+    if let Ok(b) = <[u8; 8]>::try_from(u) {
+        return u64::from_le_bytes(b);
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in u {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    slots: Vec<Option<Hosted>>,
+    free: Vec<u32>,
+    by_key: HashMap<u64, u32>,
+    by_ufrag: HashMap<u64, u32>,
+}
+
+impl Table {
+    /// The slot the next `insert` will use.
+    pub fn next_slot(&self) -> u32 {
+        self.free.last().copied().unwrap_or(self.slots.len() as u32)
+    }
+
+    pub fn insert(&mut self, h: Hosted) -> u32 {
+        let (key, ufrag) = (h.key, h.ufrag);
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(h);
+                s
+            }
+            None => {
+                self.slots.push(Some(h));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_key.insert(key, slot);
+        self.by_ufrag.insert(ufrag, slot);
+        slot
+    }
+
+    pub fn remove(&mut self, slot: u32) -> Option<Hosted> {
+        let h = self.slots.get_mut(slot as usize)?.take()?;
+        self.by_key.remove(&h.key);
+        if self.by_ufrag.get(&h.ufrag) == Some(&slot) {
+            self.by_ufrag.remove(&h.ufrag);
+        }
+        self.free.push(slot);
+        Some(h)
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut Hosted> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    #[inline]
+    pub fn contains(&self, slot: u32) -> bool {
+        self.slots.get(slot as usize).is_some_and(Option::is_some)
+    }
+
+    pub fn slot_of(&self, key: u64) -> Option<u32> {
+        self.by_key.get(&key).copied()
+    }
+
+    #[inline]
+    pub fn slot_of_ufrag(&self, ufrag: &[u8]) -> Option<u32> {
+        self.by_ufrag.get(&ufrag_key(ufrag)).copied()
+    }
+}
