@@ -11,11 +11,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use icering::Engine;
 use icering::config::{Config, IoBackendChoice};
 use icering::ping::PingConfig;
 use icering::serve::AdminServer;
 use icering::shard::Runtime;
-use icering::Engine;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

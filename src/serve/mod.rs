@@ -99,13 +99,10 @@ impl AdminServer {
             addr,
             reason: e.to_string(),
         })?;
-        let local = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| ServeError::Bind {
-                addr,
-                reason: "not an IP listener".into(),
-            })?;
+        let local = http.server_addr().to_ip().ok_or_else(|| ServeError::Bind {
+            addr,
+            reason: "not an IP listener".into(),
+        })?;
         let http = Arc::new(http);
         let shared = Arc::new(Shared {
             engine,
@@ -340,10 +337,9 @@ fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> 
         "lite": lite,
         "data": data,
     });
-    shared.table().insert(
-        id,
-        Arc::new(Session { agent, lite, data }),
-    );
+    shared
+        .table()
+        .insert(id, Arc::new(Session { agent, lite, data }));
     Ok((201, Some(body)))
 }
 

@@ -118,7 +118,10 @@ pub fn parse_candidate(line: &str) -> Result<Candidate, HttpError> {
 /// `{"candidates": [L, ..]}`, `{"end_of_candidates": true}`, combinable), or plain text:
 /// one candidate line per line, `end-of-candidates` (or `a=end-of-candidates`) as a line
 /// of its own, or a form field `candidate=L` as pion's ping-pong posts it.
-pub fn parse_candidates(body: &[u8], content_type: Option<&str>) -> Result<RemoteCandidates, HttpError> {
+pub fn parse_candidates(
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Result<RemoteCandidates, HttpError> {
     let text = std::str::from_utf8(body).map_err(|_| HttpError::bad("body is not UTF-8"))?;
     let trimmed = text.trim_start();
     let mut out = RemoteCandidates::default();
@@ -155,14 +158,18 @@ pub fn parse_candidates(body: &[u8], content_type: Option<&str>) -> Result<Remot
 
 fn is_form(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|c| {
-        c.split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        c.split(';').next().is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
     })
 }
 
 /// Parses `remote-credentials`: JSON, or form fields `ufrag` and `pwd`.
-pub fn parse_credentials(body: &[u8], content_type: Option<&str>) -> Result<RemoteCredentials, HttpError> {
+pub fn parse_credentials(
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Result<RemoteCredentials, HttpError> {
     let text = std::str::from_utf8(body).map_err(|_| HttpError::bad("body is not UTF-8"))?;
     let c = if is_form(content_type) {
         let mut ufrag = None;
@@ -288,8 +295,8 @@ mod tests {
         let r = parse_candidates(json.as_bytes(), None).unwrap();
         assert_eq!((r.candidates.len(), r.end), (1, true));
         let form = "candidate=candidate%3A1234+1+udp+2130706431+127.0.0.1+5000+typ+host";
-        let r = parse_candidates(form.as_bytes(), Some("application/x-www-form-urlencoded"))
-            .unwrap();
+        let r =
+            parse_candidates(form.as_bytes(), Some("application/x-www-form-urlencoded")).unwrap();
         assert_eq!(r.candidates, plain.candidates);
     }
 
@@ -309,8 +316,13 @@ mod tests {
         }
         let e = route("POST", "/sessions", None, b"{\"data\":\"loud\"}").unwrap_err();
         assert_eq!(e.status, 400);
-        let e = route("POST", "/sessions/x/remote-credentials", None, b"{\"ufrag\":\"a\"}")
-            .unwrap_err();
+        let e = route(
+            "POST",
+            "/sessions/x/remote-credentials",
+            None,
+            b"{\"ufrag\":\"a\"}",
+        )
+        .unwrap_err();
         assert_eq!(e.status, 400);
     }
 
@@ -321,7 +333,13 @@ mod tests {
             Route::Create(CreateSession::default())
         );
         assert_eq!(
-            route("POST", "/sessions", None, br#"{"lite":false,"data":"sink"}"#).unwrap(),
+            route(
+                "POST",
+                "/sessions",
+                None,
+                br#"{"lite":false,"data":"sink"}"#
+            )
+            .unwrap(),
             Route::Create(CreateSession {
                 lite: Some(false),
                 data: Data::Sink
@@ -352,11 +370,22 @@ mod tests {
                 }
             )
         );
-        assert_eq!(route("PUT", "/sessions", None, b"").unwrap_err().status, 405);
-        assert_eq!(route("GET", "/nothing", None, b"").unwrap_err().status, 404);
-        assert!((400..500).contains(&route("GET", "/sessions/../x", None, b"").unwrap_err().status));
         assert_eq!(
-            route("GET", "/sessions/a%20b", None, b"").unwrap_err().status,
+            route("PUT", "/sessions", None, b"").unwrap_err().status,
+            405
+        );
+        assert_eq!(route("GET", "/nothing", None, b"").unwrap_err().status, 404);
+        assert!(
+            (400..500).contains(
+                &route("GET", "/sessions/../x", None, b"")
+                    .unwrap_err()
+                    .status
+            )
+        );
+        assert_eq!(
+            route("GET", "/sessions/a%20b", None, b"")
+                .unwrap_err()
+                .status,
             404
         );
     }

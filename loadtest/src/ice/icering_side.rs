@@ -46,7 +46,9 @@ fn options(mux: bool) -> AgentOptions {
 
 /// Candidate lines as they would cross a signalling channel.
 fn lines(c: &[Candidate]) -> Vec<String> {
-    c.iter().map(|c| format!("candidate:{}", c.to_sdp())).collect()
+    c.iter()
+        .map(|c| format!("candidate:{}", c.to_sdp()))
+        .collect()
 }
 
 fn add_lines(agent: &Agent, lines: &[String]) -> Result<(), String> {
@@ -330,7 +332,11 @@ impl Http {
     }
 }
 
-fn expect_status(what: &str, got: (u16, Option<serde_json::Value>), want: u16) -> Result<Option<serde_json::Value>, String> {
+fn expect_status(
+    what: &str,
+    got: (u16, Option<serde_json::Value>),
+    want: u16,
+) -> Result<Option<serde_json::Value>, String> {
     if got.0 == want {
         Ok(got.1)
     } else {
@@ -373,12 +379,19 @@ impl Serve {
     }
 }
 
-async fn one_session(engine: Engine, http: Arc<tokio::sync::Mutex<Http>>) -> Result<Client, String> {
+async fn one_session(
+    engine: Engine,
+    http: Arc<tokio::sync::Mutex<Http>>,
+) -> Result<Client, String> {
     let mut http = http.lock().await;
     let s = expect_status(
         "create",
-        http.call("POST", "/sessions", Some(&serde_json::json!({"data": "echo"})))
-            .await?,
+        http.call(
+            "POST",
+            "/sessions",
+            Some(&serde_json::json!({"data": "echo"})),
+        )
+        .await?,
         201,
     )?
     .ok_or("create: no body")?;
@@ -392,19 +405,35 @@ async fn one_session(engine: Engine, http: Arc<tokio::sync::Mutex<Http>>) -> Res
     let remote: Vec<String> = s
         .get("candidates")
         .and_then(|c| c.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let agent = engine
         .agent(options(false))
         .map_err(|e| format!("agent: {e}"))?;
-    let mine = lines(&agent.gather_candidates().map_err(|e| format!("gather: {e}"))?);
+    let mine = lines(
+        &agent
+            .gather_candidates()
+            .map_err(|e| format!("gather: {e}"))?,
+    );
     let (u, p) = agent.local_credentials();
     let path = format!("/sessions/{id}/remote-credentials");
     let body = serde_json::json!({"ufrag": u, "pwd": p});
-    expect_status("credentials", http.call("POST", &path, Some(&body)).await?, 204)?;
+    expect_status(
+        "credentials",
+        http.call("POST", &path, Some(&body)).await?,
+        204,
+    )?;
     let path = format!("/sessions/{id}/remote-candidates");
     let body = serde_json::json!({"candidates": mine, "end_of_candidates": true});
-    expect_status("candidates", http.call("POST", &path, Some(&body)).await?, 204)?;
+    expect_status(
+        "candidates",
+        http.call("POST", &path, Some(&body)).await?,
+        204,
+    )?;
     drop(http);
     add_lines(&agent, &remote)?;
     let mut conn = agent
