@@ -66,7 +66,29 @@ fn is_up(s: ConnectionState) -> bool {
     matches!(s, ConnectionState::Connected | ConnectionState::Completed)
 }
 
-/// Runs `n` setups of `one` in `lanes` lanes; `one(lane_state, i)` returns the kept value.
+/// What a lane keeps between its setups: where the current setup is (named in timeout
+/// failures) and anything to reset after a timeout cut a setup short.
+pub(crate) trait Lane {
+    fn stage(&self) -> &'static str;
+    fn set_stage(&mut self, s: &'static str);
+    /// A setup was abandoned mid-way (timeout): drop half-used state (e.g. a keep-alive
+    /// HTTP connection with an answer still in flight).
+    fn reset(&mut self) {}
+}
+
+/// Lane state of the pairs load: only the stage.
+pub(crate) struct Stage(&'static str);
+
+impl Lane for Stage {
+    fn stage(&self) -> &'static str {
+        self.0
+    }
+    fn set_stage(&mut self, s: &'static str) {
+        self.0 = s;
+    }
+}
+
+/// Runs `n` setups of `one` in `lanes` lanes; `one(lane_state)` returns the kept value.
 fn lanes<T, L, F, Fut>(
     rt: &tokio::runtime::Runtime,
     n: usize,
@@ -77,6 +99,7 @@ fn lanes<T, L, F, Fut>(
     one: F,
 ) -> (Setup, Vec<T>)
 where
+    L: Lane,
     F: Fn(Arc<tokio::sync::Mutex<L>>) -> Fut + Clone,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
@@ -99,7 +122,12 @@ where
                     let t0 = Instant::now();
                     let r = match tokio::time::timeout(timeout, one(state.clone())).await {
                         Ok(r) => r,
-                        Err(_) => Err("timeout".to_string()),
+                        Err(_) => {
+                            // The setup's future is dropped, so the lock is free again.
+                            let mut s = state.lock().await;
+                            s.reset();
+                            Err(format!("timeout ({})", s.stage()))
+                        }
                     };
                     let took = t0.elapsed();
                     let mut g = results.borrow_mut();
@@ -179,19 +207,27 @@ impl Pairs {
     }
 }
 
-async fn one_pair(engine: Engine, mux: bool) -> Result<Pair, String> {
+async fn one_pair(
+    engine: Engine,
+    mux: bool,
+    lane: Arc<tokio::sync::Mutex<Stage>>,
+) -> Result<Pair, String> {
+    let mut lane = lane.lock().await;
+    lane.set_stage("agent");
     let a = engine
         .agent(options(false))
         .map_err(|e| format!("agent: {e}"))?;
     let b = engine
         .agent(options(mux))
         .map_err(|e| format!("agent: {e}"))?;
+    lane.set_stage("gather");
     let ca = lines(&a.gather_candidates().map_err(|e| format!("gather: {e}"))?);
     let cb = lines(&b.gather_candidates().map_err(|e| format!("gather: {e}"))?);
     add_lines(&b, &ca)?;
     add_lines(&a, &cb)?;
     let (ua, pa) = a.local_credentials();
     let (ub, pb) = b.local_credentials();
+    lane.set_stage("dial/accept");
     let (da, db) = tokio::join!(a.dial(&ub, &pb), b.accept(&ua, &pa));
     let da = da.map_err(|e| format!("dial: {e}"))?;
     let db = db.map_err(|e| format!("accept: {e}"))?;
@@ -207,8 +243,8 @@ impl Load for Pairs {
             self.concurrency,
             self.timeout,
             counts,
-            || (),
-            move |_| one_pair(engine.clone(), mux),
+            || Stage("start"),
+            move |lane| one_pair(engine.clone(), mux, lane),
         );
         self.pairs = kept;
         setup
@@ -240,6 +276,19 @@ impl Load for Pairs {
 struct Http {
     addr: SocketAddr,
     conn: Option<BufReader<TcpStream>>,
+    stage: &'static str,
+}
+
+impl Lane for Http {
+    fn stage(&self) -> &'static str {
+        self.stage
+    }
+    fn set_stage(&mut self, s: &'static str) {
+        self.stage = s;
+    }
+    fn reset(&mut self) {
+        self.conn = None;
+    }
 }
 
 impl Http {
@@ -384,6 +433,7 @@ async fn one_session(
     http: Arc<tokio::sync::Mutex<Http>>,
 ) -> Result<Client, String> {
     let mut http = http.lock().await;
+    http.set_stage("create");
     let s = expect_status(
         "create",
         http.call(
@@ -411,6 +461,7 @@ async fn one_session(
                 .collect()
         })
         .unwrap_or_default();
+    http.set_stage("agent");
     let agent = engine
         .agent(options(false))
         .map_err(|e| format!("agent: {e}"))?;
@@ -420,6 +471,7 @@ async fn one_session(
             .map_err(|e| format!("gather: {e}"))?,
     );
     let (u, p) = agent.local_credentials();
+    http.set_stage("credentials");
     let path = format!("/sessions/{id}/remote-credentials");
     let body = serde_json::json!({"ufrag": u, "pwd": p});
     expect_status(
@@ -427,6 +479,7 @@ async fn one_session(
         http.call("POST", &path, Some(&body)).await?,
         204,
     )?;
+    http.set_stage("candidates");
     let path = format!("/sessions/{id}/remote-candidates");
     let body = serde_json::json!({"candidates": mine, "end_of_candidates": true});
     expect_status(
@@ -434,8 +487,8 @@ async fn one_session(
         http.call("POST", &path, Some(&body)).await?,
         204,
     )?;
-    drop(http);
     add_lines(&agent, &remote)?;
+    http.set_stage("dial");
     let mut conn = agent
         .dial(&ufrag, &pwd)
         .await
@@ -443,6 +496,7 @@ async fn one_session(
     conn.send(Bytes::from_static(b"icering-loadtest"))
         .await
         .map_err(|e| format!("send: {e}"))?;
+    http.set_stage("echo");
     let back = conn.recv().await.map_err(|e| format!("echo: {e}"))?;
     if &back[..] != b"icering-loadtest" {
         return Err("echo: wrong bytes".into());
@@ -463,6 +517,7 @@ impl Load for Serve {
             || Http {
                 addr: admin,
                 conn: None,
+                stage: "start",
             },
             move |http| one_session(engine.clone(), http),
         );
@@ -488,6 +543,7 @@ impl Load for Serve {
             let mut http = Http {
                 addr: admin,
                 conn: None,
+                stage: "close",
             };
             for (agent, _, id) in clients {
                 agent.close();
