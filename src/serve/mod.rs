@@ -198,11 +198,6 @@ fn api_error(e: ApiError) -> HttpError {
 }
 
 fn handle(shared: &Shared, mut req: tiny_http::Request) {
-    let content_type = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-        .map(|h| h.value.as_str().to_string());
     let mut body = Vec::new();
     let read = req
         .as_reader()
@@ -214,13 +209,9 @@ fn handle(shared: &Shared, mut req: tiny_http::Request) {
             status: 413,
             message: format!("body over {} bytes", routes::MAX_BODY),
         }),
-        Ok(_) => routes::route(
-            req.method().as_str(),
-            req.url(),
-            content_type.as_deref(),
-            &body,
-        )
-        .and_then(|r| dispatch(shared, r)),
+        Ok(_) => {
+            routes::route(req.method().as_str(), req.url(), &body).and_then(|r| dispatch(shared, r))
+        }
     };
     let (status, body) = match result {
         Ok((status, body)) => (status, body.map(|b| b.to_string())),
@@ -253,7 +244,15 @@ fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
                 Some(json!({
                     "sessions": shared.table().len(),
                     "shards": s.shards,
-                    "ice": format!("{:?}", s.ice),
+                    "agents": s.ice.agents,
+                    "connected": s.ice.connected,
+                    "created": s.ice.created,
+                    "closed": s.ice.closed,
+                    "data_in": s.ice.data_in,
+                    "data_out": s.ice.data_out,
+                    "handoffs_in": s.ice.handoffs_in,
+                    "drop_unknown_ufrag": s.ice.drop_unknown_ufrag,
+                    "drop_agent": s.ice.drop_agent,
                 })),
             ))
         }

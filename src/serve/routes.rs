@@ -114,17 +114,18 @@ pub fn parse_candidate(line: &str) -> Result<Candidate, HttpError> {
     Candidate::from_sdp(line).map_err(|e| HttpError::bad(format!("candidate `{line}`: {e}")))
 }
 
-/// Parses the body of `remote-candidates`. JSON (`{"candidate": L}`,
-/// `{"candidates": [L, ..]}`, `{"end_of_candidates": true}`, combinable), or plain text:
-/// one candidate line per line, `end-of-candidates` (or `a=end-of-candidates`) as a line
-/// of its own, or a form field `candidate=L` as pion's ping-pong posts it.
-pub fn parse_candidates(
-    body: &[u8],
-    content_type: Option<&str>,
-) -> Result<RemoteCandidates, HttpError> {
+/// Parses the body of `remote-candidates`, whatever its Content-Type says (curl sends
+/// form-encoded by default): JSON if it starts with `{` (`{"candidate": L}`,
+/// `{"candidates": [L, ..]}`, `{"end_of_candidates": true}`, combinable); form fields if it
+/// holds a `=` (a candidate line never does): `candidate=L` as pion's ping-pong posts it,
+/// and `end_of_candidates`; otherwise plain text: one candidate line per line,
+/// `end-of-candidates` (or `a=end-of-candidates`) as a line of its own.
+pub fn parse_candidates(body: &[u8]) -> Result<RemoteCandidates, HttpError> {
     let text = std::str::from_utf8(body).map_err(|_| HttpError::bad("body is not UTF-8"))?;
     let trimmed = text.trim_start();
     let mut out = RemoteCandidates::default();
+    let lines = || text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let is_end = |l: &str| l.strip_prefix("a=").unwrap_or(l) == "end-of-candidates";
     if trimmed.starts_with('{') {
         let j: CandidatesJson =
             serde_json::from_str(text).map_err(|e| HttpError::bad(format!("JSON: {e}")))?;
@@ -132,21 +133,20 @@ pub fn parse_candidates(
             out.candidates.push(parse_candidate(l)?);
         }
         out.end = j.end_of_candidates;
-    } else if is_form(content_type) {
+    } else if lines().all(|l| !l.contains('=') || is_end(l)) {
+        for line in lines() {
+            if is_end(line) {
+                out.end = true;
+            } else {
+                out.candidates.push(parse_candidate(line)?);
+            }
+        }
+    } else {
         for (k, v) in form_decode(text)? {
             match k.as_str() {
                 "candidate" => out.candidates.push(parse_candidate(&v)?),
                 "end_of_candidates" | "end-of-candidates" => out.end = true,
                 _ => return Err(HttpError::bad(format!("unknown form field `{k}`"))),
-            }
-        }
-    } else {
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let l = line.strip_prefix("a=").unwrap_or(line);
-            if l == "end-of-candidates" {
-                out.end = true;
-            } else {
-                out.candidates.push(parse_candidate(line)?);
             }
         }
     }
@@ -156,22 +156,11 @@ pub fn parse_candidates(
     Ok(out)
 }
 
-fn is_form(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|c| {
-        c.split(';').next().is_some_and(|m| {
-            m.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
-    })
-}
-
-/// Parses `remote-credentials`: JSON, or form fields `ufrag` and `pwd`.
-pub fn parse_credentials(
-    body: &[u8],
-    content_type: Option<&str>,
-) -> Result<RemoteCredentials, HttpError> {
+/// Parses `remote-credentials`: JSON if the body starts with `{`, else form fields
+/// `ufrag` and `pwd` (form-encoded, so `+` and `/` in them arrive intact when escaped).
+pub fn parse_credentials(body: &[u8]) -> Result<RemoteCredentials, HttpError> {
     let text = std::str::from_utf8(body).map_err(|_| HttpError::bad("body is not UTF-8"))?;
-    let c = if is_form(content_type) {
+    let c = if !text.trim_start().starts_with('{') {
         let mut ufrag = None;
         let mut pwd = None;
         for (k, v) in form_decode(text)? {
@@ -188,7 +177,6 @@ pub fn parse_credentials(
     } else {
         serde_json::from_str(text).map_err(|e| HttpError::bad(format!("JSON: {e}")))?
     };
-    // RFC 8445 §5.3: ufrag 4..=256 and pwd 22..=256 ice-chars (checked again by the agent).
     if c.ufrag.is_empty() || c.pwd.is_empty() {
         return Err(HttpError::bad("empty ufrag or pwd"));
     }
@@ -230,12 +218,7 @@ pub fn form_decode(s: &str) -> Result<Vec<(String, String)>, HttpError> {
 }
 
 /// Routes a request. `body` is the whole body (at most [`MAX_BODY`]).
-pub fn route(
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Result<Route, HttpError> {
+pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Route, HttpError> {
     let path = path.split('?').next().unwrap_or(path);
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let id = |s: &str| -> Result<String, HttpError> {
@@ -259,14 +242,12 @@ pub fn route(
         ("GET", ["stats"]) => Ok(Route::Stats),
         ("GET", ["sessions", s]) => Ok(Route::Get(id(s)?)),
         ("DELETE", ["sessions", s]) => Ok(Route::Delete(id(s)?)),
-        ("POST", ["sessions", s, "remote-credentials"]) => Ok(Route::RemoteCredentials(
-            id(s)?,
-            parse_credentials(body, content_type)?,
-        )),
-        ("POST", ["sessions", s, "remote-candidates"]) => Ok(Route::RemoteCandidates(
-            id(s)?,
-            parse_candidates(body, content_type)?,
-        )),
+        ("POST", ["sessions", s, "remote-credentials"]) => {
+            Ok(Route::RemoteCredentials(id(s)?, parse_credentials(body)?))
+        }
+        ("POST", ["sessions", s, "remote-candidates"]) => {
+            Ok(Route::RemoteCandidates(id(s)?, parse_candidates(body)?))
+        }
         (_, ["sessions"] | ["stats"] | ["sessions", _] | ["sessions", _, _]) => Err(HttpError {
             status: 405,
             message: format!("{method} not allowed on {path}"),
@@ -283,20 +264,19 @@ mod tests {
 
     #[test]
     fn candidates_in_every_accepted_shape() {
-        let plain = parse_candidates(LINE.as_bytes(), None).unwrap();
-        let prefixed = parse_candidates(format!("candidate:{LINE}").as_bytes(), None).unwrap();
+        let plain = parse_candidates(LINE.as_bytes()).unwrap();
+        let prefixed = parse_candidates(format!("candidate:{LINE}").as_bytes()).unwrap();
         assert_eq!(plain.candidates, prefixed.candidates);
         assert_eq!(plain.candidates[0].addr, "127.0.0.1:5000".parse().unwrap());
         assert!(!plain.end);
         let both = format!("a=candidate:{LINE}\na=end-of-candidates\n");
-        let r = parse_candidates(both.as_bytes(), Some("text/plain")).unwrap();
+        let r = parse_candidates(both.as_bytes()).unwrap();
         assert_eq!((r.candidates.len(), r.end), (1, true));
         let json = format!(r#"{{"candidates":["candidate:{LINE}"],"end_of_candidates":true}}"#);
-        let r = parse_candidates(json.as_bytes(), None).unwrap();
+        let r = parse_candidates(json.as_bytes()).unwrap();
         assert_eq!((r.candidates.len(), r.end), (1, true));
         let form = "candidate=candidate%3A1234+1+udp+2130706431+127.0.0.1+5000+typ+host";
-        let r =
-            parse_candidates(form.as_bytes(), Some("application/x-www-form-urlencoded")).unwrap();
+        let r = parse_candidates(form.as_bytes()).unwrap();
         assert_eq!(r.candidates, plain.candidates);
     }
 
@@ -310,16 +290,15 @@ mod tests {
             b"\xff\xfe",
             b"{\"nope\": true}",
         ] {
-            let e = route("POST", "/sessions/abc/remote-candidates", None, body).unwrap_err();
+            let e = route("POST", "/sessions/abc/remote-candidates", body).unwrap_err();
             assert_eq!(e.status, 400, "{body:?}");
             assert!(serde_json::from_str::<serde_json::Value>(&e.body()).is_ok());
         }
-        let e = route("POST", "/sessions", None, b"{\"data\":\"loud\"}").unwrap_err();
+        let e = route("POST", "/sessions", b"{\"data\":\"loud\"}").unwrap_err();
         assert_eq!(e.status, 400);
         let e = route(
             "POST",
             "/sessions/x/remote-credentials",
-            None,
             b"{\"ufrag\":\"a\"}",
         )
         .unwrap_err();
@@ -329,39 +308,27 @@ mod tests {
     #[test]
     fn routes_and_methods() {
         assert_eq!(
-            route("POST", "/sessions", None, b"").unwrap(),
+            route("POST", "/sessions", b"").unwrap(),
             Route::Create(CreateSession::default())
         );
         assert_eq!(
-            route(
-                "POST",
-                "/sessions",
-                None,
-                br#"{"lite":false,"data":"sink"}"#
-            )
-            .unwrap(),
+            route("POST", "/sessions", br#"{"lite":false,"data":"sink"}"#).unwrap(),
             Route::Create(CreateSession {
                 lite: Some(false),
                 data: Data::Sink
             })
         );
         assert_eq!(
-            route("GET", "/sessions/ab12", None, b"").unwrap(),
+            route("GET", "/sessions/ab12", b"").unwrap(),
             Route::Get("ab12".into())
         );
         assert_eq!(
-            route("DELETE", "/sessions/ab12/", None, b"").unwrap(),
+            route("DELETE", "/sessions/ab12/", b"").unwrap(),
             Route::Delete("ab12".into())
         );
         let form = "ufrag=a%2Bb&pwd=c%2Fd+e";
         assert_eq!(
-            route(
-                "POST",
-                "/sessions/s1/remote-credentials",
-                Some("application/x-www-form-urlencoded; charset=utf-8"),
-                form.as_bytes()
-            )
-            .unwrap(),
+            route("POST", "/sessions/s1/remote-credentials", form.as_bytes()).unwrap(),
             Route::RemoteCredentials(
                 "s1".into(),
                 RemoteCredentials {
@@ -370,22 +337,11 @@ mod tests {
                 }
             )
         );
+        assert_eq!(route("PUT", "/sessions", b"").unwrap_err().status, 405);
+        assert_eq!(route("GET", "/nothing", b"").unwrap_err().status, 404);
+        assert!((400..500).contains(&route("GET", "/sessions/../x", b"").unwrap_err().status));
         assert_eq!(
-            route("PUT", "/sessions", None, b"").unwrap_err().status,
-            405
-        );
-        assert_eq!(route("GET", "/nothing", None, b"").unwrap_err().status, 404);
-        assert!(
-            (400..500).contains(
-                &route("GET", "/sessions/../x", None, b"")
-                    .unwrap_err()
-                    .status
-            )
-        );
-        assert_eq!(
-            route("GET", "/sessions/a%20b", None, b"")
-                .unwrap_err()
-                .status,
+            route("GET", "/sessions/a%20b", b"").unwrap_err().status,
             404
         );
     }
