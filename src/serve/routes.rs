@@ -125,7 +125,10 @@ pub fn parse_candidates(body: &[u8]) -> Result<RemoteCandidates, HttpError> {
     let trimmed = text.trim_start();
     let mut out = RemoteCandidates::default();
     let lines = || text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let is_end = |l: &str| l.strip_prefix("a=").unwrap_or(l) == "end-of-candidates";
+    fn bare(l: &str) -> &str {
+        l.strip_prefix("a=").unwrap_or(l)
+    }
+    let is_end = |l: &str| bare(l) == "end-of-candidates";
     if trimmed.starts_with('{') {
         let j: CandidatesJson =
             serde_json::from_str(text).map_err(|e| HttpError::bad(format!("JSON: {e}")))?;
@@ -133,7 +136,7 @@ pub fn parse_candidates(body: &[u8]) -> Result<RemoteCandidates, HttpError> {
             out.candidates.push(parse_candidate(l)?);
         }
         out.end = j.end_of_candidates;
-    } else if lines().all(|l| !l.contains('=') || is_end(l)) {
+    } else if lines().all(|l| !bare(l).contains('=')) {
         for line in lines() {
             if is_end(line) {
                 out.end = true;
