@@ -8,7 +8,10 @@
 //! ```text
 //!  binaries        src/main.rs (icering serve|ping)   loadtest/ (icering-loadtest)
 //!                        │                                 │ public API only
+//!  application     api/    ── Engine / Agent / Conn: tokio-friendly handles (channels only)
+//!                        │ commands over each shard's control channel ▼
 //!  runtime         shard/  ── one pinned thread per core: demux, timers, cross-shard channel
+//!                  shard/ice ─ agent table, mux demux, handoff, one timer heap per shard
 //!                  ping/   ── one ICE agent over one std socket + HTTP signalling
 //!                        │ drives ▼            │ owns ▼
 //!  sans-IO         ice/  turn/server                     io/  ── uring | portable backends
@@ -28,6 +31,7 @@
 //! | `ice`, `turn` | `stun`, `net` |
 //! | [`io`] | `net` (never `stun`/`ice`/`turn`) |
 //! | `shard` | everything above |
+//! | [`api`] | `shard` (through its control channel), `ice` types, tokio `sync` channels |
 //! | `ping` | `ice`, `stun`, `net`, std sockets (a runtime for one agent) |
 //!
 //! ## The drive loop (sans-IO, in the style of quinn-proto and str0m)
@@ -57,7 +61,7 @@ pub mod stun;
 pub mod turn;
 
 pub use api::{
-    Agent, AgentEvent, AgentOptions, ApiError, Conn, ConnStats, DataMode, Engine, EngineStats,
-    NetworkType,
+    Agent, AgentEvent, AgentOptions, ApiError, Candidate, Conn, ConnStats, ConnectionState,
+    DataMode, Engine, EngineStats, IceStats, NetworkType,
 };
 pub use config::Config;

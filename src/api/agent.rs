@@ -1,6 +1,7 @@
 //! [`Agent`] and [`Conn`]: handles that talk to the owning shard over its control channel.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -28,7 +29,11 @@ impl Handle {
         self.tx
             .send(Control::Ice(cmd))
             .map_err(|_| ApiError::EngineStopped)?;
-        self.waker.wake();
+        // The shard drains its whole channel every turn, so only a sender that found it
+        // empty must ring the waker: one eventfd write per burst of sends, not per send.
+        if self.tx.len() <= 1 {
+            self.waker.wake();
+        }
         Ok(())
     }
 }
@@ -54,6 +59,7 @@ pub struct Agent {
     events: Option<mpsc::UnboundedReceiver<AgentEvent>>,
     state: Option<watch::Receiver<ConnectionState>>,
     data: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    gathered: AtomicBool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -124,6 +130,7 @@ impl Agent {
             events,
             state,
             data: Mutex::new(data),
+            gathered: AtomicBool::new(false),
         }
     }
 
@@ -162,8 +169,12 @@ impl Agent {
     /// Gathers host candidates (RFC 8445 §5.1.1.1): on the mux sockets (`mux`), or on one
     /// dedicated socket per interface address, bound here from the port range. Every
     /// candidate is emitted as [`AgentEvent::Candidate`], then `Candidate(None)`.
-    /// Returns the candidates too (for agents without events).
+    /// Returns the candidates too (for agents without events). Once per agent (pion:
+    /// `ErrMultipleGatherAttempted`): a second call is [`ApiError::AlreadyStarted`].
     pub fn gather_candidates(&self) -> Result<Vec<Candidate>, ApiError> {
+        if self.gathered.swap(true, Relaxed) {
+            return Err(ApiError::AlreadyStarted);
+        }
         let o = &self.opts;
         let ifaces = || -> Result<Vec<(String, IpAddr)>, ApiError> {
             let all = interface_addrs().map_err(|source| ApiError::Bind {

@@ -19,6 +19,8 @@ pub(crate) struct Inner {
     runtime: Mutex<Option<Runtime>>,
     pub(crate) links: Vec<(Sender<Control>, Waker)>,
     pub(crate) mux_addrs: Vec<SocketAddr>,
+    server_addrs: Vec<SocketAddr>,
+    backend_reason: String,
     pub(crate) ice: IceSection,
     next_key: AtomicU64,
     next_shard: AtomicUsize,
@@ -79,11 +81,15 @@ impl Engine {
         let runtime = Runtime::start(config)?;
         let links = runtime.links();
         let mux_addrs = runtime.ice_addrs().to_vec();
+        let server_addrs = runtime.local_addrs().to_vec();
+        let backend_reason = runtime.backend_reason().to_owned();
         Ok(Engine {
             inner: Arc::new(Inner {
                 runtime: Mutex::new(Some(runtime)),
                 links,
                 mux_addrs,
+                server_addrs,
+                backend_reason,
                 ice: config.ice.clone(),
                 next_key: AtomicU64::new(1),
                 next_shard: AtomicUsize::new(0),
@@ -94,6 +100,39 @@ impl Engine {
     /// The mux socket addresses (`[ice] listen`, port 0 resolved).
     pub fn mux_addrs(&self) -> &[SocketAddr] {
         &self.inner.mux_addrs
+    }
+
+    /// The STUN/TURN server addresses (`[server] listen`, port 0 resolved).
+    pub fn server_addrs(&self) -> &[SocketAddr] {
+        &self.inner.server_addrs
+    }
+
+    /// Which io backend runs and why (for a start-up log line).
+    pub fn backend_reason(&self) -> &str {
+        &self.inner.backend_reason
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.inner.links.len()
+    }
+
+    /// Options for a session of `icering serve`: on the mux sockets if `[ice] listen` has
+    /// any, ICE-lite per `[ice] lite`, data handled by the shard (`data`: echo or sink).
+    pub fn session_options(&self, data: DataMode) -> AgentOptions {
+        AgentOptions {
+            mux: !self.inner.mux_addrs.is_empty(),
+            lite: self.inner.ice.lite,
+            include_loopback: true,
+            data,
+            ..AgentOptions::default()
+        }
+    }
+
+    /// STUN/TURN server counters summed over shards.
+    pub fn server_stats(&self) -> crate::turn::server::ServerStats {
+        let rt = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        rt.as_ref().map(|r| r.stats()).unwrap_or_default()
     }
 
     /// Creates an agent on the next shard (round robin over at most 64 shards: the first

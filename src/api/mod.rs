@@ -111,7 +111,7 @@ pub enum ApiError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// `dial`/`accept`/`start` was already called, or the data receiver was taken.
+    /// `dial`/`accept` was already called, or candidates were already gathered.
     #[error("already started")]
     AlreadyStarted,
     /// This needs an agent with [`DataMode::App`].

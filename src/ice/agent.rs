@@ -103,15 +103,16 @@ pub struct IceAgent {
 
 impl IceAgent {
     /// A new agent. Credentials missing from `config` are generated from its seed.
-    pub fn new(config: IceConfig) -> Result<Self, IceError> {
+    pub fn new(mut config: IceConfig) -> Result<Self, IceError> {
         let mut rng = Rng::new(config.seed);
+        // Taken, not cloned: the credentials live once, in `local`.
         let ufrag = config
             .local_ufrag
-            .clone()
+            .take()
             .unwrap_or_else(|| rng.ice_string(8));
         let pwd = config
             .local_pwd
-            .clone()
+            .take()
             .unwrap_or_else(|| rng.ice_string(24));
         let local = Credentials::new(ufrag, pwd)?;
         let tie_breaker = rng.next_u64();

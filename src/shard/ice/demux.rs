@@ -59,12 +59,13 @@ pub(crate) fn shard_of_ufrag(ufrag: &[u8]) -> Option<u16> {
     ICE_CHARS.iter().position(|&x| x == c).map(|i| i as u16)
 }
 
-/// Decides the owner of `data`, received from `from` on mux socket `m` of shard `me`.
+/// Decides the owner of `data`, received from `from` on mux socket `m` of shard `me` (of
+/// `shards`).
 pub(crate) fn owner(
     data: &[u8],
     m: u16,
     from: SocketAddr,
-    me: u16,
+    (me, shards): (u16, u16),
     table: &Table,
     routes: &HashMap<(u16, SocketAddr), (u16, u32)>,
 ) -> Verdict {
@@ -97,15 +98,17 @@ pub(crate) fn owner(
                     Some(slot) => Verdict::Owner(Owner::Local(slot)),
                     None => Verdict::Drop(DropReason::UnknownUfrag),
                 },
-                Some(s) => Verdict::Owner(Owner::Shard(s)),
-                None => Verdict::Drop(DropReason::UnknownUfrag),
+                Some(s) if s < shards => Verdict::Owner(Owner::Shard(s)),
+                _ => Verdict::Drop(DropReason::UnknownUfrag),
             }
         }
         Class::Success | Class::Error => {
             let tid = msg.transaction_id();
             let s = u16::from_be_bytes([tid[0], tid[1]]);
             let slot = u32::from_be_bytes([tid[2], tid[3], tid[4], tid[5]]);
-            if s != me {
+            if s >= shards {
+                Verdict::Drop(DropReason::StaleTransaction)
+            } else if s != me {
                 Verdict::Owner(Owner::Shard(s))
             } else if table.contains(slot) {
                 Verdict::Owner(Owner::Local(slot))

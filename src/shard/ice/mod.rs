@@ -273,7 +273,12 @@ impl IceHost {
         data: &[u8],
         may_handoff: bool,
     ) {
-        let owner = match demux::owner(data, m, from, self.shard, &self.table, &self.routes) {
+        let shards = self
+            .peers
+            .as_ref()
+            .map_or(1, |p| p.len().min(MAX_ICE_SHARDS)) as u16;
+        let me = (self.shard, shards);
+        let owner = match demux::owner(data, m, from, me, &self.table, &self.routes) {
             Verdict::Owner(o) => o,
             Verdict::Drop(reason) => {
                 reason.count(&mut self.stats);

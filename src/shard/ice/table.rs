@@ -114,7 +114,8 @@ pub(crate) fn ufrag_key(u: &[u8]) -> u64 {
 
 #[derive(Debug, Default)]
 pub(crate) struct Table {
-    slots: Vec<Option<Hosted>>,
+    /// Boxed: a slot is then 8 bytes, so the slab's doubling slack costs little.
+    slots: Vec<Option<Box<Hosted>>>,
     free: Vec<u32>,
     by_key: HashMap<u64, u32>,
     by_ufrag: HashMap<u64, u32>,
@@ -130,11 +131,11 @@ impl Table {
         let (key, ufrag) = (h.key, h.ufrag);
         let slot = match self.free.pop() {
             Some(s) => {
-                self.slots[s as usize] = Some(h);
+                self.slots[s as usize] = Some(Box::new(h));
                 s
             }
             None => {
-                self.slots.push(Some(h));
+                self.slots.push(Some(Box::new(h)));
                 (self.slots.len() - 1) as u32
             }
         };
@@ -143,7 +144,7 @@ impl Table {
         slot
     }
 
-    pub fn remove(&mut self, slot: u32) -> Option<Hosted> {
+    pub fn remove(&mut self, slot: u32) -> Option<Box<Hosted>> {
         let h = self.slots.get_mut(slot as usize)?.take()?;
         self.by_key.remove(&h.key);
         if self.by_ufrag.get(&h.ufrag) == Some(&slot) {
@@ -155,7 +156,7 @@ impl Table {
 
     #[inline]
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut Hosted> {
-        self.slots.get_mut(slot as usize)?.as_mut()
+        self.slots.get_mut(slot as usize)?.as_deref_mut()
     }
 
     #[inline]

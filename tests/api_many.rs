@@ -1,0 +1,121 @@
+//! Thousands of agents on one engine: 1,500 ICE-lite agents that sink their data (what
+//! `icering serve` sessions are) and 1,500 full controlling agents, all on the same
+//! two-shard engine's mux port, every one connected. A counting allocator gives the live
+//! heap per connected agent (engine-side state plus the handle), the method of
+//! tests/turn_footprint.rs.
+//!
+//! `cargo test --release --test api_many -- --nocapture` prints the figures.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use icering::{AgentOptions, Config, DataMode, Engine, NetworkType};
+
+struct Counting;
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: forwards to the system allocator, only counting live bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as i64 - layout.size() as i64, Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const PAIRS: usize = 1500;
+
+#[test]
+fn thousands_of_agents_connect_on_one_engine() {
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 2;
+    c.ice.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let engine = Engine::start(&c).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let base = LIVE.load(Relaxed);
+
+    let v4 = [NetworkType::Udp4];
+    let server = AgentOptions::default()
+        .with_mux(true)
+        .with_lite(true)
+        .with_data(DataMode::Sink)
+        .with_network_types(&v4);
+    let client = AgentOptions::default()
+        .with_mux(true)
+        .with_data(DataMode::Sink)
+        .with_network_types(&v4);
+    let mut agents = Vec::with_capacity(2 * PAIRS);
+    for _ in 0..PAIRS {
+        let s = engine.agent(server.clone()).unwrap();
+        let cl = engine.agent(client.clone()).unwrap();
+        let sc = s.gather_candidates().unwrap();
+        let cc = cl.gather_candidates().unwrap();
+        assert_eq!((sc.len(), cc.len()), (1, 1));
+        let (su, sp) = s.local_credentials();
+        let (cu, cp) = cl.local_credentials();
+        s.set_remote_credentials(&cu, &cp).unwrap();
+        cl.set_remote_credentials(&su, &sp).unwrap();
+        for x in cc {
+            s.add_remote_candidate(x).unwrap();
+        }
+        for x in sc {
+            cl.add_remote_candidate(x).unwrap();
+        }
+        cl.start(true).unwrap();
+        agents.push(s);
+        agents.push(cl);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let stats = loop {
+        let s = engine.stats().ice;
+        if s.connected == 2 * PAIRS as u64 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up: {} of {} connected: {s:?}",
+            s.connected,
+            2 * PAIRS
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(stats.agents, 2 * PAIRS as u64);
+    assert_eq!(
+        stats.drop_unknown_ufrag + stats.drop_stale_transaction,
+        0,
+        "{stats:?}"
+    );
+    // All clients send from one 5-tuple: the kernel gives all of it to one shard, and the
+    // agents on the other shard are reached by handoff.
+    assert!(stats.handoffs_in > 0, "{stats:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let per_agent = (LIVE.load(Relaxed) - base) as f64 / (2 * PAIRS) as f64;
+    println!("{stats:?}");
+    println!(
+        "{} agents connected on one engine; live heap per agent (engine + handle): {per_agent:.0} B",
+        2 * PAIRS
+    );
+
+    drop(agents);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.stats().ice.agents != 0 {
+        assert!(Instant::now() < deadline, "agents not freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine.shutdown().unwrap();
+}
