@@ -348,6 +348,15 @@ fn serve_sessions(
         ));
     }
     let engine = Engine::start(config).map_err(|e| e.to_string())?;
+    tracing::info!("{}", engine.backend_reason());
+    let what = if config.turn.enabled {
+        "STUN/TURN"
+    } else {
+        "STUN"
+    };
+    for addr in engine.server_addrs() {
+        tracing::info!(shards = engine.shards(), "listening on {addr}/udp ({what})");
+    }
     for addr in engine.mux_addrs() {
         tracing::info!(
             lite = config.ice.lite,
@@ -362,9 +371,18 @@ fn serve_sessions(
     }
     let open = server.sessions();
     server.shutdown();
-    let stats = engine.stats();
+    let ice = engine.stats().ice;
+    let stun = engine.server_stats();
     engine.shutdown().map_err(|e| e.to_string())?;
-    tracing::info!(sessions_open = open, ice = ?stats.ice, "stopped");
+    tracing::info!(
+        sessions_open = open,
+        sessions_created = ice.created,
+        data_in = ice.data_in,
+        data_out = ice.data_out,
+        stun_received = stun.received,
+        stun_answered = stun.answered,
+        "stopped"
+    );
     Ok(())
 }
 

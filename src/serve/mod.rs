@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 
 use serde_json::json;
 
-use crate::api::{Agent, AgentOptions, ApiError, DataMode, Engine};
+use crate::api::{Agent, ApiError, DataMode, Engine};
 use crate::ice::ConnectionState;
 use routes::{Data, HttpError, Route};
 
@@ -307,13 +307,13 @@ fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
 }
 
 fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> {
-    let opts = AgentOptions::default()
-        .with_mux(true)
-        .with_lite(lite)
-        .with_data(match data {
+    let opts = shared
+        .engine
+        .session_options(match data {
             Data::Echo => DataMode::Echo,
             Data::Sink => DataMode::Sink,
-        });
+        })
+        .with_lite(lite);
     let agent = shared.engine.agent(opts).map_err(api_error)?;
     let candidates = match agent.gather_candidates().and_then(|c| {
         // Controlled: the session's peer dials (a lite agent is always controlled).
