@@ -6,7 +6,7 @@
 //! `accept` together. Latency runs from the first `Agent::new` to both returning.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
@@ -22,7 +22,8 @@ use webrtc_ice::udp_network::UDPNetwork;
 
 use super::{Args, Counts, Load, Setup, Sockets, add_failure, histogram};
 
-type Pair = (Arc<Agent>, Arc<Agent>);
+/// Two agents and whether each is Connected now (kept by the state callbacks).
+type Pair = (Arc<Agent>, Arc<Agent>, Arc<AtomicBool>, Arc<AtomicBool>);
 
 /// webrtc-ice pairs in one worker.
 pub struct Pairs {
@@ -31,8 +32,6 @@ pub struct Pairs {
     concurrency: usize,
     timeout: Duration,
     pairs: Vec<Pair>,
-    /// Agents that left Connected (to Disconnected/Failed) after connecting.
-    lost: Arc<AtomicU64>,
 }
 
 impl Pairs {
@@ -56,7 +55,6 @@ impl Pairs {
             concurrency: args.concurrency,
             timeout: Duration::from_secs_f64(args.timeout),
             pairs: Vec::new(),
-            lost: Arc::new(AtomicU64::new(0)),
         })
     }
 }
@@ -96,22 +94,18 @@ async fn gather(agent: &Agent) -> Result<Vec<String>, String> {
     Ok(cands.iter().map(|c| c.marshal()).collect())
 }
 
-fn watch(agent: &Agent, lost: Arc<AtomicU64>) {
-    let mut was_connected = false;
+/// Keeps `up` true while the agent is Connected.
+fn watch(agent: &Agent) -> Arc<AtomicBool> {
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
     agent.on_connection_state_change(Box::new(move |s| {
-        match s {
-            ConnectionState::Connected => was_connected = true,
-            ConnectionState::Disconnected | ConnectionState::Failed if was_connected => {
-                was_connected = false;
-                lost.fetch_add(1, Relaxed);
-            }
-            _ => {}
-        }
+        flag.store(s == ConnectionState::Connected, Relaxed);
         Box::pin(async {})
     }));
+    up
 }
 
-async fn one_pair(mux: Option<Arc<UDPMuxDefault>>, lost: Arc<AtomicU64>) -> Result<Pair, String> {
+async fn one_pair(mux: Option<Arc<UDPMuxDefault>>) -> Result<Pair, String> {
     let a = Arc::new(
         Agent::new(config(true, None))
             .await
@@ -122,8 +116,7 @@ async fn one_pair(mux: Option<Arc<UDPMuxDefault>>, lost: Arc<AtomicU64>) -> Resu
             .await
             .map_err(|e| format!("agent: {e}"))?,
     );
-    watch(&a, lost.clone());
-    watch(&b, lost);
+    let (up_a, up_b) = (watch(&a), watch(&b));
     let (ca, cb) = tokio::join!(gather(&a), gather(&b));
     let (ca, cb) = (ca?, cb?);
     for (to, lines) in [(&b, &ca), (&a, &cb)] {
@@ -141,7 +134,7 @@ async fn one_pair(mux: Option<Arc<UDPMuxDefault>>, lost: Arc<AtomicU64>) -> Resu
     let (da, db) = tokio::join!(a.dial(ca_rx, ub, pb), b.accept(cb_rx, ua, pa));
     da.map_err(|e| format!("dial: {e}"))?;
     db.map_err(|e| format!("accept: {e}"))?;
-    Ok((a, b))
+    Ok((a, b, up_a, up_b))
 }
 
 impl Load for Pairs {
@@ -150,7 +143,6 @@ impl Load for Pairs {
         let timeout = self.timeout;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mux = self.mux.clone();
-        let lost = self.lost.clone();
         let mut setup = Setup {
             latency_us: histogram(),
             failures: Default::default(),
@@ -162,10 +154,9 @@ impl Load for Pairs {
                 let permit = sem.clone().acquire_owned().await.expect("open semaphore");
                 let tx = tx.clone();
                 let mux = mux.clone();
-                let lost = lost.clone();
                 tokio::spawn(async move {
                     let t0 = Instant::now();
-                    let r = match tokio::time::timeout(timeout, one_pair(mux, lost)).await {
+                    let r = match tokio::time::timeout(timeout, one_pair(mux)).await {
                         Ok(r) => r,
                         Err(_) => Err("timeout".to_string()),
                     };
@@ -185,17 +176,10 @@ impl Load for Pairs {
     }
 
     fn alive(&mut self) -> u64 {
-        // A pair is alive while both agents still have a selected pair and never left
-        // Connected (webrtc-ice reports the loss through the state callback).
-        let with_pair = self
-            .pairs
+        self.pairs
             .iter()
-            .filter(|(a, b)| {
-                a.get_selected_candidate_pair().is_some()
-                    && b.get_selected_candidate_pair().is_some()
-            })
-            .count() as u64;
-        with_pair.saturating_sub(self.lost.load(Relaxed))
+            .filter(|(_, _, a, b)| a.load(Relaxed) && b.load(Relaxed))
+            .count() as u64
     }
 
     fn agents_per_connection(&self) -> u64 {
@@ -205,7 +189,7 @@ impl Load for Pairs {
     fn close(&mut self) {
         let pairs = std::mem::take(&mut self.pairs);
         self.rt.block_on(async {
-            for (a, b) in pairs {
+            for (a, b, _, _) in pairs {
                 let _ = a.close().await;
                 let _ = b.close().await;
             }
