@@ -266,7 +266,7 @@ impl Load for Pairs {
             a.close();
             b.close();
         }
-        let _ = self.engine.clone().shutdown();
+        // The engine's shards stop when the worker process exits (see `worker`).
     }
 }
 
@@ -550,6 +550,6 @@ impl Load for Serve {
                 let _ = http.call("DELETE", &format!("/sessions/{id}"), None).await;
             }
         });
-        let _ = self.engine.clone().shutdown();
+        // The engine's shards stop when the worker process exits (see `worker`).
     }
 }
