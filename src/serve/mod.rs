@@ -47,6 +47,9 @@ pub enum ServeError {
         /// Why.
         reason: String,
     },
+    /// An HTTP worker thread could not be started.
+    #[error("cannot start the admin server's threads: {0}")]
+    Thread(std::io::Error),
     /// The engine has no `[ice] listen` socket to host sessions on.
     #[error("the session API needs `[ice] listen` addresses (the shared ICE port)")]
     NoIcePort,
@@ -109,27 +112,27 @@ impl AdminServer {
             default_lite,
             sessions: Mutex::new(HashMap::new()),
         });
-        let threads = (0..THREADS)
-            .map(|i| {
-                let http = http.clone();
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("admin-{i}"))
-                    .spawn(move || {
-                        // `recv` fails once `unblock` was called: the server stops.
-                        while let Ok(req) = http.recv() {
-                            handle(&shared, req);
-                        }
-                    })
-                    .expect("spawn admin thread")
-            })
-            .collect();
-        Ok(AdminServer {
+        let mut server = AdminServer {
             http,
             addr: local,
             shared,
-            threads,
-        })
+            threads: Vec::with_capacity(THREADS),
+        };
+        for i in 0..THREADS {
+            let http = server.http.clone();
+            let shared = server.shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("admin-{i}"))
+                .spawn(move || {
+                    // `recv` fails once `unblock` was called: the server stops.
+                    while let Ok(req) = http.recv() {
+                        handle(&shared, req);
+                    }
+                })
+                .map_err(ServeError::Thread)?;
+            server.threads.push(t);
+        }
+        Ok(server)
     }
 
     /// The bound address (port 0 resolved).

@@ -36,12 +36,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Agents on 127.0.0.1, one dedicated socket each unless `mux`.
-fn options(mux: bool) -> AgentOptions {
-    AgentOptions::default()
+/// Agents on 127.0.0.1, one dedicated socket each (from `ports` if given) unless `mux`.
+fn options(mux: bool, ports: Option<(u16, u16)>) -> AgentOptions {
+    let o = AgentOptions::default()
         .loopback_only()
         .with_network_types(&[NetworkType::Udp4])
-        .with_mux(mux)
+        .with_mux(mux);
+    match ports {
+        Some((lo, hi)) => o.with_port_range(lo, hi),
+        None => o,
+    }
 }
 
 /// Candidate lines as they would cross a signalling channel.
@@ -188,6 +192,7 @@ pub struct Pairs {
     rt: tokio::runtime::Runtime,
     engine: Engine,
     mux: bool,
+    ports: Option<(u16, u16)>,
     concurrency: usize,
     timeout: Duration,
     pairs: Vec<Pair>,
@@ -200,6 +205,7 @@ impl Pairs {
             rt: runtime()?,
             engine: engine(args, mux)?,
             mux,
+            ports: args.ports,
             concurrency: args.concurrency,
             timeout: Duration::from_secs_f64(args.timeout),
             pairs: Vec::new(),
@@ -210,15 +216,16 @@ impl Pairs {
 async fn one_pair(
     engine: Engine,
     mux: bool,
+    ports: Option<(u16, u16)>,
     lane: Arc<tokio::sync::Mutex<Stage>>,
 ) -> Result<Pair, String> {
     let mut lane = lane.lock().await;
     lane.set_stage("agent");
     let a = engine
-        .agent(options(false))
+        .agent(options(false, ports))
         .map_err(|e| format!("agent: {e}"))?;
     let b = engine
-        .agent(options(mux))
+        .agent(options(mux, ports))
         .map_err(|e| format!("agent: {e}"))?;
     lane.set_stage("gather");
     let ca = lines(&a.gather_candidates().map_err(|e| format!("gather: {e}"))?);
@@ -236,7 +243,7 @@ async fn one_pair(
 
 impl Load for Pairs {
     fn connect(&mut self, n: usize, counts: &Counts) -> Setup {
-        let (engine, mux) = (self.engine.clone(), self.mux);
+        let (engine, mux, ports) = (self.engine.clone(), self.mux, self.ports);
         let (setup, kept) = lanes(
             &self.rt,
             n,
@@ -244,7 +251,7 @@ impl Load for Pairs {
             self.timeout,
             counts,
             || Stage("start"),
-            move |lane| one_pair(engine.clone(), mux, lane),
+            move |lane| one_pair(engine.clone(), mux, ports, lane),
         );
         self.pairs = kept;
         setup
@@ -410,6 +417,7 @@ pub struct Serve {
     rt: tokio::runtime::Runtime,
     engine: Engine,
     admin: SocketAddr,
+    ports: Option<(u16, u16)>,
     concurrency: usize,
     timeout: Duration,
     clients: Vec<Client>,
@@ -421,6 +429,7 @@ impl Serve {
             rt: runtime()?,
             engine: engine(args, false)?,
             admin: args.admin,
+            ports: args.ports,
             concurrency: args.concurrency,
             timeout: Duration::from_secs_f64(args.timeout),
             clients: Vec::new(),
@@ -430,6 +439,7 @@ impl Serve {
 
 async fn one_session(
     engine: Engine,
+    ports: Option<(u16, u16)>,
     http: Arc<tokio::sync::Mutex<Http>>,
 ) -> Result<Client, String> {
     let mut http = http.lock().await;
@@ -463,7 +473,7 @@ async fn one_session(
         .unwrap_or_default();
     http.set_stage("agent");
     let agent = engine
-        .agent(options(false))
+        .agent(options(false, ports))
         .map_err(|e| format!("agent: {e}"))?;
     let mine = lines(
         &agent
@@ -507,7 +517,7 @@ async fn one_session(
 impl Load for Serve {
     fn connect(&mut self, n: usize, counts: &Counts) -> Setup {
         let engine = self.engine.clone();
-        let admin = self.admin;
+        let (admin, ports) = (self.admin, self.ports);
         let (setup, kept) = lanes(
             &self.rt,
             n,
@@ -519,7 +529,7 @@ impl Load for Serve {
                 conn: None,
                 stage: "start",
             },
-            move |http| one_session(engine.clone(), http),
+            move |http| one_session(engine.clone(), ports, http),
         );
         self.clients = kept;
         setup

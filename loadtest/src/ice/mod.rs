@@ -110,12 +110,28 @@ pub struct Args {
     /// serve mode: PID of the `icering serve` process, for its RSS and CPU per agent.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// icering: UDP ports for the dedicated sockets, `LO:HI`, split evenly over the
+    /// workers (default: ephemeral ports). All workers share 127.0.0.1, whose ephemeral
+    /// range (net.ipv4.ip_local_port_range, 32768–60999 here) holds ~28k sockets; a range
+    /// such as `1024:60999` lifts that ceiling.
+    #[arg(long, value_name = "LO:HI", value_parser = parse_ports)]
+    ports: Option<(u16, u16)>,
     /// One JSON object instead of the human report.
     #[arg(long)]
     json: bool,
     /// Internal: run as a worker process of this implementation.
     #[arg(long, hide = true, value_enum)]
     worker: Option<Imp>,
+}
+
+fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once(':').ok_or("expected LO:HI")?;
+    let lo: u16 = lo.parse().map_err(|_| "LO is not a port")?;
+    let hi: u16 = hi.parse().map_err(|_| "HI is not a port")?;
+    if lo == 0 || lo > hi {
+        return Err("need 0 < LO <= HI".into());
+    }
+    Ok((lo, hi))
 }
 
 /// Progress counters a driver bumps as setups finish.
@@ -274,7 +290,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(args: &Args, imp: Imp, n: usize) -> Result<Worker, String> {
+    fn spawn(args: &Args, imp: Imp, n: usize, ports: Option<(u16, u16)>) -> Result<Worker, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
         cmd.arg("ice")
@@ -296,6 +312,7 @@ impl Worker {
             .args(["--shards", &args.shards.to_string()])
             .args(["--admin", &args.admin.to_string()])
             .args(["--worker", imp.name()])
+            .args(ports.map(|(lo, hi)| format!("--ports={lo}:{hi}")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -380,7 +397,12 @@ fn run_imp(args: &Args, imp: Imp) -> Result<ImpReport, String> {
     let mut workers = Vec::with_capacity(procs);
     for k in 0..procs {
         let n = args.n / procs + usize::from(k < args.n % procs);
-        workers.push(Worker::spawn(args, imp, n)?);
+        let ports = args.ports.map(|(lo, hi)| {
+            let span = (u32::from(hi) - u32::from(lo) + 1) / procs as u32;
+            let a = u32::from(lo) + span * k as u32;
+            (a as u16, (a + span.max(1) - 1).min(u32::from(hi)) as u16)
+        });
+        workers.push(Worker::spawn(args, imp, n, ports)?);
     }
     let mut progress = vec![(0u64, 0u64); procs];
     let long = Duration::from_secs(120);
