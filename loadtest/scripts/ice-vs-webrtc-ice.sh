@@ -4,7 +4,7 @@
 #     shards through the public API, controlled side on the shard's shared port) and
 #     webrtc-rs's webrtc-ice (controlled side on one UDPMuxDefault per worker), then a hold
 #     of S seconds with keepalives/consent running;
-#  2. serve: M full icering agents against ICE-lite echo sessions of `icering serve`
+#  2. serve: M full icering agents (workers of 5,000) against ICE-lite echo sessions of `icering serve`
 #     (one shard, one UDP port), sessions created over its HTTP API; server RSS and CPU.
 # A process may hold at most 20,000 descriptors here, so the load is split over K workers.
 # Usage: loadtest/scripts/ice-vs-webrtc-ice.sh [pairs N] [procs K] [hold S] [serve M]
@@ -28,9 +28,11 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   --admin 127.0.0.1:38471 >"$OUT/serve.log" 2>&1 &
 SPID=$!
 for _ in $(seq 100); do grep -q "session API on" "$OUT/serve.log" && break; sleep 0.1; done
-"$BIN/icering-loadtest" ice serve --n "$M" --procs "$(( (M + 17999) / 18000 ))" \
-  --hold "$HOLD" --admin 127.0.0.1:38471 --server-pid "$SPID" --concurrency 64 \
-  --json >"$OUT/serve.json"
+# Workers of 5,000 client agents; dedicated ports from 1024-60999 (one loopback IP's
+# ephemeral range alone holds ~28k sockets).
+"$BIN/icering-loadtest" ice serve --n "$M" --procs "$(( (M + 4999) / 5000 ))" \
+  --ports 1024:60999 --hold "$HOLD" --admin 127.0.0.1:38471 --server-pid "$SPID" \
+  --concurrency 32 --json >"$OUT/serve.json"
 kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
