@@ -38,7 +38,7 @@ async fn side(
             match e {
                 AgentEvent::Candidate(Some(c)) => {
                     println!("{name}: local candidate {}", c.to_sdp());
-                    let _ = poster.send(Signal::Candidate(c));
+                    let _ = poster.send(Signal::Candidate(*c));
                 }
                 AgentEvent::Candidate(None) => println!("{name}: gathering complete"),
                 AgentEvent::State(s) => println!("{name}: connection state {s:?}"),

@@ -30,6 +30,8 @@ fn main() {
         interval: Duration::from_millis(200),
         count: Some(3),
         timeout: Duration::from_secs(20),
+        servers: Default::default(),
+        candidate_types: Default::default(),
     };
     let controlling = side(true, a, b);
     let controlled = side(false, b, a);

@@ -200,6 +200,8 @@ impl TurnSection {
 pub struct ServerSection {
     /// UDP listen addresses.
     pub listen: Vec<SocketAddr>,
+    /// Also accept STUN/TURN over TCP on the same addresses (RFC 8656 §3.1).
+    pub tcp: bool,
     /// Shards; 0 = one per available core.
     pub shards: usize,
     /// SOFTWARE attribute value ("" to omit).
@@ -213,6 +215,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             listen: vec!["127.0.0.1:3478".parse().expect("literal")],
+            tcp: true,
             shards: 0,
             software: "icering".into(),
             admin: None,
@@ -278,8 +281,11 @@ impl Config {
                 reason: reason.into(),
             })
         };
-        if self.server.listen.is_empty() {
-            return invalid("server.listen", "needs at least one address");
+        if self.server.listen.is_empty() && self.ice.listen.is_empty() {
+            return invalid(
+                "server.listen",
+                "needs at least one address (or ICE sessions on `ice.listen`)",
+            );
         }
         if self.server.shards > 1024 {
             return invalid("server.shards", "at most 1024");
@@ -336,6 +342,25 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ice_section_parses_and_is_checked() {
+        let c = Config::from_toml(
+            "[server]\nlisten = []\n[ice]\nlisten = [\"127.0.0.1:3479\"]\nmin_port = 40000\nmax_port = 40100\nlite = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.ice.listen, vec!["127.0.0.1:3479".parse().unwrap()]);
+        assert_eq!(
+            (c.ice.min_port, c.ice.max_port, c.ice.lite),
+            (40000, 40100, false)
+        );
+        assert_eq!(Config::embedded().ice.recv_queue, 256);
+        assert!(Config::embedded().ice.listen.is_empty());
+        let e = Config::from_toml("[ice]\nmin_port = 5\nmax_port = 4\n").unwrap_err();
+        assert!(e.to_string().contains("ice.min_port"), "{e}");
+        let e = Config::from_toml("[server]\nlisten = []\n").unwrap_err();
+        assert!(e.to_string().contains("server.listen"), "{e}");
+    }
 
     #[test]
     fn embedded_default_is_loopback_only() {

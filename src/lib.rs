@@ -12,9 +12,10 @@
 //!                        │ commands over each shard's control channel ▼
 //!  runtime         shard/  ── one pinned thread per core: demux, timers, cross-shard channel
 //!                  shard/ice ─ agent table, mux demux, handoff, one timer heap per shard
-//!                  ping/   ── one ICE agent over one std socket + HTTP signalling
-//!                        │ drives ▼            │ owns ▼
-//!  sans-IO         ice/  turn/server                     io/  ── uring | portable backends
+//!                  ping/   ── one ICE agent over one std socket + HTTP signalling,
+//!                             srflx/relay gathering with turn/client
+//!                        │ drives ▼                    │ owns ▼
+//!  sans-IO         ice/  turn/server  turn/client        io/  ── uring | portable backends
 //!  protocol              │ uses ▼                              (sockets only, no protocol)
 //!  wire codec      stun/  ── zero-copy message view, writer, integrity, ChannelData, demux
 //!  vocabulary      net    ── Transmit, transport addresses
@@ -32,7 +33,7 @@
 //! | [`io`] | `net` (never `stun`/`ice`/`turn`) |
 //! | `shard` | everything above |
 //! | [`api`] | `shard` (through its control channel), `ice` types, tokio `sync` channels |
-//! | `ping` | `ice`, `stun`, `net`, std sockets (a runtime for one agent) |
+//! | `ping` | `ice`, `turn::client`, `stun`, `net`, std sockets (a runtime for one agent) |
 //!
 //! ## The drive loop (sans-IO, in the style of quinn-proto and str0m)
 //!

@@ -13,7 +13,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use icering::Engine;
 use icering::config::{Config, IoBackendChoice};
-use icering::ping::PingConfig;
+use icering::ice::IceUrl;
+use icering::ping::{CandidateTypes, PingConfig, Servers};
 use icering::serve::AdminServer;
 use icering::shard::Runtime;
 
@@ -70,12 +71,22 @@ struct PingArgs {
     /// Give up (exit 1) after this many seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// STUN server for server-reflexive candidates (not yet supported).
+    /// STUN server URL (`stun:host[:port]`) for a server-reflexive candidate (repeatable).
     #[arg(long, value_name = "URL")]
-    stun: Option<String>,
-    /// TURN server for relayed candidates (not yet supported).
+    stun: Vec<String>,
+    /// TURN server URL (`turn:host[:port][?transport=udp|tcp]`) for a relayed candidate
+    /// (repeatable; needs --turn-user and --turn-pass).
     #[arg(long, value_name = "URL")]
-    turn: Option<String>,
+    turn: Vec<String>,
+    /// TURN long-term credential user name.
+    #[arg(long, value_name = "NAME")]
+    turn_user: Option<String>,
+    /// TURN long-term credential password.
+    #[arg(long, value_name = "PASS")]
+    turn_pass: Option<String>,
+    /// Local candidate types to gather, comma-separated: host,srflx,relay.
+    #[arg(long, value_name = "TYPES", default_value = "host,srflx,relay")]
+    candidate_types: String,
 }
 
 fn seconds(what: &str, s: f64) -> Result<Duration, String> {
@@ -86,16 +97,29 @@ fn seconds(what: &str, s: f64) -> Result<Duration, String> {
 }
 
 fn ping(args: PingArgs) -> Result<(), String> {
-    if let Some(url) = &args.stun {
-        return Err(format!(
-            "--stun {url}: server-reflexive gathering is not yet supported by `icering ping`"
-        ));
+    let parse = |flag: &str, u: &String| IceUrl::parse(u).map_err(|e| format!("--{flag} {u}: {e}"));
+    let stun = args
+        .stun
+        .iter()
+        .map(|u| parse("stun", u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let turn = args
+        .turn
+        .iter()
+        .map(|u| parse("turn", u))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(u) = turn.iter().find(|u| !u.scheme.is_turn()) {
+        return Err(format!("--turn {u}: not a turn: or turns: URL"));
     }
-    if let Some(url) = &args.turn {
-        return Err(format!(
-            "--turn {url}: relayed gathering is not yet supported by `icering ping`"
-        ));
-    }
+    let (user, pass) = match (&args.turn_user, &args.turn_pass) {
+        (Some(u), Some(p)) => (u.clone(), p.clone()),
+        (None, None) if turn.is_empty() => (String::new(), String::new()),
+        _ => return Err("--turn needs both --turn-user and --turn-pass".into()),
+    };
+    let candidate_types: CandidateTypes = args
+        .candidate_types
+        .parse()
+        .map_err(|e| format!("--candidate-types: {e}"))?;
     let controlling = args.controlling;
     let (listen, remote) = PingConfig::default_signalling(controlling);
     let cfg = PingConfig {
@@ -106,6 +130,13 @@ fn ping(args: PingArgs) -> Result<(), String> {
         interval: seconds("interval", args.interval)?,
         count: args.count,
         timeout: seconds("timeout", args.timeout)?,
+        servers: Servers {
+            stun,
+            turn,
+            user,
+            pass,
+        },
+        candidate_types,
     };
     icering::ping::run(&cfg)
 }
@@ -161,6 +192,9 @@ struct ServeArgs {
     /// Shared UDP port for ICE sessions (repeatable; replaces `ice.listen`).
     #[arg(long = "ice-listen", value_name = "ADDR")]
     ice_listen: Vec<SocketAddr>,
+    /// Listen on UDP only, no STUN/TURN over TCP (`server.tcp = false`; coturn: --no-tcp).
+    #[arg(long)]
+    no_tcp: bool,
     /// Print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -211,6 +245,9 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if args.no_turn {
         t.enabled = false;
+    }
+    if args.no_tcp {
+        config.server.tcp = false;
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -295,10 +332,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     } else {
         "STUN"
     };
+    let transports = if config.server.tcp { "udp+tcp" } else { "udp" };
     for addr in runtime.local_addrs() {
         tracing::info!(
             shards = runtime.shards(),
-            "listening on {addr}/udp ({what})"
+            "listening on {addr}/{transports} ({what})"
         );
     }
     if config.turn.enabled {
@@ -331,6 +369,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         relayed_to_client = stats.relayed_to_client,
         "stopped"
     );
+    let nonzero: Vec<String> = stats
+        .fields()
+        .iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    tracing::debug!("counters: {}", nonzero.join(" "));
     Ok(())
 }
 

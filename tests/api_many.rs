@@ -1,8 +1,8 @@
 //! Thousands of agents on one engine: 1,500 ICE-lite agents that sink their data (what
 //! `icering serve` sessions are) and 1,500 full controlling agents, all on the same
-//! two-shard engine's mux port, every one connected. A counting allocator gives the live
-//! heap per connected agent (engine-side state plus the handle), the method of
-//! tests/turn_footprint.rs.
+//! two-shard engine's mux port, every one connected; then 500 + 500 application-owned
+//! agents (with channels). A counting allocator gives the live heap per connected agent
+//! (engine-side state plus the handle), the method of tests/turn_footprint.rs.
 //!
 //! `cargo test --release --test api_many -- --nocapture` prints the figures.
 
@@ -37,30 +37,23 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const PAIRS: usize = 1500;
-
-#[test]
-fn thousands_of_agents_connect_on_one_engine() {
-    let mut c = Config::embedded();
-    c.server.listen.clear();
-    c.server.shards = 2;
-    c.ice.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let engine = Engine::start(&c).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+/// Connects `pairs` lite `mode` sessions with `pairs` full controlling agents of the same
+/// mode on one engine; returns the live heap per agent once all are connected.
+fn connect_many(engine: &Engine, pairs: usize, mode: DataMode) -> f64 {
     let base = LIVE.load(Relaxed);
-
     let v4 = [NetworkType::Udp4];
     let server = AgentOptions::default()
         .with_mux(true)
         .with_lite(true)
-        .with_data(DataMode::Sink)
+        .with_data(mode)
         .with_network_types(&v4);
     let client = AgentOptions::default()
         .with_mux(true)
-        .with_data(DataMode::Sink)
+        .with_data(mode)
         .with_network_types(&v4);
-    let mut agents = Vec::with_capacity(2 * PAIRS);
-    for _ in 0..PAIRS {
+    let before = engine.stats().ice;
+    let mut agents = Vec::with_capacity(2 * pairs);
+    for _ in 0..pairs {
         let s = engine.agent(server.clone()).unwrap();
         let cl = engine.agent(client.clone()).unwrap();
         let sc = s.gather_candidates().unwrap();
@@ -80,21 +73,22 @@ fn thousands_of_agents_connect_on_one_engine() {
         agents.push(s);
         agents.push(cl);
     }
+    let n = 2 * pairs as u64;
     let deadline = Instant::now() + Duration::from_secs(120);
     let stats = loop {
         let s = engine.stats().ice;
-        if s.connected == 2 * PAIRS as u64 {
+        if s.connected == n {
             break s;
         }
         assert!(
             Instant::now() < deadline,
-            "gave up: {} of {} connected: {s:?}",
-            s.connected,
-            2 * PAIRS
+            "gave up: {} of {n} connected: {s:?}",
+            s.connected
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(stats.agents, 2 * PAIRS as u64);
+    assert_eq!(stats.agents, n);
+    assert_eq!(stats.created - before.created, n);
     assert_eq!(
         stats.drop_unknown_ufrag + stats.drop_stale_transaction,
         0,
@@ -102,13 +96,12 @@ fn thousands_of_agents_connect_on_one_engine() {
     );
     // All clients send from one 5-tuple: the kernel gives all of it to one shard, and the
     // agents on the other shard are reached by handoff.
-    assert!(stats.handoffs_in > 0, "{stats:?}");
+    assert!(stats.handoffs_in > before.handoffs_in, "{stats:?}");
     std::thread::sleep(Duration::from_millis(200));
-    let per_agent = (LIVE.load(Relaxed) - base) as f64 / (2 * PAIRS) as f64;
+    let per_agent = (LIVE.load(Relaxed) - base) as f64 / n as f64;
     println!("{stats:?}");
     println!(
-        "{} agents connected on one engine; live heap per agent (engine + handle): {per_agent:.0} B",
-        2 * PAIRS
+        "{n} {mode:?} agents connected on one engine; live heap per agent (engine + handle): {per_agent:.0} B"
     );
 
     drop(agents);
@@ -117,5 +110,20 @@ fn thousands_of_agents_connect_on_one_engine() {
         assert!(Instant::now() < deadline, "agents not freed");
         std::thread::sleep(Duration::from_millis(20));
     }
+    per_agent
+}
+
+#[test]
+fn thousands_of_agents_connect_on_one_engine() {
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 2;
+    c.ice.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let engine = Engine::start(&c).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Serve-style sessions: no channels.
+    connect_many(&engine, 1500, DataMode::Sink);
+    // Application-owned agents: plus their event, state and data channels.
+    connect_many(&engine, 500, DataMode::App);
     engine.shutdown().unwrap();
 }

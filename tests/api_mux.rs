@@ -43,7 +43,7 @@ async fn connect(a: &mut Agent, b: &mut Agent) -> (Conn, Conn) {
     b.gather_candidates().unwrap();
     for (ev, peer) in [(&mut ea, &*b), (&mut eb, &*a)] {
         while let Some(AgentEvent::Candidate(Some(c))) = ev.recv().await {
-            peer.add_remote_candidate(c).unwrap();
+            peer.add_remote_candidate(*c).unwrap();
         }
     }
     let (ua, pa) = a.local_credentials();
@@ -266,5 +266,34 @@ async fn mux_on_the_unspecified_address_connects() {
     round_trips(&ca, &mut cb, 5).await;
     let (local, _) = ca.stats().await.unwrap().selected.unwrap();
     assert_eq!(local.port(), engine.mux_addrs()[0].port());
+    engine.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_receive_queue_drops_and_counts_like_udp() {
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 1;
+    c.ice.recv_queue = 4;
+    let engine = Engine::start(&c).unwrap();
+    let opts = AgentOptions::default()
+        .loopback_only()
+        .with_network_types(&[NetworkType::Udp4]);
+    let mut a = engine.agent(opts.clone()).unwrap();
+    let mut b = engine.agent(opts).unwrap();
+    let (ca, mut cb) = connect(&mut a, &mut b).await;
+    // b's application reads nothing while 50 datagrams arrive: 4 fit, 46 are dropped.
+    for i in 0..50u8 {
+        ca.send(Bytes::from(vec![0x80, i])).await.unwrap();
+    }
+    let s = wait_for(&engine, "46 drops", |s| s.drop_app_full == 46);
+    assert_eq!(s.data_in, 50, "{s:?}");
+    for i in 0..4u8 {
+        assert_eq!(&cb.recv().await.unwrap()[..], &[0x80, i]);
+    }
+    // Room again: the next datagram is delivered, right after the first four.
+    ca.send(Bytes::from(vec![0x80, 99])).await.unwrap();
+    assert_eq!(&cb.recv().await.unwrap()[..], &[0x80, 99]);
+    assert_eq!(cb.stats().await.unwrap().packets_received, 51);
     engine.shutdown().unwrap();
 }

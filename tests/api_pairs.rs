@@ -33,7 +33,7 @@ async fn connect(a: &mut Agent, b: &mut Agent) -> (Conn, Conn) {
             match events.recv().await.expect("agent alive") {
                 AgentEvent::Candidate(Some(c)) => {
                     assert!(c.addr.ip().is_loopback(), "{c:?}");
-                    peer.add_remote_candidate(c).unwrap();
+                    peer.add_remote_candidate(*c).unwrap();
                 }
                 AgentEvent::Candidate(None) => break,
                 other => panic!("before end of gathering: {other:?}"),
@@ -193,7 +193,7 @@ async fn lite_echo_session_on_the_mux() {
     client.end_of_remote_candidates();
     client.gather_candidates().unwrap();
     while let Some(AgentEvent::Candidate(Some(c))) = events.recv().await {
-        session.add_remote_candidate(c).unwrap();
+        session.add_remote_candidate(*c).unwrap();
     }
     let (cu, cp) = client.local_credentials();
     session.set_remote_credentials(&cu, &cp).unwrap();
@@ -213,5 +213,21 @@ async fn lite_echo_session_on_the_mux() {
     assert_eq!(s.selected.unwrap().0, engine.mux_addrs()[0]);
     // No channels for echo sessions.
     assert!(session.state().is_none());
+    engine.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_modes_on_the_portable_backend() {
+    // The tests above run on whatever `auto` picks (io_uring where the kernel allows);
+    // the same flows on epoll + recvmmsg/sendmmsg.
+    let mut c = config(2, true);
+    c.io.backend = icering::config::IoBackendChoice::Portable;
+    let engine = Engine::start(&c).unwrap();
+    for mux in [false, true] {
+        let mut a = engine.agent(opts(mux)).unwrap();
+        let mut b = engine.agent(opts(false)).unwrap();
+        let (mut ca, mut cb) = connect(&mut a, &mut b).await;
+        exchange(&mut ca, &mut cb, 10).await;
+    }
     engine.shutdown().unwrap();
 }

@@ -675,3 +675,24 @@ fn gso_rejected_by_kernel_falls_back_to_single_sends() {
         assert_eq!((st.gso_sends, st.gso_segments), (0, 0), "{kind}");
     }
 }
+
+#[test]
+fn gso_groups_interleaved_flows_and_keeps_each_flow_in_order() {
+    let _wd = Watchdog::new("gso_grouping");
+    // Round robin over 4 destinations (a relay forwarding bursts for 4 allocations): no two
+    // consecutive sends share a destination, yet each destination's 60 equal datagrams
+    // leave as one GSO send, in order (gso_send_plan checks every client's order).
+    let plan: Vec<(usize, usize)> = (0..240).map(|k| (k % 4, 500)).collect();
+    for kind in kinds() {
+        for ip in [V4, V6] {
+            let on = gso_send_plan(kind, true, ip, 4, &plan);
+            if crate_gso_expected(kind) {
+                assert_eq!(
+                    (on.gso_sends, on.gso_segments),
+                    (4, 240),
+                    "{kind} {ip}: {on:?}"
+                );
+            }
+        }
+    }
+}

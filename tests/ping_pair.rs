@@ -61,21 +61,44 @@ fn controlling_and_controlled_exchange_three_messages_each_way() {
     }
     for t in [&ta, &tb] {
         assert!(t.contains("selected pair: 127.0.0.1:"), "{t}");
+        assert!(t.contains(" (host) -> 127.0.0.1:"), "{t}");
+        assert!(t.contains(" (host)\n"), "{t}");
         assert!(t.contains("ice state: Connected"), "{t}");
         assert!(t.contains("local candidate: "), "{t}");
     }
 }
 
 #[test]
-fn stun_and_turn_flags_are_rejected_as_not_yet_supported() {
-    for flag in ["--stun", "--turn"] {
+fn bad_stun_and_turn_flags_are_refused_with_the_reason() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--stun", "stun://127.0.0.1"],
+            "no \"//\" after the scheme",
+        ),
+        (&["--stun", "http:127.0.0.1"], "unknown scheme"),
+        (
+            &["--turn", "turn:127.0.0.1?transport=sctp"],
+            "unknown transport",
+        ),
+        (&["--turn", "stun:127.0.0.1"], "not a turn: or turns: URL"),
+        (
+            &["--turn", "turn:127.0.0.1"],
+            "--turn needs both --turn-user and --turn-pass",
+        ),
+        (
+            &["--candidate-types", "host,bogus"],
+            "unknown candidate type",
+        ),
+    ];
+    for (flags, want) in cases {
         let o = Command::new(env!("CARGO_BIN_EXE_icering"))
-            .args(["ping", "--controlling", flag, "stun:127.0.0.1:3478"])
+            .args(["ping", "--controlling"])
+            .args(*flags)
             .output()
             .unwrap();
-        assert!(!o.status.success());
+        assert!(!o.status.success(), "{flags:?}");
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("not yet supported"), "{err}");
+        assert!(err.contains(want), "{flags:?}: {err}");
     }
 }
 

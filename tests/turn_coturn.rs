@@ -1,6 +1,7 @@
 //! Interop with coturn's client: `turnutils_uclient` against `icering serve`, with
 //! `turnutils_peer` (or the client itself, `-y`) as the peer. Long-term credentials
-//! (`-u/-w`) and TURN REST credentials (`-W secret`), channels and Send indications (`-s`).
+//! (`-u/-w`) and TURN REST credentials (`-W secret`), channels and Send indications (`-s`),
+//! over UDP and over TCP (`-t`).
 //!
 //! Skipped, saying so, when coturn's tools are not installed (CI installs coturn).
 //! Wrong credentials are tested in `turn_relay.rs`: uclient retries a 401 silently
@@ -174,6 +175,15 @@ fn turnutils_uclient_long_term_and_rest_credentials() {
     assert_complete(&uclient(&args), 200);
     // Send/Data indications instead of channels.
     let mut args: Vec<&str> = vec!["-s"];
+    args.extend(base);
+    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
+    assert_complete(&uclient(&args), 200);
+    // TURN over TCP (RFC 8656 §3.1): channels, then Send indications.
+    let mut args: Vec<&str> = vec!["-t"];
+    args.extend(base);
+    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
+    assert_complete(&uclient(&args), 200);
+    let mut args: Vec<&str> = vec!["-t", "-s"];
     args.extend(base);
     args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
     assert_complete(&uclient(&args), 200);

@@ -481,3 +481,46 @@ fn failed_auth_rate_limit_drops_after_n_failures() {
     );
     rt.shutdown().unwrap();
 }
+
+/// RFC 8656 §7.2: an Allocate retransmitted after it succeeded (same transaction id, same
+/// 5-tuple) gets the success response again, not 437; a new Allocate still gets 437.
+#[test]
+fn retransmitted_allocate_gets_the_same_answer() {
+    let (rt, server) = start(&config(IoBackendChoice::Auto, 1));
+    let mut c = TurnClient::new(server, "alice", "secret");
+    // Learn REALM/NONCE (401, then 437: no allocation yet), then build one signed
+    // Allocate and send it twice.
+    assert_eq!(
+        c.create_permission(peer().local_addr().unwrap()).code(),
+        Some(437)
+    );
+    let mut buf = [0u8; 2048];
+    let (tid, n) = c.build(
+        Method::ALLOCATE,
+        &|w| w.add_raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+        &mut buf,
+    );
+    let first = c.exchange(&buf[..n], tid).expect("answer");
+    assert!(first.is_success(), "{:?}", first.code());
+    let again = c
+        .exchange(&buf[..n], tid)
+        .expect("answer to the retransmission");
+    assert!(again.is_success(), "retransmission got {:?}", again.code());
+    assert!(c.verify(&again), "the repeated answer is signed");
+    let relay = |a: &common::turn::Answer| {
+        a.msg()
+            .xor_address(attr::XOR_RELAYED_ADDRESS)
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(relay(&first), relay(&again));
+    assert!(again.msg().lifetime().unwrap() <= 600);
+    assert_eq!(
+        c.allocate().code(),
+        Some(437),
+        "a new transaction still gets 437"
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(rt.stats().allocations_created, 1);
+    rt.shutdown().unwrap();
+}

@@ -74,6 +74,8 @@ struct Alloc {
     inflight: HashMap<u64, Instant>,
     next_seq: u64,
     id: u32,
+    /// REALM and NONCE learnt at setup, so the final Refresh is signed at once.
+    auth: Option<(String, String)>,
 }
 
 fn tid(n: u64) -> [u8; 12] {
@@ -203,12 +205,13 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
         inflight: HashMap::new(),
         next_seq: 0,
         id,
+        auth,
     })
 }
 
 fn teardown(args: &Args, creds: &Creds, a: &Alloc) {
     let _ = a.sock.set_nonblocking(false);
-    let mut auth = None;
+    let mut auth = a.auth.clone();
     let mut seq = (u64::from(a.id) << 32) | 0x8000_0000;
     let _ = request(
         &a.sock,

@@ -270,6 +270,7 @@ impl Agent {
 
     async fn connect(&self, controlling: bool, ufrag: &str, pwd: &str) -> Result<Conn, ApiError> {
         let mut state = self.state.clone().ok_or(ApiError::NotApp)?;
+        check_credentials(ufrag, pwd)?;
         let data = self
             .data
             .lock()

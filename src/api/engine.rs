@@ -203,15 +203,16 @@ impl Engine {
     /// Counters summed over shards.
     pub fn stats(&self) -> EngineStats {
         let rt = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());
-        let mut ice = IceStats::default();
-        let mut shards = 0;
-        if let Some(rt) = rt.as_ref() {
-            shards = rt.shards();
-            for c in rt.ice_counters() {
-                ice.add(&c.load());
-            }
+        match rt.as_ref() {
+            Some(rt) => EngineStats {
+                shards: rt.shards(),
+                ice: rt.ice_stats(),
+            },
+            None => EngineStats {
+                shards: 0,
+                ice: IceStats::default(),
+            },
         }
-        EngineStats { shards, ice }
     }
 
     /// Stops the shards (agents are dropped; handles then get

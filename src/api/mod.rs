@@ -45,7 +45,7 @@
 //!     let (b_ufrag, b_pwd) = b.local_credentials();
 //!     for (events, peer) in [(&mut a_events, &b), (&mut b_events, &a)] {
 //!         while let Some(AgentEvent::Candidate(Some(c))) = events.recv().await {
-//!             peer.add_remote_candidate(c)?;
+//!             peer.add_remote_candidate(*c)?;
 //!         }
 //!         peer.end_of_remote_candidates();
 //!     }
@@ -117,14 +117,19 @@ pub enum ApiError {
     /// This needs an agent with [`DataMode::App`].
     #[error("only agents with DataMode::App have channels")]
     NotApp,
+    /// From the ICE layer, e.g. a malformed candidate line
+    /// ([`Candidate::from_sdp`](crate::ice::Candidate::from_sdp)).
+    #[error("ice: {0}")]
+    Ice(#[from] crate::ice::IceError),
 }
 
 /// What an agent tells the application (pion: `OnCandidate`, `OnConnectionStateChange`,
 /// `OnSelectedCandidatePairChange`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
-    /// A local candidate to signal; `None` = gathering is complete.
-    Candidate(Option<Candidate>),
+    /// A local candidate to signal; `None` = gathering is complete. Boxed so the event
+    /// (and every slot of the event channel's blocks) stays small.
+    Candidate(Option<Box<Candidate>>),
     /// The connection state changed.
     State(ConnectionState),
     /// The selected pair changed.
@@ -154,3 +159,12 @@ pub struct ConnStats {
     /// Selected pair as (local base, remote address).
     pub selected: Option<(SocketAddr, SocketAddr)>,
 }
+
+// Handles move between tasks and threads (an HTTP server holding the engine, a task per
+// connection).
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Engine>();
+    send_sync::<Agent>();
+    send_sync::<Conn>();
+};

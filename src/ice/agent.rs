@@ -191,6 +191,24 @@ impl IceAgent {
         self.selected.map(|s| (s.local, s.remote))
     }
 
+    /// The selected pair's local and remote candidates. The local one is the valid pair's
+    /// (RFC 8445 §7.2.5.3.2): the local candidate at the mapped address our last check on
+    /// the pair learnt — the srflx candidate when the check left through a NAT that mapped
+    /// it there, a peer-reflexive one when the mapping was unknown — or, before any of our
+    /// checks on it succeeded, the paired candidate (a srflx candidate pairs as its base,
+    /// §6.1.2.4).
+    pub fn selected_candidates(&self) -> Option<(&Candidate, &Candidate)> {
+        let p = self
+            .checklist
+            .pairs
+            .get(usize::from(self.selected?.pair?))?;
+        let local = self
+            .locals
+            .get(usize::from(p.valid_local))
+            .or_else(|| self.locals.get(usize::from(p.local)))?;
+        Some((local, self.remotes.get(usize::from(p.remote))?))
+    }
+
     /// Round-trip time last measured on the selected pair.
     pub fn selected_rtt(&self) -> Option<Duration> {
         let i = self.selected?.pair?;
@@ -769,6 +787,18 @@ impl IceAgent {
             c.component = self.locals[li].component;
             self.locals.reserve_exact(1);
             self.locals.push(c);
+        }
+        // §7.2.5.3.2: the valid pair's local candidate is the one at the mapped address.
+        if let Some(Ok(mapped)) = m.xor_mapped_address() {
+            let base = self.locals[li].base;
+            let component = self.locals[li].component;
+            if let Some(v) = self
+                .locals
+                .iter()
+                .position(|l| l.addr == mapped && l.base == base && l.component == component)
+            {
+                self.checklist.pairs[pi].valid_local = v as u16;
+            }
         }
         if txn.purpose == Purpose::Consent {
             return Handled::Stun;

@@ -23,6 +23,7 @@
 //! | `checklist` | pairing/pruning §6.1.2.4, freezing §6.1.2.6, triggered checks §7.3.1.4 |
 //! | `stun` | Binding requests/responses §7.1–§7.3 |
 //! | `agent` | roles §6.1.1/§7.3.1.1, nomination §8, restart §9, keepalive §11 |
+//! | [`url`] | `stun:`/`stuns:` (RFC 7064) and `turn:`/`turns:` (RFC 7065) URIs |
 //!
 //! # Example: two agents connecting in memory
 //!
@@ -72,6 +73,7 @@ mod pair;
 pub(crate) mod rng;
 mod sdp;
 mod stun;
+pub mod url;
 
 use std::net::SocketAddr;
 
@@ -84,6 +86,7 @@ pub use config::IceConfig;
 pub use error::IceError;
 pub use pair::{PairState, pair_priority};
 pub use sdp::SdpDisplay;
+pub use url::{IceUrl, Scheme, UrlError};
 
 /// Connection state, as pion/ice and the W3C `RTCIceTransportState` name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -71,6 +71,10 @@ pub(crate) struct Pair {
     pub rtt: Option<Duration>,
     /// Last time a valid STUN response arrived on this pair.
     pub last_response: Option<Instant>,
+    /// The local candidate of the valid pair this check produced: the one whose address
+    /// is the mapped address of the last success response (RFC 8445 §7.2.5.3.2), e.g. the
+    /// srflx candidate when the check left through a NAT. `u16::MAX` until then.
+    pub valid_local: u16,
 }
 
 impl Pair {
@@ -86,6 +90,7 @@ impl Pair {
             authenticated: false,
             rtt: None,
             last_response: None,
+            valid_local: u16::MAX,
         }
     }
 }

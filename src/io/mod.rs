@@ -79,6 +79,7 @@
 mod affinity;
 mod portable;
 mod socket;
+mod stream;
 mod uring;
 mod waker;
 
@@ -92,7 +93,8 @@ use std::time::Duration;
 
 pub use affinity::{available_cores, pin_current_thread};
 pub use portable::PortableBackend;
-pub use socket::bind_udp;
+pub use socket::{bind_tcp_listener, bind_udp};
+pub use stream::{OnData, StreamId, StreamSet, StreamStats};
 pub use uring::UringBackend;
 pub use waker::Waker;
 
@@ -156,7 +158,7 @@ pub enum IoError {
     #[error("io_uring unavailable: {0}")]
     UringUnavailable(String),
     /// Binding a socket failed.
-    #[error("cannot bind UDP socket to {addr}: {source}")]
+    #[error("cannot bind {addr}: {source}")]
     Bind {
         /// Address we tried to bind.
         addr: SocketAddr,
@@ -424,6 +426,18 @@ impl Backend {
         dispatch!(self, b => b.waker.clone())
     }
 
+    /// Also end [`poll`](Self::poll)'s wait when `fd` becomes readable (level-triggered),
+    /// e.g. the epoll set of a [`StreamSet`]; [`take_watch_ready`](Self::take_watch_ready)
+    /// then says so. One fd per backend; the caller keeps it open while the backend lives.
+    pub fn watch_fd(&mut self, fd: std::os::fd::RawFd) -> Result<(), IoError> {
+        dispatch!(self, b => b.watch_fd(fd))
+    }
+
+    /// Whether the watched fd was readable since the last call (and clears the flag).
+    pub fn take_watch_ready(&mut self) -> bool {
+        dispatch!(self, b => std::mem::take(&mut b.watch_ready))
+    }
+
     /// Counters.
     pub fn stats(&self) -> IoStats {
         dispatch!(self, b => b.stats)
@@ -498,6 +512,20 @@ impl fmt::Debug for Region {
     }
 }
 
+/// Socket in the high half, a hash of the destination in the low half: equal for equal
+/// (socket, destination); a collision only costs a missed GSO run.
+fn flow_key(sock: SocketId, dest: SocketAddr) -> u64 {
+    let h = match dest {
+        SocketAddr::V4(a) => u32::from(*a.ip()) ^ u32::from(a.port()).rotate_left(16),
+        SocketAddr::V6(a) => {
+            let x = u128::from(*a.ip());
+            ((x as u64) ^ ((x >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) as u32
+                ^ u32::from(a.port())
+        }
+    };
+    (u64::from(sock.0) << 32) | u64::from(h)
+}
+
 /// A fixed pool of send slots shared by both backends.
 ///
 /// Slot life cycle: free → ([`slot`](Self::slot) + [`commit`](Self::commit)) queued →
@@ -509,8 +537,12 @@ pub struct SendQueue {
     addr_lens: Box<[libc::socklen_t]>,
     lens: Box<[u32]>,
     socks: Box<[SocketId]>,
+    /// Per slot: socket and a hash of the destination, to group flows before a flush.
+    flows: Box<[u64]>,
     free: Vec<u32>,
     queued: Vec<u32>,
+    /// Sort scratch for [`group_flows`](Self::group_flows): (flow, position, slot).
+    order: Vec<(u64, u32, u32)>,
 }
 
 impl fmt::Debug for SendQueue {
@@ -534,9 +566,11 @@ impl SendQueue {
             addr_lens: vec![0; slots].into(),
             lens: vec![0; slots].into(),
             socks: vec![SocketId(0); slots].into(),
+            flows: vec![0; slots].into(),
             // Pop order: slot 0 first.
             free: (0..slots as u32).rev().collect(),
             queued: Vec::with_capacity(slots),
+            order: Vec::with_capacity(slots),
         })
     }
 
@@ -581,6 +615,7 @@ impl SendQueue {
         self.addr_lens[i] = sockaddr_to_storage(dest, &mut self.addrs[i]);
         self.lens[i] = len as u32;
         self.socks[i] = sock;
+        self.flows[i] = flow_key(sock, dest);
         self.queued.push(i as u32);
     }
 
@@ -612,6 +647,40 @@ impl SendQueue {
 
     fn release(&mut self, i: usize) {
         self.free.push(i as u32);
+    }
+
+    /// Reorders `queued` so that sends on the same socket to the same destination are
+    /// adjacent, keeping their order within each (socket, destination) flow; order across
+    /// flows is not kept (UDP promises none). Runs of equal-size datagrams to one peer — a
+    /// relay forwarding a burst for one allocation, say — then become single GSO sends
+    /// even when the batch interleaved them with other peers'. No allocation: the scratch
+    /// is sized for every slot in `new`.
+    fn group_flows(&mut self, queued: &mut [u32]) {
+        if queued.len() < 3 {
+            return;
+        }
+        // Nothing to do when the whole batch is one flow (a server answering one busy
+        // client); otherwise sorting ≤ a few thousand keys costs far less than one syscall.
+        let mut changes = 0;
+        for w in queued.windows(2) {
+            if self.flows[w[0] as usize] != self.flows[w[1] as usize] {
+                changes += 1;
+            }
+        }
+        if changes == 0 {
+            return;
+        }
+        self.order.clear();
+        self.order.extend(
+            queued
+                .iter()
+                .enumerate()
+                .map(|(pos, &slot)| (self.flows[slot as usize], pos as u32, slot)),
+        );
+        self.order.sort_unstable();
+        for (q, &(_, _, slot)) in queued.iter_mut().zip(self.order.iter()) {
+            *q = slot;
+        }
     }
 
     /// How many of `run`'s leading slots can go out as one GSO send: consecutive slots

@@ -19,6 +19,8 @@ use super::{
 
 /// epoll token of the waker (sockets use `generation << 32 | index`).
 const WAKER_TOKEN: u64 = u64::MAX;
+/// epoll token of the watched fd (`Backend::watch_fd`).
+const WATCH_TOKEN: u64 = u64::MAX - 1;
 /// epoll events fetched per `epoll_wait`.
 const MAX_EVENTS: usize = 64;
 /// `recvmmsg` rounds per readable socket per poll before moving on (fairness; epoll is
@@ -43,6 +45,8 @@ pub struct PortableBackend {
     // send side
     send: SendBufs,
     pub(crate) gso: GsoState,
+    /// The watched fd (`Backend::watch_fd`) was readable in the last poll.
+    pub(crate) watch_ready: bool,
 }
 
 /// Preallocated `sendmmsg` arguments: `batch` headers, each with its own GSO control
@@ -128,6 +132,7 @@ impl PortableBackend {
             rmsgs,
             send,
             gso: GsoState::new(cfg),
+            watch_ready: false,
         })
     }
 
@@ -156,6 +161,11 @@ impl PortableBackend {
             }
             drop(sock);
         }
+    }
+
+    pub(crate) fn watch_fd(&mut self, fd: RawFd) -> Result<(), IoError> {
+        epoll_add(self.epfd.as_raw_fd(), fd, WATCH_TOKEN)?;
+        Ok(())
     }
 
     pub(crate) fn local_addr(&self, id: SocketId) -> SocketAddr {
@@ -196,6 +206,10 @@ impl PortableBackend {
         let mut delivered = 0;
         for k in 0..n as usize {
             let tok = self.events[k].u64;
+            if tok == WATCH_TOKEN {
+                self.watch_ready = true;
+                continue;
+            }
             if tok == WAKER_TOKEN {
                 self.waker.drain();
                 self.stats.wakeups += 1;
@@ -317,13 +331,9 @@ fn flush_sends(
         return;
     }
     let mut queued = mem::take(&mut q.queued);
-    // Stable sort; for up to ~1000 entries the std sort uses stack scratch, no allocation.
-    if queued
-        .windows(2)
-        .any(|w| q.socks[w[0] as usize] != q.socks[w[1] as usize])
-    {
-        queued.sort_by_key(|&i| q.socks[i as usize]);
-    }
+    // Group by socket (one `sendmmsg` per socket) and, within a socket, by destination
+    // (longer GSO runs); order within each flow is kept.
+    q.group_flows(&mut queued);
     let mut start = 0;
     while start < queued.len() {
         let sock = q.socks[queued[start] as usize];

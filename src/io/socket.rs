@@ -65,3 +65,28 @@ fn grow_buffers(sock: &Socket) {
         }
     }
 }
+
+/// Bind a non-blocking TCP listener (`SO_REUSEADDR`, `SO_REUSEPORT` if `reuse_port` so each
+/// shard can listen on the same address and the kernel spreads connections, `IPV6_V6ONLY`
+/// for IPv6, `TCP_NODELAY` inherited by accepted streams).
+pub fn bind_tcp_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<std::net::TcpListener, IoError> {
+    let bind_err = |source| IoError::Bind { addr, source };
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(bind_err)?;
+    sock.set_cloexec(true).map_err(bind_err)?;
+    sock.set_nonblocking(true).map_err(bind_err)?;
+    sock.set_reuse_address(true).map_err(bind_err)?;
+    if reuse_port {
+        sock.set_reuse_port(true).map_err(bind_err)?;
+    }
+    if addr.is_ipv6() {
+        sock.set_only_v6(true).map_err(bind_err)?;
+    }
+    sock.set_tcp_nodelay(true).map_err(bind_err)?;
+    sock.bind(&addr.into()).map_err(bind_err)?;
+    sock.listen(1024).map_err(bind_err)?;
+    Ok(sock.into())
+}

@@ -42,6 +42,7 @@ const K_SEND: u64 = 2;
 const K_WAKE: u64 = 3;
 const K_CANCEL: u64 = 4;
 const K_SEND_GSO: u64 = 5;
+const K_WATCH: u64 = 6;
 const BGID: u16 = 0;
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 1024;
@@ -161,6 +162,11 @@ pub struct UringBackend {
     pub(crate) waker: Waker,
     wake_buf: Box<UnsafeCell<u64>>,
     wake_armed: bool,
+    /// A foreign fd whose readability ends a wait (see `Backend::watch_fd`): one-shot
+    /// `PollAdd`, re-armed at the next poll, so it behaves level-triggered.
+    watch: Option<std::os::fd::RawFd>,
+    watch_armed: bool,
+    pub(crate) watch_ready: bool,
     closing: bool,
     cqes: Vec<cqueue::Entry>,
     stash: Vec<cqueue::Entry>,
@@ -284,6 +290,9 @@ impl UringBackend {
             waker: Waker::new(false)?,
             wake_buf: Box::new(UnsafeCell::new(0)),
             wake_armed: false,
+            watch: None,
+            watch_armed: false,
+            watch_ready: false,
             closing: false,
             cqes: Vec::with_capacity(cq as usize),
             stash: Vec::with_capacity(cq as usize),
@@ -311,6 +320,29 @@ impl UringBackend {
         // SAFETY: the eventfd and `wake_buf` (boxed, never moved) outlive the ring.
         unsafe { push_sqe(&mut self.ring, &e) }?;
         self.wake_armed = true;
+        Ok(())
+    }
+
+    pub(crate) fn watch_fd(&mut self, fd: std::os::fd::RawFd) -> Result<(), IoError> {
+        self.watch = Some(fd);
+        self.arm_watch()?;
+        Ok(())
+    }
+
+    fn arm_watch(&mut self) -> io::Result<()> {
+        let Some(fd) = self.watch else {
+            return Ok(());
+        };
+        if self.watch_armed || self.closing {
+            return Ok(());
+        }
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(K_WATCH, 0, 0));
+        // SAFETY: the poll SQE holds no pointers; the caller keeps the fd open while
+        // it is watched (`Backend::watch_fd`).
+        unsafe { push_sqe(&mut self.ring, &e) }?;
+        self.watch_armed = true;
         Ok(())
     }
 
@@ -384,6 +416,9 @@ impl UringBackend {
             return;
         }
         let mut queued = mem::take(&mut self.sendq.queued);
+        if self.gso.enabled {
+            self.sendq.group_flows(&mut queued);
+        }
         let mut pos = 0;
         while pos < queued.len() {
             let i = queued[pos] as usize;
@@ -551,6 +586,7 @@ impl UringBackend {
     ) -> Result<usize, IoError> {
         self.push_sends();
         self.rearm_pending()?;
+        self.arm_watch()?;
         let mut delivered = 0;
         if !self.stash.is_empty() {
             let stash = mem::take(&mut self.stash);
@@ -653,6 +689,11 @@ impl UringBackend {
                 if !self.closing && self.arm_wake().is_err() {
                     tracing::warn!("io_uring: could not re-arm the waker read");
                 }
+                0
+            }
+            K_WATCH => {
+                self.watch_armed = false;
+                self.watch_ready = true;
                 0
             }
             _ => 0, // K_CANCEL

@@ -3,16 +3,19 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::ice::IceCounters;
 use crate::io::IoStats;
 use crate::turn::server::ServerStats;
 
 macro_rules! counters {
     ($($field:ident),* $(,)?) => {
-        /// Counters of one shard: server outcomes (every [`ServerStats`] field, by name)
-        /// and io events.
+        /// Counters of one shard: server outcomes (every [`ServerStats`] field, by name),
+        /// hosted ICE agents ([`IceCounters`]) and io events.
         #[derive(Debug)]
         pub struct ShardCounters {
             server: Box<[AtomicU64]>,
+            /// Hosted ICE agents: gauges, handoffs, drops by reason.
+            pub ice: IceCounters,
             $(
                 #[allow(missing_docs)]
                 pub $field: AtomicU64,
@@ -24,6 +27,7 @@ macro_rules! counters {
                 let n = ServerStats::COUNT;
                 ShardCounters {
                     server: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                    ice: IceCounters::default(),
                     $($field: AtomicU64::new(0),)*
                 }
             }

@@ -53,7 +53,6 @@ struct Shard {
     control: Sender<Control>,
     waker: Waker,
     counters: Arc<ShardCounters>,
-    ice: Arc<IceCounters>,
     thread: Option<JoinHandle<Result<(), ShardError>>>,
 }
 
@@ -97,6 +96,7 @@ impl Runtime {
         // shards share one port.
         let mut local_addrs = Vec::with_capacity(config.server.listen.len());
         let mut sockets: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
+        let mut tcp: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         for &addr in &config.server.listen {
             let first = io::bind_udp(addr, true)?;
             let resolved = first.local_addr().map_err(IoError::Io)?;
@@ -104,6 +104,12 @@ impl Runtime {
             sockets[0].push(first);
             for per_shard in sockets.iter_mut().skip(1) {
                 per_shard.push(io::bind_udp(resolved, true)?);
+            }
+            // STUN/TURN over TCP on the same address and port (RFC 8656 §3.1).
+            if config.server.tcp {
+                for per_shard in tcp.iter_mut() {
+                    per_shard.push(io::bind_tcp_listener(resolved, true)?);
+                }
             }
         }
         // The same for the ICE mux sockets (`[ice] listen`).
@@ -135,11 +141,11 @@ impl Runtime {
 
         let mut shards = Vec::with_capacity(n);
         let mut ready = Vec::with_capacity(n);
-        for (index, (socks, ice_socks)) in sockets.into_iter().zip(ice_sockets).enumerate() {
+        let shard_sockets = sockets.into_iter().zip(ice_sockets).zip(tcp);
+        for (index, ((socks, ice_socks), tcp)) in shard_sockets.enumerate() {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let counters = Arc::new(ShardCounters::default());
-            let ice = Arc::new(IceCounters::default());
             let params = worker::Params {
                 index,
                 core: (n > 1 || cores > 1).then_some(index % cores),
@@ -149,28 +155,27 @@ impl Runtime {
                 ports,
                 sockets: socks,
                 ice_sockets: ice_socks,
+                tcp,
                 parked: parked.clone(),
                 control: control_rx,
                 counters: counters.clone(),
-                ice: ice.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || worker::run(params, ready_tx))
                 .map_err(|e| ShardError::Thread(index, e.to_string()))?;
-            shards.push((control_tx, counters, ice, thread));
+            shards.push((control_tx, counters, thread));
             ready.push(ready_rx);
         }
 
         let mut started = Vec::with_capacity(n);
         let mut first_err = None;
-        for ((control, counters, ice, thread), ready_rx) in shards.into_iter().zip(ready) {
+        for ((control, counters, thread), ready_rx) in shards.into_iter().zip(ready) {
             match ready_rx.recv() {
                 Ok(Ok(waker)) => started.push(Shard {
                     control,
                     waker,
                     counters,
-                    ice,
                     thread: Some(thread),
                 }),
                 Ok(Err(e)) => {
@@ -211,9 +216,13 @@ impl Runtime {
         &self.ice_addrs
     }
 
-    /// ICE counters of each shard.
-    pub fn ice_counters(&self) -> Vec<Arc<IceCounters>> {
-        self.shards.iter().map(|s| s.ice.clone()).collect()
+    /// ICE counters summed over shards (as of each shard's last loop turn).
+    pub fn ice_stats(&self) -> IceStats {
+        let mut total = IceStats::default();
+        for s in &self.shards {
+            total.add(&s.counters.ice.load());
+        }
+        total
     }
 
     /// Control channel and waker of every shard (index = shard).

@@ -5,7 +5,7 @@
 //! Allocate datagram is copied aside and replayed after the batch with [`Binder`], which
 //! binds a port from the range and registers it) and queues `close` until the batch ends.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hashbrown::HashMap;
@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use super::ice::{IceCounters, IceHost};
+use super::ice::IceHost;
 use super::{Control, ShardCounters, ShardError};
-use crate::io::{self, Backend, BackendKind, SendQueue, SocketId, Waker};
+use crate::io::{self, Backend, BackendKind, SendQueue, SocketId, StreamId, StreamSet, Waker};
+use crate::stun::stream::{frame_len, padding};
 use crate::turn::server::{
     DropReason, OpenError, Outcome, PortWish, RelayPorts, Server, ServerConfig, Sock,
 };
@@ -32,10 +33,11 @@ pub(super) struct Params {
     pub sockets: Vec<UdpSocket>,
     /// This shard's copies of the `[ice] listen` mux sockets.
     pub ice_sockets: Vec<UdpSocket>,
+    /// TCP listeners (STUN/TURN over TCP), one per `server.listen` address when enabled.
+    pub tcp: Vec<TcpListener>,
     pub parked: Parked,
     pub control: Receiver<Control>,
     pub counters: Arc<ShardCounters>,
-    pub ice: Arc<IceCounters>,
 }
 
 /// Longest sleep when nothing is scheduled, so counters stay fresh for observers.
@@ -167,7 +169,11 @@ pub(super) fn run(
     tracing::debug!(shard = p.index, core = ?p.core, "shard running");
 
     let mut server = Server::new(p.server.clone());
-    let mut ice = IceHost::new(p.index, mux, p.ice.clone());
+    let mut ice = IceHost::new(p.index, mux, p.counters.clone());
+    let mut tcp = match Tcp::new(std::mem::take(&mut p.tcp), p.io.buf_size, &mut backend) {
+        Ok(t) => t,
+        Err(e) => return Err(ShardError::Thread(p.index, format!("tcp listeners: {e}"))),
+    };
     let (lo, hi) = p.ports;
     // Each shard starts its port search at its own offset of the range.
     let mut next_port =
@@ -222,8 +228,22 @@ pub(super) fn run(
                 data,
                 &mut ports,
                 &mut later,
+                tcp.streams.as_mut(),
             )
         })?;
+        if backend.take_watch_ready() {
+            let mut ports = Deferred {
+                to_close: &mut to_close,
+                parked: &p.parked,
+            };
+            tcp.poll(
+                &mut server,
+                now,
+                backend.send_queue(),
+                &mut ports,
+                &mut later,
+            );
+        }
         // Every agent due now runs; its checks join this turn's flush (one submission).
         ice.run_timers(Instant::now(), backend.send_queue());
         ice.end_turn();
@@ -232,10 +252,11 @@ pub(super) fn run(
         turns += 1;
         p.counters.publish(server.stats(), &backend.stats(), turns);
         backend.flush()?;
-        // Work the receive callback could not do: closes, Allocate replays, the sweep.
+        // Work the receive callback could not do: closes, Allocate replays, the sweep,
+        // allocations of closed TCP connections.
         let now = Instant::now();
         let due = server.poll_timeout().is_some_and(|at| at <= now);
-        if due || !later.is_empty() || !to_close.is_empty() {
+        if due || !later.is_empty() || !to_close.is_empty() || !tcp.closed.is_empty() {
             let mut ports = Binder {
                 backend: &mut backend,
                 range: p.ports,
@@ -245,13 +266,28 @@ pub(super) fn run(
             for s in to_close.drain(..) {
                 ports.close(s);
             }
+            for (id, peer) in tcp.closed.drain(..) {
+                server.end_client(stream_sock(id), peer, &mut ports);
+            }
             for (sock, from, data) in later.drain(..) {
                 match server.handle(now, sock, from, &data, &mut scratch, &mut ports) {
                     Outcome::Reply(n) => {
-                        let _ = ports.backend.send_to(SocketId(sock.0), from, &scratch[..n]);
+                        emit(
+                            ports.backend,
+                            tcp.streams.as_mut(),
+                            sock,
+                            from,
+                            &scratch[..n],
+                        );
                     }
                     Outcome::Send { sock, to, len } => {
-                        let _ = ports.backend.send_to(SocketId(sock.0), to, &scratch[..len]);
+                        emit(
+                            ports.backend,
+                            tcp.streams.as_mut(),
+                            sock,
+                            to,
+                            &scratch[..len],
+                        );
                     }
                     Outcome::Later | Outcome::Drop(_) => {}
                 }
@@ -269,7 +305,8 @@ pub(super) fn run(
 }
 
 /// The hot path: the answer or relayed datagram is written straight into a send slot, no
-/// copy beyond the payload, no allocation.
+/// copy beyond the payload, no allocation. A datagram relayed to a TCP client is written to
+/// its stream from the slot (which then stays free).
 #[inline]
 #[allow(clippy::too_many_arguments)]
 fn answer(
@@ -281,15 +318,174 @@ fn answer(
     data: &mut [u8],
     ports: &mut Deferred<'_>,
     later: &mut Vec<(Sock, SocketAddr, Vec<u8>)>,
+    streams: Option<&mut StreamSet>,
 ) {
     match sendq.slot() {
         Some(slot) => match server.handle(now, Sock(sock.0), from, data, slot, ports) {
             Outcome::Reply(n) => sendq.commit(sock, from, n),
-            Outcome::Send { sock, to, len } => sendq.commit(SocketId(sock.0), to, len),
+            Outcome::Send { sock, to, len } => match (as_stream(sock), streams) {
+                (None, _) => sendq.commit(SocketId(sock.0), to, len),
+                (Some(id), Some(st)) => stream_send(st, id, &slot[..len]),
+                (Some(_), None) => {}
+            },
             Outcome::Later => later.push((Sock(sock.0), from, data.to_vec())),
             Outcome::Drop(_) => {}
         },
         None => server.note_drop(DropReason::NoRoom),
+    }
+}
+
+/// `Sock` tokens of TCP streams carry this bit; UDP sockets are backend `SocketId`s.
+const STREAM_BIT: u32 = 1 << 31;
+
+fn stream_sock(id: StreamId) -> Sock {
+    Sock(STREAM_BIT | id.0)
+}
+
+fn as_stream(sock: Sock) -> Option<StreamId> {
+    (sock.0 & STREAM_BIT != 0).then_some(StreamId(sock.0 & !STREAM_BIT))
+}
+
+/// Writes one frame to a stream, zero-padded to a multiple of 4 (RFC 8656 §12.5).
+fn stream_send(streams: &mut StreamSet, id: StreamId, frame: &[u8]) {
+    const ZEROS: [u8; 3] = [0; 3];
+    streams.send(id, &[frame, &ZEROS[..padding(frame.len())]]);
+}
+
+/// Sends `bytes` on a UDP socket or a TCP stream.
+fn emit(
+    backend: &mut Backend,
+    streams: Option<&mut StreamSet>,
+    sock: Sock,
+    to: SocketAddr,
+    bytes: &[u8],
+) {
+    match (as_stream(sock), streams) {
+        (None, _) => {
+            let _ = backend.send_to(SocketId(sock.0), to, bytes);
+        }
+        (Some(id), Some(st)) => stream_send(st, id, bytes),
+        (Some(_), None) => {}
+    }
+}
+
+/// STUN/TURN over TCP (RFC 8656 §3.1, RFC 8489 §6.2.2): the listeners and streams of one
+/// shard, and the bytes of frames split across reads.
+struct Tcp {
+    streams: Option<StreamSet>,
+    /// Bytes of an incomplete frame per stream (only while one is pending).
+    partial: HashMap<u32, Vec<u8>>,
+    /// Streams closed since the last turn: their allocations end.
+    closed: Vec<(StreamId, SocketAddr)>,
+}
+
+/// Open TCP connections per shard, and unsent bytes kept per connection.
+const MAX_STREAMS: usize = 4096;
+const MAX_BACKLOG: usize = 256 * 1024;
+
+impl Tcp {
+    fn new(
+        listeners: Vec<TcpListener>,
+        buf_size: usize,
+        backend: &mut Backend,
+    ) -> Result<Self, crate::io::IoError> {
+        let streams = if listeners.is_empty() {
+            None
+        } else {
+            let mut set = StreamSet::new(MAX_STREAMS, MAX_BACKLOG, 16 * buf_size)?;
+            for l in listeners {
+                set.add_listener(l)?;
+            }
+            backend.watch_fd(set.fd())?;
+            Some(set)
+        };
+        Ok(Tcp {
+            streams,
+            partial: HashMap::new(),
+            closed: Vec::new(),
+        })
+    }
+
+    /// Reads every ready stream, cuts the bytes into frames and hands each to the server.
+    fn poll(
+        &mut self,
+        server: &mut Server,
+        now: Instant,
+        sendq: &mut SendQueue,
+        ports: &mut Deferred<'_>,
+        later: &mut Vec<(Sock, SocketAddr, Vec<u8>)>,
+    ) {
+        let Some(streams) = self.streams.as_mut() else {
+            return;
+        };
+        let partial = &mut self.partial;
+        streams.poll(&mut |set, id, peer, bytes| match partial.remove(&id.0) {
+            Some(mut pending) => {
+                pending.extend_from_slice(bytes);
+                frames(
+                    server, now, sendq, ports, later, set, partial, id, peer, &pending,
+                );
+            }
+            None => frames(
+                server, now, sendq, ports, later, set, partial, id, peer, bytes,
+            ),
+        });
+        streams.take_closed(&mut self.closed);
+        for (id, _) in &self.closed {
+            self.partial.remove(&id.0);
+        }
+    }
+}
+
+/// Handles the whole frames at the start of `buf`, keeps an incomplete tail, closes the
+/// stream on bytes that cannot be STUN or ChannelData.
+#[allow(clippy::too_many_arguments)]
+fn frames(
+    server: &mut Server,
+    now: Instant,
+    sendq: &mut SendQueue,
+    ports: &mut Deferred<'_>,
+    later: &mut Vec<(Sock, SocketAddr, Vec<u8>)>,
+    set: &mut StreamSet,
+    partial: &mut HashMap<u32, Vec<u8>>,
+    id: StreamId,
+    peer: SocketAddr,
+    mut buf: &[u8],
+) {
+    let sock = stream_sock(id);
+    while !buf.is_empty() {
+        let n = match frame_len(buf) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                partial.insert(id.0, buf.to_vec());
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(
+                    peer = %peer,
+                    "closing TCP stream: {e} (next bytes {:02x?})",
+                    &buf[..buf.len().min(24)]
+                );
+                server.note_drop(DropReason::Malformed);
+                set.close(id);
+                return;
+            }
+        };
+        let (frame, rest) = buf.split_at(n);
+        buf = rest;
+        let Some(slot) = sendq.slot() else {
+            server.note_drop(DropReason::NoRoom);
+            continue;
+        };
+        match server.handle(now, sock, peer, frame, slot, ports) {
+            Outcome::Reply(len) => stream_send(set, id, &slot[..len]),
+            Outcome::Send { sock, to, len } => match as_stream(sock) {
+                None => sendq.commit(SocketId(sock.0), to, len),
+                Some(other) => stream_send(set, other, &slot[..len]),
+            },
+            Outcome::Later => later.push((sock, peer, frame.to_vec())),
+            Outcome::Drop(_) => {}
+        }
     }
 }
 

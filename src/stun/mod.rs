@@ -11,7 +11,7 @@
 //! - [`IntegrityKey`] / [`IntegrityKeySha256`] hold HMAC state precomputed once per
 //!   credential, so a check costs only the hash of the message itself.
 //! - [`channel_data`] frames TURN ChannelData; [`demux`] classifies a datagram by its
-//!   first byte for one-port multiplexing.
+//!   first byte for one-port multiplexing; [`stream`] cuts a TCP byte stream into frames.
 
 pub mod attr;
 pub mod channel_data;
@@ -19,6 +19,7 @@ pub mod demux;
 mod error;
 mod integrity;
 mod message;
+pub mod stream;
 mod writer;
 
 pub use attr::{AddressFamily, Attribute, ErrorCode, PasswordAlgorithm};

@@ -1,4 +1,7 @@
-//! TURN (RFC 8656), sans-IO. [`server`] is the STUN/TURN server side that the shards drive;
-//! it never opens a socket or reads a clock.
+//! TURN (RFC 8656), sans-IO, both sides. [`server`] is the STUN/TURN server the shards
+//! drive; [`client`] is the TURN client that allocates relayed candidates (and the STUN
+//! Binding client that discovers server-reflexive ones). Neither opens a socket or reads
+//! a clock: `now` is passed in, output is polled into caller buffers.
 
+pub mod client;
 pub mod server;

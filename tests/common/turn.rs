@@ -1,8 +1,10 @@
-//! A small blocking TURN client on a std UdpSocket, built on icering's codec, for the relay
-//! tests. It learns REALM and NONCE from a 401/438 and retries once, like a real client.
+//! A small blocking TURN client on a std UdpSocket (or a TcpStream, RFC 8656 §12.5
+//! framing), built on icering's codec, for the relay tests. It learns REALM and NONCE from
+//! a 401/438 and retries once, like a real client.
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use icering::stun::{
@@ -42,6 +44,8 @@ pub struct TurnClient {
     tid: u64,
     /// Datagrams that were not the awaited answer (Data indications, ChannelData).
     pub pending: VecDeque<Vec<u8>>,
+    /// TURN over TCP: the stream and bytes read but not yet framed.
+    tcp: Option<(TcpStream, Vec<u8>)>,
 }
 
 impl TurnClient {
@@ -59,11 +63,65 @@ impl TurnClient {
             nonce: None,
             tid: 1,
             pending: VecDeque::new(),
+            tcp: None,
         }
     }
 
+    /// A client that talks to the server over TCP.
+    pub fn new_tcp(server: SocketAddr, user: &str, pass: &str) -> Self {
+        let mut c = Self::new(server, user, pass);
+        let s = TcpStream::connect(server).expect("TCP connect to the server");
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s.set_nodelay(true).unwrap();
+        c.tcp = Some((s, Vec::new()));
+        c
+    }
+
+    /// The TCP stream (TCP clients only).
+    pub fn stream(&self) -> &TcpStream {
+        &self.tcp.as_ref().expect("a TCP client").0
+    }
+
     pub fn local(&self) -> SocketAddr {
-        self.sock.local_addr().unwrap()
+        match &self.tcp {
+            Some((s, _)) => s.local_addr().unwrap(),
+            None => self.sock.local_addr().unwrap(),
+        }
+    }
+
+    /// Sends one message: a datagram, or a frame padded to 4 bytes on TCP.
+    pub fn send_raw(&self, d: &[u8]) {
+        match &self.tcp {
+            Some((s, _)) => {
+                let pad = (4 - d.len() % 4) % 4;
+                let mut framed = d.to_vec();
+                framed.extend(std::iter::repeat_n(0, pad));
+                (&*s).write_all(&framed).unwrap();
+            }
+            None => {
+                self.sock.send_to(d, self.server).unwrap();
+            }
+        }
+    }
+
+    /// Receives one message (`None` after the read timeout or when the stream closed).
+    pub fn recv_raw(&mut self) -> Option<Vec<u8>> {
+        let Some((s, rx)) = &mut self.tcp else {
+            let mut buf = [0u8; 2048];
+            let (n, _) = self.sock.recv_from(&mut buf).ok()?;
+            return Some(buf[..n].to_vec());
+        };
+        loop {
+            if let Ok(Some(n)) = icering::stun::stream::frame_len(rx) {
+                return Some(rx.drain(..n).collect());
+            }
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => rx.extend_from_slice(&buf[..n]),
+            }
+        }
     }
 
     pub fn nonce(&self) -> Option<&str> {
@@ -112,11 +170,10 @@ impl TurnClient {
 
     /// Sends a request and waits for the answer with its transaction id (resends 3x).
     pub fn exchange(&mut self, req: &[u8], tid: [u8; 12]) -> Option<Answer> {
-        let mut buf = [0u8; 2048];
         for _ in 0..3 {
-            self.sock.send_to(req, self.server).unwrap();
-            while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
-                let d = &buf[..n];
+            self.send_raw(req);
+            while let Some(d) = self.recv_raw() {
+                let d = &d[..];
                 if let Ok(m) = Message::parse(d)
                     && m.transaction_id() == &tid
                     && matches!(m.class(), Class::Success | Class::Error)
@@ -215,7 +272,7 @@ impl TurnClient {
         w.add_xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
         w.add_raw(attr::DATA, data).unwrap();
         let n = w.finish();
-        self.sock.send_to(&buf[..n], self.server).unwrap();
+        self.send_raw(&buf[..n]);
     }
 
     pub fn send_channel_data(&self, ch: u16, data: &[u8]) {
@@ -223,19 +280,15 @@ impl TurnClient {
         buf[0..2].copy_from_slice(&ch.to_be_bytes());
         buf[2..4].copy_from_slice(&(data.len() as u16).to_be_bytes());
         buf[4..].copy_from_slice(data);
-        self.sock.send_to(&buf, self.server).unwrap();
+        self.send_raw(&buf);
     }
 
     /// The next relayed datagram: `(peer, data)` from a Data indication, or
     /// `(channel as port 0 address, data)` from ChannelData.
     pub fn recv_relayed(&mut self) -> Option<Relayed> {
-        let mut buf = [0u8; 2048];
         let d = match self.pending.pop_front() {
             Some(d) => d,
-            None => {
-                let (n, _) = self.sock.recv_from(&mut buf).ok()?;
-                buf[..n].to_vec()
-            }
+            None => self.recv_raw()?,
         };
         if let Ok(m) = Message::parse(&d) {
             assert_eq!(m.method(), Method::DATA, "unexpected {m:?}");

@@ -25,8 +25,8 @@ use crossbeam_channel::Sender;
 use hashbrown::HashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Control;
 use super::timers::Timers;
+use super::{Control, ShardCounters};
 use crate::api::{AgentEvent, ConnStats, DataMode};
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
 use crate::io::{Backend, SendQueue, SocketId, Waker};
@@ -203,11 +203,16 @@ pub(crate) struct IceHost {
     /// Shards to wake at the end of this turn (bit per shard).
     wake: u64,
     stats: IceStats,
-    pub(crate) counters: Arc<IceCounters>,
+    /// Where `stats` is published (`ShardCounters::ice`).
+    counters: Arc<ShardCounters>,
 }
 
 impl IceHost {
-    pub(crate) fn new(shard: usize, mux: Vec<(SocketId, SocketAddr)>, c: Arc<IceCounters>) -> Self {
+    pub(crate) fn new(
+        shard: usize,
+        mux: Vec<(SocketId, SocketAddr)>,
+        c: Arc<ShardCounters>,
+    ) -> Self {
         let mut host = IceHost {
             shard: shard as u16,
             mux: Vec::new(),
@@ -393,7 +398,7 @@ impl IceHost {
         }
         while let Some(e) = h.agent.poll_event() {
             let app = match e {
-                IceEvent::LocalCandidate(c) => Some(AgentEvent::Candidate(Some(c))),
+                IceEvent::LocalCandidate(c) => Some(AgentEvent::Candidate(Some(Box::new(c)))),
                 IceEvent::GatheringComplete => Some(AgentEvent::Candidate(None)),
                 IceEvent::ConnectionState(s) => {
                     let up = matches!(s, ConnectionState::Connected | ConnectionState::Completed);
@@ -696,7 +701,7 @@ impl IceHost {
             }
             self.wake = 0;
         }
-        self.counters.publish(&self.stats);
+        self.counters.ice.publish(&self.stats);
     }
 }
 

@@ -164,6 +164,18 @@ pub(super) struct Allocation {
     pub peer_channels: SmallMap<SocketAddr, u16>,
     pub bucket: Bucket,
     pub counters: AllocationCounters,
+    /// What the success response said beyond the relay address, so a retransmitted
+    /// Allocate (same transaction id, same 5-tuple) gets it again instead of 437.
+    pub created: Created,
+}
+
+/// The Allocate transaction that created an allocation (RFC 8656 §7.2: a retransmission
+/// is recognised by its transaction id).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Created {
+    pub tid: [u8; 12],
+    pub v6_refused: bool,
+    pub token: Option<[u8; 8]>,
 }
 
 impl Allocation {

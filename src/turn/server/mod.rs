@@ -518,6 +518,18 @@ impl Server {
         r.failures.retain(|_, (m, _)| *m == minute);
     }
 
+    /// Ends the allocation of the client 5-tuple `(sock, client)`, if any: the runtime
+    /// calls it when the TCP/TLS connection carrying that 5-tuple closes, because the
+    /// allocation is bound to the connection (RFC 8656 §2.1, §3.1).
+    pub fn end_client(&mut self, sock: Sock, client: SocketAddr, ports: &mut dyn RelayPorts) {
+        let Some(r) = self.relay.as_mut() else {
+            return;
+        };
+        if let Some(id) = r.allocs.by_client(sock, client) {
+            r.end_allocation(id, ports, &mut self.stats);
+        }
+    }
+
     /// Traffic counters of the allocation on a 5-tuple (listening socket, client).
     pub fn allocation_counters(
         &self,

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, Bucket, Channel, SmallMap};
+use super::allocation::{Allocation, Bucket, Channel, Created, SmallMap};
 use super::auth::{self, AuthError, Credential, MiKind};
 use super::policy::QuotaError;
 use super::{OpenError, Outcome, Relay, RelayPorts, ServerStats, Sock, TurnError};
@@ -150,7 +150,21 @@ impl Relay {
             }
         };
         let result = if m == Method::ALLOCATE {
-            match alloc {
+            match alloc.and_then(|id| self.allocs.get(id)) {
+                // A retransmission of the Allocate that created it: the same answer again
+                // (RFC 8656 §7.2), with the lifetime that is left.
+                Some(a)
+                    if a.created.tid == *msg.transaction_id()
+                        && a.cred.username == cred.username =>
+                {
+                    Ok(Success::Allocate {
+                        relay: a.relay,
+                        mapped: source,
+                        lifetime: a.expires.saturating_duration_since(now).as_secs() as u32,
+                        v6_refused: a.created.v6_refused,
+                        token: a.created.token,
+                    })
+                }
                 Some(_) => Err(TurnError::AllocationMismatch.into()),
                 None => self.allocate(now, sock, source, msg, &cred, ports, stats),
             }
@@ -390,6 +404,11 @@ impl Relay {
             peer_channels: SmallMap::new(),
             bucket: Bucket::new(self.cfg.bandwidth),
             counters: Default::default(),
+            created: Created {
+                tid: *msg.transaction_id(),
+                v6_refused,
+                token: new_token,
+            },
         });
         stats.allocations_created += 1;
         Ok(Success::Allocate {

@@ -1,0 +1,412 @@
+//! TCP streams beside the UDP backends: listeners and connections on one level-triggered
+//! epoll set, for protocols that also run over TCP (TURN, RFC 8656 §3.1). Knows no
+//! protocol: it hands out the bytes each read returned and writes what it is given; the
+//! caller frames them.
+//!
+//! The shard registers [`StreamSet::fd`] with its backend ([`Backend::watch_fd`]), so an
+//! incoming connection or byte ends the backend's wait, then drives [`StreamSet::poll`].
+//! Writes go out at once (`writev`); what the kernel does not take is kept in a per-stream
+//! backlog (bounded by `max_backlog`, beyond which the stream is closed) and written when
+//! the socket is writable again. TCP is the fallback transport: its sends are plain
+//! syscalls, not part of the io_uring batch.
+//!
+//! [`Backend::watch_fd`]: super::Backend::watch_fd
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// The read callback of [`StreamSet::poll`]: `(set, stream, peer, bytes)`.
+pub type OnData<'a> = dyn FnMut(&mut StreamSet, StreamId, SocketAddr, &[u8]) + 'a;
+
+/// A connection of a [`StreamSet`]. Ids are reused after the stream closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u32);
+
+/// Counters of a [`StreamSet`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused because `max_streams` were open.
+    pub refused: u64,
+    /// Connections closed (by the peer, an error, [`StreamSet::close`] or a full backlog).
+    pub closed: u64,
+    /// Streams closed because their write backlog would exceed `max_backlog`.
+    pub backlog_overflows: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+}
+
+/// Epoll tokens: listeners `LISTENER | index`, streams `generation << 32 | index`.
+const LISTENER: u64 = 1 << 63;
+const EVENTS: usize = 256;
+/// Reads per readable stream per `poll` round (fairness; epoll is level-triggered).
+const READS_PER_ROUND: usize = 4;
+/// Rounds of `epoll_wait` per `poll` before giving the loop back.
+const ROUNDS: usize = 8;
+
+struct Stream {
+    sock: TcpStream,
+    peer: SocketAddr,
+    generation: u32,
+    backlog: Vec<u8>,
+    /// EPOLLOUT is registered (the backlog is not empty).
+    want_write: bool,
+}
+
+/// TCP listeners and their accepted streams on one epoll set; see the module docs.
+pub struct StreamSet {
+    epfd: OwnedFd,
+    listeners: Vec<TcpListener>,
+    streams: Vec<Option<Stream>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    open: usize,
+    max_streams: usize,
+    max_backlog: usize,
+    buf: Box<[u8]>,
+    events: Box<[libc::epoll_event]>,
+    closed: Vec<(StreamId, SocketAddr)>,
+    stats: StreamStats,
+}
+
+impl std::fmt::Debug for StreamSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSet")
+            .field("listeners", &self.listeners.len())
+            .field("open", &self.open)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: valid epoll fd and event struct.
+    cvt(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
+}
+
+impl StreamSet {
+    /// An empty set: at most `max_streams` open connections, at most `max_backlog` unsent
+    /// bytes per stream, reads of up to `read_buf` bytes.
+    pub fn new(max_streams: usize, max_backlog: usize, read_buf: usize) -> io::Result<Self> {
+        // SAFETY: plain syscall; the fd is owned right away.
+        let epfd = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        Ok(Self {
+            epfd,
+            listeners: Vec::new(),
+            streams: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            max_streams,
+            max_backlog,
+            buf: vec![0; read_buf.max(1)].into(),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS].into(),
+            closed: Vec::new(),
+            stats: StreamStats::default(),
+        })
+    }
+
+    /// The epoll set's fd: readable when a listener or stream has something to do.
+    pub fn fd(&self) -> RawFd {
+        self.epfd.as_raw_fd()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> StreamStats {
+        self.stats
+    }
+
+    /// Open streams.
+    pub fn open(&self) -> usize {
+        self.open
+    }
+
+    /// Accept connections on `listener` (made non-blocking here).
+    pub fn add_listener(&mut self, listener: TcpListener) -> io::Result<SocketAddr> {
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let token = LISTENER | self.listeners.len() as u64;
+        ctl(
+            self.fd(),
+            libc::EPOLL_CTL_ADD,
+            listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            token,
+        )?;
+        self.listeners.push(listener);
+        Ok(addr)
+    }
+
+    /// Local address of stream `id`, if open.
+    pub fn local_addr(&self, id: StreamId) -> Option<SocketAddr> {
+        self.get(id)?.sock.local_addr().ok()
+    }
+
+    /// Remote address of stream `id`, if open.
+    pub fn peer_addr(&self, id: StreamId) -> Option<SocketAddr> {
+        self.get(id).map(|s| s.peer)
+    }
+
+    fn get(&self, id: StreamId) -> Option<&Stream> {
+        self.streams.get(id.0 as usize)?.as_ref()
+    }
+
+    /// Accepts, reads and writes backlogs until nothing is ready (or a fairness bound is
+    /// reached: then the fd stays readable and the next wait ends at once). Every read's
+    /// bytes go to `on_data(set, stream, peer, bytes)`, which may [`send`](Self::send) and
+    /// [`close`](Self::close). Closed streams are then listed by
+    /// [`take_closed`](Self::take_closed).
+    pub fn poll(&mut self, on_data: &mut OnData<'_>) {
+        for _ in 0..ROUNDS {
+            // SAFETY: `events` is valid for EVENTS entries.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epfd.as_raw_fd(),
+                    self.events.as_mut_ptr(),
+                    EVENTS as libc::c_int,
+                    0,
+                )
+            };
+            if n <= 0 {
+                return;
+            }
+            for k in 0..n as usize {
+                let ev = self.events[k];
+                let token = ev.u64;
+                if token & LISTENER != 0 {
+                    self.accept((token & !LISTENER) as usize);
+                    continue;
+                }
+                let idx = (token & 0xffff_ffff) as u32;
+                let generation = (token >> 32) as u32;
+                if self.generations.get(idx as usize) != Some(&generation) {
+                    continue;
+                }
+                let id = StreamId(idx);
+                if ev.events & libc::EPOLLOUT as u32 != 0 {
+                    self.write_backlog(id);
+                }
+                if ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                    self.read(id, on_data);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, listener: usize) {
+        loop {
+            let Some(l) = self.listeners.get(listener) else {
+                return;
+            };
+            let (sock, peer) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ECONNABORTED, EMFILE...: the connection is lost; the listener stays.
+                Err(e) => {
+                    self.stats.refused += 1;
+                    tracing::debug!("tcp accept: {e}");
+                    return;
+                }
+            };
+            if self.open >= self.max_streams || sock.set_nonblocking(true).is_err() {
+                self.stats.refused += 1;
+                continue; // dropping `sock` closes it
+            }
+            let _ = sock.set_nodelay(true);
+            let idx = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.streams.push(None);
+                    self.generations.push(0);
+                    (self.streams.len() - 1) as u32
+                }
+            };
+            let generation = self.generations[idx as usize];
+            let token = (u64::from(generation) << 32) | u64::from(idx);
+            if ctl(
+                self.fd(),
+                libc::EPOLL_CTL_ADD,
+                sock.as_raw_fd(),
+                (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                token,
+            )
+            .is_err()
+            {
+                self.stats.refused += 1;
+                self.free.push(idx);
+                continue;
+            }
+            self.streams[idx as usize] = Some(Stream {
+                sock,
+                peer,
+                generation,
+                backlog: Vec::new(),
+                want_write: false,
+            });
+            self.open += 1;
+            self.stats.accepted += 1;
+        }
+    }
+
+    fn read(&mut self, id: StreamId, on_data: &mut OnData<'_>) {
+        // The read buffer is lent to the callback while `self` is borrowed mutably.
+        let mut buf = std::mem::take(&mut self.buf);
+        for _ in 0..READS_PER_ROUND {
+            let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+                break;
+            };
+            let peer = s.peer;
+            match (&s.sock).read(&mut buf) {
+                Ok(0) => {
+                    self.close(id);
+                    break;
+                }
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    on_data(self, id, peer, &buf[..n]);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(id);
+                    break;
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    /// Writes `parts` (in order, after anything still in the backlog) to stream `id`.
+    /// What the kernel does not take now is kept and written when the socket drains; if
+    /// that would exceed `max_backlog`, the stream is closed. Returns whether the stream
+    /// is still open.
+    pub fn send(&mut self, id: StreamId, parts: &[&[u8]]) -> bool {
+        let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut written = 0;
+        if s.backlog.is_empty() {
+            let slices: [IoSlice<'_>; 4] =
+                std::array::from_fn(|k| IoSlice::new(parts.get(k).copied().unwrap_or_default()));
+            let n = parts.len().min(4);
+            loop {
+                match (&s.sock).write_vectored(&slices[..n]) {
+                    Ok(w) => {
+                        written = w;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.close(id);
+                        return false;
+                    }
+                }
+            }
+            // More than four parts: the rest goes through the backlog.
+        }
+        self.stats.bytes_out += written as u64;
+        if written == total {
+            return true;
+        }
+        if s.backlog.len() + (total - written) > self.max_backlog {
+            self.stats.backlog_overflows += 1;
+            self.close(id);
+            return false;
+        }
+        let mut skip = written;
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            s.backlog.extend_from_slice(&p[skip..]);
+            skip = 0;
+        }
+        if !s.want_write {
+            s.want_write = true;
+            let token = (u64::from(s.generation) << 32) | u64::from(id.0);
+            let _ = ctl(
+                self.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                s.sock.as_raw_fd(),
+                (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32,
+                token,
+            );
+        }
+        true
+    }
+
+    fn write_backlog(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        while !s.backlog.is_empty() {
+            match (&s.sock).write(&s.backlog) {
+                Ok(n) => {
+                    self.stats.bytes_out += n as u64;
+                    s.backlog.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.close(id);
+                    return;
+                }
+            }
+        }
+        s.backlog = Vec::new();
+        s.want_write = false;
+        let token = (u64::from(s.generation) << 32) | u64::from(id.0);
+        let _ = ctl(
+            self.epfd.as_raw_fd(),
+            libc::EPOLL_CTL_MOD,
+            s.sock.as_raw_fd(),
+            (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            token,
+        );
+    }
+
+    /// Closes stream `id` (unsent backlog is dropped). Unknown ids are ignored.
+    pub fn close(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::take) else {
+            return;
+        };
+        let _ = ctl(
+            self.epfd.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            s.sock.as_raw_fd(),
+            0,
+            0,
+        );
+        let g = &mut self.generations[id.0 as usize];
+        *g = g.wrapping_add(1);
+        self.free.push(id.0);
+        self.open -= 1;
+        self.stats.closed += 1;
+        self.closed.push((id, s.peer));
+    }
+
+    /// Streams closed since the last call, with their peers, appended to `out`.
+    pub fn take_closed(&mut self, out: &mut Vec<(StreamId, SocketAddr)>) {
+        out.append(&mut self.closed);
+    }
+}
