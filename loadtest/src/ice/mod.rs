@@ -389,6 +389,7 @@ pub struct ImpReport {
     pub hold_rss_per_agent_b: f64,
     pub alive_after_hold: u64,
     pub server_rss_per_agent_b: Option<f64>,
+    pub server_cpu_us_per_connection: Option<f64>,
     pub server_hold_cpu_pct: Option<f64>,
 }
 
@@ -418,6 +419,7 @@ fn run_imp(args: &Args, imp: Imp) -> Result<ImpReport, String> {
         }
     }
     let server_rss0 = args.server_pid.map(|p| rss_bytes(Some(p)));
+    let server_setup_cpu0 = args.server_pid.map(process_cpu).transpose()?;
     let bar = progress_bar(args, imp);
     for w in &mut workers {
         w.send("go")?;
@@ -447,6 +449,10 @@ fn run_imp(args: &Args, imp: Imp) -> Result<ImpReport, String> {
     }
     let server_rss1 = args.server_pid.map(|p| rss_bytes(Some(p)));
     let server_cpu0 = args.server_pid.map(process_cpu).transpose()?;
+    let server_setup_cpu = match (server_setup_cpu0, server_cpu0) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     for w in &mut workers {
         w.send("hold")?;
     }
@@ -562,6 +568,9 @@ fn run_imp(args: &Args, imp: Imp) -> Result<ImpReport, String> {
         hold_rss_per_agent_b: per_agent(hold_growth),
         alive_after_hold: held.iter().map(|h| h.alive).sum(),
         server_rss_per_agent_b: server_rss_per_agent,
+        server_cpu_us_per_connection: server_setup_cpu
+            .filter(|_| conns > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / conns as f64),
         server_hold_cpu_pct: server_hold
             .filter(|_| hold_s > 0.0)
             .map(|c| 100.0 * c.as_secs_f64() / hold_s),
@@ -610,6 +619,9 @@ fn print_human(r: &ImpReport) {
     );
     if let Some(b) = r.server_rss_per_agent_b {
         println!("  server RSS      {b:.0} B per session");
+    }
+    if let Some(c) = r.server_cpu_us_per_connection {
+        println!("  server CPU      {c:.0} us per connection (setup phase, HTTP included)");
     }
     if r.hold_s > 0.0 {
         println!(
