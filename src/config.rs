@@ -206,6 +206,9 @@ pub struct ServerSection {
     pub shards: usize,
     /// SOFTWARE attribute value ("" to omit).
     pub software: String,
+    /// HTTP session API of `icering serve` (docs/serve-api.md); absent = off. Sessions
+    /// are hosted on the `[ice] listen` sockets.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Default for ServerSection {
@@ -215,6 +218,7 @@ impl Default for ServerSection {
             tcp: true,
             shards: 0,
             software: "icering".into(),
+            admin: None,
         }
     }
 }

@@ -56,6 +56,7 @@ pub mod ice;
 pub mod io;
 pub mod net;
 pub mod ping;
+pub mod serve;
 pub mod shard;
 pub mod stun;
 pub mod turn;

@@ -11,9 +11,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use icering::Engine;
 use icering::config::{Config, IoBackendChoice};
 use icering::ice::IceUrl;
 use icering::ping::{CandidateTypes, PingConfig, Servers};
+use icering::serve::AdminServer;
 use icering::shard::Runtime;
 
 #[global_allocator]
@@ -184,6 +186,12 @@ struct ServeArgs {
     /// Turn the TURN relay off (STUN Binding only).
     #[arg(long)]
     no_turn: bool,
+    /// HTTP session API address (`server.admin`; docs/serve-api.md). Needs an ICE port.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Shared UDP port for ICE sessions (repeatable; replaces `ice.listen`).
+    #[arg(long = "ice-listen", value_name = "ADDR")]
+    ice_listen: Vec<SocketAddr>,
     /// Listen on UDP only, no STUN/TURN over TCP (`server.tcp = false`; coturn: --no-tcp).
     #[arg(long)]
     no_tcp: bool,
@@ -202,6 +210,12 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(n) = args.shards {
         config.server.shards = n;
+    }
+    if args.admin.is_some() {
+        config.server.admin = args.admin;
+    }
+    if !args.ice_listen.is_empty() {
+        config.ice.listen = args.ice_listen.clone();
     }
     if let Some(io) = args.io {
         config.io.backend = match io {
@@ -308,6 +322,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if config.turn.enabled {
         raise_nofile_limit();
     }
+    if let Some(admin) = config.server.admin {
+        return serve_sessions(&config, admin, &mut signals);
+    }
     let runtime = Runtime::start(&config).map_err(|e| e.to_string())?;
     tracing::info!("{}", runtime.backend_reason());
     let what = if config.turn.enabled {
@@ -359,6 +376,58 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     tracing::debug!("counters: {}", nonzero.join(" "));
+    Ok(())
+}
+
+/// `icering serve` with the HTTP session API: the engine (STUN/TURN on `[server] listen`
+/// as usual, plus the shared ICE sockets of `[ice] listen`) and the admin server.
+fn serve_sessions(
+    config: &Config,
+    admin: SocketAddr,
+    signals: &mut signal_hook::iterator::Signals,
+) -> Result<(), String> {
+    if config.ice.listen.is_empty() {
+        return Err(format!(
+            "--admin {admin}: sessions need a shared ICE port: set `[ice] listen` or \
+             --ice-listen ADDR"
+        ));
+    }
+    let engine = Engine::start(config).map_err(|e| e.to_string())?;
+    tracing::info!("{}", engine.backend_reason());
+    let what = if config.turn.enabled {
+        "STUN/TURN"
+    } else {
+        "STUN"
+    };
+    for addr in engine.server_addrs() {
+        tracing::info!(shards = engine.shards(), "listening on {addr}/udp ({what})");
+    }
+    for addr in engine.mux_addrs() {
+        tracing::info!(
+            lite = config.ice.lite,
+            "ICE sessions on {addr}/udp (shared by every session)"
+        );
+    }
+    let server =
+        AdminServer::start(admin, engine.clone(), config.ice.lite).map_err(|e| e.to_string())?;
+    tracing::info!("session API on http://{}", server.local_addr());
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    let open = server.sessions();
+    server.shutdown();
+    let ice = engine.stats().ice;
+    let stun = engine.server_stats();
+    engine.shutdown().map_err(|e| e.to_string())?;
+    tracing::info!(
+        sessions_open = open,
+        sessions_created = ice.created,
+        data_in = ice.data_in,
+        data_out = ice.data_out,
+        stun_received = stun.received,
+        stun_answered = stun.answered,
+        "stopped"
+    );
     Ok(())
 }
 

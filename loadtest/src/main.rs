@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod ice;
 mod report;
 mod stun;
 mod turn;
@@ -31,6 +32,10 @@ enum Command {
     /// TURN relaying: allocations with a channel (or Send indications) to a local echo
     /// peer, round trips through the relay, loss and RTT.
     Turn(turn::Args),
+    /// ICE connection setup: agent pairs over loopback, or agents against `icering serve`
+    /// sessions; connections/s, setup latency, RSS per agent, hold with keepalives;
+    /// `--baseline webrtc-ice` side by side.
+    Ice(ice::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Stun(args) => stun::run(args),
         Command::Turn(args) => turn::run(args),
+        Command::Ice(args) => ice::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# ICE connection setup, side by side in one run on this machine:
+#  1. pairs: N agent pairs over loopback in K worker processes, icering (agents on its
+#     shards through the public API, controlled side on the shard's shared port) and
+#     webrtc-rs's webrtc-ice (controlled side on one UDPMuxDefault per worker), then a hold
+#     of S seconds with keepalives/consent running;
+#  2. serve: M full icering agents (workers of 5,000) against ICE-lite echo sessions of `icering serve`
+#     (one shard, one UDP port), sessions created over its HTTP API; server RSS and CPU.
+# A process may hold at most 20,000 descriptors here, so the load is split over K workers.
+# Usage: loadtest/scripts/ice-vs-webrtc-ice.sh [pairs N] [procs K] [hold S] [serve M]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-10000}
+K=${2:-2}
+HOLD=${3:-10}
+M=${4:-10000}
+OUT=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+
+cargo build --release -q -p icering -p icering-loadtest --bins
+BIN=target/release
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+"$BIN/icering-loadtest" ice pairs --n "$N" --procs "$K" --hold "$HOLD" \
+  --baseline webrtc-ice --json >"$OUT/pairs.json"
+
+"$BIN/icering" serve --no-turn --shards 1 --listen 127.0.0.1:0 --ice-listen 127.0.0.1:0 \
+  --admin 127.0.0.1:38471 >"$OUT/serve.log" 2>&1 &
+SPID=$!
+for _ in $(seq 100); do grep -q "session API on" "$OUT/serve.log" && break; sleep 0.1; done
+# Workers of 5,000 client agents; dedicated ports from 1024-60999 (one loopback IP's
+# ephemeral range alone holds ~28k sockets).
+"$BIN/icering-loadtest" ice serve --n "$M" --procs "$(( (M + 4999) / 5000 ))" \
+  --ports 1024:60999 --hold "$HOLD" --admin 127.0.0.1:38471 --server-pid "$SPID" \
+  --concurrency 32 --json >"$OUT/serve.json"
+kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+rows = json.load(open(f"{out}/pairs.json")) + json.load(open(f"{out}/serve.json"))
+print("| implementation | load | connected | conn/s | CPU us/conn | p50 ms | p90 ms | p99 ms | max ms "
+      "| RSS B/agent | hold CPU % | hold RSS B/agent | alive after hold | server B/session | server hold CPU % | failures |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+for r in rows:
+    srv = r.get("server_rss_per_agent_b")
+    scpu = r.get("server_hold_cpu_pct")
+    print(f"| {r['implementation']} | {r['mode']} ({r['sockets']}, {r['procs']} procs) | "
+          f"{r['connected']}/{r['requested']} | {r['connections_per_s']:.0f} | {r['cpu_us_per_connection']:.0f} | "
+          f"{r['latency_ms_p50']:.1f} | {r['latency_ms_p90']:.1f} | {r['latency_ms_p99']:.1f} | {r['latency_ms_max']:.1f} | "
+          f"{r['rss_per_agent_b']:.0f} | {r['hold_cpu_pct']:.1f} | {r['hold_rss_per_agent_b']:.0f} | {r['alive_after_hold']} | "
+          f"{'' if srv is None else f'{srv:.0f}'} | {'' if scpu is None else f'{scpu:.1f}'} | "
+          f"{', '.join(f'{v}× {k}' for k, v in r['failures'].items()) or 'none'} |")
+a, b = rows[0], rows[1]
+ratio = lambda x, y: x / y if y else float('nan')
+print(f"\nicering / webrtc-ice (pairs): connections/s ×{ratio(a['connections_per_s'], b['connections_per_s']):.1f}, "
+      f"CPU per connection ×{ratio(a['cpu_us_per_connection'], b['cpu_us_per_connection']):.2f}, "
+      f"RSS per agent ×{ratio(a['rss_per_agent_b'], b['rss_per_agent_b']):.2f}, "
+      f"hold CPU ×{ratio(a['hold_cpu_pct'], b['hold_cpu_pct']):.2f}")
+PY

@@ -1,0 +1,403 @@
+//! `icering serve`'s HTTP session API: the ICE side of a media backend.
+//!
+//! A session is an agent hosted on the shards ([`Engine::agent`]) on the shard's shared
+//! ICE port (`[ice] listen`, thousands of agents per port), ICE-lite or full per `[ice]
+//! lite` or the request, whose received data the shard echoes back or sinks
+//! ([`DataMode::Echo`] / [`DataMode::Sink`]): no per-session thread or channel. The
+//! session is controlled (a lite agent always is, RFC 8445 §6.1.1); its peer dials.
+//!
+//! | request | answer |
+//! |---------|--------|
+//! | `POST /sessions` `{"lite"?: bool, "data"?: "echo"\|"sink"}` | 201 `{id, ufrag, pwd, candidates, lite, data}` |
+//! | `POST /sessions/{id}/remote-credentials` `{"ufrag","pwd"}` (or form fields) | 204 |
+//! | `POST /sessions/{id}/remote-candidates` candidate lines / JSON / form, end-of-candidates | 204 |
+//! | `GET /sessions/{id}` | 200 `{id, state, selected_pair, bytes_*, packets_*, rtt_ms}` |
+//! | `DELETE /sessions/{id}` | 204 (the agent is closed) |
+//! | `GET /sessions`, `GET /stats` | counts, engine counters |
+//!
+//! Every error is a JSON `{"error": "..."}` with a 4xx status (5xx only when the engine
+//! itself is gone). HTTP is `tiny_http` on a few threads; the session table is a mutex
+//! held only to insert, look up or remove (never across a shard round trip). See
+//! docs/serve-api.md for curl examples.
+
+pub mod routes;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::JoinHandle;
+
+use serde_json::json;
+
+use crate::api::{Agent, ApiError, DataMode, Engine};
+use crate::ice::ConnectionState;
+use routes::{Data, HttpError, Route};
+
+/// Errors starting the admin server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The admin address could not be bound.
+    #[error("cannot listen on admin address {addr}: {reason}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// An HTTP worker thread could not be started.
+    #[error("cannot start the admin server's threads: {0}")]
+    Thread(std::io::Error),
+    /// The engine has no `[ice] listen` socket to host sessions on.
+    #[error("the session API needs `[ice] listen` addresses (the shared ICE port)")]
+    NoIcePort,
+}
+
+/// HTTP worker threads: session requests are short (one shard round trip at most).
+const THREADS: usize = 4;
+
+struct Session {
+    agent: Agent,
+    lite: bool,
+    data: Data,
+}
+
+struct Shared {
+    engine: Engine,
+    default_lite: bool,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+/// The running admin server. Stops on [`shutdown`](Self::shutdown) (or drop), closing
+/// every session's agent.
+pub struct AdminServer {
+    http: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves the session API on `engine`'s shards. `default_lite` is
+    /// `[ice] lite`: the kind of session created when the request does not say.
+    pub fn start(
+        addr: SocketAddr,
+        engine: Engine,
+        default_lite: bool,
+    ) -> Result<AdminServer, ServeError> {
+        if engine.mux_addrs().is_empty() {
+            return Err(ServeError::NoIcePort);
+        }
+        let http = tiny_http::Server::http(addr).map_err(|e| ServeError::Bind {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let local = http.server_addr().to_ip().ok_or_else(|| ServeError::Bind {
+            addr,
+            reason: "not an IP listener".into(),
+        })?;
+        let http = Arc::new(http);
+        let shared = Arc::new(Shared {
+            engine,
+            default_lite,
+            sessions: Mutex::new(HashMap::new()),
+        });
+        let mut server = AdminServer {
+            http,
+            addr: local,
+            shared,
+            threads: Vec::with_capacity(THREADS),
+        };
+        for i in 0..THREADS {
+            let http = server.http.clone();
+            let shared = server.shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("admin-{i}"))
+                .spawn(move || {
+                    // `recv` fails once `unblock` was called: the server stops.
+                    while let Ok(req) = http.recv() {
+                        handle(&shared, req);
+                    }
+                })
+                .map_err(ServeError::Thread)?;
+            server.threads.push(t);
+        }
+        Ok(server)
+    }
+
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sessions open now.
+    pub fn sessions(&self) -> usize {
+        self.shared.table().len()
+    }
+
+    /// Stops serving and closes every session's agent.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for _ in 0..self.threads.len() {
+            self.http.unblock();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for (_, s) in self.shared.table().drain() {
+            s.agent.close();
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn session(&self, id: &str) -> Result<Arc<Session>, HttpError> {
+        self.table()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HttpError::not_found(format!("no session `{id}`")))
+    }
+}
+
+fn api_error(e: ApiError) -> HttpError {
+    match e {
+        ApiError::Invalid(m) => HttpError::bad(m),
+        ApiError::Closed => HttpError {
+            status: 410,
+            message: "session closed".into(),
+        },
+        ApiError::EngineStopped => HttpError {
+            status: 503,
+            message: e.to_string(),
+        },
+        other => HttpError {
+            status: 500,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn handle(shared: &Shared, mut req: tiny_http::Request) {
+    let mut body = Vec::new();
+    let read = req
+        .as_reader()
+        .take(routes::MAX_BODY as u64 + 1)
+        .read_to_end(&mut body);
+    let result = match read {
+        Err(e) => Err(HttpError::bad(format!("reading the body: {e}"))),
+        Ok(_) if body.len() > routes::MAX_BODY => Err(HttpError {
+            status: 413,
+            message: format!("body over {} bytes", routes::MAX_BODY),
+        }),
+        Ok(_) => {
+            routes::route(req.method().as_str(), req.url(), &body).and_then(|r| dispatch(shared, r))
+        }
+    };
+    let (status, body) = match result {
+        Ok((status, body)) => (status, body.map(|b| b.to_string())),
+        Err(e) => (e.status, Some(e.body())),
+    };
+    let response = match body {
+        Some(b) => tiny_http::Response::from_string(b)
+            .with_status_code(status)
+            .with_header(
+                tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+                    .expect("valid header"),
+            )
+            .boxed(),
+        None => tiny_http::Response::empty(status).boxed(),
+    };
+    // The client may be gone; nothing to do about it.
+    let _ = req.respond(response);
+}
+
+type Answer = (u16, Option<serde_json::Value>);
+
+fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
+    match route {
+        Route::Create(c) => create(shared, c.lite.unwrap_or(shared.default_lite), c.data),
+        Route::List => Ok((200, Some(json!({ "sessions": shared.table().len() })))),
+        Route::Stats => {
+            let s = shared.engine.stats();
+            Ok((
+                200,
+                Some(json!({
+                    "sessions": shared.table().len(),
+                    "shards": s.shards,
+                    "agents": s.ice.agents,
+                    "connected": s.ice.connected,
+                    "created": s.ice.created,
+                    "closed": s.ice.closed,
+                    "data_in": s.ice.data_in,
+                    "data_out": s.ice.data_out,
+                    "handoffs_in": s.ice.handoffs_in,
+                    "drop_unknown_ufrag": s.ice.drop_unknown_ufrag,
+                    "drop_agent": s.ice.drop_agent,
+                })),
+            ))
+        }
+        Route::Get(id) => {
+            let s = shared.session(&id)?;
+            let st = block_on(s.agent.stats()).map_err(api_error)?;
+            Ok((
+                200,
+                Some(json!({
+                    "id": id,
+                    "lite": s.lite,
+                    "data": s.data,
+                    "state": state_name(st.state),
+                    "selected_pair": st.selected.map(|(l, r)| json!({
+                        "local": l.to_string(),
+                        "remote": r.to_string(),
+                    })),
+                    "bytes_sent": st.bytes_sent,
+                    "bytes_received": st.bytes_received,
+                    "packets_sent": st.packets_sent,
+                    "packets_received": st.packets_received,
+                    "rtt_ms": st.rtt.as_secs_f64() * 1000.0,
+                })),
+            ))
+        }
+        Route::RemoteCredentials(id, c) => {
+            let s = shared.session(&id)?;
+            s.agent
+                .set_remote_credentials(&c.ufrag, &c.pwd)
+                .map_err(api_error)?;
+            Ok((204, None))
+        }
+        Route::RemoteCandidates(id, c) => {
+            let s = shared.session(&id)?;
+            for cand in c.candidates {
+                s.agent.add_remote_candidate(cand).map_err(api_error)?;
+            }
+            if c.end {
+                s.agent.end_of_remote_candidates();
+            }
+            Ok((204, None))
+        }
+        Route::Delete(id) => {
+            let s = shared
+                .table()
+                .remove(&id)
+                .ok_or_else(|| HttpError::not_found(format!("no session `{id}`")))?;
+            s.agent.close();
+            Ok((204, None))
+        }
+    }
+}
+
+fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> {
+    let opts = shared
+        .engine
+        .session_options(match data {
+            Data::Echo => DataMode::Echo,
+            Data::Sink => DataMode::Sink,
+        })
+        .with_lite(lite);
+    let agent = shared.engine.agent(opts).map_err(api_error)?;
+    let candidates = match agent.gather_candidates().and_then(|c| {
+        // Controlled: the session's peer dials (a lite agent is always controlled).
+        agent.start(false)?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            agent.close();
+            return Err(api_error(e));
+        }
+    };
+    let (ufrag, pwd) = agent.local_credentials();
+    let id = session_id();
+    let body = json!({
+        "id": id,
+        "ufrag": ufrag,
+        "pwd": pwd,
+        "candidates": candidates.iter().map(|c| format!("candidate:{}", c.to_sdp())).collect::<Vec<_>>(),
+        "lite": lite,
+        "data": data,
+    });
+    shared
+        .table()
+        .insert(id, Arc::new(Session { agent, lite, data }));
+    Ok((201, Some(body)))
+}
+
+/// 128 random bits from the OS, as 32 hex digits: ids are capabilities, not counters.
+fn session_id() -> String {
+    let mut b = [0u8; 16];
+    let mut done = 0;
+    while done < b.len() {
+        // SAFETY: writes at most `b.len() - done` bytes into the rest of `b`.
+        let n = unsafe { libc::getrandom(b[done..].as_mut_ptr().cast(), b.len() - done, 0) };
+        if n > 0 {
+            done += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // No entropy source at all: fall back to the clock and address, still unique.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            b = t.to_le_bytes();
+            break;
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The state as pion/ice and the W3C name it (lowercase).
+pub fn state_name(s: ConnectionState) -> &'static str {
+    match s {
+        ConnectionState::New => "new",
+        ConnectionState::Checking => "checking",
+        ConnectionState::Connected => "connected",
+        ConnectionState::Completed => "completed",
+        ConnectionState::Disconnected => "disconnected",
+        ConnectionState::Failed => "failed",
+        ConnectionState::Closed => "closed",
+    }
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs a future to completion on this thread (the API's futures only wait on channel
+/// replies from a shard, so parking until woken is all an executor has to do here).
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

@@ -1,0 +1,254 @@
+//! `icering serve --admin`: the HTTP session API against a real client agent.
+//!
+//! Starts the `icering` binary with a shared ICE port and the session API, creates
+//! sessions over HTTP (ICE-lite echo, and a full echo session), connects to each with a
+//! full controlling agent through the library API (its own engine, its own socket),
+//! exchanges a datagram (echoed by the session's shard), reads the session's state, sends
+//! malformed requests (4xx with a JSON error, the server keeps serving), and deletes the
+//! session.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use icering::ice::Candidate;
+use icering::{AgentOptions, Config, Engine, NetworkType};
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+    admin: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `icering serve` with the session API on an ephemeral port; reads the bound
+/// address from its log.
+fn start_server() -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_icering"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-turn",
+            "--shards",
+            "2",
+            "--ice-listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn icering serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("session API on http://").nth(1) {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("icering serve logs its session API address");
+    Server {
+        child,
+        admin: addr.parse().expect("admin address"),
+    }
+}
+
+/// One HTTP/1.1 request (Connection: close); returns status and body.
+fn http(admin: SocketAddr, method: &str, path: &str, ctype: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(admin).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn assert_json_error(admin: SocketAddr, method: &str, path: &str, body: &str, status: u16) {
+    let (got, b) = http(admin, method, path, "application/json", body);
+    assert_eq!(got, status, "{method} {path} {body:?} → {b}");
+    assert!(json(&b)["error"].is_string(), "error body: {b}");
+}
+
+#[test]
+fn sessions_over_http_connect_echo_report_and_close() {
+    let server = start_server();
+    let admin = server.admin;
+
+    // Malformed requests: 4xx with a JSON error, never a crash.
+    assert_json_error(admin, "POST", "/sessions", "{\"data\": 7}", 400);
+    assert_json_error(admin, "GET", "/sessions/doesnotexist", "", 404);
+    assert_json_error(admin, "GET", "/nowhere", "", 404);
+    assert_json_error(admin, "PUT", "/sessions", "", 405);
+    assert_json_error(
+        admin,
+        "POST",
+        "/sessions/doesnotexist/remote-candidates",
+        "candidate:1 1 udp 1 127.0.0.1 9 typ host",
+        404,
+    );
+
+    // The client side: a full agent (controlling, through `dial`) on its own engine.
+    let mut config = Config::embedded();
+    config.server.listen.clear();
+    config.server.shards = 1;
+    let engine = Engine::start(&config).expect("client engine");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    for (create, lite) in [("{}", true), (r#"{"lite": false, "data": "echo"}"#, false)] {
+        let (status, body) = http(admin, "POST", "/sessions", "application/json", create);
+        assert_eq!(status, 201, "{body}");
+        let s = json(&body);
+        assert_eq!(s["lite"], lite);
+        assert_eq!(s["data"], "echo");
+        let id = s["id"].as_str().expect("id").to_string();
+        let (ufrag, pwd) = (s["ufrag"].as_str().unwrap(), s["pwd"].as_str().unwrap());
+        let server_cands: Vec<Candidate> = s["candidates"]
+            .as_array()
+            .expect("candidates")
+            .iter()
+            .map(|c| Candidate::from_sdp(c.as_str().unwrap()).expect("candidate line"))
+            .collect();
+        assert!(!server_cands.is_empty());
+        assert!(server_cands.iter().all(|c| c.addr.ip().is_loopback()));
+
+        // Bad bodies on an existing session: 400, the session stays usable.
+        let path = format!("/sessions/{id}/remote-candidates");
+        assert_json_error(admin, "POST", &path, "candidate:not a candidate", 400);
+        assert_json_error(
+            admin,
+            "POST",
+            &format!("/sessions/{id}/remote-credentials"),
+            "{\"ufrag\": 1}",
+            400,
+        );
+
+        let agent = engine
+            .agent(
+                AgentOptions::default()
+                    .loopback_only()
+                    .with_network_types(&[NetworkType::Udp4]),
+            )
+            .expect("client agent");
+        let mine = agent.gather_candidates().expect("gather");
+        assert!(!mine.is_empty());
+        let (my_ufrag, my_pwd) = agent.local_credentials();
+        // Credentials form-encoded, as pion's ping-pong posts them.
+        let form = format!(
+            "ufrag={}&pwd={}",
+            my_ufrag.replace('+', "%2B").replace('/', "%2F"),
+            my_pwd.replace('+', "%2B").replace('/', "%2F")
+        );
+        let (st, b) = http(
+            admin,
+            "POST",
+            &format!("/sessions/{id}/remote-credentials"),
+            "application/x-www-form-urlencoded",
+            &form,
+        );
+        assert_eq!(st, 204, "{b}");
+        // Candidates as plain lines: the first without the `candidate:` prefix (pion's
+        // marshal format), the rest with it, then end-of-candidates.
+        let mut text = String::new();
+        for (i, c) in mine.iter().enumerate() {
+            if i > 0 {
+                text.push_str("candidate:");
+            }
+            text.push_str(&c.to_sdp());
+            text.push('\n');
+        }
+        text.push_str("a=end-of-candidates\n");
+        let (st, b) = http(admin, "POST", &path, "text/plain", &text);
+        assert_eq!(st, 204, "{b}");
+
+        for c in server_cands {
+            agent.add_remote_candidate(c).unwrap();
+        }
+        agent.end_of_remote_candidates();
+        let payload = format!("hello session {id}");
+        let echoed = rt.block_on(async {
+            let mut conn = tokio::time::timeout(Duration::from_secs(20), agent.dial(ufrag, pwd))
+                .await
+                .expect("dial in time")
+                .expect("connected");
+            conn.send(Bytes::from(payload.clone())).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), conn.recv())
+                .await
+                .expect("echo in time")
+                .expect("echo")
+        });
+        assert_eq!(&echoed[..], payload.as_bytes());
+
+        // The session's view: connected, the pair we used, our bytes counted both ways.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let state = loop {
+            let (st, b) = http(admin, "GET", &format!("/sessions/{id}"), "", "");
+            assert_eq!(st, 200, "{b}");
+            let v = json(&b);
+            if v["bytes_sent"].as_u64() >= Some(payload.len() as u64) || Instant::now() > deadline {
+                break v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            matches!(state["state"].as_str(), Some("connected" | "completed")),
+            "{state}"
+        );
+        assert_eq!(state["bytes_received"].as_u64(), Some(payload.len() as u64));
+        assert_eq!(state["bytes_sent"].as_u64(), Some(payload.len() as u64));
+        let remote = state["selected_pair"]["remote"].as_str().expect("pair");
+        let remote: SocketAddr = remote.parse().unwrap();
+        assert!(mine.iter().any(|c| c.addr == remote), "{state}");
+
+        let (st, _) = http(admin, "DELETE", &format!("/sessions/{id}"), "", "");
+        assert_eq!(st, 204);
+        assert_json_error(admin, "GET", &format!("/sessions/{id}"), "", 404);
+        assert_json_error(admin, "DELETE", &format!("/sessions/{id}"), "", 404);
+        agent.close();
+    }
+    let (st, b) = http(admin, "GET", "/sessions", "", "");
+    assert_eq!((st, json(&b)["sessions"].as_u64()), (200, Some(0)));
+    engine.shutdown().unwrap();
+}
