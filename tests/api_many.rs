@@ -39,7 +39,7 @@ static GLOBAL: Counting = Counting;
 
 /// Connects `pairs` lite `mode` sessions with `pairs` full controlling agents of the same
 /// mode on one engine; returns the live heap per agent once all are connected.
-fn connect_many(engine: &Engine, pairs: usize, mode: DataMode) -> f64 {
+fn connect_many(engine: &Engine, pairs: usize, mode: DataMode, shards: usize) -> f64 {
     let base = LIVE.load(Relaxed);
     let v4 = [NetworkType::Udp4];
     let server = AgentOptions::default()
@@ -96,7 +96,9 @@ fn connect_many(engine: &Engine, pairs: usize, mode: DataMode) -> f64 {
     );
     // All clients send from one 5-tuple: the kernel gives all of it to one shard, and the
     // agents on the other shard are reached by handoff.
-    assert!(stats.handoffs_in > before.handoffs_in, "{stats:?}");
+    if shards > 1 {
+        assert!(stats.handoffs_in > before.handoffs_in, "{stats:?}");
+    }
     std::thread::sleep(Duration::from_millis(200));
     let per_agent = (LIVE.load(Relaxed) - base) as f64 / n as f64;
     println!("{stats:?}");
@@ -122,8 +124,24 @@ fn thousands_of_agents_connect_on_one_engine() {
     let engine = Engine::start(&c).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     // Serve-style sessions: no channels.
-    connect_many(&engine, 1500, DataMode::Sink);
+    connect_many(&engine, 1500, DataMode::Sink, 2);
     // Application-owned agents: plus their event, state and data channels.
-    connect_many(&engine, 500, DataMode::App);
+    connect_many(&engine, 500, DataMode::App, 2);
+    engine.shutdown().unwrap();
+}
+
+/// Far more agents due in one turn than the shard has send slots (64): those left without
+/// a slot retry on the next turn instead of being served again in the same one, so the
+/// shard neither spins nor stalls and every agent connects.
+#[test]
+fn more_due_agents_than_send_slots_all_connect() {
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 1;
+    c.io.buf_count = 64;
+    c.io.batch = 16;
+    c.ice.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let engine = Engine::start(&c).unwrap();
+    connect_many(&engine, 600, DataMode::Sink, 1);
     engine.shutdown().unwrap();
 }

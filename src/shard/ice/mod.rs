@@ -42,6 +42,9 @@ use table::{Hosted, Table};
 /// At most this many shards host agents: the first ufrag character names the owner shard.
 pub const MAX_ICE_SHARDS: usize = 64;
 
+/// How long an agent starved of send slots waits before it tries again.
+const STARVED_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The application's side of an app-owned agent: events, state, received data.
 #[derive(Debug)]
 pub(crate) struct AppLink {
@@ -527,7 +530,9 @@ impl IceHost {
             starved = true;
         }
         let next = if starved {
-            Some(now)
+            // No send slot left this turn: retry once the flush has freed some (the next
+            // turn), not `now`, which `run_timers` would pop again at once.
+            Some(now + STARVED_RETRY)
         } else {
             let sv = h.servers.as_ref().and_then(|s| s.poll_timeout());
             match (h.agent.poll_timeout(), sv) {
@@ -544,8 +549,14 @@ impl IceHost {
     }
 
     /// Runs every agent whose deadline passed; their checks share this turn's flush.
+    /// Each entry due at the start runs at most once per turn: an agent that asks to run
+    /// again at `now` (or earlier) is served on the next turn, so the loop always ends.
     pub(crate) fn run_timers(&mut self, now: Instant, sendq: &mut SendQueue) {
-        while let Some(slot) = self.timers.pop_expired(now) {
+        let budget = self.timers.len();
+        for _ in 0..budget {
+            let Some(slot) = self.timers.pop_expired(now) else {
+                break;
+            };
             let Some(h) = self.table.get_mut(slot) else {
                 continue;
             };
