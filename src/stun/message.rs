@@ -352,6 +352,17 @@ impl<'a> Message<'a> {
         self.buf.get(at..at + (s & 0xFFFF))
     }
 
+    /// The first visible attribute recorded in `hot[slot]`, if its value is `N` bytes.
+    #[inline]
+    fn hot_array<const N: usize>(&self, slot: usize) -> Option<&'a [u8; N]> {
+        // An empty slot has length 0; no hot fixed-size value is empty.
+        let s = self.hot[slot] as usize;
+        if s & 0xFFFF != N {
+            return None;
+        }
+        self.buf.get(4 * (s >> 16)..)?.first_chunk::<N>()
+    }
+
     fn text(&self, typ: u16) -> Option<&'a str> {
         match self.get_decoded(typ)? {
             Ok(Attribute::Username(s) | Attribute::Realm(s) | Attribute::Nonce(s)) => Some(s),
@@ -394,25 +405,19 @@ impl<'a> Message<'a> {
     /// PRIORITY (RFC 8445 §7.1.1).
     #[inline]
     pub fn priority(&self) -> Option<u32> {
-        Some(u32::from_be_bytes(
-            self.hot_value(HOT_PRIORITY)?.try_into().ok()?,
-        ))
+        Some(u32::from_be_bytes(*self.hot_array(HOT_PRIORITY)?))
     }
 
     /// ICE-CONTROLLING tie-breaker.
     #[inline]
     pub fn ice_controlling(&self) -> Option<u64> {
-        Some(u64::from_be_bytes(
-            self.hot_value(HOT_ICE_CONTROLLING)?.try_into().ok()?,
-        ))
+        Some(u64::from_be_bytes(*self.hot_array(HOT_ICE_CONTROLLING)?))
     }
 
     /// ICE-CONTROLLED tie-breaker.
     #[inline]
     pub fn ice_controlled(&self) -> Option<u64> {
-        Some(u64::from_be_bytes(
-            self.hot_value(HOT_ICE_CONTROLLED)?.try_into().ok()?,
-        ))
+        Some(u64::from_be_bytes(*self.hot_array(HOT_ICE_CONTROLLED)?))
     }
 
     /// Whether USE-CANDIDATE is present.
