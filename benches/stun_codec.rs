@@ -3,11 +3,16 @@
 //! the same bytes: `icering` and `peer`.
 //!
 //! `cargo bench --bench stun_codec`
+//!
+//! With `STUN_CODEC_DECODE_LOOP=N` set, the binary skips criterion and runs the decode
+//! group's icering closure N times through `decode_once`, for instruction counts that do
+//! not depend on the machine's load (docs/benchmarks.md):
+//! `STUN_CODEC_DECODE_LOOP=100000 valgrind --tool=callgrind --toggle-collect='*decode_once*' target/release/deps/stun_codec-*`
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use icering::stun::{
     Attribute, ChannelData, Class, IntegrityKey, Message, MessageType, MessageWriter, Method,
 };
@@ -58,6 +63,24 @@ fn ours_encode(buf: &mut [u8], key: &IntegrityKey) -> usize {
     w.add_message_integrity(key).unwrap();
     w.add_fingerprint().unwrap();
     w.finish()
+}
+
+/// The decode group's icering closure: parse plus the three getters an ICE agent reads.
+#[inline(never)]
+fn decode_once(bytes: &[u8]) -> (Option<&str>, Option<u32>, Option<u64>) {
+    let m = Message::parse(black_box(bytes)).unwrap();
+    (m.username(), m.priority(), m.ice_controlling())
+}
+
+/// Callgrind driver: `n` decodes of the bench message, results checked.
+fn decode_loop(n: u64) {
+    let key = IntegrityKey::new(PWD.as_bytes());
+    let mut buf = [0u8; 256];
+    let len = ours_encode(&mut buf, &key);
+    for _ in 0..n {
+        let got = black_box(decode_once(black_box(&buf[..len])));
+        assert_eq!(got, (Some(USER), Some(PRIORITY), Some(TIE)));
+    }
 }
 
 fn config() -> Criterion {
@@ -166,4 +189,14 @@ criterion_group! {
     config = config();
     targets = benches
 }
-criterion_main!(stun_codec);
+fn main() {
+    if let Some(n) = std::env::var("STUN_CODEC_DECODE_LOOP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        decode_loop(n);
+        return;
+    }
+    stun_codec();
+    Criterion::default().configure_from_args().final_summary();
+}

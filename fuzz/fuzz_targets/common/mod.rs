@@ -18,8 +18,14 @@ thread_local! {
     static OUT: RefCell<Vec<u8>> = RefCell::new(vec![0; 20 + 4 + 65536]);
 }
 
-/// Parses `data` as a STUN message and, if it parses, exercises everything on it.
+/// The one-loop model of `Message::parse` (also used by `tests/stun_parse_model.rs`).
+#[path = "../../../tests/stun_model/mod.rs"]
+mod stun_model;
+
+/// Parses `data` as a STUN message and, if it parses, exercises everything on it; the
+/// parser must agree with the model on every input (same error, same visible view).
 pub fn stun(data: &[u8]) {
+    stun_model::agree(data);
     if let Ok(m) = Message::parse(data) {
         exercise(&m);
     }
