@@ -705,8 +705,15 @@ fn port_zero_binds_never_share_a_port() {
     let socks: Vec<UdpSocket> = (0..1000)
         .map(|_| bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap())
         .collect();
-    let mut ports: Vec<u16> = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
+    let mut ports: Vec<u16> = socks
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
     ports.sort_unstable();
     ports.dedup();
-    assert_eq!(ports.len(), socks.len(), "two reuse sockets got the same port");
+    assert_eq!(
+        ports.len(),
+        socks.len(),
+        "two reuse sockets got the same port"
+    );
 }
