@@ -447,7 +447,9 @@ impl Servers {
                 return FromServer::Consumed;
             }
         }
-        for r in self.relays.iter_mut().filter(|r| r.sock == sock) {
+        // TCP relays hear only their stream (`on_frame`).
+        let udp = |r: &&mut Relay| r.sock == sock && r.client.transport() == Protocol::Udp;
+        for r in self.relays.iter_mut().filter(udp) {
             match r.client.handle_packet(now, from, data) {
                 Handled::Data { peer, data } => {
                     return match r.client.relayed() {
