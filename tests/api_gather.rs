@@ -378,36 +378,12 @@ fn unsupported_or_invalid_urls_are_refused() {
     engine.shutdown().unwrap();
 }
 
-/// TURN over TCP (RFC 8656 §3.1) to the server's TCP listener on its UDP port: a
-/// relay-only agent connects to a host agent through it and data flows both ways.
+/// TURN over TCP (RFC 8656 §3.1) to the server's TCP listener on its UDP port, from
+/// agents on another engine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_agent_connects_through_a_tcp_relay() {
     let srv = server();
-    let at = srv.server_addrs()[0];
     let engine = agents();
-
-    // Host + relay: over TCP the server saw the client at its TCP connection's address,
-    // not at the agent's UDP socket (over UDP the relayed raddr is the host candidate,
-    // see `gathers_relay_and_drops_the_redundant_srflx`).
-    let both = base_opts()
-        .with_turn(&turn_tcp_url(at), "alice", "secret")
-        .with_candidate_types(only(true, false, true));
-    let mut c = engine.agent(both).unwrap();
-    let gc = gather(&mut c, None).await;
-    assert!(gc.errors.is_empty(), "{gc:?}");
-    let (hosts, relays) = (gc.of(CandidateKind::Host), gc.of(CandidateKind::Relayed));
-    assert_eq!((hosts.len(), relays.len()), (1, 1), "{gc:?}");
-    let mapped = relays[0].related.expect("raddr");
-    assert!(mapped.ip().is_loopback(), "{gc:?}");
-    assert_ne!(mapped, hosts[0].addr, "allocated over UDP? {gc:?}");
-    wait_server(&srv, "one allocation", |s| s.allocations() == 1);
-    // The allocation lives as long as the connection: closing the agent closes the
-    // stream (no Refresh is sent over TCP), and the server deletes the allocation.
-    c.close();
-    wait_server(&srv, "allocation deleted with the stream", |s| {
-        s.allocations() == 0
-    });
-
     tcp_relay_only_to_host(&srv, &engine).await;
     engine.shutdown().unwrap();
     srv.shutdown().unwrap();
@@ -437,10 +413,33 @@ async fn tcp_relay_on_the_servers_engine(backend: IoBackendChoice) {
     srv.shutdown().unwrap();
 }
 
-/// A relay-only agent (TURN over TCP to `srv`) connects to a host agent, both on
-/// `engine`, and carries data both ways.
+/// An agent gathering host + relay (TURN over TCP to `srv`) shows the allocation was made
+/// over TCP and ends with its stream; then a relay-only agent connects to a host agent,
+/// both on `engine`, and carries data both ways.
 async fn tcp_relay_only_to_host(srv: &Engine, engine: &Engine) {
     let at = srv.server_addrs()[0];
+    // Host + relay: over TCP the server saw the client at its TCP connection's address,
+    // not at the agent's UDP socket (over UDP the relayed raddr is the host candidate,
+    // see `gathers_relay_and_drops_the_redundant_srflx`).
+    let both = base_opts()
+        .with_turn(&turn_tcp_url(at), "alice", "secret")
+        .with_candidate_types(only(true, false, true));
+    let mut c = engine.agent(both).unwrap();
+    let gc = gather(&mut c, None).await;
+    assert!(gc.errors.is_empty(), "{gc:?}");
+    let (hosts, relays) = (gc.of(CandidateKind::Host), gc.of(CandidateKind::Relayed));
+    assert_eq!((hosts.len(), relays.len()), (1, 1), "{gc:?}");
+    let mapped = relays[0].related.expect("raddr");
+    assert!(mapped.ip().is_loopback(), "{gc:?}");
+    assert_ne!(mapped, hosts[0].addr, "allocated over UDP? {gc:?}");
+    wait_server(srv, "one allocation", |s| s.allocations() == 1);
+    // The allocation lives as long as the connection: closing the agent closes the
+    // stream (no Refresh is sent over TCP), and the server deletes the allocation.
+    c.close();
+    wait_server(srv, "allocation deleted with the stream", |s| {
+        s.allocations() == 0
+    });
+
     let relay_only = base_opts()
         .with_turn(&turn_tcp_url(at), "alice", "secret")
         .with_candidate_types(only(false, false, true));
