@@ -860,7 +860,8 @@ impl IceHost {
         });
         set.take_closed(&mut self.closed);
         self.streams = Some(set);
-        for (id, _) in std::mem::take(&mut self.closed) {
+        let mut closed = std::mem::take(&mut self.closed);
+        for (id, _) in closed.drain(..) {
             let Some(slot) = self.stream_slots.remove(&id) else {
                 continue;
             };
@@ -869,6 +870,7 @@ impl IceHost {
             }
             self.drive(now, sendq, slot);
         }
+        self.closed = closed; // keeps its capacity
     }
 
     /// Bytes from `stream` of the agent in `slot`: false if they are not framed (the
