@@ -59,6 +59,10 @@ fn turn_url(server: SocketAddr) -> String {
     format!("turn:{server}?transport=udp")
 }
 
+fn turn_tcp_url(server: SocketAddr) -> String {
+    format!("turn:{server}?transport=tcp")
+}
+
 fn only(host: bool, srflx: bool, relay: bool) -> CandidateTypes {
     CandidateTypes { host, srflx, relay }
 }
@@ -353,8 +357,13 @@ fn unsupported_or_invalid_urls_are_refused() {
         engine.agent(stun.clone().with_mux(true)),
         Err(ApiError::Unsupported(_))
     ));
+    // TURN over TCP is accepted (on a dedicated agent), not on mux agents.
     let tcp = AgentOptions::default().with_turn("turn:127.0.0.1?transport=tcp", "u", "p");
-    assert!(matches!(engine.agent(tcp), Err(ApiError::Unsupported(_))));
+    assert!(matches!(
+        engine.agent(tcp.clone().with_mux(true)),
+        Err(ApiError::Unsupported(_))
+    ));
+    assert!(engine.agent(tcp).is_ok());
     let tls = AgentOptions::default().with_turn("turns:127.0.0.1", "u", "p");
     assert!(matches!(engine.agent(tls), Err(ApiError::Unsupported(_))));
     let no_user = AgentOptions::default().with_urls(&["turn:127.0.0.1"]);
@@ -366,5 +375,114 @@ fn unsupported_or_invalid_urls_are_refused() {
     assert!(!dbg.contains("hunter2"), "{dbg}");
     // A valid STUN URL on a dedicated agent is accepted.
     assert!(engine.agent(stun).is_ok());
+    engine.shutdown().unwrap();
+}
+
+/// TURN over TCP (RFC 8656 §3.1) to the server's TCP listener on its UDP port, from
+/// agents on another engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_agent_connects_through_a_tcp_relay() {
+    let srv = server();
+    let engine = agents();
+    tcp_relay_only_to_host(&srv, &engine).await;
+    engine.shutdown().unwrap();
+    srv.shutdown().unwrap();
+}
+
+/// The same with the agents hosted by the TURN server's own engine: its shard then
+/// watches two stream sets (the server's listeners and the agents' TURN streams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_relay_beside_the_servers_own_tcp_listener() {
+    tcp_relay_on_the_servers_engine(IoBackendChoice::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_relay_beside_the_servers_own_tcp_listener_on_the_portable_backend() {
+    tcp_relay_on_the_servers_engine(IoBackendChoice::Portable).await;
+}
+
+async fn tcp_relay_on_the_servers_engine(backend: IoBackendChoice) {
+    let mut c = Config::embedded();
+    c.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.server.shards = 1;
+    c.io.backend = backend;
+    c.turn.users = vec!["alice:secret".into()];
+    c.turn.allow_loopback_peers = true;
+    let srv = Engine::start(&c).unwrap();
+    tcp_relay_only_to_host(&srv, &srv).await;
+    srv.shutdown().unwrap();
+}
+
+/// An agent gathering host + relay (TURN over TCP to `srv`) shows the allocation was made
+/// over TCP and ends with its stream; then a relay-only agent connects to a host agent,
+/// both on `engine`, and carries data both ways.
+async fn tcp_relay_only_to_host(srv: &Engine, engine: &Engine) {
+    let at = srv.server_addrs()[0];
+    // Host + relay: over TCP the server saw the client at its TCP connection's address,
+    // not at the agent's UDP socket (over UDP the relayed raddr is the host candidate,
+    // see `gathers_relay_and_drops_the_redundant_srflx`).
+    let both = base_opts()
+        .with_turn(&turn_tcp_url(at), "alice", "secret")
+        .with_candidate_types(only(true, false, true));
+    let mut c = engine.agent(both).unwrap();
+    let gc = gather(&mut c, None).await;
+    assert!(gc.errors.is_empty(), "{gc:?}");
+    let (hosts, relays) = (gc.of(CandidateKind::Host), gc.of(CandidateKind::Relayed));
+    assert_eq!((hosts.len(), relays.len()), (1, 1), "{gc:?}");
+    let mapped = relays[0].related.expect("raddr");
+    assert!(mapped.ip().is_loopback(), "{gc:?}");
+    assert_ne!(mapped, hosts[0].addr, "allocated over UDP? {gc:?}");
+    wait_server(srv, "one allocation", |s| s.allocations() == 1);
+    // The allocation lives as long as the connection: closing the agent closes the
+    // stream (no Refresh is sent over TCP), and the server deletes the allocation.
+    c.close();
+    wait_server(srv, "allocation deleted with the stream", |s| {
+        s.allocations() == 0
+    });
+
+    let relay_only = base_opts()
+        .with_turn(&turn_tcp_url(at), "alice", "secret")
+        .with_candidate_types(only(false, false, true));
+    let mut a = engine.agent(relay_only).unwrap();
+    let mut b = engine.agent(base_opts()).unwrap();
+    let ga = gather(&mut a, Some(&b)).await;
+    let gb = gather(&mut b, Some(&a)).await;
+    assert!(ga.errors.is_empty(), "{ga:?}");
+    assert_eq!(ga.candidates.len(), 1, "{ga:?}");
+    let relayed = ga.candidates[0].clone();
+    assert_eq!(relayed.kind, CandidateKind::Relayed);
+    assert_eq!(gb.of(CandidateKind::Host).len(), 1, "{gb:?}");
+
+    let (mut ca, mut cb) = connect(&a, &b).await;
+    let (sa, sb) = (ca.stats().await.unwrap(), cb.stats().await.unwrap());
+    assert_eq!(sa.selected.expect("a selected").0, relayed.addr);
+    assert_eq!(sb.selected.expect("b selected").1, relayed.addr);
+    exchange(&mut ca, &mut cb, 5).await;
+    wait_server(srv, "relayed both ways", |s| {
+        s.relayed_to_peer >= 5 && s.relayed_to_client >= 5
+    });
+    a.close();
+    b.close();
+    wait_server(srv, "allocation deleted", |s| s.allocations() == 0);
+}
+
+/// A TURN-over-TCP server that refuses the connection: a `GatherError` for that URL, and
+/// gathering still ends with the host candidate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tcp_relay_is_reported_and_gathering_ends() {
+    // A port nobody listens on (bound then dropped).
+    let at = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let engine = agents();
+    let opts = base_opts().with_turn(&turn_tcp_url(at), "alice", "secret");
+    let mut a = engine.agent(opts).unwrap();
+    let g = gather(&mut a, None).await;
+    assert_eq!(g.of(CandidateKind::Host).len(), 1, "{g:?}");
+    assert!(g.of(CandidateKind::Relayed).is_empty(), "{g:?}");
+    assert_eq!(g.errors.len(), 1, "{g:?}");
+    assert_eq!(g.errors[0].0, turn_tcp_url(at));
+    assert!(g.errors[0].1.contains("TCP"), "{g:?}");
     engine.shutdown().unwrap();
 }

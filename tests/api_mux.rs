@@ -174,8 +174,8 @@ fn unsupported_options_are_refused() {
     c.server.listen.clear();
     c.server.shards = 1;
     let engine = Engine::start(&c).unwrap();
-    // TURN over TCP needs outgoing TCP streams the shards do not have.
-    let urls = AgentOptions::default().with_turn("turn:127.0.0.1?transport=tcp", "u", "p");
+    // TLS (`turns:`) is not supported from the shards (TURN over TCP is: api_gather).
+    let urls = AgentOptions::default().with_turn("turns:127.0.0.1", "u", "p");
     assert!(matches!(engine.agent(urls), Err(ApiError::Unsupported(_))));
     // No `[ice] listen`: a mux agent has nowhere to live.
     let mux = AgentOptions::default().with_mux(true);

@@ -95,10 +95,8 @@ fn parse_urls(opts: &AgentOptions) -> Result<Vec<(IceUrl, String, String)>, ApiE
                     "stuns:/turns: (TLS) URLs on the shards",
                 ));
             }
-            if url.transport != Protocol::Udp {
-                return Err(ApiError::Unsupported(
-                    "TURN over TCP from the shards (the io layer has no outgoing TCP streams)",
-                ));
+            if url.transport != Protocol::Udp && !url.scheme.is_turn() {
+                return Err(ApiError::Unsupported("STUN over TCP from the shards"));
             }
             if url.scheme.is_turn() && u.username.is_empty() {
                 return Err(ApiError::Invalid(format!(

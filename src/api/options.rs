@@ -78,7 +78,7 @@ impl std::str::FromStr for CandidateTypes {
 /// A STUN or TURN server (pion: a `stun.URI` in `Urls`, with `Username`/`Password`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerUrl {
-    /// `stun:host[:port]` or `turn:host[:port][?transport=udp]` (RFC 7064/7065).
+    /// `stun:host[:port]` or `turn:host[:port][?transport=udp|tcp]` (RFC 7064/7065).
     pub url: String,
     /// TURN long-term credential user name (unused for STUN).
     pub username: String,
@@ -148,7 +148,7 @@ pub struct AgentOptions {
     pub nat_1to1_ips: Vec<IpAddr>,
     /// STUN/TURN servers for server-reflexive and relayed candidates (dedicated sockets
     /// only: [`Engine::agent`](super::Engine::agent) refuses them with `mux`). TURN over
-    /// UDP only for now (`?transport=tcp` and `turns:` are refused).
+    /// UDP or TCP (`?transport=tcp`); `turns:` (TLS) is refused.
     pub urls: Vec<ServerUrl>,
     /// Candidate types to gather (e.g. relay only, to force the relay).
     pub candidate_types: CandidateTypes,

@@ -428,12 +428,16 @@ impl Backend {
 
     /// Also end [`poll`](Self::poll)'s wait when `fd` becomes readable (level-triggered),
     /// e.g. the epoll set of a [`StreamSet`]; [`take_watch_ready`](Self::take_watch_ready)
-    /// then says so. One fd per backend; the caller keeps it open while the backend lives.
+    /// then says so for any of them. May be called again for more fds (the shard watches
+    /// the TURN server's listeners and the hosted agents' TURN-over-TCP streams, two
+    /// [`StreamSet`]s): uring arms one one-shot poll per fd, portable adds one epoll entry
+    /// per fd. The caller keeps each fd open while the backend lives.
     pub fn watch_fd(&mut self, fd: std::os::fd::RawFd) -> Result<(), IoError> {
         dispatch!(self, b => b.watch_fd(fd))
     }
 
-    /// Whether the watched fd was readable since the last call (and clears the flag).
+    /// Whether a watched fd was readable since the last call (and clears the flag); the
+    /// caller polls every watched set (a set with nothing ready costs one `epoll_wait`).
     pub fn take_watch_ready(&mut self) -> bool {
         dispatch!(self, b => std::mem::take(&mut b.watch_ready))
     }

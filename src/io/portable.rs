@@ -19,7 +19,7 @@ use super::{
 
 /// epoll token of the waker (sockets use `generation << 32 | index`).
 const WAKER_TOKEN: u64 = u64::MAX;
-/// epoll token of the watched fd (`Backend::watch_fd`).
+/// epoll token of the watched fds (`Backend::watch_fd`; one entry per fd).
 const WATCH_TOKEN: u64 = u64::MAX - 1;
 /// epoll events fetched per `epoll_wait`.
 const MAX_EVENTS: usize = 64;

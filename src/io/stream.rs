@@ -53,8 +53,10 @@ struct Stream {
     peer: SocketAddr,
     generation: u32,
     backlog: Vec<u8>,
-    /// EPOLLOUT is registered (the backlog is not empty).
+    /// EPOLLOUT is registered (the backlog is not empty, or the connect is pending).
     want_write: bool,
+    /// An outgoing connect has not completed yet: sends go to the backlog.
+    connecting: bool,
 }
 
 /// TCP listeners and their accepted streams on one epoll set; see the module docs.
@@ -197,6 +199,9 @@ impl StreamSet {
                 }
                 let id = StreamId(idx);
                 if ev.events & libc::EPOLLOUT as u32 != 0 {
+                    if !self.finish_connect(id) {
+                        continue;
+                    }
                     self.write_backlog(id);
                 }
                 if ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
@@ -227,38 +232,97 @@ impl StreamSet {
                 continue; // dropping `sock` closes it
             }
             let _ = sock.set_nodelay(true);
-            let idx = match self.free.pop() {
-                Some(i) => i,
-                None => {
-                    self.streams.push(None);
-                    self.generations.push(0);
-                    (self.streams.len() - 1) as u32
-                }
-            };
-            let generation = self.generations[idx as usize];
-            let token = (u64::from(generation) << 32) | u64::from(idx);
-            if ctl(
-                self.fd(),
-                libc::EPOLL_CTL_ADD,
-                sock.as_raw_fd(),
-                (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-                token,
-            )
-            .is_err()
-            {
+            if self.insert(sock, peer, false).is_err() {
                 self.stats.refused += 1;
-                self.free.push(idx);
                 continue;
             }
-            self.streams[idx as usize] = Some(Stream {
-                sock,
-                peer,
-                generation,
-                backlog: Vec::new(),
-                want_write: false,
-            });
-            self.open += 1;
             self.stats.accepted += 1;
+        }
+    }
+
+    /// Registers an open (or connecting) stream in a free slot.
+    fn insert(
+        &mut self,
+        sock: TcpStream,
+        peer: SocketAddr,
+        connecting: bool,
+    ) -> io::Result<StreamId> {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.streams.push(None);
+                self.generations.push(0);
+                (self.streams.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[idx as usize];
+        let token = (u64::from(generation) << 32) | u64::from(idx);
+        let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        if connecting {
+            events |= libc::EPOLLOUT as u32;
+        }
+        if let Err(e) = ctl(
+            self.fd(),
+            libc::EPOLL_CTL_ADD,
+            sock.as_raw_fd(),
+            events,
+            token,
+        ) {
+            self.free.push(idx);
+            return Err(e);
+        }
+        self.streams[idx as usize] = Some(Stream {
+            sock,
+            peer,
+            generation,
+            backlog: Vec::new(),
+            want_write: connecting,
+            connecting,
+        });
+        self.open += 1;
+        Ok(StreamId(idx))
+    }
+
+    /// Opens a connection to `addr` without blocking: the stream is registered for
+    /// writability until the connect completes; what is [`send`](Self::send) before that
+    /// waits in its backlog and is written once it completes. A connect that fails later
+    /// closes the stream ([`take_closed`](Self::take_closed) lists it); one that fails at
+    /// once (or a full set) is the error here.
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<StreamId> {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        if self.open >= self.max_streams {
+            return Err(io::Error::other("too many open streams"));
+        }
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_nonblocking(true)?;
+        let _ = sock.set_tcp_nodelay(true);
+        let connecting = match sock.connect(&SockAddr::from(addr)) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+            Err(e) => return Err(e),
+        };
+        self.insert(TcpStream::from(sock), addr, connecting)
+    }
+
+    /// A pending connect's stream became writable: whether it is connected now (else it
+    /// is closed). Streams not connecting are connected.
+    fn finish_connect(&mut self, id: StreamId) -> bool {
+        let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        if !s.connecting {
+            return true;
+        }
+        match s.sock.take_error() {
+            Ok(None) => {
+                s.connecting = false;
+                true
+            }
+            Ok(Some(e)) | Err(e) => {
+                tracing::debug!(peer = %s.peer, "tcp connect: {e}");
+                self.close(id);
+                false
+            }
         }
     }
 
@@ -303,7 +367,7 @@ impl StreamSet {
         };
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0;
-        if s.backlog.is_empty() {
+        if s.backlog.is_empty() && !s.connecting {
             let slices: [IoSlice<'_>; 4] =
                 std::array::from_fn(|k| IoSlice::new(parts.get(k).copied().unwrap_or_default()));
             let n = parts.len().min(4);

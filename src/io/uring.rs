@@ -162,10 +162,10 @@ pub struct UringBackend {
     pub(crate) waker: Waker,
     wake_buf: Box<UnsafeCell<u64>>,
     wake_armed: bool,
-    /// A foreign fd whose readability ends a wait (see `Backend::watch_fd`): one-shot
-    /// `PollAdd`, re-armed at the next poll, so it behaves level-triggered.
-    watch: Option<std::os::fd::RawFd>,
-    watch_armed: bool,
+    /// Foreign fds whose readability ends a wait (see `Backend::watch_fd`), with whether
+    /// their poll is armed: one one-shot `PollAdd` each (the index in the user data),
+    /// re-armed at the next poll, so they behave level-triggered.
+    watch: Vec<(std::os::fd::RawFd, bool)>,
     pub(crate) watch_ready: bool,
     closing: bool,
     cqes: Vec<cqueue::Entry>,
@@ -290,8 +290,7 @@ impl UringBackend {
             waker: Waker::new(false)?,
             wake_buf: Box::new(UnsafeCell::new(0)),
             wake_armed: false,
-            watch: None,
-            watch_armed: false,
+            watch: Vec::new(),
             watch_ready: false,
             closing: false,
             cqes: Vec::with_capacity(cq as usize),
@@ -324,25 +323,28 @@ impl UringBackend {
     }
 
     pub(crate) fn watch_fd(&mut self, fd: std::os::fd::RawFd) -> Result<(), IoError> {
-        self.watch = Some(fd);
+        self.watch.push((fd, false));
         self.arm_watch()?;
         Ok(())
     }
 
     fn arm_watch(&mut self) -> io::Result<()> {
-        let Some(fd) = self.watch else {
-            return Ok(());
-        };
-        if self.watch_armed || self.closing {
+        if self.closing {
             return Ok(());
         }
-        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
-            .build()
-            .user_data(ud(K_WATCH, 0, 0));
-        // SAFETY: the poll SQE holds no pointers; the caller keeps the fd open while
-        // it is watched (`Backend::watch_fd`).
-        unsafe { push_sqe(&mut self.ring, &e) }?;
-        self.watch_armed = true;
+        for i in 0..self.watch.len() {
+            let (fd, armed) = self.watch[i];
+            if armed {
+                continue;
+            }
+            let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+                .build()
+                .user_data(ud(K_WATCH, 0, i as u32));
+            // SAFETY: the poll SQE holds no pointers; the caller keeps the fd open while
+            // it is watched (`Backend::watch_fd`).
+            unsafe { push_sqe(&mut self.ring, &e) }?;
+            self.watch[i].1 = true;
+        }
         Ok(())
     }
 
@@ -692,7 +694,9 @@ impl UringBackend {
                 0
             }
             K_WATCH => {
-                self.watch_armed = false;
+                if let Some(w) = self.watch.get_mut((c.user_data() & 0xffff_ffff) as usize) {
+                    w.1 = false;
+                }
                 self.watch_ready = true;
                 0
             }

@@ -232,6 +232,9 @@ pub(super) fn run(
             )
         })?;
         if backend.take_watch_ready() {
+            // Either set may be the ready one (both are watched): each poll is one
+            // `epoll_wait` when idle.
+            ice.poll_streams(Instant::now(), backend.send_queue());
             let mut ports = Deferred {
                 to_close: &mut to_close,
                 parked: &p.parked,

@@ -33,10 +33,10 @@ use super::timers::Timers;
 use super::{Control, ShardCounters};
 use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode};
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
-use crate::io::{Backend, SendQueue, SocketId, Waker};
-use crate::net::Received;
+use crate::io::{Backend, SendQueue, SocketId, StreamId, StreamSet, Waker};
+use crate::net::{Protocol, Received};
 use demux::{Owner, Verdict};
-use servers::{FromServer, Servers};
+use servers::{FromServer, Servers, Wrapped};
 use table::{Hosted, Table};
 
 /// At most this many shards host agents: the first ufrag character names the owner shard.
@@ -222,7 +222,18 @@ pub(crate) struct IceHost {
     /// An agent's transmit from a relayed address, copied out of its send slot so the
     /// TURN client can wrap it into the same slot (allocated once).
     scratch: Box<[u8]>,
+    /// TURN-over-TCP streams of the agents' relays (created with the first one, then
+    /// watched by the backend beside the TURN server's own set).
+    streams: Option<StreamSet>,
+    /// Stream → slot of the agent whose relay owns it.
+    stream_slots: HashMap<StreamId, u32>,
+    /// Closed streams (reused buffer).
+    closed: Vec<(StreamId, SocketAddr)>,
 }
+
+/// TURN-over-TCP streams per shard and unsent bytes per stream.
+const MAX_TURN_STREAMS: usize = 4096;
+const MAX_TURN_BACKLOG: usize = 256 * 1024;
 
 /// Largest agent transmit (a connectivity check) relayed through TURN.
 const MAX_RELAYED_CHECK: usize = 1500;
@@ -245,6 +256,9 @@ impl IceHost {
             stats: IceStats::default(),
             counters: c,
             scratch: vec![0; MAX_RELAYED_CHECK].into_boxed_slice(),
+            streams: None,
+            stream_slots: HashMap::new(),
+            closed: Vec::new(),
         };
         for (i, (id, addr)) in mux.into_iter().enumerate() {
             host.set_role(id, SockRole::Mux(i as u16));
@@ -376,6 +390,26 @@ impl IceHost {
                 (from, local, data)
             }
         };
+        self.feed(now, sendq, slot, Some(sock), source, local, data);
+        self.drive(now, sendq, slot);
+    }
+
+    /// Feeds a packet from `source` to `local` (received on `sock`, or relayed over TCP)
+    /// to the agent in `slot` and hands its data to the application (or echoes it).
+    #[allow(clippy::too_many_arguments)]
+    fn feed(
+        &mut self,
+        now: Instant,
+        sendq: &mut SendQueue,
+        slot: u32,
+        sock: Option<SocketId>,
+        source: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+    ) {
+        let Some(h) = self.table.get_mut(slot) else {
+            return;
+        };
         let pkt = Received {
             source,
             destination: local,
@@ -391,7 +425,7 @@ impl IceHost {
                 match h.mode {
                     DataMode::Sink => {}
                     DataMode::Echo => {
-                        if send_app(h, sendq, now, Some(sock), local, source, data) {
+                        if send_app(h, sendq, now, sock, local, source, data) {
                             self.stats.data_out += 1;
                         } else {
                             self.stats.drop_send += 1;
@@ -410,7 +444,6 @@ impl IceHost {
                 }
             }
         }
-        self.drive(now, sendq, slot);
     }
 
     /// Drains the agent's transmits into send slots and its events to the application,
@@ -448,7 +481,8 @@ impl IceHost {
                 _ => None,
             };
             match relayed {
-                Some((sock, server, n)) => sendq.commit(sock, server, n),
+                Some(Wrapped::Datagram(sock, server, n)) => sendq.commit(sock, server, n),
+                Some(Wrapped::Stream) => {}
                 None => self.stats.drop_send += 1,
             }
         }
@@ -647,7 +681,18 @@ impl IceHost {
                     if servers.is_empty() || dedicated.is_empty() {
                         h.agent.end_of_local_candidates();
                     } else {
-                        let sv = Servers::new(servers, dedicated, types, seed, now);
+                        let tcp = types.relay
+                            && servers.iter().any(|s| {
+                                s.url.scheme.is_turn() && s.url.transport == Protocol::Tcp
+                            });
+                        if tcp && self.streams.is_none() {
+                            self.streams = open_stream_set(backend);
+                        }
+                        let set = if tcp { self.streams.as_mut() } else { None };
+                        let sv = Servers::new(servers, dedicated, types, seed, now, set);
+                        for id in sv.streams() {
+                            self.stream_slots.insert(id, slot);
+                        }
                         // End of gathering follows once every server is done (drive).
                         h.servers = Some(Box::new(sv));
                     }
@@ -767,6 +812,13 @@ impl IceHost {
         h.agent.close();
         if let Some(sv) = h.servers.as_mut() {
             sv.close(now, &mut self.scratch);
+            // TURN over TCP: closing the connection deletes the allocation (RFC 8656 §3.1).
+            for id in sv.streams() {
+                self.stream_slots.remove(&id);
+                if let Some(set) = self.streams.as_mut() {
+                    set.close(id);
+                }
+            }
         }
         if h.up {
             self.stats.connected -= 1;
@@ -801,8 +853,106 @@ impl IceHost {
         self.stats.closed += 1;
     }
 
-    /// End of a loop turn: wake the shards we handed datagrams to, publish counters.
+    /// Reads the agents' TURN-over-TCP streams (when a watched fd was ready): each frame
+    /// goes to its relay's client, relayed data to the agent as from the peer; a closed
+    /// stream (or one that is not STUN/ChannelData framed) ends its relay.
+    pub(crate) fn poll_streams(&mut self, now: Instant, sendq: &mut SendQueue) {
+        let Some(mut set) = self.streams.take() else {
+            return;
+        };
+        set.poll(&mut |set, id, _peer, bytes| {
+            let Some(&slot) = self.stream_slots.get(&id) else {
+                set.close(id);
+                return;
+            };
+            if !self.on_stream(now, sendq, slot, id, bytes) {
+                set.close(id);
+            }
+        });
+        set.take_closed(&mut self.closed);
+        self.streams = Some(set);
+        let mut closed = std::mem::take(&mut self.closed);
+        for (id, _) in closed.drain(..) {
+            let Some(slot) = self.stream_slots.remove(&id) else {
+                continue;
+            };
+            if let Some(sv) = self.table.get_mut(slot).and_then(|h| h.servers.as_mut()) {
+                sv.stream_closed(id, "closed");
+            }
+            self.drive(now, sendq, slot);
+        }
+        self.closed = closed; // keeps its capacity
+    }
+
+    /// Bytes from `stream` of the agent in `slot`: false if they are not framed (the
+    /// stream is then closed by the caller).
+    fn on_stream(
+        &mut self,
+        now: Instant,
+        sendq: &mut SendQueue,
+        slot: u32,
+        stream: StreamId,
+        bytes: &[u8],
+    ) -> bool {
+        let Some(mut dec) = self
+            .table
+            .get_mut(slot)
+            .and_then(|h| h.servers.as_mut())
+            .and_then(|sv| sv.take_decoder(stream))
+        else {
+            return false;
+        };
+        dec.push(bytes);
+        let mut ok = true;
+        while let Some(frame) = dec.next_frame() {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!("TURN over TCP: {e}");
+                    ok = false;
+                    break;
+                }
+            };
+            let Some(h) = self.table.get_mut(slot) else {
+                return false;
+            };
+            let Some(sv) = h.servers.as_mut() else {
+                return false;
+            };
+            if let FromServer::Data {
+                relayed,
+                peer,
+                data,
+            } = sv.on_frame(now, stream, frame)
+            {
+                self.feed(now, sendq, slot, None, peer, relayed, data);
+            }
+        }
+        if let Some(sv) = self.table.get_mut(slot).and_then(|h| h.servers.as_mut()) {
+            sv.put_decoder(stream, dec);
+        }
+        self.drive(now, sendq, slot);
+        ok
+    }
+
+    /// Writes what the agents' TCP relays queued this turn.
+    fn flush_streams(&mut self) {
+        let Some(set) = self.streams.as_mut() else {
+            return;
+        };
+        for &slot in self.stream_slots.values() {
+            if let Some(sv) = self.table.get_mut(slot).and_then(|h| h.servers.as_mut()) {
+                sv.flush_streams(set);
+            }
+        }
+    }
+
+    /// End of a loop turn: write the TCP relays' frames, wake the shards we handed
+    /// datagrams to, publish counters.
     pub(crate) fn end_turn(&mut self) {
+        if !self.stream_slots.is_empty() {
+            self.flush_streams();
+        }
         if self.wake != 0 {
             if let Some(peers) = &self.peers {
                 for (i, (_, waker)) in peers.iter().enumerate() {
@@ -834,10 +984,11 @@ fn send_app(
     };
     let queued = match h.servers.as_mut() {
         Some(sv) if sv.is_relayed(local) => match sv.wrap(local, remote, data, out, now) {
-            Some((sock, server, n)) => {
+            Some(Wrapped::Datagram(sock, server, n)) => {
                 sendq.commit(sock, server, n);
                 true
             }
+            Some(Wrapped::Stream) => true,
             None => false,
         },
         _ => match sock {
@@ -854,6 +1005,19 @@ fn send_app(
         h.packets_out += 1;
     }
     queued
+}
+
+/// The shard's set of TURN-over-TCP streams, watched by the backend (`None`, logged, if
+/// either fails: TCP relays then fail to gather).
+fn open_stream_set(backend: &mut Backend) -> Option<StreamSet> {
+    let set = StreamSet::new(MAX_TURN_STREAMS, MAX_TURN_BACKLOG, 64 * 1024)
+        .inspect_err(|e| tracing::warn!("TURN over TCP: {e}"))
+        .ok()?;
+    backend
+        .watch_fd(set.fd())
+        .inspect_err(|e| tracing::warn!("TURN over TCP: {e}"))
+        .ok()?;
+    Some(set)
 }
 
 /// Whether a candidate base lives on a socket bound to `bound` (exact, or the same port on

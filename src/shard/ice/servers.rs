@@ -7,13 +7,22 @@
 //! a relayed address is wrapped by that relay's client (Send indication, then ChannelData
 //! once the selected pair's channel is bound), and data the client unwraps is fed to the
 //! agent as arriving from the peer on the relayed address.
+//!
+//! TURN over TCP (`turn:...?transport=tcp`, RFC 8656 §3.1): the relay's client runs with
+//! `Protocol::Tcp` (no retransmissions, padded ChannelData) over a stream the shard's ICE
+//! [`StreamSet`] connects. Its transmits are collected in the relay's `tx` and written to
+//! the stream at the end of the turn ([`Servers::flush_streams`]); received bytes are cut
+//! into frames by a [`StreamDecoder`] and fed to the client as from the server. A closed
+//! stream ends the relay (a `GatherError` while it had no allocation yet).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
 
 use crate::api::{AgentEvent, CandidateTypes};
 use crate::ice::{Candidate, IceAgent, IceUrl};
-use crate::io::{SendQueue, SocketId};
+use crate::io::{SendQueue, SocketId, StreamId, StreamSet};
+use crate::net::Protocol;
+use crate::turn::client::stream::StreamDecoder;
 use crate::turn::client::{
     BindingClient, BindingEvent, Client, ClientConfig, ClientEvent, Handled, Retransmit,
 };
@@ -45,6 +54,27 @@ struct Relay {
     sock: SocketId,
     client: Client,
     done: bool,
+    /// TURN over TCP: the stream to the server (`None` once closed).
+    tcp: Option<TcpLink>,
+}
+
+/// The stream of a TURN-over-TCP relay.
+#[derive(Debug)]
+struct TcpLink {
+    stream: StreamId,
+    /// Frames cut from the bytes received.
+    decoder: StreamDecoder,
+    /// Bytes to write to the stream at the end of the turn.
+    tx: Vec<u8>,
+}
+
+/// Where a wrapped relay transmit goes.
+#[derive(Debug)]
+pub(crate) enum Wrapped {
+    /// Commit the slot: (socket, server, size).
+    Datagram(SocketId, SocketAddr, usize),
+    /// Queued for the relay's TCP stream (the slot stays free).
+    Stream,
 }
 
 /// What a datagram from a server was.
@@ -88,6 +118,7 @@ impl Servers {
         types: CandidateTypes,
         seed: u64,
         now: Instant,
+        mut streams: Option<&mut StreamSet>,
     ) -> Servers {
         let mut s = Servers {
             bindings: Vec::new(),
@@ -131,13 +162,40 @@ impl Servers {
                 };
                 used = true;
                 if turn {
-                    let mut cfg = ClientConfig::new(*server, *base, &spec.username, &spec.password);
+                    let mut local = *base;
+                    let mut tcp = None;
+                    if spec.url.transport == Protocol::Tcp {
+                        let opened = match streams.as_deref_mut() {
+                            Some(set) => set.connect(*server).map(|id| (id, set.local_addr(id))),
+                            None => Err(std::io::Error::other("no TCP stream set")),
+                        };
+                        match opened {
+                            Ok((stream, addr)) => {
+                                local = addr.unwrap_or(local);
+                                tcp = Some(TcpLink {
+                                    stream,
+                                    decoder: StreamDecoder::default(),
+                                    tx: Vec::new(),
+                                });
+                            }
+                            Err(e) => {
+                                s.errors
+                                    .push((spec.url.to_string(), format!("TCP connect: {e}")));
+                                break;
+                            }
+                        }
+                    }
+                    let mut cfg = ClientConfig::new(*server, local, &spec.username, &spec.password);
                     cfg.seed = next_seed();
+                    if tcp.is_some() {
+                        cfg.transport = Protocol::Tcp;
+                    }
                     s.relays.push(Relay {
                         url: spec.url.clone(),
                         sock: *id,
                         client: Client::new(cfg, now),
                         done: false,
+                        tcp,
                     });
                     if let Some(d) = dups.iter_mut().find(|(i, _)| i == id)
                         && let Some(sock) = d.1.take()
@@ -214,10 +272,102 @@ impl Servers {
                 let Some(t) = r.client.poll_transmit(now, buf) else {
                     break;
                 };
-                sendq.commit(r.sock, t.destination, t.size);
+                match r.tcp.as_mut() {
+                    // The slot was scratch: the frame (padded by the client) is queued.
+                    Some(l) => l.tx.extend_from_slice(&buf[..t.size]),
+                    // The stream closed: nothing to send it on.
+                    None if r.client.transport() == Protocol::Tcp => {}
+                    None => sendq.commit(r.sock, t.destination, t.size),
+                }
             }
         }
         true
+    }
+
+    /// The TCP streams of this agent's relays.
+    pub fn streams(&self) -> impl Iterator<Item = StreamId> + '_ {
+        self.relays
+            .iter()
+            .filter_map(|r| r.tcp.as_ref().map(|l| l.stream))
+    }
+
+    /// Writes what the TCP relays queued to their streams.
+    pub fn flush_streams(&mut self, set: &mut StreamSet) {
+        for l in self.relays.iter_mut().filter_map(|r| r.tcp.as_mut()) {
+            if !l.tx.is_empty() {
+                // A failed write closes the stream: `take_closed` reports it.
+                set.send(l.stream, &[&l.tx]);
+                l.tx.clear();
+            }
+        }
+    }
+
+    /// Takes the decoder of `stream` out (to lend its frames while the clients are
+    /// borrowed); [`put_decoder`](Self::put_decoder) returns it.
+    pub fn take_decoder(&mut self, stream: StreamId) -> Option<StreamDecoder> {
+        let l = self
+            .relays
+            .iter_mut()
+            .find_map(|r| r.tcp.as_mut().filter(|l| l.stream == stream))?;
+        Some(std::mem::replace(&mut l.decoder, StreamDecoder::new(0)))
+    }
+
+    /// Returns a decoder taken by [`take_decoder`](Self::take_decoder).
+    pub fn put_decoder(&mut self, stream: StreamId, decoder: StreamDecoder) {
+        if let Some(l) = self
+            .relays
+            .iter_mut()
+            .find_map(|r| r.tcp.as_mut().filter(|l| l.stream == stream))
+        {
+            l.decoder = decoder;
+        }
+    }
+
+    /// One frame received on `stream` (from its TURN server), to that relay's client.
+    pub fn on_frame<'a>(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        frame: &'a [u8],
+    ) -> FromServer<'a> {
+        let Some(r) = self
+            .relays
+            .iter_mut()
+            .find(|r| r.tcp.as_ref().is_some_and(|l| l.stream == stream))
+        else {
+            return FromServer::NotOurs;
+        };
+        let server = r.client.server();
+        match r.client.handle_packet(now, server, frame) {
+            Handled::Data { peer, data } => match r.client.relayed() {
+                Some(relayed) => FromServer::Data {
+                    relayed,
+                    peer,
+                    data,
+                },
+                None => FromServer::Consumed,
+            },
+            Handled::Consumed => FromServer::Consumed,
+            Handled::NotOurs => FromServer::NotOurs,
+        }
+    }
+
+    /// `stream` closed (by the server, an error, or a framing error): its relay ends; a
+    /// gathering failure if it had no allocation yet.
+    pub fn stream_closed(&mut self, stream: StreamId, why: &str) {
+        for r in &mut self.relays {
+            if r.tcp.as_ref().is_none_or(|l| l.stream != stream) {
+                continue;
+            }
+            r.tcp = None;
+            if r.done {
+                tracing::warn!(url = %r.url, "relay lost: TCP stream {why}");
+            } else {
+                r.done = true;
+                self.errors
+                    .push((r.url.to_string(), format!("TCP stream to the server {why}")));
+            }
+        }
     }
 
     /// Client outcomes: new local candidates go to the agent, failures to the application
@@ -297,7 +447,9 @@ impl Servers {
                 return FromServer::Consumed;
             }
         }
-        for r in self.relays.iter_mut().filter(|r| r.sock == sock) {
+        // TCP relays hear only their stream (`on_frame`).
+        let udp = |r: &&mut Relay| r.sock == sock && r.client.transport() == Protocol::Udp;
+        for r in self.relays.iter_mut().filter(udp) {
             match r.client.handle_packet(now, from, data) {
                 Handled::Data { peer, data } => {
                     return match r.client.relayed() {
@@ -323,7 +475,7 @@ impl Servers {
     }
 
     /// Writes `data` from our relayed address `relayed` to `peer` into `out` (Send
-    /// indication or ChannelData). `Some((socket, server, size))` to commit; `None` if
+    /// indication or ChannelData). `Some` to commit or queued for a TCP stream; `None` if
     /// nothing is to be sent (no permission yet: one is being created; or an error).
     pub fn wrap(
         &mut self,
@@ -332,13 +484,22 @@ impl Servers {
         data: &[u8],
         out: &mut [u8],
         now: Instant,
-    ) -> Option<(SocketId, SocketAddr, usize)> {
+    ) -> Option<Wrapped> {
         let r = self
             .relays
             .iter_mut()
             .find(|r| r.client.relayed() == Some(relayed))?;
+        if r.client.transport() == Protocol::Tcp && r.tcp.is_none() {
+            return None; // the stream is gone
+        }
         match r.client.send_to(peer, data, out, now) {
-            Ok(Some(t)) => Some((r.sock, t.destination, t.size)),
+            Ok(Some(t)) => Some(match r.tcp.as_mut() {
+                Some(l) => {
+                    l.tx.extend_from_slice(&out[..t.size]);
+                    Wrapped::Stream
+                }
+                None => Wrapped::Datagram(r.sock, t.destination, t.size),
+            }),
             Ok(None) => None,
             Err(e) => {
                 tracing::debug!(url = %r.url, "cannot relay to {peer}: {e}");
@@ -374,9 +535,11 @@ impl Servers {
     /// Deletes every allocation (Refresh with LIFETIME 0, RFC 8656 §7), sent at once on
     /// the socket duplicates: the agent's sockets are closed right after, so answers and
     /// retransmissions are not waited for (a lost request leaves the allocation to expire).
+    /// A TCP relay's allocation ends with its connection (RFC 8656 §3.1), which the caller
+    /// closes (listed by [`streams`](Self::streams)).
     pub fn close(&mut self, now: Instant, buf: &mut [u8]) {
         for r in &mut self.relays {
-            if r.client.is_finished() {
+            if r.client.is_finished() || r.client.transport() == Protocol::Tcp {
                 continue;
             }
             r.client.close(now);
