@@ -247,7 +247,9 @@ pub(super) fn run(
                 &mut later,
             );
         }
-        // Every agent due now runs; its checks join this turn's flush (one submission).
+        // Data that beat its route's broadcast, then every agent due now; their sends join
+        // this turn's flush (one submission).
+        ice.retry_unrouted(Instant::now(), backend.send_queue());
         ice.run_timers(Instant::now(), backend.send_queue());
         ice.end_turn();
         // Publish before the flush: whoever sees an answer then also sees it counted

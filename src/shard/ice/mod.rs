@@ -35,7 +35,7 @@ use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode};
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
 use crate::io::{Backend, SendQueue, SocketId, StreamId, StreamSet, Waker};
 use crate::net::{Protocol, Received};
-use demux::{Owner, Verdict};
+use demux::{DropReason, Owner, Verdict};
 use servers::{FromServer, Servers, Wrapped};
 use table::{Hosted, Table};
 
@@ -229,7 +229,26 @@ pub(crate) struct IceHost {
     stream_slots: HashMap<StreamId, u32>,
     /// Closed streams (reused buffer).
     closed: Vec<(StreamId, SocketAddr)>,
+    /// Data that arrived on a mux socket before the route of its 5-tuple (the owner's
+    /// broadcast races the peer's first datagram after it saw the pair selected): kept
+    /// briefly and retried after the next control messages (bounded, one copy each).
+    unrouted: Vec<Unrouted>,
 }
+
+/// A datagram waiting for its route; see [`IceHost::retry_unrouted`].
+#[derive(Debug)]
+struct Unrouted {
+    mux: u16,
+    from: SocketAddr,
+    data: Box<[u8]>,
+    until: Instant,
+}
+
+/// Datagrams held per shard while their route is unknown, and for how long.
+const MAX_UNROUTED: usize = 256;
+const UNROUTED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often held datagrams are retried (the loop wakes for it).
+const UNROUTED_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// TURN-over-TCP streams per shard and unsent bytes per stream.
 const MAX_TURN_STREAMS: usize = 4096;
@@ -257,6 +276,7 @@ impl IceHost {
             counters: c,
             scratch: vec![0; MAX_RELAYED_CHECK].into_boxed_slice(),
             streams: None,
+            unrouted: Vec::new(),
             stream_slots: HashMap::new(),
             closed: Vec::new(),
         };
@@ -285,7 +305,32 @@ impl IceHost {
 
     /// The earliest agent deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.timers.next_deadline()
+        let held = self
+            .unrouted
+            .first()
+            .map(|_| Instant::now() + UNROUTED_RETRY);
+        match (self.timers.next_deadline(), held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Delivers (or hands off) held datagrams whose route has arrived; drops, counted as
+    /// "no route", those that waited [`UNROUTED_WAIT`] in vain.
+    pub(crate) fn retry_unrouted(&mut self, now: Instant, sendq: &mut SendQueue) {
+        if self.unrouted.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.unrouted);
+        for u in held {
+            if self.routes.contains_key(&(u.mux, u.from)) {
+                self.on_mux(now, sendq, u.mux, u.from, &u.data, true);
+            } else if now >= u.until {
+                self.stats.drop_no_route += 1;
+            } else {
+                self.unrouted.push(u);
+            }
+        }
     }
 
     /// A datagram on one of ICE's sockets (inside the receive callback).
@@ -320,6 +365,19 @@ impl IceHost {
         let me = (self.shard, shards);
         let owner = match demux::owner(data, m, from, me, &self.table, &self.routes) {
             Verdict::Owner(o) => o,
+            Verdict::Drop(DropReason::NoRoute) if may_handoff => {
+                if self.unrouted.len() < MAX_UNROUTED {
+                    self.unrouted.push(Unrouted {
+                        mux: m,
+                        from,
+                        data: data.into(),
+                        until: now + UNROUTED_WAIT,
+                    });
+                } else {
+                    self.stats.drop_no_route += 1;
+                }
+                return;
+            }
             Verdict::Drop(reason) => {
                 reason.count(&mut self.stats);
                 return;
