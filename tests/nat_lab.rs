@@ -396,9 +396,14 @@ fn nat4_loss_and_delay_still_connect() {
 /// over TCP relays, `icering serve` being the relay (STUN/TURN over TCP on its UDP port).
 #[test]
 fn nat5_turn_over_tcp_when_udp_is_blocked() {
-    if !lab_or_skip("nat5_turn_over_tcp_when_udp_is_blocked") {
-        return;
+    if lab_or_skip("nat5_turn_over_tcp_when_udp_is_blocked") {
+        turn_over_tcp_through_symmetric_nats(Lab::start_icering_serve);
     }
+}
+
+/// Scenario 5's topology and assertions, with the relay `start` puts in the public
+/// namespace.
+fn turn_over_tcp_through_symmetric_nats(start: fn(&mut Lab) -> Result<(), String>) {
     let mut lab = Lab::new(&Spec {
         nat_a: Nat::Symmetric,
         nat_b: Nat::Symmetric,
@@ -406,7 +411,7 @@ fn nat5_turn_over_tcp_when_udp_is_blocked() {
         block_udp_port: Some(TURN_PORT),
     })
     .unwrap();
-    lab.start_icering_serve().unwrap();
+    start(&mut lab).unwrap();
     let f = turn_flags("tcp");
     let (a, b) = lab.ping_pair(&f, &f);
     eprintln!("--- server log\n{}", lab.server_log());
@@ -428,32 +433,9 @@ fn nat5_turn_over_tcp_when_udp_is_blocked() {
 /// client over TCP is also checked against an independent server.
 #[test]
 fn nat5_turn_over_tcp_via_coturn() {
-    if !lab_or_skip("nat5_turn_over_tcp_via_coturn")
-        || !nat::tool_or_skip("nat5_turn_over_tcp_via_coturn", "turnserver")
+    if lab_or_skip("nat5_turn_over_tcp_via_coturn")
+        && nat::tool_or_skip("nat5_turn_over_tcp_via_coturn", "turnserver")
     {
-        return;
-    }
-    let mut lab = Lab::new(&Spec {
-        nat_a: Nat::Symmetric,
-        nat_b: Nat::Symmetric,
-        impair_a: None,
-        block_udp_port: Some(TURN_PORT),
-    })
-    .unwrap();
-    lab.start_coturn().unwrap();
-    let f = turn_flags("tcp");
-    let (a, b) = lab.ping_pair(&f, &f);
-    eprintln!("--- server log\n{}", lab.server_log());
-    let (sa, sb) = exchanged(&a, &b);
-    assert_relayed(&sa, &sb);
-    // No STUN, so neither NAT's mapping is known to the other side's relay: only
-    // relay-to-relay can work, each allocated over TCP (UDP to the port is dropped).
-    for (s, run) in [(&sa, &a), (&sb, &b)] {
-        assert_eq!(s.kinds(), [Some("relay"), Some("relay")], "{s:?}");
-        assert!(
-            run.stdout.contains("?transport=tcp: relayed address"),
-            "{}",
-            run.text
-        );
+        turn_over_tcp_through_symmetric_nats(Lab::start_coturn);
     }
 }

@@ -16,6 +16,7 @@ use crate::net::Protocol;
 use crate::turn::client::stream::StreamDecoder;
 use crate::turn::client::{
     BindingClient, BindingEvent, Client, ClientConfig, ClientEvent, Handled, Retransmit,
+    bind_selected, permit_everywhere,
 };
 
 pub use crate::api::CandidateTypes;
@@ -310,25 +311,13 @@ impl Gatherer {
 
     /// A remote candidate became known: every relay installs a permission for it.
     pub fn add_remote(&mut self, remote: SocketAddr, now: Instant) {
-        for r in &mut self.relays {
-            if r.client
-                .relayed()
-                .is_none_or(|a| a.is_ipv4() == remote.is_ipv4())
-            {
-                r.client.create_permission(remote, now);
-            }
-        }
+        permit_everywhere(self.relays.iter_mut().map(|r| &mut r.client), remote, now);
     }
 
     /// The selected pair uses `relayed`: bind a channel to `remote` on that relay.
     pub fn selected(&mut self, relayed: SocketAddr, remote: SocketAddr, now: Instant) {
-        if let Some(r) = self
-            .relays
-            .iter_mut()
-            .find(|r| r.client.relayed() == Some(relayed))
-        {
-            let _ = r.client.bind_channel(remote, now);
-        }
+        let relays = self.relays.iter_mut().map(|r| &mut r.client);
+        bind_selected(relays, relayed, remote, now);
     }
 
     /// Sends `data` from the relayed address `relayed` to `peer` through its TURN client.

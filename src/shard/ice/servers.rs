@@ -25,6 +25,7 @@ use crate::net::Protocol;
 use crate::turn::client::stream::StreamDecoder;
 use crate::turn::client::{
     BindingClient, BindingEvent, Client, ClientConfig, ClientEvent, Handled, Retransmit,
+    bind_selected, permit_everywhere,
 };
 
 use super::AppLink;
@@ -511,25 +512,13 @@ impl Servers {
     /// A remote candidate: every relay of its family installs a permission for it
     /// (RFC 8656 §9).
     pub fn add_remote(&mut self, remote: SocketAddr, now: Instant) {
-        for r in &mut self.relays {
-            if r.client
-                .relayed()
-                .is_none_or(|a| a.is_ipv4() == remote.is_ipv4())
-            {
-                r.client.create_permission(remote, now);
-            }
-        }
+        permit_everywhere(self.relays.iter_mut().map(|r| &mut r.client), remote, now);
     }
 
     /// The selected pair is (`relayed`, `remote`): bind a channel (RFC 8656 §12).
     pub fn selected(&mut self, relayed: SocketAddr, remote: SocketAddr, now: Instant) {
-        if let Some(r) = self
-            .relays
-            .iter_mut()
-            .find(|r| r.client.relayed() == Some(relayed))
-        {
-            let _ = r.client.bind_channel(remote, now);
-        }
+        let relays = self.relays.iter_mut().map(|r| &mut r.client);
+        bind_selected(relays, relayed, remote, now);
     }
 
     /// Deletes every allocation (Refresh with LIFETIME 0, RFC 8656 §7), sent at once on

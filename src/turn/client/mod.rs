@@ -1029,3 +1029,31 @@ fn refresh_after(lifetime: u32) -> Duration {
     let margin = (l / 5).clamp(1, 60);
     Duration::from_secs(l.saturating_sub(margin).max(1))
 }
+
+/// A remote candidate became known: every relay of its address family (or not yet
+/// allocated) installs a permission for it (RFC 8656 §9). Shared by the runtimes that
+/// drive several relays for one agent (`icering ping`, the shards).
+pub fn permit_everywhere<'a>(
+    relays: impl IntoIterator<Item = &'a mut Client>,
+    remote: SocketAddr,
+    now: Instant,
+) {
+    for c in relays {
+        if c.relayed().is_none_or(|a| a.is_ipv4() == remote.is_ipv4()) {
+            c.create_permission(remote, now);
+        }
+    }
+}
+
+/// The selected pair is (`relayed`, `remote`): the relay owning `relayed` binds a channel
+/// to `remote` (RFC 8656 §12), so data goes as ChannelData instead of Send indications.
+pub fn bind_selected<'a>(
+    relays: impl IntoIterator<Item = &'a mut Client>,
+    relayed: SocketAddr,
+    remote: SocketAddr,
+    now: Instant,
+) {
+    if let Some(c) = relays.into_iter().find(|c| c.relayed() == Some(relayed)) {
+        let _ = c.bind_channel(remote, now);
+    }
+}
