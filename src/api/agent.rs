@@ -13,7 +13,7 @@ use super::{AgentEvent, AgentOptions, ApiError, ConnStats};
 use crate::ice::{Candidate, ConnectionState, IceUrl};
 use crate::io::Waker;
 use crate::shard::ServerSpec;
-use crate::shard::gather::{interface_addrs, usable};
+use crate::shard::gather::usable;
 use crate::shard::{Control, IceCmd};
 
 /// The shard's address of one agent. Dropped with the last `Agent`/`Conn` of the agent,
@@ -187,14 +187,17 @@ impl Agent {
         }
         let o = &self.opts;
         let ifaces = || -> Result<Vec<(String, IpAddr)>, ApiError> {
-            let all = interface_addrs().map_err(|source| ApiError::Bind {
-                ip: IpAddr::from([0, 0, 0, 0]),
-                source,
-            })?;
+            let all = self
+                .engine
+                .interface_addrs()
+                .map_err(|source| ApiError::Bind {
+                    ip: IpAddr::from([0, 0, 0, 0]),
+                    source,
+                })?;
             Ok(all
-                .into_iter()
+                .iter()
                 .filter(|a| usable(a.ip, o.include_loopback) && o.allows(Some(&a.name), a.ip))
-                .map(|a| (a.name, a.ip))
+                .map(|a| (a.name.clone(), a.ip))
                 .collect())
         };
         let mut bases: Vec<SocketAddr> = Vec::new();

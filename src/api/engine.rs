@@ -14,6 +14,7 @@ use crate::ice::rng::ICE_CHARS;
 use crate::ice::{ConnectionState, IceConfig, IceUrl};
 use crate::io::Waker;
 use crate::net::Protocol;
+use crate::shard::gather::{InterfaceAddr, interface_addrs};
 use crate::shard::{AppLink, Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime};
 
 pub(crate) struct Inner {
@@ -25,6 +26,29 @@ pub(crate) struct Inner {
     pub(crate) ice: IceSection,
     next_key: AtomicU64,
     next_shard: AtomicUsize,
+    /// The interface addresses, read at most once per [`IFACES_TTL`]: `getifaddrs` is a
+    /// netlink dump (~6 % of a connection's CPU when read per agent), and addresses that
+    /// come and go are still seen within that time.
+    ifaces: Mutex<Option<(std::time::Instant, Arc<[InterfaceAddr]>)>>,
+}
+
+/// How long a read of the interface addresses is reused.
+const IFACES_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Inner {
+    /// The interface addresses, cached for [`IFACES_TTL`].
+    pub(crate) fn interface_addrs(&self) -> std::io::Result<Arc<[InterfaceAddr]>> {
+        let now = std::time::Instant::now();
+        let mut cache = self.ifaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, list)) = cache.as_ref()
+            && now.duration_since(*at) < IFACES_TTL
+        {
+            return Ok(list.clone());
+        }
+        let list: Arc<[InterfaceAddr]> = interface_addrs()?.into();
+        *cache = Some((now, list.clone()));
+        Ok(list)
+    }
 }
 
 /// The running engine: shards hosting ICE agents (and, if `[server] listen` is not
@@ -127,6 +151,7 @@ impl Engine {
                 ice: config.ice.clone(),
                 next_key: AtomicU64::new(1),
                 next_shard: AtomicUsize::new(0),
+                ifaces: Mutex::new(None),
             }),
         })
     }
