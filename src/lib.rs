@@ -8,10 +8,12 @@
 //! ```text
 //!  binaries        src/main.rs (icering serve|ping)   loadtest/ (icering-loadtest)
 //!                        │                                 │ public API only
-//!  application     api/    ── Engine / Agent / Conn: tokio-friendly handles (channels only)
+//!  application     serve/  ── `icering serve --admin`: HTTP session API over `api`
+//!                  api/    ── Engine / Agent / Conn: tokio-friendly handles (channels only)
 //!                        │ commands over each shard's control channel ▼
 //!  runtime         shard/  ── one pinned thread per core: demux, timers, cross-shard channel
-//!                  shard/ice ─ agent table, mux demux, handoff, one timer heap per shard
+//!                  shard/ice ─ agent table, mux demux, handoff, one timer heap per shard,
+//!                             STUN/TURN clients of dedicated-socket agents (UDP, TCP)
 //!                  ping/   ── one ICE agent over one std socket + HTTP signalling,
 //!                             srflx/relay gathering with turn/client
 //!                        │ drives ▼                    │ owns ▼
@@ -33,6 +35,7 @@
 //! | [`io`] | `net` (never `stun`/`ice`/`turn`) |
 //! | `shard` | everything above |
 //! | [`api`] | `shard` (through its control channel), `ice` types, tokio `sync` channels |
+//! | [`serve`] | `api`, `ice` types, an HTTP server (tiny_http) |
 //! | `ping` | `ice`, `turn::client`, `stun`, `net`, std sockets (a runtime for one agent) |
 //!
 //! ## The drive loop (sans-IO, in the style of quinn-proto and str0m)
