@@ -302,16 +302,12 @@ fn assert_relayed(sa: &Selected, sb: &Selected) {
     }
 }
 
-/// Scenario 1: both NATs endpoint-independent → a direct srflx/prflx pair, though a relay
-/// is offered too.
-#[test]
-fn nat1_both_endpoint_independent_select_a_direct_pair() {
-    if !lab_or_skip("nat1_both_endpoint_independent_select_a_direct_pair") {
-        return;
-    }
+/// Scenarios 1–3: NATs `nat_a`/`nat_b`, `icering serve` as STUN and TURN/UDP server for
+/// both pings; the selected pairs once both exchanged their messages.
+fn pings_with_stun_and_turn(nat_a: Nat, nat_b: Nat) -> (Selected, Selected) {
     let mut lab = Lab::new(&Spec {
-        nat_a: Nat::EndpointIndependent,
-        nat_b: Nat::EndpointIndependent,
+        nat_a,
+        nat_b,
         impair_a: None,
         block_udp_port: None,
     })
@@ -320,7 +316,17 @@ fn nat1_both_endpoint_independent_select_a_direct_pair() {
     let f = flags(&[stun_flags(), turn_flags("udp")]);
     let (a, b) = lab.ping_pair(&f, &f);
     eprintln!("--- server log\n{}", lab.server_log());
-    let (sa, sb) = exchanged(&a, &b);
+    exchanged(&a, &b)
+}
+
+/// Scenario 1: both NATs endpoint-independent → a direct srflx/prflx pair, though a relay
+/// is offered too.
+#[test]
+fn nat1_both_endpoint_independent_select_a_direct_pair() {
+    if !lab_or_skip("nat1_both_endpoint_independent_select_a_direct_pair") {
+        return;
+    }
+    let (sa, sb) = pings_with_stun_and_turn(Nat::EndpointIndependent, Nat::EndpointIndependent);
     assert_direct(&sa, &sb);
 }
 
@@ -330,18 +336,7 @@ fn nat2_one_symmetric_selects_the_relay() {
     if !lab_or_skip("nat2_one_symmetric_selects_the_relay") {
         return;
     }
-    let mut lab = Lab::new(&Spec {
-        nat_a: Nat::Symmetric,
-        nat_b: Nat::EndpointIndependent,
-        impair_a: None,
-        block_udp_port: None,
-    })
-    .unwrap();
-    lab.start_icering_serve().unwrap();
-    let f = flags(&[stun_flags(), turn_flags("udp")]);
-    let (a, b) = lab.ping_pair(&f, &f);
-    eprintln!("--- server log\n{}", lab.server_log());
-    let (sa, sb) = exchanged(&a, &b);
+    let (sa, sb) = pings_with_stun_and_turn(Nat::Symmetric, Nat::EndpointIndependent);
     assert_relayed(&sa, &sb);
 }
 
@@ -351,18 +346,7 @@ fn nat3_both_symmetric_select_the_relay() {
     if !lab_or_skip("nat3_both_symmetric_select_the_relay") {
         return;
     }
-    let mut lab = Lab::new(&Spec {
-        nat_a: Nat::Symmetric,
-        nat_b: Nat::Symmetric,
-        impair_a: None,
-        block_udp_port: None,
-    })
-    .unwrap();
-    lab.start_icering_serve().unwrap();
-    let f = flags(&[stun_flags(), turn_flags("udp")]);
-    let (a, b) = lab.ping_pair(&f, &f);
-    eprintln!("--- server log\n{}", lab.server_log());
-    let (sa, sb) = exchanged(&a, &b);
+    let (sa, sb) = pings_with_stun_and_turn(Nat::Symmetric, Nat::Symmetric);
     assert_relayed(&sa, &sb);
 }
 
