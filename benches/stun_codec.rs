@@ -118,6 +118,22 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
+    // The checked view alone: header, TLV bounds and padding, MI/FP placement, the
+    // unknown-attribute scan (peer: `Message::write`, pion's `Decode`, which likewise reads
+    // the header and the attribute list without interpreting values).
+    let mut g = c.benchmark_group("decode_binding_request_view");
+    g.bench_function("icering", |b| {
+        b.iter(|| black_box(Message::parse(black_box(&bytes)).unwrap()))
+    });
+    let mut pm = PeerMessage::new();
+    g.bench_function("peer", |b| {
+        b.iter(|| {
+            pm.write(black_box(&bytes)).unwrap();
+            black_box(pm.attributes.0.len());
+        })
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("encode_binding_request_mi_fp");
     g.bench_function("icering", |b| {
         let mut out = [0u8; 256];
