@@ -96,6 +96,46 @@ fn slot(at: usize, vlen: usize) -> u32 {
     ((((at + 4) / 4) as u32) << 16) | vlen as u32
 }
 
+/// What the walk over the visible attributes records.
+#[derive(Default)]
+struct Hot {
+    slots: [u32; HOT],
+    unknown: bool,
+}
+
+impl Hot {
+    /// Notes the attribute at `at`; true when it closes the visible window
+    /// (MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 or FINGERPRINT).
+    #[inline(always)]
+    fn visit(&mut self, typ: u16, at: usize, vlen: usize) -> bool {
+        // One arm per slot with a constant index keeps the slots in registers.
+        match typ {
+            attr::USERNAME => self.note(HOT_USERNAME, at, vlen),
+            attr::PRIORITY => self.note(HOT_PRIORITY, at, vlen),
+            attr::ICE_CONTROLLING => self.note(HOT_ICE_CONTROLLING, at, vlen),
+            attr::ICE_CONTROLLED => self.note(HOT_ICE_CONTROLLED, at, vlen),
+            attr::USE_CANDIDATE => self.note(HOT_USE_CANDIDATE, at, vlen),
+            attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT => {
+                return true;
+            }
+            _ => {
+                // Off the ICE fast path; laid out after it.
+                std::hint::cold_path();
+                self.unknown |= !attr::is_known(typ);
+            }
+        }
+        false
+    }
+
+    /// Records the first occurrence only.
+    #[inline(always)]
+    fn note(&mut self, k: usize, at: usize, vlen: usize) {
+        if self.slots[k] == 0 {
+            self.slots[k] = slot(at, vlen);
+        }
+    }
+}
+
 #[inline]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -127,8 +167,43 @@ impl<'a> Message<'a> {
         {
             return Err(header_error(buf));
         }
-        let (mut user, mut prio, mut cing, mut ced, mut usec) = (0u32, 0u32, 0u32, 0u32, 0u32);
-        let mut unknown = false;
+        // The usual end of a signed ICE or TURN message: MESSAGE-INTEGRITY (20 bytes),
+        // then FINGERPRINT, together the last 32 bytes. Both TLV headers are read from the
+        // end, off the walk's load-to-load chain, so the walk only has to land exactly on
+        // MESSAGE-INTEGRITY. Anything else (an integrity or fingerprint attribute before
+        // it, an attribute running into it) takes the general walk below.
+        if let Some((body, tail)) = buf.split_last_chunk::<32>()
+            && body.len() >= HEADER_LEN
+            && tail[..4] == [0x00, 0x08, 0x00, 0x14]
+            && tail[24..28] == [0x80, 0x28, 0x00, 0x04]
+        {
+            let limit = body.len();
+            let mut hot = Hot::default();
+            let mut at = HEADER_LEN;
+            // `at` is a multiple of 4 and never passes `limit`, so the 4-byte read fails
+            // exactly when the walk has landed on MESSAGE-INTEGRITY.
+            loop {
+                let Some(w) = body.get(at..at + 4) else {
+                    return Ok(Message {
+                        buf,
+                        mi: limit as u32,
+                        mi256: 0,
+                        fp: (end - 8) as u32,
+                        visible_end: (end - 8) as u32,
+                        has_unknown_required: hot.unknown,
+                        hot: hot.slots,
+                    });
+                };
+                let h = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
+                let (typ, vlen) = ((h >> 16) as u16, (h & 0xFFFF) as usize);
+                let next = (at + vlen + 7) & !3;
+                if next > limit || hot.visit(typ, at, vlen) {
+                    break;
+                }
+                at = next;
+            }
+        }
+        let mut hot = Hot::default();
         let mut at = HEADER_LEN;
         // Window open: every attribute is visible until MESSAGE-INTEGRITY(-SHA256).
         // `at` and `end` are multiples of 4 (the header length is), so the 4-byte read
@@ -141,8 +216,8 @@ impl<'a> Message<'a> {
                     mi256: 0,
                     fp: 0,
                     visible_end: end as u32,
-                    has_unknown_required: unknown,
-                    hot: [user, prio, cing, ced, usec],
+                    has_unknown_required: hot.unknown,
+                    hot: hot.slots,
                 });
             };
             let h = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
@@ -153,40 +228,8 @@ impl<'a> Message<'a> {
             if next > end {
                 return Err(StunError::AttributeOverrun { typ, offset: at });
             }
-            match typ {
-                attr::USERNAME => {
-                    if user == 0 {
-                        user = slot(at, vlen)
-                    }
-                }
-                attr::PRIORITY => {
-                    if prio == 0 {
-                        prio = slot(at, vlen)
-                    }
-                }
-                attr::ICE_CONTROLLING => {
-                    if cing == 0 {
-                        cing = slot(at, vlen)
-                    }
-                }
-                attr::ICE_CONTROLLED => {
-                    if ced == 0 {
-                        ced = slot(at, vlen)
-                    }
-                }
-                attr::USE_CANDIDATE => {
-                    if usec == 0 {
-                        usec = slot(at, vlen)
-                    }
-                }
-                attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT => {
-                    break (typ, vlen, next);
-                }
-                _ => {
-                    // Off the ICE fast path; laid out after it.
-                    std::hint::cold_path();
-                    unknown |= !attr::is_known(typ)
-                }
+            if hot.visit(typ, at, vlen) {
+                break (typ, vlen, next);
             }
             at = next;
         };
@@ -196,8 +239,8 @@ impl<'a> Message<'a> {
             mi256: 0,
             fp: 0,
             visible_end: end as u32,
-            has_unknown_required: unknown,
-            hot: [user, prio, cing, ced, usec],
+            has_unknown_required: hot.unknown,
+            hot: hot.slots,
         };
         // The usual end of an authenticated message: MESSAGE-INTEGRITY, then FINGERPRINT
         // (its TLV header is 0x8028 0x0004) as the last attribute.
