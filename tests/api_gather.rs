@@ -213,6 +213,54 @@ async fn srflx_only_agent_gets_the_mapped_address() {
     srv.shutdown().unwrap();
 }
 
+/// Mux agents (RFC 8445 §5.1.1.2 on the shared port): each one's Binding request leaves
+/// from the shard's mux socket with the agent's transaction-id prefix, and the answer is
+/// routed back to that agent (across shards when the kernel hands it to another shard's
+/// copy of the socket). Two agents gather at once, srflx only (on loopback the mapped
+/// address equals the mux address, which a host candidate would make redundant); one then
+/// connects from its srflx candidate to a dedicated agent and data flows both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mux_agents_get_srflx_on_the_shared_port_and_connect() {
+    let srv = server();
+    let at = srv.server_addrs()[0];
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 2;
+    c.ice.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let engine = Engine::start(&c).unwrap();
+    let mux_at = engine.mux_addrs()[0];
+    let opts = base_opts()
+        .with_mux(true)
+        .with_urls(&[&stun_url(at)])
+        .with_candidate_types(only(false, true, false));
+    let mut a = engine.agent(opts.clone()).unwrap();
+    let mut a2 = engine.agent(opts).unwrap();
+    let other = agents();
+    let mut b = other.agent(base_opts()).unwrap();
+
+    let (ga, ga2) = tokio::join!(gather(&mut a, Some(&b)), gather(&mut a2, None));
+    for g in [&ga, &ga2] {
+        assert!(g.errors.is_empty(), "{g:?}");
+        assert_eq!(g.candidates.len(), 1, "{g:?}");
+        let c = &g.candidates[0];
+        assert_eq!(c.kind, CandidateKind::ServerReflexive, "{c:?}");
+        assert_eq!(c.base, mux_at, "{c:?}");
+        assert_eq!(c.addr, mux_at, "{c:?}");
+        assert_eq!(c.related, Some(mux_at), "{c:?}");
+    }
+    wait_server(&srv, "both bindings answered", |s| s.answered >= 2);
+    gather(&mut b, Some(&a)).await;
+    let (mut ca, mut cb) = connect(&a, &b).await;
+    // The only local candidate is the srflx one, whose base is the mux socket.
+    let (local, _) = ca.stats().await.unwrap().selected.expect("selected pair");
+    assert_eq!(local, mux_at);
+    exchange(&mut ca, &mut cb, 3).await;
+    a2.close();
+    engine.shutdown().unwrap();
+    other.shutdown().unwrap();
+    srv.shutdown().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_agent_connects_through_the_relay() {
     relay_only_to_host(IoBackendChoice::Auto).await;
@@ -353,8 +401,11 @@ fn unsupported_or_invalid_urls_are_refused() {
     c.ice.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let engine = Engine::start(&c).unwrap();
     let stun = AgentOptions::default().with_urls(&["stun:127.0.0.1:3478"]);
+    // STUN on a mux agent is accepted (srflx on the shared port), TURN is not.
+    assert!(engine.agent(stun.clone().with_mux(true)).is_ok());
+    let turn = AgentOptions::default().with_turn("turn:127.0.0.1", "u", "p");
     assert!(matches!(
-        engine.agent(stun.clone().with_mux(true)),
+        engine.agent(turn.with_mux(true)),
         Err(ApiError::Unsupported(_))
     ));
     // TURN over TCP is accepted (on a dedicated agent), not on mux agents.

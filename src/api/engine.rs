@@ -104,11 +104,6 @@ fn parse_urls(opts: &AgentOptions) -> Result<Vec<(IceUrl, String, String)>, ApiE
     if opts.urls.is_empty() {
         return Ok(Vec::new());
     }
-    if opts.mux {
-        return Err(ApiError::Unsupported(
-            "STUN/TURN URLs on mux agents (they gather host candidates only)",
-        ));
-    }
     opts.urls
         .iter()
         .map(|u| {
@@ -121,6 +116,13 @@ fn parse_urls(opts: &AgentOptions) -> Result<Vec<(IceUrl, String, String)>, ApiE
             }
             if url.transport != Protocol::Udp && !url.scheme.is_turn() {
                 return Err(ApiError::Unsupported("STUN over TCP from the shards"));
+            }
+            if url.scheme.is_turn() && opts.mux {
+                // An allocation belongs to one 5-tuple, which every agent on the mux
+                // socket shares (RFC 8656 §2.2): relays need a dedicated socket.
+                return Err(ApiError::Unsupported(
+                    "TURN URLs on mux agents (they gather host and srflx candidates)",
+                ));
             }
             if url.scheme.is_turn() && u.username.is_empty() {
                 return Err(ApiError::Invalid(format!(

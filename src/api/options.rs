@@ -146,9 +146,10 @@ pub struct AgentOptions {
     /// NAT 1:1 (pion: `NAT1To1IPs` with host candidates): host candidates show this IP
     /// (first of the same family) instead of the interface's; the base stays local.
     pub nat_1to1_ips: Vec<IpAddr>,
-    /// STUN/TURN servers for server-reflexive and relayed candidates (dedicated sockets
-    /// only: [`Engine::agent`](super::Engine::agent) refuses them with `mux`). TURN over
-    /// UDP or TCP (`?transport=tcp`); `turns:` (TLS) is refused.
+    /// STUN/TURN servers for server-reflexive and relayed candidates. Mux agents take
+    /// STUN URLs (srflx on the shared port); [`Engine::agent`](super::Engine::agent)
+    /// refuses TURN URLs with `mux`. TURN over UDP or TCP (`?transport=tcp`); `turns:`
+    /// (TLS) is refused.
     pub urls: Vec<ServerUrl>,
     /// Candidate types to gather (e.g. relay only, to force the relay).
     pub candidate_types: CandidateTypes,

@@ -677,10 +677,7 @@ impl IceHost {
                     link,
                 } = *n;
                 let slot = self.table.next_slot();
-                let mut prefix = [0u8; 6];
-                prefix[..2].copy_from_slice(&self.shard.to_be_bytes());
-                prefix[2..].copy_from_slice(&slot.to_be_bytes());
-                config.tid_prefix = Some(prefix);
+                config.tid_prefix = Some(tid_prefix(self.shard, slot));
                 let Ok(agent) = IceAgent::new(config) else {
                     return;
                 };
@@ -736,7 +733,13 @@ impl IceHost {
                             let _ = h.agent.add_local_candidate(c);
                         }
                     }
-                    if servers.is_empty() || dedicated.is_empty() {
+                    let on_mux: Vec<(SocketAddr, SocketId)> = h
+                        .socks
+                        .iter()
+                        .filter(|(_, _, mux)| *mux)
+                        .map(|(b, id, _)| (*b, *id))
+                        .collect();
+                    if servers.is_empty() || (dedicated.is_empty() && on_mux.is_empty()) {
                         h.agent.end_of_local_candidates();
                     } else {
                         let tcp = types.relay
@@ -747,7 +750,9 @@ impl IceHost {
                             self.streams = open_stream_set(backend);
                         }
                         let set = if tcp { self.streams.as_mut() } else { None };
-                        let sv = Servers::new(servers, dedicated, types, seed, now, set);
+                        let prefix = tid_prefix(self.shard, slot);
+                        let sv =
+                            Servers::new(servers, dedicated, on_mux, prefix, types, seed, now, set);
                         for id in sv.streams() {
                             self.stream_slots.insert(id, slot);
                         }
@@ -1076,6 +1081,15 @@ fn open_stream_set(backend: &mut Backend) -> Option<StreamSet> {
         .inspect_err(|e| tracing::warn!("TURN over TCP: {e}"))
         .ok()?;
     Some(set)
+}
+
+/// The first 6 bytes of every transaction id the agent in `slot` of `shard` sends: the
+/// mux demultiplexer routes responses by them (RFC 8489 §6: the id is ours to choose).
+fn tid_prefix(shard: u16, slot: u32) -> [u8; 6] {
+    let mut p = [0u8; 6];
+    p[..2].copy_from_slice(&shard.to_be_bytes());
+    p[2..].copy_from_slice(&slot.to_be_bytes());
+    p
 }
 
 /// Whether a candidate base lives on a socket bound to `bound` (exact, or the same port on

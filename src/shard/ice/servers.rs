@@ -112,10 +112,16 @@ pub(crate) struct Servers {
 
 impl Servers {
     /// Starts the clients. `socks` are the agent's dedicated sockets as (base, id, a
-    /// duplicate of the socket).
+    /// duplicate of the socket); `mux` the shared sockets it has host candidates on, as
+    /// (base, id). A mux socket gets Binding clients only (an allocation belongs to a
+    /// 5-tuple, which the socket's other agents share), with transaction ids starting
+    /// with the agent's `tid_prefix` so that the demultiplexer routes the answers here.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         specs: Vec<ServerSpec>,
         socks: Vec<(SocketAddr, SocketId, Option<UdpSocket>)>,
+        mux: Vec<(SocketAddr, SocketId)>,
+        tid_prefix: [u8; 6],
         types: CandidateTypes,
         seed: u64,
         now: Instant,
@@ -126,7 +132,11 @@ impl Servers {
             relays: Vec::new(),
             ctl: Vec::new(),
             types,
-            hosts: socks.iter().map(|(b, _, _)| *b).collect(),
+            hosts: socks
+                .iter()
+                .map(|(b, _, _)| *b)
+                .chain(mux.iter().map(|(b, _)| *b))
+                .collect(),
             errors: Vec::new(),
             end_pending: true,
         };
@@ -217,6 +227,23 @@ impl Servers {
                         now,
                     ),
                 });
+            }
+            if !turn {
+                for (base, id) in &mux {
+                    let Some(server) = addrs.iter().find(|a| a.is_ipv4() == base.is_ipv4()) else {
+                        continue;
+                    };
+                    used = true;
+                    let client =
+                        BindingClient::new(*server, *base, Retransmit::default(), next_seed(), now)
+                            .with_tid_prefix(tid_prefix);
+                    s.bindings.push(Binding {
+                        url: spec.url.clone(),
+                        sock: *id,
+                        base: *base,
+                        client,
+                    });
+                }
             }
             if !used {
                 s.errors.push((

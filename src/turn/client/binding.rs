@@ -18,6 +18,20 @@ pub enum BindingEvent {
     Failed(ClientError),
 }
 
+/// A Binding request: header and FINGERPRINT, nothing else (RFC 8489 §6.1).
+fn request_for(tid: &TransactionId) -> [u8; 28] {
+    let mut request = [0u8; 28];
+    let mut w = MessageWriter::new(
+        &mut request,
+        MessageType::new(Method::BINDING, Class::Request),
+        tid,
+    )
+    .expect("28 bytes hold a header and FINGERPRINT");
+    w.add_fingerprint()
+        .expect("28 bytes hold a header and FINGERPRINT");
+    request
+}
+
 /// A sans-IO STUN Binding client for one (local address, server) pair. Same drive loop as
 /// [`Client`](super::Client); it ends with one [`BindingEvent`].
 #[derive(Debug)]
@@ -42,25 +56,25 @@ impl BindingClient {
         now: Instant,
     ) -> Self {
         let tid = TidSource::new(seed).next_tid();
-        let mut request = [0u8; 28];
-        let mut w = MessageWriter::new(
-            &mut request,
-            MessageType::new(Method::BINDING, Class::Request),
-            &tid,
-        )
-        .expect("28 bytes hold a header and FINGERPRINT");
-        w.add_fingerprint()
-            .expect("28 bytes hold a header and FINGERPRINT");
         BindingClient {
             server,
             local,
             retransmit,
             tid,
             timer: Timer::new(now, &retransmit),
-            request,
+            request: request_for(&tid),
             done: false,
             event: None,
         }
+    }
+
+    /// The same transaction with its id starting with `prefix`, for a request sent from
+    /// a socket shared by many agents: the answer is routed back by that prefix (as the
+    /// agents' own checks are, `IceConfig::tid_prefix`). The other 6 bytes stay random.
+    pub fn with_tid_prefix(mut self, prefix: [u8; 6]) -> Self {
+        self.tid[..6].copy_from_slice(&prefix);
+        self.request = request_for(&self.tid);
+        self
     }
 
     /// The server asked.
