@@ -217,8 +217,9 @@ async fn srflx_only_agent_gets_the_mapped_address() {
 /// from the shard's mux socket with the agent's transaction-id prefix, and the answer is
 /// routed back to that agent (across shards when the kernel hands it to another shard's
 /// copy of the socket). Two agents gather at once, srflx only (on loopback the mapped
-/// address equals the mux address, which a host candidate would make redundant); one then
-/// connects from its srflx candidate to a dedicated agent and data flows both ways.
+/// address equals the mux address, which a host candidate would make redundant); later
+/// agents get it from the shard's cache without a request; one agent connects from its
+/// srflx candidate to a dedicated agent and data flows both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mux_agents_get_srflx_on_the_shared_port_and_connect() {
     let srv = server();
@@ -234,7 +235,7 @@ async fn mux_agents_get_srflx_on_the_shared_port_and_connect() {
         .with_urls(&[&stun_url(at)])
         .with_candidate_types(only(false, true, false));
     let mut a = engine.agent(opts.clone()).unwrap();
-    let mut a2 = engine.agent(opts).unwrap();
+    let mut a2 = engine.agent(opts.clone()).unwrap();
     let other = agents();
     let mut b = other.agent(base_opts()).unwrap();
 
@@ -249,12 +250,30 @@ async fn mux_agents_get_srflx_on_the_shared_port_and_connect() {
         assert_eq!(c.related, Some(mux_at), "{c:?}");
     }
     wait_server(&srv, "both bindings answered", |s| s.answered >= 2);
+    // Two more agents, one per shard (round robin), within the 30 s the shards reuse a
+    // mux socket's mapped address: their srflx candidates come without a request.
+    for _ in 0..2 {
+        let mut late = engine.agent(opts.clone()).unwrap();
+        let g = gather(&mut late, None).await;
+        assert!(g.errors.is_empty(), "{g:?}");
+        assert_eq!(g.candidates.len(), 1, "{g:?}");
+        assert_eq!(g.candidates[0].kind, CandidateKind::ServerReflexive);
+        assert_eq!(
+            (g.candidates[0].addr, g.candidates[0].base),
+            (mux_at, mux_at)
+        );
+        late.close();
+    }
     gather(&mut b, Some(&a)).await;
     let (mut ca, mut cb) = connect(&a, &b).await;
     // The only local candidate is the srflx one, whose base is the mux socket.
     let (local, _) = ca.stats().await.unwrap().selected.expect("selected pair");
     assert_eq!(local, mux_at);
     exchange(&mut ca, &mut cb, 3).await;
+    // Still the two answers of the first two agents (a request would have been answered
+    // before its agent's gathering could end).
+    let s = srv.server_stats();
+    assert_eq!(s.answered, 2, "{s:?}");
     a2.close();
     engine.shutdown().unwrap();
     other.shutdown().unwrap();

@@ -22,7 +22,7 @@ pub(crate) use servers::ServerSpec;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
@@ -233,7 +233,15 @@ pub(crate) struct IceHost {
     /// broadcast races the peer's first datagram after it saw the pair selected): kept
     /// briefly and retried after the next control messages (bounded, one copy each).
     unrouted: Vec<Unrouted>,
+    /// (mux socket, STUN server) → (mapped address, when learned): every agent on a mux
+    /// socket has the same server-reflexive address for a server, so one Binding answer
+    /// serves the shard's later agents for [`MUX_MAPPED_TTL`].
+    mux_mapped: HashMap<(SocketId, SocketAddr), (SocketAddr, Instant)>,
 }
+
+/// How long a mux socket's mapped address is reused without asking the server again
+/// (well inside the 2-minute UDP mapping lifetime NATs must keep, RFC 4787 REQ-5).
+const MUX_MAPPED_TTL: Duration = Duration::from_secs(30);
 
 /// A datagram waiting for its route; see [`IceHost::retry_unrouted`].
 #[derive(Debug)]
@@ -246,7 +254,7 @@ struct Unrouted {
 
 /// Datagrams held per shard while their route is unknown, and for how long.
 const MAX_UNROUTED: usize = 256;
-const UNROUTED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const UNROUTED_WAIT: Duration = Duration::from_millis(500);
 /// How often held datagrams are retried (the loop wakes for it).
 const UNROUTED_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -279,6 +287,7 @@ impl IceHost {
             unrouted: Vec::new(),
             stream_slots: HashMap::new(),
             closed: Vec::new(),
+            mux_mapped: HashMap::new(),
         };
         for (i, (id, addr)) in mux.into_iter().enumerate() {
             host.set_role(id, SockRole::Mux(i as u16));
@@ -514,6 +523,9 @@ impl IceHost {
         // Server answers first: new candidates and the end of gathering reach the agent.
         if let Some(sv) = h.servers.as_mut() {
             sv.events(&mut h.agent, h.link.as_ref());
+            for (sock, server, mapped) in sv.take_learned() {
+                self.mux_mapped.insert((sock, server), (mapped, now));
+            }
         }
         let mut starved = false;
         loop {
@@ -751,8 +763,18 @@ impl IceHost {
                         }
                         let set = if tcp { self.streams.as_mut() } else { None };
                         let prefix = tid_prefix(self.shard, slot);
-                        let sv =
-                            Servers::new(servers, dedicated, on_mux, prefix, types, seed, now, set);
+                        let cache = &self.mux_mapped;
+                        let known = |sock: SocketId, server: SocketAddr| {
+                            cache
+                                .get(&(sock, server))
+                                .filter(|(_, at)| {
+                                    now.saturating_duration_since(*at) < MUX_MAPPED_TTL
+                                })
+                                .map(|(mapped, _)| *mapped)
+                        };
+                        let sv = Servers::new(
+                            servers, dedicated, on_mux, prefix, &known, types, seed, now, set,
+                        );
                         for id in sv.streams() {
                             self.stream_slots.insert(id, slot);
                         }

@@ -47,6 +47,8 @@ struct Binding {
     sock: SocketId,
     base: SocketAddr,
     client: BindingClient,
+    /// On a mux socket: its answer is learned for the shard's other agents.
+    shared: bool,
 }
 
 #[derive(Debug)]
@@ -108,6 +110,11 @@ pub(crate) struct Servers {
     errors: Vec<(String, String)>,
     /// End of gathering is held back until every client is done.
     end_pending: bool,
+    /// Mapped addresses the shard already knew (mux sockets), as (mapped, base): added
+    /// as srflx candidates by the first `events`.
+    known: Vec<(SocketAddr, SocketAddr)>,
+    /// Answers on mux sockets as (socket, server, mapped), for the shard's cache.
+    learned: Vec<(SocketId, SocketAddr, SocketAddr)>,
 }
 
 impl Servers {
@@ -115,13 +122,15 @@ impl Servers {
     /// duplicate of the socket); `mux` the shared sockets it has host candidates on, as
     /// (base, id). A mux socket gets Binding clients only (an allocation belongs to a
     /// 5-tuple, which the socket's other agents share), with transaction ids starting
-    /// with the agent's `tid_prefix` so that the demultiplexer routes the answers here.
+    /// with the agent's `tid_prefix` so that the demultiplexer routes the answers here,
+    /// unless `known` already has the socket's mapped address for that server.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         specs: Vec<ServerSpec>,
         socks: Vec<(SocketAddr, SocketId, Option<UdpSocket>)>,
         mux: Vec<(SocketAddr, SocketId)>,
         tid_prefix: [u8; 6],
+        known: &dyn Fn(SocketId, SocketAddr) -> Option<SocketAddr>,
         types: CandidateTypes,
         seed: u64,
         now: Instant,
@@ -139,6 +148,8 @@ impl Servers {
                 .collect(),
             errors: Vec::new(),
             end_pending: true,
+            known: Vec::new(),
+            learned: Vec::new(),
         };
         let mut n = 0u64;
         let mut next_seed = || {
@@ -226,6 +237,7 @@ impl Servers {
                         next_seed(),
                         now,
                     ),
+                    shared: false,
                 });
             }
             if !turn {
@@ -234,6 +246,10 @@ impl Servers {
                         continue;
                     };
                     used = true;
+                    if let Some(mapped) = known(*id, *server) {
+                        s.known.push((mapped, *base));
+                        continue;
+                    }
                     let client =
                         BindingClient::new(*server, *base, Retransmit::default(), next_seed(), now)
                             .with_tid_prefix(tid_prefix);
@@ -242,6 +258,7 @@ impl Servers {
                         sock: *id,
                         base: *base,
                         client,
+                        shared: true,
                     });
                 }
             }
@@ -253,6 +270,11 @@ impl Servers {
             }
         }
         s
+    }
+
+    /// Mapped addresses learned on mux sockets since the last call.
+    pub fn take_learned(&mut self) -> std::vec::Drain<'_, (SocketId, SocketAddr, SocketAddr)> {
+        self.learned.drain(..)
     }
 
     /// Whether every server answered or gave up.
@@ -416,10 +438,20 @@ impl Servers {
                 let _ = l.events.send(AgentEvent::GatherError { url, error: e });
             }
         }
+        let redundant = |a: &SocketAddr| self.types.host && self.hosts.contains(a);
+        for (mapped, base) in self.known.drain(..) {
+            if !redundant(&mapped) {
+                let _ = agent.add_local_candidate(Candidate::server_reflexive(mapped, base));
+            }
+        }
         for b in &mut self.bindings {
-            match b.client.poll_event() {
+            let ev = b.client.poll_event();
+            if let (Some(BindingEvent::Mapped(a)), true) = (&ev, b.shared) {
+                self.learned.push((b.sock, b.client.server(), *a));
+            }
+            match ev {
                 // RFC 8445 §5.1.3: a srflx equal to a host candidate is redundant.
-                Some(BindingEvent::Mapped(a)) if self.types.host && self.hosts.contains(&a) => {
+                Some(BindingEvent::Mapped(a)) if redundant(&a) => {
                     tracing::debug!(url = %b.url, "mapped address {a} equals the host candidate");
                 }
                 Some(BindingEvent::Mapped(a)) => {
