@@ -655,7 +655,11 @@ impl IceAgent {
             return Handled::Stun;
         };
         let use_candidate = m.use_candidate() && !self.controlling;
-        let nomination = m.nomination().unwrap_or(NO_NOMINATION);
+        // NOMINATION only means something with USE-CANDIDATE: look it up only then.
+        let nomination = match use_candidate {
+            true => m.nomination().unwrap_or(NO_NOMINATION),
+            false => NO_NOMINATION,
+        };
         let p = &mut self.checklist.pairs[pi];
         p.authenticated = true;
         if let Some(s) = &mut self.selected
@@ -776,8 +780,9 @@ impl IceAgent {
             s.last_activity = now;
             s.last_consent = now;
         }
+        let mapped = m.xor_mapped_address().and_then(Result::ok);
         // §7.2.5.3.1: a mapped address we do not know is a local peer-reflexive candidate.
-        if let Some(Ok(mapped)) = m.xor_mapped_address()
+        if let Some(mapped) = mapped
             && !self.locals.iter().any(|l| l.addr == mapped)
             && self.locals.len() < self.cfg.max_candidates
         {
@@ -789,7 +794,7 @@ impl IceAgent {
             self.locals.push(c);
         }
         // §7.2.5.3.2: the valid pair's local candidate is the one at the mapped address.
-        if let Some(Ok(mapped)) = m.xor_mapped_address() {
+        if let Some(mapped) = mapped {
             let base = self.locals[li].base;
             let component = self.locals[li].component;
             if let Some(v) = self

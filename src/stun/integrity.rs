@@ -181,10 +181,18 @@ impl IntegrityKeySha256 {
 }
 
 /// CRC-32 of `buf[..upto]` with the header length replaced by `len_at`, xor'd.
+///
+/// When the header already holds `len_at` (always on receive, where FINGERPRINT is last,
+/// and on send, where the writer sets the final length first) the CRC runs in one pass.
+#[inline]
 pub(crate) fn fingerprint(buf: &[u8], upto: usize, len_at: usize) -> u32 {
+    let len = (len_at as u16).to_be_bytes();
+    if buf[2..4] == len {
+        return crc32fast::hash(&buf[..upto]) ^ FINGERPRINT_XOR;
+    }
     let mut h = crc32fast::Hasher::new();
     h.update(&buf[0..2]);
-    h.update(&(len_at as u16).to_be_bytes());
+    h.update(&len);
     h.update(&buf[4..upto]);
     h.finalize() ^ FINGERPRINT_XOR
 }
