@@ -443,8 +443,8 @@ impl IceAgent {
         if !self.pairs_as_itself(li) {
             return None;
         }
-        let foundation =
-            (u64::from(fnv(l.foundation.as_str())) << 32) | u64::from(fnv(r.foundation.as_str()));
+        let foundation = (u64::from(fnv(l.foundation.as_bytes())) << 32)
+            | u64::from(fnv(r.foundation.as_bytes()));
         let prio = self.priority_of(li, ri);
         let pair = Pair::new(li as u16, ri as u16, prio, foundation);
         let i = self.checklist.add(pair, self.cfg.max_pairs)?;
@@ -641,8 +641,7 @@ impl IceAgent {
                 let mut c = Candidate::peer_reflexive(pkt.source, pkt.source, prio);
                 c.related = None;
                 c.component = self.locals[li].component;
-                c.foundation =
-                    super::candidate::Foundation::from_hash(fnv(&format!("prflx{}", pkt.source)));
+                c.foundation = super::candidate::Foundation::from_hash(prflx_hash(pkt.source));
                 self.remotes.reserve_exact(1);
                 self.remotes.push(c);
                 self.remotes.len() - 1
@@ -1199,11 +1198,30 @@ fn prflx_priority(local: u32) -> u32 {
     (CandidateKind::PeerReflexive.type_preference() << 24) | (local & 0x00FF_FFFF)
 }
 
-fn fnv(s: &str) -> u32 {
-    let mut h: u32 = 0x811C_9DC5;
-    for b in s.bytes() {
+fn fnv(s: &[u8]) -> u32 {
+    fnv_from(0x811C_9DC5, s)
+}
+
+/// FNV-1a continued from `h`.
+fn fnv_from(mut h: u32, s: &[u8]) -> u32 {
+    for &b in s {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// The foundation hash of a remote peer-reflexive candidate: FNV-1a of the text
+/// `prflx<source>` (e.g. `prflx10.0.0.2:6000`), hashed as it is formatted, no allocation.
+fn prflx_hash(source: SocketAddr) -> u32 {
+    struct Fnv(u32);
+    impl std::fmt::Write for Fnv {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 = fnv_from(self.0, s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut h = Fnv(fnv(b"prflx"));
+    let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{source}"));
+    h.0
 }
