@@ -130,9 +130,22 @@ impl fmt::Display for Foundation {
 }
 
 /// ALPHA / DIGIT / "+" / "/" (RFC 8445 §15.1).
+#[inline]
 pub(crate) fn is_ice_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'+' || c == b'/'
+    ICE_CHAR[usize::from(c)]
 }
+
+/// [`is_ice_char`] as a table: one load per byte when credentials are validated.
+const ICE_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+        i += 1;
+    }
+    t
+};
 
 /// SDP extension attributes that browsers append (`generation`, `ufrag`, `network-id`,
 /// `network-cost`) plus any others, kept so a candidate line round-trips.

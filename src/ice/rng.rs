@@ -34,9 +34,12 @@ impl Rng {
         }
     }
 
+    /// `len` random ice-chars, one draw per char (as bytes: no per-char UTF-8 encoding).
     pub(crate) fn ice_string(&mut self, len: usize) -> String {
-        (0..len)
-            .map(|_| ICE_CHARS[self.below(ICE_CHARS.len() as u64) as usize] as char)
-            .collect()
+        let mut s = Vec::with_capacity(len);
+        for _ in 0..len {
+            s.push(ICE_CHARS[self.below(ICE_CHARS.len() as u64) as usize]);
+        }
+        String::from_utf8(s).expect("ice-chars are ASCII")
     }
 }
