@@ -34,12 +34,11 @@ impl Rng {
         }
     }
 
-    /// `len` random ice-chars, one draw per char (as bytes: no per-char UTF-8 encoding).
-    pub(crate) fn ice_string(&mut self, len: usize) -> String {
-        let mut s = Vec::with_capacity(len);
-        for _ in 0..len {
-            s.push(ICE_CHARS[self.below(ICE_CHARS.len() as u64) as usize]);
+    /// Fills `out` with random ice-chars, one draw per char, and returns it as text.
+    pub(crate) fn ice_chars<'a>(&mut self, out: &'a mut [u8]) -> &'a str {
+        for b in out.iter_mut() {
+            *b = ICE_CHARS[self.below(ICE_CHARS.len() as u64) as usize];
         }
-        String::from_utf8(s).expect("ice-chars are ASCII")
+        std::str::from_utf8(out).unwrap_or("")
     }
 }
