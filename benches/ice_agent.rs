@@ -143,12 +143,11 @@ mod ours {
         let b_addr: SocketAddr = ADDR_B.parse().unwrap();
         a.add_local_candidate(Candidate::host(a_addr)).unwrap();
         b.add_local_candidate(Candidate::host(b_addr)).unwrap();
+        // Our API borrows the peer's strings (no copies); `is` takes owned `IceCreds`.
         let (u, p) = a.local_credentials();
-        let (u, p) = (u.to_owned(), p.to_owned());
-        b.set_remote_credentials(&u, &p).unwrap();
+        b.set_remote_credentials(u, p).unwrap();
         let (u, p) = b.local_credentials();
-        let (u, p) = (u.to_owned(), p.to_owned());
-        a.set_remote_credentials(&u, &p).unwrap();
+        a.set_remote_credentials(u, p).unwrap();
         a.add_remote_candidate(b.local_candidates()[0].clone())
             .unwrap();
         b.add_remote_candidate(a.local_candidates()[0].clone())
