@@ -304,8 +304,7 @@ fn remote_prflx_foundation_hashes_its_address() {
         a.add_local_candidate(Candidate::host(local.parse().unwrap()))
             .unwrap();
         let (u, p) = b.local_credentials();
-        a.set_remote_credentials(&u.to_owned(), &p.to_owned())
-            .unwrap();
+        a.set_remote_credentials(u, p).unwrap();
         let mut buf = [0u8; 1500];
         let pwd = a.local_credentials().1.to_owned();
         let n = request_with(&a, &b, &[3u8; 12], &[], &pwd, &mut buf);
