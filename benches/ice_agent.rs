@@ -21,7 +21,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 
 /// Local addresses of the controlling (A) and controlled (B) agent. Never bound.
 const ADDR_A: &str = "127.0.0.1:1000";
@@ -143,12 +143,11 @@ mod ours {
         let b_addr: SocketAddr = ADDR_B.parse().unwrap();
         a.add_local_candidate(Candidate::host(a_addr)).unwrap();
         b.add_local_candidate(Candidate::host(b_addr)).unwrap();
+        // Our API borrows the peer's strings (no copies); `is` takes owned `IceCreds`.
         let (u, p) = a.local_credentials();
-        let (u, p) = (u.to_owned(), p.to_owned());
-        b.set_remote_credentials(&u, &p).unwrap();
+        b.set_remote_credentials(u, p).unwrap();
         let (u, p) = b.local_credentials();
-        let (u, p) = (u.to_owned(), p.to_owned());
-        a.set_remote_credentials(&u, &p).unwrap();
+        a.set_remote_credentials(u, p).unwrap();
         a.add_remote_candidate(b.local_candidates()[0].clone())
             .unwrap();
         b.add_remote_candidate(a.local_candidates()[0].clone())
@@ -306,5 +305,38 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// One timed iteration of ours: establish a pair and drop it (the callgrind toggle).
+#[inline(never)]
+fn cycle_ours(seed: u64, start: Instant) {
+    drop(black_box(ours::establish(black_box(seed), start, false)));
+}
+
+/// One timed iteration of `is`: establish a pair and drop it (the callgrind toggle).
+#[inline(never)]
+fn cycle_is(start: Instant) {
+    drop(black_box(str0m_is::establish(black_box(start), false)));
+}
+
+/// `ICE_BENCH_COUNT=N`: establish N pairs with each agent and exit, without criterion,
+/// for instruction counts (`valgrind --tool=callgrind --toggle-collect=...establish*`,
+/// see docs/benchmarks.md). Otherwise the criterion group above.
+fn main() {
+    if let Some(n) = std::env::var("ICE_BENCH_COUNT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let start = Instant::now();
+        for seed in 0..n {
+            cycle_ours(seed, start);
+        }
+        for _ in 0..n {
+            cycle_is(start);
+        }
+        println!("established {n} pairs with each agent");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);

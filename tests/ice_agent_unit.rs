@@ -1,7 +1,7 @@
 //! Agent-level checks: untrusted bytes, memory footprint of a connected agent.
 use std::time::{Duration, Instant};
 
-use icering::ice::{Candidate, Handled, IceAgent, IceConfig};
+use icering::ice::{Candidate, CandidateKind, Foundation, Handled, IceAgent, IceConfig};
 use icering::net::Received;
 use icering::stun::{Class, IntegrityKey, Message, MessageType, MessageWriter, Method, attr};
 use proptest::prelude::*;
@@ -261,5 +261,63 @@ fn aggressive_nomination_flags_first_check() {
         let m = Message::parse(&buf[..t.size]).unwrap();
         assert_eq!(m.class(), Class::Request);
         assert_eq!(m.use_candidate(), aggressive);
+    }
+}
+
+/// Foundations derived from a hash are its decimal text (as pion/ice and libwebrtc write
+/// them), for the shortest and longest u32s too.
+#[test]
+fn foundation_from_hash_is_decimal_text() {
+    for h in [0, 7, 10, 99, 100, 123_456_789, 1_000_000_000, u32::MAX] {
+        let f = Foundation::from_hash(h);
+        assert_eq!(f.as_str(), h.to_string());
+        assert_eq!(f.as_bytes(), h.to_string().as_bytes());
+        assert_eq!(Some(f), Foundation::new(&h.to_string()));
+    }
+}
+
+/// A check from an unknown address makes a remote peer-reflexive candidate (§7.3.1.3)
+/// whose foundation is the FNV-1a hash of `prflx<address>` in decimal, for IPv4 and IPv6.
+#[test]
+fn remote_prflx_foundation_hashes_its_address() {
+    fn fnv1a(s: &str) -> u32 {
+        s.bytes().fold(0x811C_9DC5, |h: u32, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+    }
+    for (local, source) in [
+        ("10.0.0.1:5000", "10.0.0.2:7000"),
+        ("[2001:db8::1]:5000", "[2001:db8::2]:7000"),
+    ] {
+        // Controlling, so the request's ICE-CONTROLLED is no role conflict.
+        let mut a = IceAgent::new(IceConfig {
+            controlling: true,
+            seed: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        let b = IceAgent::new(IceConfig {
+            seed: 6,
+            ..Default::default()
+        })
+        .unwrap();
+        a.add_local_candidate(Candidate::host(local.parse().unwrap()))
+            .unwrap();
+        let (u, p) = b.local_credentials();
+        a.set_remote_credentials(u, p).unwrap();
+        let mut buf = [0u8; 1500];
+        let pwd = a.local_credentials().1.to_owned();
+        let n = request_with(&a, &b, &[3u8; 12], &[], &pwd, &mut buf);
+        let pkt = Received {
+            source: source.parse().unwrap(),
+            destination: local.parse().unwrap(),
+            contents: &buf[..n],
+        };
+        assert_eq!(a.handle_packet(Instant::now(), pkt), Handled::Stun);
+        let r = &a.remote_candidates()[0];
+        assert_eq!(r.kind, CandidateKind::PeerReflexive);
+        assert_eq!(r.addr, source.parse().unwrap());
+        let want = fnv1a(&format!("prflx{source}"));
+        assert_eq!(r.foundation.as_str(), want.to_string(), "{source}");
     }
 }

@@ -20,24 +20,61 @@ const NO_NOMINATION: u32 = u32::MAX;
 /// At most this many types are listed in a 420's UNKNOWN-ATTRIBUTES.
 const MAX_UNKNOWN: usize = 4;
 
+/// Generated credentials (RFC 8445 §5.3: at least 24 bits and 128 bits of randomness).
+const UFRAG_LEN: usize = 8;
+const PWD_LEN: usize = 24;
+
+/// A ufrag/pwd pair (RFC 8445 §5.3) and the HMAC key of the pwd.
 #[derive(Debug, Clone)]
 struct Credentials {
-    ufrag: String,
-    pwd: String,
+    /// The ufrag followed by the pwd: one allocation for both.
+    text: Box<str>,
+    /// Length of the ufrag in `text` (at most 256).
+    ufrag_len: u16,
     key: IntegrityKey,
 }
 
 impl Credentials {
-    fn new(ufrag: String, pwd: String) -> Result<Self, IceError> {
+    fn new(ufrag: &str, pwd: &str) -> Result<Self, IceError> {
         let ok = |s: &str, min: usize| (min..=256).contains(&s.len()) && s.bytes().all(is_ice_char);
-        if !ok(&ufrag, 4) {
+        if !ok(ufrag, 4) {
             return Err(IceError::BadCredentials("ufrag must be 4..=256 ice-chars"));
         }
-        if !ok(&pwd, 22) {
+        if !ok(pwd, 22) {
             return Err(IceError::BadCredentials("pwd must be 22..=256 ice-chars"));
         }
         let key = IntegrityKey::new(pwd.as_bytes());
-        Ok(Credentials { ufrag, pwd, key })
+        let mut text = String::with_capacity(ufrag.len() + pwd.len());
+        text.push_str(ufrag);
+        text.push_str(pwd);
+        Ok(Credentials {
+            text: text.into_boxed_str(),
+            ufrag_len: ufrag.len() as u16,
+            key,
+        })
+    }
+
+    /// Local credentials: `ufrag` and `pwd` as given, or drawn from `rng` (ufrag first)
+    /// into stack buffers, so the only allocation is the one `new` makes.
+    fn local(rng: &mut Rng, ufrag: Option<String>, pwd: Option<String>) -> Result<Self, IceError> {
+        let (mut u, mut p) = ([0u8; UFRAG_LEN], [0u8; PWD_LEN]);
+        let ufrag = match &ufrag {
+            Some(s) => s.as_str(),
+            None => rng.ice_chars(&mut u),
+        };
+        let pwd = match &pwd {
+            Some(s) => s.as_str(),
+            None => rng.ice_chars(&mut p),
+        };
+        Credentials::new(ufrag, pwd)
+    }
+
+    fn ufrag(&self) -> &str {
+        self.text.get(..usize::from(self.ufrag_len)).unwrap_or("")
+    }
+
+    fn pwd(&self) -> &str {
+        self.text.get(usize::from(self.ufrag_len)..).unwrap_or("")
     }
 }
 
@@ -106,15 +143,8 @@ impl IceAgent {
     pub fn new(mut config: IceConfig) -> Result<Self, IceError> {
         let mut rng = Rng::new(config.seed);
         // Taken, not cloned: the credentials live once, in `local`.
-        let ufrag = config
-            .local_ufrag
-            .take()
-            .unwrap_or_else(|| rng.ice_string(8));
-        let pwd = config
-            .local_pwd
-            .take()
-            .unwrap_or_else(|| rng.ice_string(24));
-        let local = Credentials::new(ufrag, pwd)?;
+        let local =
+            Credentials::local(&mut rng, config.local_ufrag.take(), config.local_pwd.take())?;
         let tie_breaker = rng.next_u64();
         Ok(IceAgent {
             controlling: config.controlling && !config.lite,
@@ -145,14 +175,12 @@ impl IceAgent {
 
     /// Local `(ufrag, pwd)` to signal to the peer.
     pub fn local_credentials(&self) -> (&str, &str) {
-        (&self.local.ufrag, &self.local.pwd)
+        (self.local.ufrag(), self.local.pwd())
     }
 
     /// Remote `(ufrag, pwd)`, once set.
     pub fn remote_credentials(&self) -> Option<(&str, &str)> {
-        self.remote
-            .as_ref()
-            .map(|c| (c.ufrag.as_str(), c.pwd.as_str()))
+        self.remote.as_ref().map(|c| (c.ufrag(), c.pwd()))
     }
 
     /// Whether the agent is currently controlling.
@@ -232,12 +260,8 @@ impl IceAgent {
                     .map(|(k, v)| k.len() + v.len())
                     .sum::<usize>()
         };
-        self.local.ufrag.capacity()
-            + self.local.pwd.capacity()
-            + self
-                .remote
-                .as_ref()
-                .map_or(0, |r| r.ufrag.capacity() + r.pwd.capacity())
+        self.local.text.len()
+            + self.remote.as_ref().map_or(0, |r| r.text.len())
             + self.locals.capacity() * size_of::<Candidate>()
             + self.locals.iter().map(cand).sum::<usize>()
             + self.remotes.capacity() * size_of::<Candidate>()
@@ -255,12 +279,12 @@ impl IceAgent {
     /// remote candidates and pairs are dropped (the selected path keeps carrying data).
     pub fn set_remote_credentials(&mut self, ufrag: &str, pwd: &str) -> Result<(), IceError> {
         if let Some(r) = &self.remote {
-            if r.ufrag == ufrag && r.pwd == pwd {
+            if r.ufrag() == ufrag && r.pwd() == pwd {
                 return Ok(());
             }
             self.clear_remote_side();
         }
-        self.remote = Some(Credentials::new(ufrag.into(), pwd.into())?);
+        self.remote = Some(Credentials::new(ufrag, pwd)?);
         Ok(())
     }
 
@@ -378,9 +402,7 @@ impl IceAgent {
     /// and relayed local candidates are kept (not re-announced). The old selected pair keeps
     /// carrying data until a new pair is selected.
     pub fn restart(&mut self, ufrag: Option<String>, pwd: Option<String>) -> Result<(), IceError> {
-        let ufrag = ufrag.unwrap_or_else(|| self.rng.ice_string(8));
-        let pwd = pwd.unwrap_or_else(|| self.rng.ice_string(24));
-        self.local = Credentials::new(ufrag, pwd)?;
+        self.local = Credentials::local(&mut self.rng, ufrag, pwd)?;
         self.remote = None;
         self.clear_remote_side();
         self.locals
@@ -443,8 +465,8 @@ impl IceAgent {
         if !self.pairs_as_itself(li) {
             return None;
         }
-        let foundation =
-            (u64::from(fnv(l.foundation.as_str())) << 32) | u64::from(fnv(r.foundation.as_str()));
+        let foundation = (u64::from(fnv(l.foundation.as_bytes())) << 32)
+            | u64::from(fnv(r.foundation.as_bytes()));
         let prio = self.priority_of(li, ri);
         let pair = Pair::new(li as u16, ri as u16, prio, foundation);
         let i = self.checklist.add(pair, self.cfg.max_pairs)?;
@@ -569,7 +591,7 @@ impl IceAgent {
         };
         // USERNAME is "our ufrag:their ufrag" (§7.2.2); an unknown ufrag is dropped.
         match user.split_once(':') {
-            Some((ours, _)) if ours == self.local.ufrag => {}
+            Some((ours, _)) if ours == self.local.ufrag() => {}
             _ => return Handled::Dropped,
         }
         if m.verify_integrity(&self.local.key).is_err() {
@@ -641,8 +663,7 @@ impl IceAgent {
                 let mut c = Candidate::peer_reflexive(pkt.source, pkt.source, prio);
                 c.related = None;
                 c.component = self.locals[li].component;
-                c.foundation =
-                    super::candidate::Foundation::from_hash(fnv(&format!("prflx{}", pkt.source)));
+                c.foundation = super::candidate::Foundation::from_hash(prflx_hash(pkt.source));
                 self.remotes.reserve_exact(1);
                 self.remotes.push(c);
                 self.remotes.len() - 1
@@ -655,7 +676,11 @@ impl IceAgent {
             return Handled::Stun;
         };
         let use_candidate = m.use_candidate() && !self.controlling;
-        let nomination = m.nomination().unwrap_or(NO_NOMINATION);
+        // NOMINATION only means something with USE-CANDIDATE: look it up only then.
+        let nomination = match use_candidate {
+            true => m.nomination().unwrap_or(NO_NOMINATION),
+            false => NO_NOMINATION,
+        };
         let p = &mut self.checklist.pairs[pi];
         p.authenticated = true;
         if let Some(s) = &mut self.selected
@@ -776,8 +801,9 @@ impl IceAgent {
             s.last_activity = now;
             s.last_consent = now;
         }
+        let mapped = m.xor_mapped_address().and_then(Result::ok);
         // §7.2.5.3.1: a mapped address we do not know is a local peer-reflexive candidate.
-        if let Some(Ok(mapped)) = m.xor_mapped_address()
+        if let Some(mapped) = mapped
             && !self.locals.iter().any(|l| l.addr == mapped)
             && self.locals.len() < self.cfg.max_candidates
         {
@@ -789,7 +815,7 @@ impl IceAgent {
             self.locals.push(c);
         }
         // §7.2.5.3.2: the valid pair's local candidate is the one at the mapped address.
-        if let Some(Ok(mapped)) = m.xor_mapped_address() {
+        if let Some(mapped) = mapped {
             let base = self.locals[li].base;
             let component = self.locals[li].component;
             if let Some(v) = self
@@ -848,6 +874,7 @@ impl IceAgent {
         self.events
             .push_back(IceEvent::SelectedPair { local, remote });
         self.set_state(ConnectionState::Connected);
+        self.release_pending_if_idle();
     }
 
     fn set_state(&mut self, s: ConnectionState) {
@@ -1106,8 +1133,8 @@ impl IceAgent {
                         self.nomination_sent += 1;
                     }
                     let params = CheckParams {
-                        remote_ufrag: &remote.ufrag,
-                        local_ufrag: &self.local.ufrag,
+                        remote_ufrag: remote.ufrag(),
+                        local_ufrag: self.local.ufrag(),
                         priority: prflx_priority(local.priority),
                         controlling: self.controlling,
                         tie_breaker: self.tie_breaker,
@@ -1125,7 +1152,22 @@ impl IceAgent {
                 }
             }
         }
+        self.release_pending_if_idle();
         None
+    }
+
+    /// Connected with nothing queued: the queue only sees a keepalive or an answer now and
+    /// then, so its memory is given back rather than held between them.
+    fn release_pending_if_idle(&mut self) {
+        if self.pending.is_empty()
+            && self.pending.capacity() > 0
+            && matches!(
+                self.state,
+                ConnectionState::Connected | ConnectionState::Completed
+            )
+        {
+            self.pending = VecDeque::new();
+        }
     }
 
     /// The next application-visible event.
@@ -1194,11 +1236,30 @@ fn prflx_priority(local: u32) -> u32 {
     (CandidateKind::PeerReflexive.type_preference() << 24) | (local & 0x00FF_FFFF)
 }
 
-fn fnv(s: &str) -> u32 {
-    let mut h: u32 = 0x811C_9DC5;
-    for b in s.bytes() {
+fn fnv(s: &[u8]) -> u32 {
+    fnv_from(0x811C_9DC5, s)
+}
+
+/// FNV-1a continued from `h`.
+fn fnv_from(mut h: u32, s: &[u8]) -> u32 {
+    for &b in s {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// The foundation hash of a remote peer-reflexive candidate: FNV-1a of the text
+/// `prflx<source>` (e.g. `prflx10.0.0.2:6000`), hashed as it is formatted, no allocation.
+fn prflx_hash(source: SocketAddr) -> u32 {
+    struct Fnv(u32);
+    impl std::fmt::Write for Fnv {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 = fnv_from(self.0, s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut h = Fnv(fnv(b"prflx"));
+    let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{source}"));
+    h.0
 }

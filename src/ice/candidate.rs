@@ -86,13 +86,34 @@ impl Foundation {
 
     /// A decimal foundation derived from a hash (how pion/ice and libwebrtc write them).
     pub fn from_hash(h: u32) -> Self {
-        let s = h.to_string();
-        Foundation::new(&s).expect("digits are ice-chars")
+        // Decimal digits written in place (at most 10 for a u32): no formatting machinery.
+        let mut digits = [0u8; 10];
+        let mut n = h;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut bytes = [0; 32];
+        bytes[..digits.len() - i].copy_from_slice(&digits[i..]);
+        Foundation {
+            len: (digits.len() - i) as u8,
+            bytes,
+        }
     }
 
     /// As text.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    /// As bytes (ice-chars, so also the text's UTF-8), without re-validating them.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -109,9 +130,22 @@ impl fmt::Display for Foundation {
 }
 
 /// ALPHA / DIGIT / "+" / "/" (RFC 8445 §15.1).
+#[inline]
 pub(crate) fn is_ice_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'+' || c == b'/'
+    ICE_CHAR[usize::from(c)]
 }
+
+/// [`is_ice_char`] as a table: one load per byte when credentials are validated.
+const ICE_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+        i += 1;
+    }
+    t
+};
 
 /// SDP extension attributes that browsers append (`generation`, `ufrag`, `network-id`,
 /// `network-cost`) plus any others, kept so a candidate line round-trips.

@@ -34,9 +34,11 @@ impl Rng {
         }
     }
 
-    pub(crate) fn ice_string(&mut self, len: usize) -> String {
-        (0..len)
-            .map(|_| ICE_CHARS[self.below(ICE_CHARS.len() as u64) as usize] as char)
-            .collect()
+    /// Fills `out` with random ice-chars, one draw per char, and returns it as text.
+    pub(crate) fn ice_chars<'a>(&mut self, out: &'a mut [u8]) -> &'a str {
+        for b in out.iter_mut() {
+            *b = ICE_CHARS[self.below(ICE_CHARS.len() as u64) as usize];
+        }
+        std::str::from_utf8(out).unwrap_or("")
     }
 }

@@ -101,14 +101,31 @@ impl IntegrityKey {
 
     /// The HMAC of `buf[..upto]` with the header length replaced by `len_at`.
     ///
-    /// Hashes straight from the message with the SHA-1 block function: full blocks are
-    /// compressed in place, only the first (patched length) and the padded tail are built
-    /// on the stack. No allocation, no block-buffer copies.
+    /// Hashes with the SHA-1 block function, no allocation. A message that fits 3 blocks
+    /// with its padding (up to 183 bytes: every ICE check and response) is copied once to
+    /// the stack, length patched and padded, and hashed in one block-function call; a
+    /// longer one is hashed in place, only its first block (patched length) and padded
+    /// tail built on the stack.
     #[inline]
     pub(crate) fn sign(&self, buf: &[u8], upto: usize, len_at: usize) -> [u8; 20] {
         let msg = &buf[..upto];
         let len_field = (len_at as u16).to_be_bytes();
         let mut state = self.inner;
+        // MD padding: 0x80, zeros, bit length (the key block counts: 64 bytes).
+        let bits = ((64 + upto) as u64) * 8;
+        if upto + 9 <= SHORT_BLOCKS * 64 {
+            // Short messages (every ICE check and response): message and padding in one
+            // stack buffer, hashed by one call of the block function.
+            let mut blocks = [[0u8; 64]; SHORT_BLOCKS];
+            let n = (upto + 9).div_ceil(64);
+            let flat = blocks.as_flattened_mut();
+            flat[..upto].copy_from_slice(msg);
+            flat[2..4].copy_from_slice(&len_field);
+            flat[upto] = 0x80;
+            flat[n * 64 - 8..n * 64].copy_from_slice(&bits.to_be_bytes());
+            sha1::block_api::compress(&mut state, &blocks[..n]);
+            return self.finish(state);
+        }
         let (blocks, tail) = msg.as_chunks::<64>();
         let mut tail_block = [0u8; 128];
         tail_block[..tail.len()].copy_from_slice(tail);
@@ -121,14 +138,17 @@ impl IntegrityKey {
             // The whole message is in the tail; it holds at least the 20-byte header.
             tail_block[2..4].copy_from_slice(&len_field);
         }
-        // MD padding: 0x80, zeros, bit length (the key block counts: 64 bytes).
         tail_block[tail.len()] = 0x80;
         let tail_len = if tail.len() < 56 { 64 } else { 128 };
-        let bits = ((64 + upto) as u64) * 8;
         tail_block[tail_len - 8..tail_len].copy_from_slice(&bits.to_be_bytes());
         let (tail_blocks, _) = tail_block[..tail_len].as_chunks::<64>();
         sha1::block_api::compress(&mut state, tail_blocks);
+        self.finish(state)
+    }
 
+    /// The outer hash of HMAC over the inner digest `state`.
+    #[inline]
+    fn finish(&self, state: [u32; 5]) -> [u8; 20] {
         let mut outer_block = [0u8; 64];
         for (chunk, word) in outer_block.chunks_exact_mut(4).zip(state) {
             chunk.copy_from_slice(&word.to_be_bytes());
@@ -144,6 +164,9 @@ impl IntegrityKey {
         mac
     }
 }
+
+/// Messages up to `SHORT_BLOCKS * 64 - 9` bytes are signed through one stack buffer.
+const SHORT_BLOCKS: usize = 3;
 
 /// SHA-1 initial state (FIPS 180-4 §5.3.1).
 const SHA1_H0: [u32; 5] = [
@@ -181,10 +204,18 @@ impl IntegrityKeySha256 {
 }
 
 /// CRC-32 of `buf[..upto]` with the header length replaced by `len_at`, xor'd.
+///
+/// When the header already holds `len_at` (always on receive, where FINGERPRINT is last,
+/// and on send, where the writer sets the final length first) the CRC runs in one pass.
+#[inline]
 pub(crate) fn fingerprint(buf: &[u8], upto: usize, len_at: usize) -> u32 {
+    let len = (len_at as u16).to_be_bytes();
+    if buf[2..4] == len {
+        return crc32fast::hash(&buf[..upto]) ^ FINGERPRINT_XOR;
+    }
     let mut h = crc32fast::Hasher::new();
     h.update(&buf[0..2]);
-    h.update(&(len_at as u16).to_be_bytes());
+    h.update(&len);
     h.update(&buf[4..upto]);
     h.finalize() ^ FINGERPRINT_XOR
 }

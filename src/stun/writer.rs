@@ -262,7 +262,13 @@ impl<'b> MessageWriter<'b> {
     #[inline]
     pub fn add_fingerprint(&mut self) -> Result<(), StunError> {
         let at = self.len;
-        let crc = fingerprint(self.buf, at, at + 8 - HEADER_LEN);
+        if at + 8 > self.buf.len() {
+            return Err(StunError::BufferTooSmall);
+        }
+        // The final length goes into the header first, so the CRC is one pass.
+        let len_at = at + 8 - HEADER_LEN;
+        self.buf[2..4].copy_from_slice(&(len_at as u16).to_be_bytes());
+        let crc = fingerprint(self.buf, at, len_at);
         self.add_u32(attr::FINGERPRINT, crc)
     }
 }
