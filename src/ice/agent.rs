@@ -874,7 +874,6 @@ impl IceAgent {
         self.events
             .push_back(IceEvent::SelectedPair { local, remote });
         self.set_state(ConnectionState::Connected);
-        self.release_pending_if_idle();
     }
 
     fn set_state(&mut self, s: ConnectionState) {
@@ -1152,22 +1151,7 @@ impl IceAgent {
                 }
             }
         }
-        self.release_pending_if_idle();
         None
-    }
-
-    /// Connected with nothing queued: the queue only sees a keepalive or an answer now and
-    /// then, so its memory is given back rather than held between them.
-    fn release_pending_if_idle(&mut self) {
-        if self.pending.is_empty()
-            && self.pending.capacity() > 0
-            && matches!(
-                self.state,
-                ConnectionState::Connected | ConnectionState::Completed
-            )
-        {
-            self.pending = VecDeque::new();
-        }
     }
 
     /// The next application-visible event.
