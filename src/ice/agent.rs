@@ -136,6 +136,9 @@ pub struct IceAgent {
     last_now: Option<Instant>,
     local_end: bool,
     remote_end: bool,
+    /// Bases of local candidates removed by
+    /// [`remove_local_candidates`](IceAgent::remove_local_candidates): they pair no more.
+    gone: Vec<SocketAddr>,
 }
 
 impl IceAgent {
@@ -168,6 +171,7 @@ impl IceAgent {
             last_now: None,
             local_end: false,
             remote_end: false,
+            gone: Vec::new(),
         })
     }
 
@@ -355,6 +359,51 @@ impl IceAgent {
         }
     }
 
+    /// An interface address is gone (continual gathering): the local candidates whose base
+    /// is `base` stop being used. Their pairs fail, with their transactions and queued
+    /// checks and answers. If the selected pair was one of them the state is
+    /// [`ConnectionState::Disconnected`] until another pair is selected: the controlling
+    /// agent nominates the best remaining valid pair, the controlled agent follows the
+    /// peer's next nomination. Moving to another pair after a nomination is renomination
+    /// (§8.1.1 allows one nomination per session), so both sides need
+    /// [`IceConfig::renomination`] for the move. The candidates stay in
+    /// [`local_candidates`](Self::local_candidates) (trickle cannot withdraw a signalled
+    /// candidate) but form no new pairs. Returns how many candidates had that base.
+    pub fn remove_local_candidates(&mut self, base: SocketAddr) -> usize {
+        let gone: Vec<usize> = (0..self.locals.len())
+            .filter(|&i| self.locals[i].base == base)
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        if !self.gone.contains(&base) {
+            self.gone.push(base);
+        }
+        let on_gone = |p: &Pair| gone.contains(&usize::from(p.local));
+        let mut failed: Vec<u16> = Vec::new();
+        for (i, p) in self.checklist.pairs.iter_mut().enumerate() {
+            if on_gone(p) {
+                p.state = PairState::Failed;
+                p.txn = None;
+                p.nominate_on_success = None;
+                failed.push(i as u16);
+            }
+        }
+        self.checklist.triggered.retain(|i| !failed.contains(i));
+        self.pending.retain(|q| match q {
+            Pending::Check { pair, .. } => !failed.contains(pair),
+            Pending::Response { local, .. } => *local != base,
+        });
+        if self.nominating.is_some_and(|n| failed.contains(&n)) {
+            self.nominating = None;
+        }
+        if self.selected.is_some_and(|s| s.local == base) {
+            self.selected = None;
+            self.set_state(ConnectionState::Disconnected);
+        }
+        gone.len()
+    }
+
     /// Adds a remote candidate (trickle: at any time, also before credentials). Non-UDP
     /// candidates are accepted and ignored. A candidate that was known as peer-reflexive is
     /// upgraded in place.
@@ -459,7 +508,10 @@ impl IceAgent {
 
     fn form_pair(&mut self, li: usize, ri: usize) -> Option<usize> {
         let (l, r) = (&self.locals[li], &self.remotes[ri]);
-        if l.component != r.component || l.addr.is_ipv4() != r.addr.is_ipv4() {
+        if l.component != r.component
+            || l.addr.is_ipv4() != r.addr.is_ipv4()
+            || self.gone.contains(&l.base)
+        {
             return None;
         }
         if !self.pairs_as_itself(li) {
@@ -993,16 +1045,27 @@ impl IceAgent {
         {
             return;
         }
-        let Some(best) = self.checklist.best_valid() else {
+        let sel = self.selected.and_then(|s| s.pair);
+        // The selected pair went quiet (Disconnected), e.g. the peer's interface went
+        // away: with renomination, move to the best other valid pair.
+        let quiet = self.cfg.renomination && self.state == ConnectionState::Disconnected;
+        let best = if quiet {
+            self.checklist.best_valid_except(sel.map(usize::from))
+        } else {
+            self.checklist.best_valid()
+        };
+        let Some(best) = best else {
             return;
         };
         let prio = self.checklist.pairs[best].priority;
-        let want = match self.selected.and_then(|s| s.pair) {
+        let want = match sel {
+            // No selected pair (yet, or its local candidate is gone).
             None => true,
+            // Renomination: a better valid pair, or any other once the selected one is quiet.
             Some(s) => {
                 self.cfg.renomination
                     && usize::from(s) != best
-                    && prio > self.checklist.pairs[usize::from(s)].priority
+                    && (quiet || prio > self.checklist.pairs[usize::from(s)].priority)
             }
         };
         if !want {

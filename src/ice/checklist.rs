@@ -139,10 +139,15 @@ impl CheckList {
 
     /// The highest-priority valid (Succeeded) pair.
     pub(crate) fn best_valid(&self) -> Option<usize> {
+        self.best_valid_except(None)
+    }
+
+    /// The highest-priority valid pair other than `skip`.
+    pub(crate) fn best_valid_except(&self, skip: Option<usize>) -> Option<usize> {
         self.pairs
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.state == PairState::Succeeded)
+            .filter(|&(i, p)| p.state == PairState::Succeeded && Some(i) != skip)
             .max_by_key(|(_, p)| p.priority)
             .map(|(i, _)| i)
     }
