@@ -513,7 +513,7 @@ impl IceHost {
         };
         // Server answers first: new candidates and the end of gathering reach the agent.
         if let Some(sv) = h.servers.as_mut() {
-            sv.events(&mut h.agent, h.link.as_ref());
+            sv.events(&mut h.agent, h.link.as_deref());
         }
         let mut starved = false;
         loop {
@@ -576,6 +576,8 @@ impl IceHost {
                         .and_then(|s| self.roles.get(s.0 as usize).copied())
                         && !h.routes.contains(&(m, remote))
                     {
+                        // Exact capacity: one route is the rule (a first push would take 4).
+                        h.routes.reserve_exact(1);
                         h.routes.push((m, remote));
                         self.routes.insert((m, remote), (me, slot));
                         if let Some(peers) = &self.peers {
@@ -736,6 +738,9 @@ impl IceHost {
                             let _ = h.agent.add_local_candidate(c);
                         }
                     }
+                    // Gathering adds no more sockets: drop the Vec's growth slack (one
+                    // socket is the rule, and a first push reserves room for four).
+                    h.socks.shrink_to_fit();
                     if servers.is_empty() || dedicated.is_empty() {
                         h.agent.end_of_local_candidates();
                     } else {
