@@ -3,7 +3,7 @@
 # clients' keepalives/consent checks running; server RSS per session and server CPU.
 #
 # Client agents have a dedicated socket each and one IP has ~64k UDP ports, so the
-# script runs in a private network namespace (`unshare -n`, root) with loopback aliases
+# script runs in a private network namespace (`ip netns`, root) with loopback aliases
 # 127.0.0.2.. and spreads the client workers over IPS addresses (`--client-ips`). A
 # process may hold 20,000 descriptors here, so clients run in workers of PER_WORKER.
 # Every 2 s during the run it samples the server's RSS, CPU and `GET /stats` (its own
@@ -19,9 +19,21 @@ PER=${4:-5000}
 CONC=${5:-32}
 
 if [[ -z "${ICERING_NETNS:-}" ]]; then
-  [[ $(id -u) == 0 ]] || { echo "needs root (unshare -n, ip addr add)" >&2; exit 1; }
+  [[ $(id -u) == 0 ]] || { echo "needs root (ip netns, ip addr add)" >&2; exit 1; }
   cargo build --release -q -p icering -p icering-loadtest --bins
-  exec env ICERING_NETNS=1 unshare -n "$0" "$N" "$HOLD" "$IPS" "$PER" "$CONC"
+  # The namespace gets its own UDP socket hash table (the machine's has 16,384 buckets,
+  # shared by every namespace: with 100k sockets the kernel's udp4_lib_lookup2 was 15 %
+  # of the server's CPU, walking long chains to deliver each answer on loopback).
+  # The sysctl applies only to namespaces created while it is set: set, create, restore.
+  NS=icering-load-$$
+  KNOB=/proc/sys/net/ipv4/udp_child_hash_entries
+  OLD=$(cat "$KNOB" 2>/dev/null || echo "")
+  [[ -n "$OLD" ]] && echo 65536 >"$KNOB"
+  ip netns add "$NS"
+  [[ -n "$OLD" ]] && echo "$OLD" >"$KNOB"
+  trap 'ip netns del "$NS"' EXIT
+  ip netns exec "$NS" env ICERING_NETNS=1 "$0" "$N" "$HOLD" "$IPS" "$PER" "$CONC"
+  exit $?
 fi
 
 BIN=target/release
@@ -34,7 +46,8 @@ for i in $(seq 2 "$IPS"); do
   CLIENT_IPS="$CLIENT_IPS,127.0.0.$i"
 done
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-echo "netns: lo = $(ip -4 -o addr show lo | awk '{print $4}' | tr '\n' ' ')"
+echo "netns: lo = $(ip -4 -o addr show lo | awk '{print $4}' | tr '\n' ' ')," \
+  "UDP hash buckets $(cat /proc/sys/net/ipv4/udp_hash_entries) (negative: the machine's, shared)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); output in $OUT"
 
 "$BIN/icering" serve --no-turn --shards 1 --listen 127.0.0.1:0 --ice-listen 127.0.0.1:0 \

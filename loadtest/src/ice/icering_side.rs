@@ -514,15 +514,24 @@ async fn one_session(
         .dial(&ufrag, &pwd)
         .await
         .map_err(|e| format!("dial: {e}"))?;
-    conn.send(Bytes::from_static(b"icering-loadtest"))
-        .await
-        .map_err(|e| format!("send: {e}"))?;
     http.set_stage("echo");
-    let back = conn.recv().await.map_err(|e| format!("echo: {e}"))?;
-    if &back[..] != b"icering-loadtest" {
-        return Err("echo: wrong bytes".into());
+    // UDP: a probe (or its echo) may be lost, e.g. to a full socket buffer on a loaded
+    // server; probe again every second until one comes back (the lane's timeout bounds it).
+    loop {
+        conn.send(Bytes::from_static(b"icering-loadtest"))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        match tokio::time::timeout(Duration::from_secs(1), conn.recv()).await {
+            Ok(back) => {
+                let back = back.map_err(|e| format!("echo: {e}"))?;
+                if &back[..] != b"icering-loadtest" {
+                    return Err("echo: wrong bytes".into());
+                }
+                return Ok((agent, conn, id));
+            }
+            Err(_) => continue,
+        }
     }
-    Ok((agent, conn, id))
 }
 
 impl Load for Serve {
