@@ -281,6 +281,25 @@ fn heap_per_connected_serve_session() {
             size as f64 * per
         );
     }
+    // Hold: the peers keep sending keepalives/consent checks (every 2 s) for 7 s; the
+    // server's live heap must not grow with them.
+    let mut buf = vec![0u8; 1500];
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        for p in peers.iter_mut() {
+            p.turn(&mut buf);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (live2, _) = snapshot();
+    let held = engine.stats().ice;
+    let growth = (live2 - live1) as f64 / (warm + more) as f64;
+    println!("after a 7 s hold: {growth:+.1} B per session ({held:?})");
+    assert_eq!(held.connected, (warm + more) as u64, "{held:?}");
+    assert!(
+        growth.abs() < 64.0,
+        "the heap grew while holding: {growth:+.1} B per session"
+    );
     for (size, frames) in TRACES.lock().unwrap().iter() {
         println!("  {size} B allocated at:\n      {frames}");
     }
