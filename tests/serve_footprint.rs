@@ -8,7 +8,9 @@
 //! the shard): allocations made on this test's thread (the peers, the HTTP client) are not
 //! counted. Live heap per session = (live after N + M sessions − live after N) / M, so
 //! one-time costs (threads, buffers, first table allocations) stay out; live allocations
-//! are also counted by size, which tells which structures they are.
+//! are also counted by size, which tells which structures they are. Then the peers hold
+//! the sessions with keepalives (the heap must not grow), go quiet until every session is
+//! Disconnected, and resume (every session must come back to Connected).
 //!
 //! `cargo test --release --test serve_footprint -- --nocapture` prints the figures.
 
