@@ -345,6 +345,63 @@ impl Agent {
             key: self.handle.key,
         });
     }
+
+    /// Keeps only what signalling needs once candidates are gathered and the role is
+    /// chosen: a [`SessionHandle`], one pointer, instead of this ~300-byte handle with its
+    /// options and credentials (what `icering serve` keeps per session). The agent stays
+    /// hosted; its channels, if any, are dropped.
+    pub fn into_session_handle(self) -> SessionHandle {
+        SessionHandle {
+            handle: self.handle,
+        }
+    }
+}
+
+/// The signalling half of an [`Agent`] (from [`Agent::into_session_handle`]): remote
+/// credentials and candidates (trickle), stats, close. Cloning shares the agent; the agent
+/// is closed when the last clone (and every `Agent`/`Conn` of it) is dropped.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    handle: Arc<Handle>,
+}
+
+impl SessionHandle {
+    /// See [`Agent::set_remote_credentials`].
+    pub fn set_remote_credentials(&self, ufrag: &str, pwd: &str) -> Result<(), ApiError> {
+        check_credentials(ufrag, pwd)?;
+        self.handle.send(IceCmd::RemoteCredentials {
+            key: self.handle.key,
+            ufrag: ufrag.into(),
+            pwd: pwd.into(),
+        })
+    }
+
+    /// See [`Agent::add_remote_candidate`].
+    pub fn add_remote_candidate(&self, c: Candidate) -> Result<(), ApiError> {
+        self.handle.send(IceCmd::RemoteCandidate {
+            key: self.handle.key,
+            candidate: Box::new(c),
+        })
+    }
+
+    /// See [`Agent::end_of_remote_candidates`].
+    pub fn end_of_remote_candidates(&self) {
+        let _ = self.handle.send(IceCmd::EndOfRemoteCandidates {
+            key: self.handle.key,
+        });
+    }
+
+    /// See [`Agent::stats`].
+    pub async fn stats(&self) -> Result<ConnStats, ApiError> {
+        stats(&self.handle).await
+    }
+
+    /// See [`Agent::close`].
+    pub fn close(&self) {
+        let _ = self.handle.send(IceCmd::Close {
+            key: self.handle.key,
+        });
+    }
 }
 
 async fn stats(handle: &Handle) -> Result<ConnStats, ApiError> {

@@ -78,7 +78,7 @@ mod options;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use agent::{Agent, Conn};
+pub use agent::{Agent, Conn, SessionHandle};
 pub use engine::{Engine, EngineStats};
 pub use options::{
     AgentOptions, CandidateTypes, DataMode, InterfaceFilter, IpFilter, NetworkType, ServerUrl,

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 
 use serde_json::json;
 
-use crate::api::{Agent, ApiError, DataMode, Engine};
+use crate::api::{ApiError, DataMode, Engine, SessionHandle};
 use crate::ice::ConnectionState;
 use routes::{Data, HttpError, Route};
 
@@ -58,16 +58,22 @@ pub enum ServeError {
 /// HTTP worker threads: session requests are short (one shard round trip at most).
 const THREADS: usize = 4;
 
+/// One session as the table keeps it: the agent's signalling handle (one pointer) and
+/// two flags, 16 bytes inline in the map, nothing else allocated per session here.
+#[derive(Clone)]
 struct Session {
-    agent: Agent,
+    agent: SessionHandle,
     lite: bool,
     data: Data,
 }
 
+/// Session id: 128 random bits, shown as 32 hex digits.
+type SessionId = u128;
+
 struct Shared {
     engine: Engine,
     default_lite: bool,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sessions: Mutex<HashMap<SessionId, Session>>,
 }
 
 /// The running admin server. Stops on [`shutdown`](Self::shutdown) (or drop), closing
@@ -170,16 +176,34 @@ impl Drop for AdminServer {
 }
 
 impl Shared {
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Session>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn session(&self, id: &str) -> Result<Arc<Session>, HttpError> {
-        self.table()
-            .get(id)
-            .cloned()
+    fn session(&self, id: &str) -> Result<Session, HttpError> {
+        parse_id(id)
+            .and_then(|k| self.table().get(&k).cloned())
             .ok_or_else(|| HttpError::not_found(format!("no session `{id}`")))
     }
+}
+
+/// The key of an id as [`session_id`] writes it (exactly 32 lowercase hex digits); any
+/// other string names no session.
+fn parse_id(id: &str) -> Option<SessionId> {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    if id.len() != 32 {
+        return None;
+    }
+    id.bytes()
+        .try_fold(0u128, |k, b| Some(k << 4 | u128::from(hex(b)?)))
+}
+
+fn id_string(k: SessionId) -> String {
+    format!("{k:032x}")
 }
 
 fn api_error(e: ApiError) -> HttpError {
@@ -299,9 +323,8 @@ fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
             Ok((204, None))
         }
         Route::Delete(id) => {
-            let s = shared
-                .table()
-                .remove(&id)
+            let s = parse_id(&id)
+                .and_then(|k| shared.table().remove(&k))
                 .ok_or_else(|| HttpError::not_found(format!("no session `{id}`")))?;
             s.agent.close();
             Ok((204, None))
@@ -332,21 +355,23 @@ fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> 
     let (ufrag, pwd) = agent.local_credentials();
     let id = session_id();
     let body = json!({
-        "id": id,
+        "id": id_string(id),
         "ufrag": ufrag,
         "pwd": pwd,
         "candidates": candidates.iter().map(|c| format!("candidate:{}", c.to_sdp())).collect::<Vec<_>>(),
         "lite": lite,
         "data": data,
     });
-    shared
-        .table()
-        .insert(id, Arc::new(Session { agent, lite, data }));
+    // The table keeps only the signalling handle: the `Agent` (options, credentials) is
+    // dropped here, and the agent stays hosted on its shard.
+    let agent = agent.into_session_handle();
+    shared.table().insert(id, Session { agent, lite, data });
     Ok((201, Some(body)))
 }
 
-/// 128 random bits from the OS, as 32 hex digits: ids are capabilities, not counters.
-fn session_id() -> String {
+/// 128 random bits from the OS (shown as 32 hex digits): ids are capabilities, not
+/// counters.
+fn session_id() -> SessionId {
     let mut b = [0u8; 16];
     let mut done = 0;
     while done < b.len() {
@@ -364,7 +389,7 @@ fn session_id() -> String {
             break;
         }
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    u128::from_le_bytes(b)
 }
 
 /// The state as pion/ice and the W3C name it (lowercase).

@@ -5,7 +5,7 @@
 //! the ICE work; the lanes only signal and await). Each lane takes the next index until
 //! `n` are done, so at most `concurrency` setups are in flight.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -36,12 +36,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Agents on 127.0.0.1, one dedicated socket each (from `ports` if given) unless `mux`.
-fn options(mux: bool, ports: Option<(u16, u16)>) -> AgentOptions {
-    let o = AgentOptions::default()
+/// Agents on loopback (on `ip` only, if given), one dedicated socket each (from `ports` if
+/// given) unless `mux`.
+fn options(mux: bool, ports: Option<(u16, u16)>, ip: Option<IpAddr>) -> AgentOptions {
+    let mut o = AgentOptions::default()
         .loopback_only()
         .with_network_types(&[NetworkType::Udp4])
         .with_mux(mux);
+    if let Some(ip) = ip {
+        o = o.with_ip_filter(move |a| a == ip);
+    }
     match ports {
         Some((lo, hi)) => o.with_port_range(lo, hi),
         None => o,
@@ -193,6 +197,7 @@ pub struct Pairs {
     engine: Engine,
     mux: bool,
     ports: Option<(u16, u16)>,
+    ip: Option<IpAddr>,
     concurrency: usize,
     timeout: Duration,
     pairs: Vec<Pair>,
@@ -206,6 +211,7 @@ impl Pairs {
             engine: engine(args, mux)?,
             mux,
             ports: args.ports,
+            ip: args.client_ips.first().copied(),
             concurrency: args.concurrency,
             timeout: Duration::from_secs_f64(args.timeout),
             pairs: Vec::new(),
@@ -217,15 +223,17 @@ async fn one_pair(
     engine: Engine,
     mux: bool,
     ports: Option<(u16, u16)>,
+    ip: Option<IpAddr>,
     lane: Arc<tokio::sync::Mutex<Stage>>,
 ) -> Result<Pair, String> {
     let mut lane = lane.lock().await;
     lane.set_stage("agent");
     let a = engine
-        .agent(options(false, ports))
+        .agent(options(false, ports, ip))
         .map_err(|e| format!("agent: {e}"))?;
+    // A mux agent's candidate is the engine's mux address (127.0.0.1), not `ip`.
     let b = engine
-        .agent(options(mux, ports))
+        .agent(options(mux, ports, if mux { None } else { ip }))
         .map_err(|e| format!("agent: {e}"))?;
     lane.set_stage("gather");
     let ca = lines(&a.gather_candidates().map_err(|e| format!("gather: {e}"))?);
@@ -243,7 +251,7 @@ async fn one_pair(
 
 impl Load for Pairs {
     fn connect(&mut self, n: usize, counts: &Counts) -> Setup {
-        let (engine, mux, ports) = (self.engine.clone(), self.mux, self.ports);
+        let (engine, mux, ports, ip) = (self.engine.clone(), self.mux, self.ports, self.ip);
         let (setup, kept) = lanes(
             &self.rt,
             n,
@@ -251,7 +259,7 @@ impl Load for Pairs {
             self.timeout,
             counts,
             || Stage("start"),
-            move |lane| one_pair(engine.clone(), mux, ports, lane),
+            move |lane| one_pair(engine.clone(), mux, ports, ip, lane),
         );
         self.pairs = kept;
         setup
@@ -418,6 +426,7 @@ pub struct Serve {
     engine: Engine,
     admin: SocketAddr,
     ports: Option<(u16, u16)>,
+    ip: Option<IpAddr>,
     concurrency: usize,
     timeout: Duration,
     clients: Vec<Client>,
@@ -430,6 +439,7 @@ impl Serve {
             engine: engine(args, false)?,
             admin: args.admin,
             ports: args.ports,
+            ip: args.client_ips.first().copied(),
             concurrency: args.concurrency,
             timeout: Duration::from_secs_f64(args.timeout),
             clients: Vec::new(),
@@ -440,6 +450,7 @@ impl Serve {
 async fn one_session(
     engine: Engine,
     ports: Option<(u16, u16)>,
+    ip: Option<IpAddr>,
     http: Arc<tokio::sync::Mutex<Http>>,
 ) -> Result<Client, String> {
     let mut http = http.lock().await;
@@ -473,7 +484,7 @@ async fn one_session(
         .unwrap_or_default();
     http.set_stage("agent");
     let agent = engine
-        .agent(options(false, ports))
+        .agent(options(false, ports, ip))
         .map_err(|e| format!("agent: {e}"))?;
     let mine = lines(
         &agent
@@ -503,21 +514,30 @@ async fn one_session(
         .dial(&ufrag, &pwd)
         .await
         .map_err(|e| format!("dial: {e}"))?;
-    conn.send(Bytes::from_static(b"icering-loadtest"))
-        .await
-        .map_err(|e| format!("send: {e}"))?;
     http.set_stage("echo");
-    let back = conn.recv().await.map_err(|e| format!("echo: {e}"))?;
-    if &back[..] != b"icering-loadtest" {
-        return Err("echo: wrong bytes".into());
+    // UDP: a probe (or its echo) may be lost, e.g. to a full socket buffer on a loaded
+    // server; probe again every second until one comes back (the lane's timeout bounds it).
+    loop {
+        conn.send(Bytes::from_static(b"icering-loadtest"))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        match tokio::time::timeout(Duration::from_secs(1), conn.recv()).await {
+            Ok(back) => {
+                let back = back.map_err(|e| format!("echo: {e}"))?;
+                if &back[..] != b"icering-loadtest" {
+                    return Err("echo: wrong bytes".into());
+                }
+                return Ok((agent, conn, id));
+            }
+            Err(_) => continue,
+        }
     }
-    Ok((agent, conn, id))
 }
 
 impl Load for Serve {
     fn connect(&mut self, n: usize, counts: &Counts) -> Setup {
         let engine = self.engine.clone();
-        let (admin, ports) = (self.admin, self.ports);
+        let (admin, ports, ip) = (self.admin, self.ports, self.ip);
         let (setup, kept) = lanes(
             &self.rt,
             n,
@@ -529,7 +549,7 @@ impl Load for Serve {
                 conn: None,
                 stage: "start",
             },
-            move |http| one_session(engine.clone(), ports, http),
+            move |http| one_session(engine.clone(), ports, ip, http),
         );
         self.clients = kept;
         setup

@@ -25,7 +25,7 @@ mod webrtc_side;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -116,12 +116,40 @@ pub struct Args {
     /// such as `1024:60999` lifts that ceiling.
     #[arg(long, value_name = "LO:HI", value_parser = parse_ports)]
     ports: Option<(u16, u16)>,
+    /// icering: local IPs for the client agents' dedicated sockets, comma-separated
+    /// (default: every loopback address, in practice 127.0.0.1). Worker k binds only
+    /// `IP[k % len]`, and `--ports` is split over the workers sharing an IP, so each IP
+    /// holds its own ~64k ports: add loopback aliases (`ip addr add 127.0.0.2/8 dev lo`,
+    /// in a private network namespace) to go past one IP's ports.
+    #[arg(long, value_name = "IP,..", value_delimiter = ',')]
+    client_ips: Vec<IpAddr>,
     /// One JSON object instead of the human report.
     #[arg(long)]
     json: bool,
     /// Internal: run as a worker process of this implementation.
     #[arg(long, hide = true, value_enum)]
     worker: Option<Imp>,
+}
+
+/// Worker `k` of `procs`: its client IP (`ips[k % len]`) and its share of `ports`, split
+/// evenly over the workers that share that IP (each IP has its own port space).
+fn worker_ip_ports(
+    ips: &[IpAddr],
+    ports: Option<(u16, u16)>,
+    procs: usize,
+    k: usize,
+) -> (Option<IpAddr>, Option<(u16, u16)>) {
+    let m = ips.len().max(1);
+    let ip = ips.get(k % m).copied();
+    // Workers k, k + m, k + 2m, ... share this IP: this one is the (k / m)-th of them.
+    let sharing = (procs + m - 1 - k % m) / m;
+    let j = k / m;
+    let ports = ports.map(|(lo, hi)| {
+        let span = (u32::from(hi) - u32::from(lo) + 1) / sharing.max(1) as u32;
+        let a = u32::from(lo) + span * j as u32;
+        (a as u16, (a + span.max(1) - 1).min(u32::from(hi)) as u16)
+    });
+    (ip, ports)
 }
 
 fn parse_ports(s: &str) -> Result<(u16, u16), String> {
@@ -290,7 +318,13 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(args: &Args, imp: Imp, n: usize, ports: Option<(u16, u16)>) -> Result<Worker, String> {
+    fn spawn(
+        args: &Args,
+        imp: Imp,
+        n: usize,
+        ports: Option<(u16, u16)>,
+        ip: Option<IpAddr>,
+    ) -> Result<Worker, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
         cmd.arg("ice")
@@ -313,6 +347,7 @@ impl Worker {
             .args(["--admin", &args.admin.to_string()])
             .args(["--worker", imp.name()])
             .args(ports.map(|(lo, hi)| format!("--ports={lo}:{hi}")))
+            .args(ip.map(|ip| format!("--client-ips={ip}")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -398,12 +433,8 @@ fn run_imp(args: &Args, imp: Imp) -> Result<ImpReport, String> {
     let mut workers = Vec::with_capacity(procs);
     for k in 0..procs {
         let n = args.n / procs + usize::from(k < args.n % procs);
-        let ports = args.ports.map(|(lo, hi)| {
-            let span = (u32::from(hi) - u32::from(lo) + 1) / procs as u32;
-            let a = u32::from(lo) + span * k as u32;
-            (a as u16, (a + span.max(1) - 1).min(u32::from(hi)) as u16)
-        });
-        workers.push(Worker::spawn(args, imp, n, ports)?);
+        let (ip, ports) = worker_ip_ports(&args.client_ips, args.ports, procs, k);
+        workers.push(Worker::spawn(args, imp, n, ports, ip)?);
     }
     let mut progress = vec![(0u64, 0u64); procs];
     let long = Duration::from_secs(120);
@@ -672,4 +703,37 @@ pub fn run(args: Args) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_split_ports_per_client_ip() {
+        let ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()];
+        let got: Vec<_> = (0..5)
+            .map(|k| worker_ip_ports(&ips, Some((1000, 1899)), 5, k))
+            .collect();
+        let (a, b) = (Some(ips[0]), Some(ips[1]));
+        // 127.0.0.1 has workers 0, 2, 4 (300 ports each); 127.0.0.2 has 1, 3 (450 each).
+        assert_eq!(
+            got,
+            vec![
+                (a, Some((1000, 1299))),
+                (b, Some((1000, 1449))),
+                (a, Some((1300, 1599))),
+                (b, Some((1450, 1899))),
+                (a, Some((1600, 1899))),
+            ]
+        );
+        // Without IPs: one shared space, as before.
+        let none: Vec<_> = (0..2)
+            .map(|k| worker_ip_ports(&[], Some((1000, 1999)), 2, k))
+            .collect();
+        assert_eq!(
+            none,
+            vec![(None, Some((1000, 1499))), (None, Some((1500, 1999)))]
+        );
+    }
 }

@@ -522,7 +522,7 @@ impl IceHost {
         };
         // Server answers first: new candidates and the end of gathering reach the agent.
         if let Some(sv) = h.servers.as_mut() {
-            sv.events(&mut h.agent, h.link.as_ref());
+            sv.events(&mut h.agent, h.link.as_deref());
             for (sock, server, mapped) in sv.take_learned() {
                 self.mux_mapped.insert((sock, server), (mapped, now));
             }
@@ -588,6 +588,8 @@ impl IceHost {
                         .and_then(|s| self.roles.get(s.0 as usize).copied())
                         && !h.routes.contains(&(m, remote))
                     {
+                        // Exact capacity: one route is the rule (a first push would take 4).
+                        h.routes.reserve_exact(1);
                         h.routes.push((m, remote));
                         self.routes.insert((m, remote), (me, slot));
                         if let Some(peers) = &self.peers {
@@ -745,6 +747,9 @@ impl IceHost {
                             let _ = h.agent.add_local_candidate(c);
                         }
                     }
+                    // Gathering adds no more sockets: drop the Vec's growth slack (one
+                    // socket is the rule, and a first push reserves room for four).
+                    h.socks.shrink_to_fit();
                     let on_mux: Vec<(SocketAddr, SocketId)> = h
                         .socks
                         .iter()

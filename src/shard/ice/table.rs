@@ -21,7 +21,8 @@ pub(crate) struct Hosted {
     pub ufrag: u64,
     pub agent: IceAgent,
     pub mode: DataMode,
-    pub link: Option<AppLink>,
+    /// Channels of an app-owned agent (boxed: 8 bytes for sessions, which have none).
+    pub link: Option<Box<AppLink>>,
     /// (candidate base, socket, is a mux socket).
     pub socks: Vec<(SocketAddr, SocketId, bool)>,
     /// Mux routes announced for this agent, withdrawn on close.
@@ -50,7 +51,7 @@ impl Hosted {
             started: agent.is_lite(),
             agent,
             mode,
-            link,
+            link: link.map(Box::new),
             socks: Vec::new(),
             routes: Vec::new(),
             selected_sock: None,
