@@ -14,6 +14,9 @@ use super::{ConnectionState, Handled, IceError, IceEvent};
 use crate::net::{Protocol, Received, Transmit};
 use crate::stun::{Class, IntegrityKey, Message, Method, TransactionId, attr};
 
+/// Send-queue capacity kept once connected (see `select`).
+const STEADY_PENDING: usize = 2;
+
 /// No NOMINATION attribute came with USE-CANDIDATE.
 const NO_NOMINATION: u32 = u32::MAX;
 
@@ -137,8 +140,9 @@ pub struct IceAgent {
     local_end: bool,
     remote_end: bool,
     /// Bases of local candidates removed by
-    /// [`remove_local_candidates`](IceAgent::remove_local_candidates): they pair no more.
-    gone: Vec<SocketAddr>,
+    /// [`remove_local_candidates`](IceAgent::remove_local_candidates): they pair no more
+    /// (a boxed slice: 16 bytes in every agent, rebuilt on the rare removal).
+    gone: Box<[SocketAddr]>,
 }
 
 impl IceAgent {
@@ -171,7 +175,7 @@ impl IceAgent {
             last_now: None,
             local_end: false,
             remote_end: false,
-            gone: Vec::new(),
+            gone: Box::default(),
         })
     }
 
@@ -377,7 +381,9 @@ impl IceAgent {
             return 0;
         }
         if !self.gone.contains(&base) {
-            self.gone.push(base);
+            let mut g = std::mem::take(&mut self.gone).into_vec();
+            g.push(base);
+            self.gone = g.into_boxed_slice();
         }
         let on_gone = |p: &Pair| gone.contains(&usize::from(p.local));
         let mut failed: Vec<u16> = Vec::new();
@@ -926,6 +932,10 @@ impl IceAgent {
         self.events
             .push_back(IceEvent::SelectedPair { local, remote });
         self.set_state(ConnectionState::Connected);
+        // Once connected the send queue holds a keepalive or consent check and an answer
+        // to the peer's at a time: room for two (not the handshake's four) is kept, never
+        // released, so steady state allocates nothing (it may grow once under bursts).
+        self.pending.shrink_to(STEADY_PENDING);
     }
 
     fn set_state(&mut self, s: ConnectionState) {
