@@ -9,6 +9,7 @@ use crossbeam_channel::Sender;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::engine::{Inner, os_random};
+use super::netmon::Watch;
 use super::{AgentEvent, AgentOptions, ApiError, ConnStats};
 use crate::ice::{Candidate, ConnectionState, IceUrl};
 use crate::io::Waker;
@@ -91,7 +92,7 @@ fn check_credentials(ufrag: &str, pwd: &str) -> Result<(), ApiError> {
 
 /// Binds a UDP socket on `ip`, from `range` (inclusive; starting at a random port so
 /// agents spread over it) or any ephemeral port.
-fn bind_dedicated(ip: IpAddr, range: Option<(u16, u16)>) -> Result<UdpSocket, ApiError> {
+pub(crate) fn bind_dedicated(ip: IpAddr, range: Option<(u16, u16)>) -> Result<UdpSocket, ApiError> {
     let bind_err = |source| ApiError::Bind { ip, source };
     let Some((lo, hi)) = range.filter(|r| r.1 != 0) else {
         return UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(bind_err);
@@ -111,6 +112,19 @@ fn bind_dedicated(ip: IpAddr, range: Option<(u16, u16)>) -> Result<UdpSocket, Ap
     Err(bind_err(last.unwrap_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::AddrInUse, "port range exhausted")
     })))
+}
+
+/// The host candidate of a socket bound to `base`, as NAT 1:1 options show it.
+pub(crate) fn host_candidate(o: &AgentOptions, base: SocketAddr) -> Candidate {
+    let mut c = Candidate::host(base);
+    if let Some(public) = o
+        .nat_1to1_ips
+        .iter()
+        .find(|p| p.is_ipv4() == base.is_ipv4())
+    {
+        c.addr = SocketAddr::new(*public, base.port());
+    }
+    c
 }
 
 impl Agent {
@@ -202,6 +216,8 @@ impl Agent {
         };
         let mut bases: Vec<SocketAddr> = Vec::new();
         let mut sockets = Vec::new();
+        let range = o.port_range.or((self.engine.ice.max_port != 0)
+            .then_some((self.engine.ice.min_port, self.engine.ice.max_port)));
         if o.mux {
             for m in &self.engine.mux_addrs {
                 if m.ip().is_unspecified() {
@@ -215,8 +231,6 @@ impl Agent {
                 }
             }
         } else {
-            let range = o.port_range.or((self.engine.ice.max_port != 0)
-                .then_some((self.engine.ice.min_port, self.engine.ice.max_port)));
             for (_, ip) in ifaces()? {
                 let s = bind_dedicated(ip, range)?;
                 let addr = s
@@ -240,16 +254,8 @@ impl Agent {
                 password: cred.clone(),
             })
             .collect();
-        let candidates: Vec<Candidate> = bases
-            .into_iter()
-            .map(|b| {
-                let mut c = Candidate::host(b);
-                if let Some(public) = o.nat_1to1_ips.iter().find(|p| p.is_ipv4() == b.is_ipv4()) {
-                    c.addr = SocketAddr::new(*public, b.port());
-                }
-                c
-            })
-            .collect();
+        let candidates: Vec<Candidate> = bases.iter().map(|b| host_candidate(o, *b)).collect();
+        let continual = o.continual_gathering && !o.mux;
         self.handle.send(IceCmd::Gather {
             key: self.handle.key,
             sockets,
@@ -261,7 +267,20 @@ impl Agent {
                 os_random(&mut b);
                 u64::from_le_bytes(b)
             },
+            continual,
         })?;
+        if continual {
+            self.engine.netmon.watch(
+                &self.engine,
+                Watch {
+                    handle: Arc::downgrade(&self.handle),
+                    opts: o.clone(),
+                    range,
+                    bases,
+                    next: std::time::Instant::now() + o.network_monitor_interval,
+                },
+            );
+        }
         Ok(if o.candidate_types.host {
             candidates
         } else {

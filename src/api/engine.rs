@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     /// netlink dump (~6 % of a connection's CPU when read per agent), and addresses that
     /// come and go are still seen within that time.
     ifaces: Mutex<Option<(std::time::Instant, Arc<[InterfaceAddr]>)>>,
+    /// Continual gathering's watch list (and thread).
+    pub(crate) netmon: super::netmon::NetMon,
 }
 
 /// How long a read of the interface addresses is reused.
@@ -154,6 +156,7 @@ impl Engine {
                 next_key: AtomicU64::new(1),
                 next_shard: AtomicUsize::new(0),
                 ifaces: Mutex::new(None),
+                netmon: Default::default(),
             }),
         })
     }
@@ -201,6 +204,11 @@ impl Engine {
     /// the OS's random source. Nothing is sent until candidates and a role exist.
     pub fn agent(&self, opts: AgentOptions) -> Result<Agent, ApiError> {
         let servers = parse_urls(&opts)?;
+        if opts.mux && opts.continual_gathering {
+            return Err(ApiError::Unsupported(
+                "continual gathering on mux agents (their sockets are the engine's)",
+            ));
+        }
         if opts.mux && self.inner.mux_addrs.is_empty() {
             return Err(ApiError::Invalid(
                 "mux agents need `[ice] listen` addresses".into(),

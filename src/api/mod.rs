@@ -73,6 +73,7 @@
 
 mod agent;
 mod engine;
+mod netmon;
 mod options;
 
 use std::net::SocketAddr;

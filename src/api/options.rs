@@ -163,6 +163,18 @@ pub struct AgentOptions {
     pub failed_timeout: Duration,
     /// Where received data goes.
     pub data: DataMode,
+    /// Continual gathering (pion: `ContinualGatheringPolicy::GatherContinually`; for hosts
+    /// whose interfaces come and go): after `gather_candidates` the engine keeps watching
+    /// the interface addresses every [`network_monitor_interval`](Self::network_monitor_interval).
+    /// A new address that passes the filters gets a dedicated socket and a host candidate
+    /// (emitted as `AgentEvent::Candidate` to trickle); a vanished one's candidates are
+    /// removed (`IceAgent::remove_local_candidates`), and a selected pair on it moves to
+    /// another valid pair by renomination. The end of gathering (`Candidate(None)`) is
+    /// never signalled. Dedicated-socket agents only (refused with `mux`).
+    pub continual_gathering: bool,
+    /// How often continual gathering reads the interface addresses. Default 2 s (pion's
+    /// `NetworkMonitorInterval`); the engine reads them at most once a second.
+    pub network_monitor_interval: Duration,
 }
 
 impl Default for AgentOptions {
@@ -184,6 +196,8 @@ impl Default for AgentOptions {
             disconnected_timeout: ice.disconnected_timeout,
             failed_timeout: ice.failed_timeout,
             data: DataMode::App,
+            continual_gathering: false,
+            network_monitor_interval: Duration::from_secs(2),
         }
     }
 }
@@ -197,6 +211,16 @@ impl AgentOptions {
     /// Sets [`lite`](Self::lite).
     pub fn with_lite(mut self, lite: bool) -> Self {
         self.lite = lite;
+        self
+    }
+    /// Sets [`continual_gathering`](Self::continual_gathering).
+    pub fn with_continual_gathering(mut self, on: bool) -> Self {
+        self.continual_gathering = on;
+        self
+    }
+    /// Sets [`network_monitor_interval`](Self::network_monitor_interval).
+    pub fn with_network_monitor_interval(mut self, every: Duration) -> Self {
+        self.network_monitor_interval = every;
         self
     }
     /// Sets [`data`](Self::data).
@@ -284,6 +308,8 @@ impl fmt::Debug for AgentOptions {
             .field("disconnected_timeout", &self.disconnected_timeout)
             .field("failed_timeout", &self.failed_timeout)
             .field("data", &self.data)
+            .field("continual_gathering", &self.continual_gathering)
+            .field("network_monitor_interval", &self.network_monitor_interval)
             .finish()
     }
 }

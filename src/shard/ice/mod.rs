@@ -79,6 +79,14 @@ pub(crate) enum IceCmd {
         /// Seed of the clients' transaction ids (from the OS: a Binding answer is not
         /// authenticated, so its id must not be guessable).
         seed: u64,
+        /// Continual gathering: more `Gather`s may follow, so gathering never ends.
+        continual: bool,
+    },
+    /// Continual gathering: the interface address `base` is gone; its candidates are
+    /// removed and its dedicated socket closed.
+    RemoveLocal {
+        key: u64,
+        base: SocketAddr,
     },
     RemoteCredentials {
         key: u64,
@@ -710,6 +718,7 @@ impl IceHost {
                 servers,
                 types,
                 seed,
+                continual,
             } => {
                 let Some(slot) = self.table.slot_of(key) else {
                     return;
@@ -757,7 +766,9 @@ impl IceHost {
                         .map(|(b, id, _)| (*b, *id))
                         .collect();
                     if servers.is_empty() || (dedicated.is_empty() && on_mux.is_empty()) {
-                        h.agent.end_of_local_candidates();
+                        if !continual {
+                            h.agent.end_of_local_candidates();
+                        }
                     } else {
                         let tcp = types.relay
                             && servers.iter().any(|s| {
@@ -777,15 +788,37 @@ impl IceHost {
                                 })
                                 .map(|(mapped, _)| *mapped)
                         };
-                        let sv = Servers::new(
+                        let mut sv = Servers::new(
                             servers, dedicated, on_mux, prefix, &known, types, seed, now, set,
                         );
+                        if continual {
+                            sv.keep_gathering();
+                        }
                         for id in sv.streams() {
                             self.stream_slots.insert(id, slot);
                         }
                         // End of gathering follows once every server is done (drive).
                         h.servers = Some(Box::new(sv));
                     }
+                }
+                self.drive(now, backend.send_queue(), slot);
+            }
+            IceCmd::RemoveLocal { key, base } => {
+                let Some(slot) = self.table.slot_of(key) else {
+                    return;
+                };
+                let Some(h) = self.table.get_mut(slot) else {
+                    return;
+                };
+                h.agent.remove_local_candidates(base);
+                let gone = h.socks.iter().position(|(b, _, mux)| *b == base && !mux);
+                let id = gone.map(|i| h.socks.remove(i).1);
+                if id.is_some() && h.selected_sock == id {
+                    h.selected_sock = None;
+                }
+                if let Some(id) = id {
+                    self.set_role(id, SockRole::None);
+                    backend.remove_socket(id);
                 }
                 self.drive(now, backend.send_queue(), slot);
             }

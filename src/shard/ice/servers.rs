@@ -272,6 +272,11 @@ impl Servers {
         s
     }
 
+    /// Continual gathering: never end the agent's gathering.
+    pub fn keep_gathering(&mut self) {
+        self.end_pending = false;
+    }
+
     /// Mapped addresses learned on mux sockets since the last call.
     pub fn take_learned(&mut self) -> std::vec::Drain<'_, (SocketId, SocketAddr, SocketAddr)> {
         self.learned.drain(..)

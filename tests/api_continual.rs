@@ -1,0 +1,179 @@
+//! Continual gathering on real interfaces (the mobile-gateway case): an agent's address
+//! is replaced under a connected pair, and the connection follows it.
+//!
+//! Each test moves itself (its thread, and so the engine's shard and monitor threads it
+//! starts, and the `ip` commands it runs) into a new network namespace with
+//! `unshare(CLONE_NEWNET)`. There, `lo` gets 10.0.0.1 (the mover) and 10.1.0.1 (its
+//! peer). After the pair connects and data flows, 10.0.0.2 is added and 10.0.0.1 deleted:
+//! the mover's engine must see both (within its monitor interval), trickle a host
+//! candidate for 10.0.0.2, remove the old one, and both sides must carry data again on
+//! 10.0.0.2 — by renomination, whichever side moved.
+//!
+//! Needs root and `ip`; without them each test prints "skipped: <reason>" and passes,
+//! except under `CI=true`, where it fails.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use icering::{AgentEvent, AgentOptions, Config, Conn, Engine, NetworkType};
+
+fn ip(cmd: &str) {
+    let args: Vec<&str> = cmd.split(' ').collect();
+    let out = Command::new("ip").args(&args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Moves this thread into a fresh network namespace, or says why it cannot.
+fn own_netns(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("not root (a network namespace needs CAP_SYS_ADMIN)".to_string())
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        Some("`ip` not installed (apt-get install iproute2)".to_string())
+    // SAFETY: unshare with CLONE_NEWNET only changes this thread's network namespace.
+    } else if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        Some(format!(
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ))
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(!ci, "{test} must run under CI, but: {r}");
+            eprintln!("skipped: {test}: {r}");
+            false
+        }
+    }
+}
+
+fn only(net: [u8; 2]) -> AgentOptions {
+    let mut o = AgentOptions::default()
+        .with_network_types(&[NetworkType::Udp4])
+        .with_ip_filter(move |ip| matches!(ip, IpAddr::V4(v) if v.octets()[..2] == net));
+    // A quiet pair is Disconnected (and replaced) after 1 s instead of 5 s.
+    o.disconnected_timeout = Duration::from_secs(1);
+    o
+}
+
+/// Sends `m` from `from` until `to` receives it (the path may be moving).
+async fn deliver(from: &Conn, to: &mut Conn, m: &str, within: Duration) {
+    let end = Instant::now() + within;
+    loop {
+        assert!(Instant::now() < end, "{m:?} never arrived");
+        let _ = from.send(Bytes::from(m.to_owned())).await;
+        if let Ok(Ok(got)) = tokio::time::timeout(Duration::from_millis(200), to.recv()).await
+            && &got[..] == m.as_bytes()
+        {
+            return;
+        }
+    }
+}
+
+async fn moves(mover_controlling: bool) {
+    ip("link set lo up");
+    ip("addr add 10.0.0.1/32 dev lo");
+    ip("addr add 10.1.0.1/32 dev lo");
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 1;
+    let engine = Engine::start(&c).unwrap();
+    let mover_opts = only([10, 0])
+        .with_continual_gathering(true)
+        .with_network_monitor_interval(Duration::from_millis(100));
+    let mut m = engine.agent(mover_opts).unwrap();
+    let mut p = engine.agent(only([10, 1])).unwrap();
+    let mut m_events = m.take_events().unwrap();
+    let mut p_events = p.take_events().unwrap();
+    m.gather_candidates().unwrap();
+    p.gather_candidates().unwrap();
+
+    // The peer's gathering ends; the mover's never does (continual): its candidates are
+    // trickled for the whole test, as they come.
+    while let Some(AgentEvent::Candidate(Some(c))) = p_events.recv().await {
+        m.add_remote_candidate(*c).unwrap();
+    }
+    let (m_ufrag, m_pwd) = m.local_credentials();
+    let (p_ufrag, p_pwd) = p.local_credentials();
+    let p_handle = std::sync::Arc::new(p);
+    let trickle = {
+        let p = p_handle.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(e) = m_events.recv().await {
+                match e {
+                    AgentEvent::Candidate(Some(c)) => {
+                        seen.push(c.addr);
+                        p.add_remote_candidate(*c).unwrap();
+                    }
+                    AgentEvent::Candidate(None) => panic!("continual gathering ended"),
+                    _ => {}
+                }
+            }
+            seen
+        })
+    };
+    let (mut cm, mut cp) = if mover_controlling {
+        let (a, b) = tokio::join!(m.dial(&p_ufrag, &p_pwd), p_handle.accept(&m_ufrag, &m_pwd));
+        (a.unwrap(), b.unwrap())
+    } else {
+        let (b, a) = tokio::join!(p_handle.dial(&m_ufrag, &m_pwd), m.accept(&p_ufrag, &p_pwd));
+        (a.unwrap(), b.unwrap())
+    };
+    let old = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let new = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+    assert_eq!(cm.stats().await.unwrap().selected.unwrap().0.ip(), old);
+    deliver(&cm, &mut cp, "before", Duration::from_secs(5)).await;
+    deliver(&cp, &mut cm, "before back", Duration::from_secs(5)).await;
+
+    // The interface's address changes.
+    ip("addr add 10.0.0.2/32 dev lo");
+    ip("addr del 10.0.0.1/32 dev lo");
+    deliver(&cm, &mut cp, "after", Duration::from_secs(20)).await;
+    deliver(&cp, &mut cm, "after back", Duration::from_secs(20)).await;
+    let local: SocketAddr = cm.stats().await.unwrap().selected.unwrap().0;
+    assert_eq!(local.ip(), new);
+    let remote = cp.stats().await.unwrap().selected.unwrap().1;
+    assert_eq!(remote, local, "the peer sends to the mover's new address");
+
+    m.close();
+    p_handle.close();
+    let seen = trickle.await.unwrap();
+    assert!(seen.iter().any(|a| a.ip() == old), "{seen:?}");
+    assert!(seen.iter().any(|a| a.ip() == new), "{seen:?}");
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn controlling_agent_follows_its_new_address() {
+    if !own_netns("controlling_agent_follows_its_new_address") {
+        return;
+    }
+    // The runtime's threads start after `unshare`, in this thread's namespace.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(moves(true));
+}
+
+#[test]
+fn controlled_agent_follows_its_new_address() {
+    if !own_netns("controlled_agent_follows_its_new_address") {
+        return;
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(moves(false));
+}
