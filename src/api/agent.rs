@@ -40,6 +40,29 @@ impl Handle {
     }
 }
 
+impl Handle {
+    /// The commands [`Agent`] and [`SessionHandle`] share.
+    fn remote_credentials(&self, ufrag: &str, pwd: &str) -> Result<(), ApiError> {
+        check_credentials(ufrag, pwd)?;
+        self.send(IceCmd::RemoteCredentials {
+            key: self.key,
+            ufrag: ufrag.into(),
+            pwd: pwd.into(),
+        })
+    }
+
+    fn remote_candidate(&self, c: Candidate) -> Result<(), ApiError> {
+        self.send(IceCmd::RemoteCandidate {
+            key: self.key,
+            candidate: Box::new(c),
+        })
+    }
+
+    fn end_of_remote_candidates(&self) {
+        let _ = self.send(IceCmd::EndOfRemoteCandidates { key: self.key });
+    }
+}
+
 impl Drop for Handle {
     fn drop(&mut self) {
         let _ = self.send(IceCmd::Close { key: self.key });
@@ -162,27 +185,17 @@ impl Agent {
     /// ([`dial`](Self::dial), [`accept`](Self::accept), [`start`](Self::start); a lite
     /// agent needs none).
     pub fn set_remote_credentials(&self, ufrag: &str, pwd: &str) -> Result<(), ApiError> {
-        check_credentials(ufrag, pwd)?;
-        self.handle.send(IceCmd::RemoteCredentials {
-            key: self.handle.key,
-            ufrag: ufrag.into(),
-            pwd: pwd.into(),
-        })
+        self.handle.remote_credentials(ufrag, pwd)
     }
 
     /// A remote candidate (trickle: any time, before or after dial/accept).
     pub fn add_remote_candidate(&self, c: Candidate) -> Result<(), ApiError> {
-        self.handle.send(IceCmd::RemoteCandidate {
-            key: self.handle.key,
-            candidate: Box::new(c),
-        })
+        self.handle.remote_candidate(c)
     }
 
     /// The peer will send no more candidates (RFC 8838): the agent can then fail.
     pub fn end_of_remote_candidates(&self) {
-        let _ = self.handle.send(IceCmd::EndOfRemoteCandidates {
-            key: self.handle.key,
-        });
+        self.handle.end_of_remote_candidates();
     }
 
     /// Gathers host candidates (RFC 8445 §5.1.1.1): on the mux sockets (`mux`), or on one
@@ -387,27 +400,17 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// See [`Agent::set_remote_credentials`].
     pub fn set_remote_credentials(&self, ufrag: &str, pwd: &str) -> Result<(), ApiError> {
-        check_credentials(ufrag, pwd)?;
-        self.handle.send(IceCmd::RemoteCredentials {
-            key: self.handle.key,
-            ufrag: ufrag.into(),
-            pwd: pwd.into(),
-        })
+        self.handle.remote_credentials(ufrag, pwd)
     }
 
     /// See [`Agent::add_remote_candidate`].
     pub fn add_remote_candidate(&self, c: Candidate) -> Result<(), ApiError> {
-        self.handle.send(IceCmd::RemoteCandidate {
-            key: self.handle.key,
-            candidate: Box::new(c),
-        })
+        self.handle.remote_candidate(c)
     }
 
     /// See [`Agent::end_of_remote_candidates`].
     pub fn end_of_remote_candidates(&self) {
-        let _ = self.handle.send(IceCmd::EndOfRemoteCandidates {
-            key: self.handle.key,
-        });
+        self.handle.end_of_remote_candidates();
     }
 
     /// See [`Agent::stats`].
