@@ -7,8 +7,10 @@
 //! malformed requests (4xx with a JSON error, the server keeps serving), and deletes the
 //! session.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,36 +77,12 @@ fn start_server() -> Server {
     }
 }
 
-/// One HTTP/1.1 request (Connection: close); returns status and body.
-fn http(admin: SocketAddr, method: &str, path: &str, ctype: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(admin).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 fn assert_json_error(admin: SocketAddr, method: &str, path: &str, body: &str, status: u16) {
-    let (got, b) = http(admin, method, path, "application/json", body);
+    let (got, b) = common::http(admin, method, path, "application/json", body);
     assert_eq!(got, status, "{method} {path} {body:?} → {b}");
     assert!(json(&b)["error"].is_string(), "error body: {b}");
 }
@@ -138,7 +116,7 @@ fn sessions_over_http_connect_echo_report_and_close() {
         .unwrap();
 
     for (create, lite) in [("{}", true), (r#"{"lite": false, "data": "echo"}"#, false)] {
-        let (status, body) = http(admin, "POST", "/sessions", "application/json", create);
+        let (status, body) = common::http(admin, "POST", "/sessions", "application/json", create);
         assert_eq!(status, 201, "{body}");
         let s = json(&body);
         assert_eq!(s["lite"], lite);
@@ -181,7 +159,7 @@ fn sessions_over_http_connect_echo_report_and_close() {
             my_ufrag.replace('+', "%2B").replace('/', "%2F"),
             my_pwd.replace('+', "%2B").replace('/', "%2F")
         );
-        let (st, b) = http(
+        let (st, b) = common::http(
             admin,
             "POST",
             &format!("/sessions/{id}/remote-credentials"),
@@ -200,7 +178,7 @@ fn sessions_over_http_connect_echo_report_and_close() {
             text.push('\n');
         }
         text.push_str("a=end-of-candidates\n");
-        let (st, b) = http(admin, "POST", &path, "text/plain", &text);
+        let (st, b) = common::http(admin, "POST", &path, "text/plain", &text);
         assert_eq!(st, 204, "{b}");
 
         for c in server_cands {
@@ -224,7 +202,7 @@ fn sessions_over_http_connect_echo_report_and_close() {
         // The session's view: connected, the pair we used, our bytes counted both ways.
         let deadline = Instant::now() + Duration::from_secs(10);
         let state = loop {
-            let (st, b) = http(admin, "GET", &format!("/sessions/{id}"), "", "");
+            let (st, b) = common::http(admin, "GET", &format!("/sessions/{id}"), "", "");
             assert_eq!(st, 200, "{b}");
             let v = json(&b);
             if v["bytes_sent"].as_u64() >= Some(payload.len() as u64) || Instant::now() > deadline {
@@ -242,13 +220,13 @@ fn sessions_over_http_connect_echo_report_and_close() {
         let remote: SocketAddr = remote.parse().unwrap();
         assert!(mine.iter().any(|c| c.addr == remote), "{state}");
 
-        let (st, _) = http(admin, "DELETE", &format!("/sessions/{id}"), "", "");
+        let (st, _) = common::http(admin, "DELETE", &format!("/sessions/{id}"), "", "");
         assert_eq!(st, 204);
         assert_json_error(admin, "GET", &format!("/sessions/{id}"), "", 404);
         assert_json_error(admin, "DELETE", &format!("/sessions/{id}"), "", 404);
         agent.close();
     }
-    let (st, b) = http(admin, "GET", "/sessions", "", "");
+    let (st, b) = common::http(admin, "GET", "/sessions", "", "");
     assert_eq!((st, json(&b)["sessions"].as_u64()), (200, Some(0)));
     engine.shutdown().unwrap();
 }

@@ -14,10 +14,11 @@
 //!
 //! `cargo test --release --test serve_footprint -- --nocapture` prints the figures.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -105,30 +106,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// One HTTP/1.1 request (Connection: close); returns status and body.
-fn http(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(admin).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// A peer: one sans-IO controlling agent on one non-blocking std socket.
 struct Peer {
     agent: IceAgent,
@@ -138,7 +115,13 @@ struct Peer {
 impl Peer {
     /// Creates a session over HTTP and a peer for it, signalled both ways.
     fn new(admin: SocketAddr, seed: u64) -> Peer {
-        let (st, body) = http(admin, "POST", "/sessions", r#"{"data":"echo"}"#);
+        let (st, body) = common::http(
+            admin,
+            "POST",
+            "/sessions",
+            "application/json",
+            r#"{"data":"echo"}"#,
+        );
         assert_eq!(st, 201, "{body}");
         let s: serde_json::Value = serde_json::from_str(&body).unwrap();
         let id = s["id"].as_str().unwrap();
@@ -163,14 +146,20 @@ impl Peer {
         let (u, p) = agent.local_credentials();
         let creds = serde_json::json!({"ufrag": u, "pwd": p}).to_string();
         let path = format!("/sessions/{id}/remote-credentials");
-        assert_eq!(http(admin, "POST", &path, &creds).0, 204);
+        assert_eq!(
+            common::http(admin, "POST", &path, "application/json", &creds).0,
+            204
+        );
         let cands = serde_json::json!({
             "candidates": [format!("candidate:{}", local.to_sdp())],
             "end_of_candidates": true,
         })
         .to_string();
         let path = format!("/sessions/{id}/remote-candidates");
-        assert_eq!(http(admin, "POST", &path, &cands).0, 204);
+        assert_eq!(
+            common::http(admin, "POST", &path, "application/json", &cands).0,
+            204
+        );
         Peer { agent, sock }
     }
 
