@@ -14,6 +14,11 @@ use super::policy::canonical;
 /// Index of an allocation in the [`Allocations`] slab.
 pub(super) type AllocId = u32;
 
+/// After a channel binding expires, its number may not be bound to another peer nor the
+/// peer to another number for 5 minutes (RFC 8656 §12): the entry stays, carrying no data,
+/// until then.
+pub(super) const CHANNEL_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A channel binding (RFC 8656 §12).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Channel {
@@ -190,17 +195,27 @@ impl Allocation {
         self.perms.insert(canonical(peer), until);
     }
 
-    /// Drops expired permissions and channels.
+    /// Drops expired permissions, and channels once their cool-down is over too.
     pub fn expire(&mut self, now: Instant) {
         self.perms.retain(|_, exp| *exp > now);
         let peer_channels = &mut self.peer_channels;
         self.channels.retain(|_, ch| {
-            let keep = ch.expires > now;
+            let keep = ch.expires + CHANNEL_COOLDOWN > now;
             if !keep {
                 peer_channels.remove(&ch.peer);
             }
             keep
         });
+    }
+
+    /// The channel bound to `peer` that carries data now (not expired, not cooling down).
+    #[inline]
+    pub fn live_channel_to(&self, peer: &SocketAddr, now: Instant) -> Option<u16> {
+        let &ch = self.peer_channels.get(peer)?;
+        self.channels
+            .get(&ch)
+            .is_some_and(|c| c.expires > now)
+            .then_some(ch)
     }
 }
 

@@ -55,8 +55,8 @@ impl Relay {
             a.counters.dropped_bandwidth += 1;
             return Outcome::Drop(DropReason::Bandwidth);
         }
-        let len = match a.peer_channels.get(&peer) {
-            Some(&ch) => {
+        let len = match a.live_channel_to(&peer, now) {
+            Some(ch) => {
                 let n = 4 + data.len();
                 if n > out.len() || data.len() > usize::from(u16::MAX) {
                     return Outcome::Drop(DropReason::NoRoom);

@@ -509,7 +509,7 @@ impl Relay {
         let perm_until = now + Duration::from_secs(self.cfg.permission_lifetime.into());
         let a = self.allocs.get_mut(id).expect("checked above");
         // RFC 8656 §12.2: the number must not be bound to another peer, nor the peer to
-        // another number.
+        // another number, also while an expired binding cools down (§12).
         if a.channels.get(&ch).is_some_and(|c| c.peer != peer)
             || a.peer_channels.get(&peer).is_some_and(|&n| n != ch)
         {

@@ -237,3 +237,90 @@ fn untrusted_bytes_never_panic() {
     }
     assert_eq!(h.server.allocations(), 1);
 }
+
+/// RFC 8656 §12: for 5 minutes after a channel binding expires, its number cannot be
+/// bound to another peer nor the peer to another number (400), and the channel carries no
+/// data; rebinding the same number to the same peer is allowed. After the cool-down both
+/// are free.
+#[test]
+fn expired_channel_cools_down_for_five_minutes() {
+    let mut h = Harness::new();
+    let p: SocketAddr = "10.0.0.2:7000".parse().unwrap();
+    let q: SocketAddr = "10.0.0.3:7000".parse().unwrap();
+    let relay = Sock(101);
+    // A request, once more with the fresh nonce if the last one went stale (438).
+    let fresh =
+        |h: &mut Harness,
+         secs: u64,
+         m: Method,
+         f: &dyn Fn(&mut MessageWriter<'_>) -> Result<(), crate::stun::StunError>| {
+            match h.request(secs, m, f).1 {
+                Some(438) => h.request(secs, m, f).1,
+                c => c,
+            }
+        };
+    let bind = |ch: u8, peer: SocketAddr| {
+        move |w: &mut MessageWriter<'_>| {
+            w.add_raw(attr::CHANNEL_NUMBER, &[0x40, ch, 0, 0])?;
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        }
+    };
+    let permit = |peer: SocketAddr| {
+        move |w: &mut MessageWriter<'_>| w.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+    };
+    assert_eq!(h.allocate(0).1, Some(401));
+    assert_eq!(h.allocate(0).1, None);
+    assert_eq!(fresh(&mut h, 0, Method::CHANNEL_BIND, &bind(0, p)), None);
+    let lifetime = |w: &mut MessageWriter<'_>| w.add_u32(attr::LIFETIME, 3600);
+    assert_eq!(fresh(&mut h, 500, Method::REFRESH, &lifetime), None);
+    assert_eq!(
+        fresh(&mut h, 550, Method::CREATE_PERMISSION, &permit(p)),
+        None
+    );
+    assert!(matches!(
+        h.peer_sends(550, relay, "10.0.0.2:7000"),
+        Outcome::Send { len: 11, .. }
+    ));
+
+    // The binding (600 s) has expired: cooling down.
+    let now = h.at(601);
+    h.server.handle_timeout(now, &mut h.ports);
+    let o = h.peer_sends(601, relay, "10.0.0.2:7000");
+    assert!(
+        matches!(o, Outcome::Send { len, .. } if len > 11),
+        "a Data indication: {o:?}"
+    );
+    assert_eq!(
+        fresh(&mut h, 602, Method::CHANNEL_BIND, &bind(0, q)),
+        Some(400)
+    );
+    assert_eq!(
+        fresh(&mut h, 602, Method::CHANNEL_BIND, &bind(1, p)),
+        Some(400)
+    );
+    let now = h.at(899);
+    h.server.handle_timeout(now, &mut h.ports);
+    assert_eq!(
+        fresh(&mut h, 899, Method::CHANNEL_BIND, &bind(0, q)),
+        Some(400)
+    );
+
+    // Cool-down over (600 + 300 s): the number and the peer are free.
+    let now = h.at(901);
+    h.server.handle_timeout(now, &mut h.ports);
+    assert_eq!(fresh(&mut h, 901, Method::CHANNEL_BIND, &bind(0, q)), None);
+    assert_eq!(fresh(&mut h, 901, Method::CHANNEL_BIND, &bind(1, p)), None);
+
+    // Rebinding the same number to the same peer during the cool-down is a refresh.
+    let now = h.at(1502);
+    h.server.handle_timeout(now, &mut h.ports);
+    assert_eq!(fresh(&mut h, 1502, Method::CHANNEL_BIND, &bind(1, p)), None);
+    assert_eq!(
+        fresh(&mut h, 1502, Method::CREATE_PERMISSION, &permit(p)),
+        None
+    );
+    assert!(matches!(
+        h.peer_sends(1502, relay, "10.0.0.2:7000"),
+        Outcome::Send { len: 11, .. }
+    ));
+}
