@@ -465,6 +465,10 @@ fn prepare(
         buf_count: 4096,
         send_slots: slots,
         gso: true,
+        // No GRO on the generator's sockets: a GSO burst a server sends over loopback would
+        // then reach them unsegmented, sparing the server the segmentation a real network
+        // path (or a client without GRO, or coturn's plain sends) makes it pay.
+        gro: false,
     };
     let mut backend = Backend::new(kind, &cfg).map_err(e)?;
     let mut by_sock: Vec<u32> = Vec::new();

@@ -70,6 +70,23 @@
 //! one warning). [`IoStats::gso_sends`] / [`IoStats::gso_segments`] count accepted GSO
 //! sends and the datagrams in them; [`Backend::gso`] says whether GSO is in use.
 //!
+//! ## UDP GRO
+//!
+//! With [`Config::gro`] (io_uring backend; Linux ≥ 5.0 knows `UDP_GRO`, probed once per
+//! process) every registered socket gets `UDP_GRO`: the kernel then queues a burst of
+//! same-size datagrams from one source as one buffer — a GSO send arriving over loopback
+//! stays whole, and NIC GRO merges a flow's consecutive packets within one NAPI poll — with
+//! a `UDP_GRO` control message giving the segment size. The backend splits the buffer back
+//! into datagrams and calls the receive callback once per datagram, so callers see no
+//! difference; what is saved is the per-datagram receive work in the kernel (one socket
+//! queue entry, one `recvmsg` and one completion per burst instead of per datagram).
+//! Because a merged burst may be up to 64 KiB, the provided buffers are
+//! [`GRO_BUF_SIZE`] bytes each and there are at most [`GRO_BUF_COUNT`] of them (a dry
+//! ring only delays receiving: the multishot receive ends with `ENOBUFS` and is re-armed,
+//! the datagrams wait in the socket). Single datagrams larger than `buf_size - 144` are
+//! still dropped as truncated, as without GRO. [`IoStats::gro_receives`] /
+//! [`IoStats::gro_segments`] count merged receives and the datagrams in them.
+//!
 //! ## Errors
 //!
 //! Per-datagram failures (`EAGAIN` on send, ICMP-induced `ECONNREFUSED`, truncated
@@ -211,6 +228,10 @@ pub struct Config {
     /// Coalesce runs of equal-size datagrams to one destination into one UDP GSO
     /// (`UDP_SEGMENT`) send, if the kernel supports it. See the module docs.
     pub gso: bool,
+    /// Receive with UDP GRO (`UDP_GRO`, io_uring backend only; the portable backend ignores
+    /// it): the kernel hands a burst of same-size datagrams from one source as one buffer,
+    /// split here into the datagrams. Receive buffers then grow to 64 KiB. See the module docs.
+    pub gro: bool,
 }
 
 impl Default for Config {
@@ -221,6 +242,7 @@ impl Default for Config {
             buf_count: 4096,
             send_slots: 1024,
             gso: true,
+            gro: false,
         }
     }
 }
@@ -282,6 +304,11 @@ pub struct IoStats {
     /// GSO sends the kernel rejected with `EIO`/`EINVAL`/`EMSGSIZE`; their datagrams were
     /// retried one by one, and the first such rejection turned GSO off for the backend.
     pub gso_fallbacks: u64,
+    /// Receives that carried more than one datagram (UDP GRO). Their datagrams are also
+    /// counted in `received`.
+    pub gro_receives: u64,
+    /// Datagrams handed to the callback out of those receives.
+    pub gro_segments: u64,
 }
 
 /// The probe result, computed once per process.
@@ -451,6 +478,15 @@ impl Backend {
     /// kernel supports `UDP_SEGMENT`, and no GSO send has been rejected yet.
     pub fn gso(&self) -> bool {
         dispatch!(self, b => b.gso.enabled)
+    }
+
+    /// Whether sockets receive with UDP GRO: [`Config::gro`] was set, the backend is
+    /// io_uring and the kernel supports `UDP_GRO`.
+    pub fn gro(&self) -> bool {
+        match self {
+            Backend::Uring(b) => b.gro,
+            Backend::Portable(_) => false,
+        }
     }
 }
 
@@ -808,6 +844,64 @@ impl GsoState {
             );
         }
     }
+}
+
+/// `UDP_GRO` from `<linux/udp.h>`.
+const UDP_GRO: libc::c_int = 104;
+
+/// Receive buffer size with GRO: room for the largest merged burst (a UDP payload is at
+/// most 65,507 bytes) plus the io_uring receive header, source address and control message.
+pub const GRO_BUF_SIZE: usize = 65536 + 256;
+/// Most receive buffers with GRO (each is [`GRO_BUF_SIZE`] bytes: 512 are ~32 MiB).
+pub const GRO_BUF_COUNT: usize = 512;
+/// Control space reserved per receive for the `UDP_GRO` message (`CMSG_SPACE(4)` = 24).
+pub(crate) const GRO_CMSG_SPACE: usize = 32;
+
+/// Whether the kernel knows `UDP_GRO` (Linux ≥ 5.0), probed once per process.
+pub(crate) fn gro_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        use std::os::fd::AsRawFd;
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).is_ok_and(|s| enable_gro(s.as_raw_fd()))
+    })
+}
+
+/// Sets `UDP_GRO` on a UDP socket; false if the kernel refused.
+pub(crate) fn enable_gro(fd: std::os::fd::RawFd) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid c_int option value on a caller-owned socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+/// The segment size of a GRO receive, from its control messages (`SOL_UDP`/`UDP_GRO`, an
+/// `int`); `None` for a plain datagram. Malformed control data reads as `None`.
+pub(crate) fn gro_segment_size(control: &[u8]) -> Option<usize> {
+    const HDR: usize = mem::size_of::<libc::cmsghdr>();
+    let mut rest = control;
+    while rest.len() >= HDR {
+        // SAFETY: HDR bytes are present; read_unaligned copes with any alignment.
+        let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+        let len = h.cmsg_len as usize;
+        if len < HDR || len > rest.len() {
+            return None;
+        }
+        if h.cmsg_level == libc::SOL_UDP && h.cmsg_type == UDP_GRO && len >= HDR + 4 {
+            let b = &rest[cmsg_align(HDR)..];
+            let seg = i32::from_ne_bytes(b.get(..4)?.try_into().ok()?);
+            return usize::try_from(seg).ok().filter(|&s| s > 0);
+        }
+        rest = rest.get(cmsg_align(len)..).unwrap_or(&[]);
+    }
+    None
 }
 
 /// `CMSG_ALIGN`: control message parts are aligned to `size_t`.
