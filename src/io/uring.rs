@@ -13,6 +13,10 @@
 //!   datagrams goes out as one `SendMsg` whose `msghdr`, iovecs (one per slot) and
 //!   `UDP_SEGMENT` control message live in a preallocated [`GsoGroup`]; its CQE frees every
 //!   slot of the group. If no group is free, the run is sent datagram by datagram.
+//! * GRO ([`Config::gro`]): every socket gets `UDP_GRO`, the receive template reserves
+//!   room for its control message, and the ring holds at most `GRO_BUF_COUNT` buffers of
+//!   `GRO_BUF_SIZE` bytes; a receive with a `UDP_GRO` segment size is handed to the
+//!   callback one datagram at a time, in place.
 //! * Waker: a blocking eventfd with a `Read` kept armed.
 //!
 //! `user_data` = `kind << 56 | generation << 32 | index` (index = socket index, send slot or
@@ -802,7 +806,7 @@ impl UringBackend {
         // Without a GRO segment size the payload is one datagram.
         let seg = seg.filter(|&s| s < plen).unwrap_or(plen);
         if seg > self.max_datagram {
-            self.stats.truncated += 1;
+            self.stats.truncated += plen.div_ceil(seg.max(1)) as u64;
             return 0;
         }
         let start = usize::from(bid & self.bufring.mask) * self.bufring.buf_size + off;
