@@ -237,7 +237,7 @@ pub struct IoSection {
     pub buf_count: usize,
     /// Coalesce equal-size replies to one destination into UDP GSO sends.
     pub gso: bool,
-    /// Receive bursts of same-size datagrams as one buffer with UDP GRO (io_uring).
+    /// Receive bursts of same-size datagrams as one buffer with UDP GRO.
     pub gro: bool,
 }
 

@@ -726,7 +726,7 @@ fn port_zero_binds_never_share_a_port() {
 /// UDP GRO on the receiving backend: a GSO burst from another backend (equal-size
 /// datagrams, a shorter last one) arrives as one merged receive and is handed to the
 /// callback datagram by datagram, intact and in order; a single datagram larger than
-/// `buf_size` is still dropped as truncated; the portable backend ignores `gro`.
+/// `buf_size` is still dropped as truncated; with each backend.
 #[test]
 fn gro_splits_a_merged_burst_into_its_datagrams() {
     let _wd = Watchdog::new("gro_split");
@@ -736,9 +736,6 @@ fn gro_splits_a_merged_burst_into_its_datagrams() {
             ..small_cfg()
         };
         let mut rx = Backend::new(kind, &cfg).unwrap();
-        if kind == BackendKind::Portable {
-            assert!(!rx.gro(), "portable backend claims GRO");
-        }
         let rid = rx
             .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
             .unwrap();

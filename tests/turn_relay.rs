@@ -572,7 +572,7 @@ fn send_gso_burst(sock: &std::net::UdpSocket, to: SocketAddr, frames: &[Vec<u8>]
 /// Bursts both ways as single GSO sends (ChannelData from the client to the server
 /// socket, payloads from the peer to the relay socket): with GRO the server receives each
 /// burst merged and must still relay every datagram on its own, intact and in order; with
-/// each backend (the portable one receives them one by one).
+/// each backend.
 #[test]
 fn gso_bursts_are_relayed_datagram_by_datagram() {
     for backend in backends() {
@@ -625,12 +625,8 @@ fn gso_bursts_are_relayed_datagram_by_datagram() {
             .io_gro_segments
             .load(std::sync::atomic::Ordering::Relaxed);
         eprintln!("{backend:?}: gro_segments {gro}");
-        if backend == IoBackendChoice::Portable {
-            assert_eq!(gro, 0);
-        } else {
-            // Both bursts reached a GRO socket whole over loopback.
-            assert_eq!(gro, 2 * u64::from(N), "{backend:?}");
-        }
+        // Both bursts reached a GRO socket whole over loopback.
+        assert_eq!(gro, 2 * u64::from(N), "{backend:?}");
         rt.shutdown().unwrap();
     }
 }

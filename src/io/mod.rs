@@ -72,19 +72,20 @@
 //!
 //! ## UDP GRO
 //!
-//! With [`Config::gro`] (io_uring backend; Linux ≥ 5.0 knows `UDP_GRO`, probed once per
-//! process) every registered socket gets `UDP_GRO`: the kernel then queues a burst of
+//! With [`Config::gro`] (Linux ≥ 5.0 knows `UDP_GRO`, probed once per process) every
+//! registered socket gets `UDP_GRO`: the kernel then queues a burst of
 //! same-size datagrams from one source as one buffer — a GSO send arriving over loopback
 //! stays whole, and NIC GRO merges a flow's consecutive packets within one NAPI poll — with
 //! a `UDP_GRO` control message giving the segment size. The backend splits the buffer back
 //! into datagrams and calls the receive callback once per datagram, so callers see no
 //! difference; what is saved is the per-datagram receive work in the kernel (one socket
 //! queue entry, one `recvmsg` and one completion per burst instead of per datagram).
-//! Because a merged burst may be up to 64 KiB, the provided buffers are
-//! [`GRO_BUF_SIZE`] bytes each and there are at most [`GRO_BUF_COUNT`] of them (a dry
-//! ring only delays receiving: the multishot receive ends with `ENOBUFS` and is re-armed,
-//! the datagrams wait in the socket). Single datagrams larger than `buf_size - 144` are
-//! still dropped as truncated, as without GRO. [`IoStats::gro_receives`] /
+//! Because a merged burst may be up to 64 KiB, receive buffers are [`GRO_BUF_SIZE`] bytes:
+//! io_uring keeps at most [`GRO_BUF_COUNT`] of them in its provided-buffer ring (a dry ring
+//! only delays receiving: the multishot receive ends with `ENOBUFS` and is re-armed, the
+//! datagrams wait in the socket), the portable backend has `batch` of them for
+//! `recvmmsg`. Single datagrams too large without GRO (io_uring: `buf_size - 144`,
+//! portable: `buf_size`) are still dropped as truncated. [`IoStats::gro_receives`] /
 //! [`IoStats::gro_segments`] count merged receives and the datagrams in them.
 //!
 //! ## Errors
@@ -228,9 +229,9 @@ pub struct Config {
     /// Coalesce runs of equal-size datagrams to one destination into one UDP GSO
     /// (`UDP_SEGMENT`) send, if the kernel supports it. See the module docs.
     pub gso: bool,
-    /// Receive with UDP GRO (`UDP_GRO`, io_uring backend only; the portable backend ignores
-    /// it): the kernel hands a burst of same-size datagrams from one source as one buffer,
-    /// split here into the datagrams. Receive buffers then grow to 64 KiB. See the module docs.
+    /// Receive with UDP GRO (`UDP_GRO`): the kernel hands a burst of same-size datagrams
+    /// from one source as one buffer, split here into the datagrams. Receive buffers then
+    /// grow to 64 KiB. See the module docs.
     pub gro: bool,
 }
 
@@ -480,13 +481,10 @@ impl Backend {
         dispatch!(self, b => b.gso.enabled)
     }
 
-    /// Whether sockets receive with UDP GRO: [`Config::gro`] was set, the backend is
-    /// io_uring and the kernel supports `UDP_GRO`.
+    /// Whether sockets receive with UDP GRO: [`Config::gro`] was set and the kernel
+    /// supports `UDP_GRO`.
     pub fn gro(&self) -> bool {
-        match self {
-            Backend::Uring(b) => b.gro,
-            Backend::Portable(_) => false,
-        }
+        dispatch!(self, b => b.gro)
     }
 }
 
