@@ -302,6 +302,8 @@ impl PortableBackend {
                     continue;
                 };
                 let seg = if self.gro {
+                    // `msg_controllen` is a size_t on glibc, a socklen_t on musl.
+                    #[allow(clippy::unnecessary_cast)]
                     let clen = (hdr.msg_hdr.msg_controllen as usize).min(GRO_CMSG_SPACE);
                     // SAFETY: the kernel wrote `clen` bytes of control data into rctl[k].
                     let ctl = unsafe {
