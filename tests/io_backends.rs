@@ -795,3 +795,61 @@ fn gro_splits_a_merged_burst_into_its_datagrams() {
         }
     }
 }
+
+/// UDP GRO with datagrams too large for `buf_size`: a merged GSO burst of 3,000-byte
+/// datagrams (a sender with larger slots) cannot be delivered, so every datagram in it is
+/// dropped and counted as truncated — no partial or mis-split delivery — and the socket
+/// goes on receiving: a small datagram sent after it arrives intact; with each backend.
+#[test]
+fn gro_burst_of_oversized_datagrams_is_dropped_and_counted() {
+    let _wd = Watchdog::new("gro_oversized");
+    for kind in kinds() {
+        let cfg = Config {
+            gro: true,
+            ..small_cfg()
+        };
+        let mut rx = Backend::new(kind, &cfg).unwrap();
+        let rid = rx
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        let dest = rx.local_addr(rid);
+        let tx_cfg = Config {
+            buf_size: 4096,
+            ..small_cfg()
+        };
+        let mut tx = Backend::new(kind, &tx_cfg).unwrap();
+        let tid = tx
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        for i in 0..3 {
+            let d = gso_datagram(0, i, 3000);
+            tx.send_queue().send_to(tid, dest, &d).unwrap();
+        }
+        tx.flush().unwrap();
+        let small = gso_datagram(1, 9, 200);
+        // After the burst's flush, so it queues behind it on the receiving socket.
+        tx.send_queue().send_to(tid, dest, &small).unwrap();
+        tx.flush().unwrap();
+
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.is_empty() && Instant::now() < deadline {
+            rx.poll(Some(Duration::from_millis(20)), &mut |_, _, _, data| {
+                got.push(data.to_vec());
+            })
+            .unwrap();
+            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
+        }
+        let st = rx.stats();
+        eprintln!("{kind} gro={} tx gso={}: {st:?}", rx.gro(), tx.gso());
+        if rx.gro() && tx.gso() {
+            // The burst left as one GSO send, so it reached the GRO socket merged.
+            assert!(tx.stats().gso_sends >= 1, "{kind}: {:?}", tx.stats());
+        }
+        assert_eq!(got, vec![small], "{kind}: {st:?}");
+        assert_eq!(st.received, 1, "{kind}: {st:?}");
+        // Merged or not, each of the three oversized datagrams is one truncation.
+        assert_eq!(st.truncated, 3, "{kind}: {st:?}");
+        assert_eq!((st.gro_receives, st.gro_segments), (0, 0), "{kind}: {st:?}");
+    }
+}

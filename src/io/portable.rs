@@ -106,7 +106,13 @@ impl PortableBackend {
         } else {
             cfg.buf_size
         };
-        let rbufs = Region::new(batch * rbuf_size)?;
+        // With GRO, 68 KiB per receive of which only the first page is resident up front
+        // (see `Region::new_first_pages`).
+        let rbufs = if gro {
+            Region::new_first_pages(batch, rbuf_size)?
+        } else {
+            Region::new(batch * rbuf_size)?
+        };
         // SAFETY (all zeroed() below): these are C plain-old-data structs; all-zero is valid.
         let mut rnames: Box<[libc::sockaddr_storage]> =
             vec![unsafe { mem::zeroed::<libc::sockaddr_storage>() }; batch].into();
@@ -291,7 +297,10 @@ impl PortableBackend {
             let r = r as usize;
             for k in 0..r {
                 let hdr = &self.rmsgs[k];
-                if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                // With GRO a cut-off control message may have held the segment size: the
+                // buffer cannot be split, so it is dropped as truncated too.
+                let cut = libc::MSG_TRUNC | if self.gro { libc::MSG_CTRUNC } else { 0 };
+                if hdr.msg_hdr.msg_flags & cut != 0 {
                     self.stats.truncated += 1;
                     continue;
                 }

@@ -95,10 +95,17 @@ struct BufRing {
 }
 
 impl BufRing {
-    fn new(count: usize, buf_size: usize) -> io::Result<Self> {
+    /// `lazy`: only each buffer's first page is resident up front, the rest as the kernel
+    /// first writes it (the GRO ring: 68 KiB buffers that small datagrams barely use).
+    fn new(count: usize, buf_size: usize, lazy: bool) -> io::Result<Self> {
+        let bufs = if lazy {
+            Region::new_first_pages(count, buf_size)?
+        } else {
+            Region::new(count * buf_size)?
+        };
         let mut r = Self {
             entries: Region::new(count * mem::size_of::<BufRingEntry>())?,
-            bufs: Region::new(count * buf_size)?,
+            bufs,
             mask: (count - 1) as u16,
             tail: 0,
             buf_size,
@@ -258,9 +265,10 @@ impl UringBackend {
             BufRing::new(
                 cfg.buf_count.min(GRO_BUF_COUNT),
                 GRO_BUF_SIZE.max(cfg.buf_size),
+                true,
             )?
         } else {
-            BufRing::new(cfg.buf_count, cfg.buf_size)?
+            BufRing::new(cfg.buf_count, cfg.buf_size, false)?
         };
         // SAFETY: the entry memory is page-aligned (mmap), holds mask + 1 entries and lives
         // as long as `self`; the ring (dropped first) is the only user.
@@ -774,6 +782,8 @@ impl UringBackend {
             let buf = unsafe { std::slice::from_raw_parts(base, len) };
             match RecvMsgOut::parse(buf, &self.recv_hdr) {
                 Ok(out) if out.is_payload_truncated() || out.is_name_data_truncated() => Err(true),
+                // The GRO segment size may be what was cut off: the buffer cannot be split.
+                Ok(out) if self.gro && out.is_control_data_truncated() => Err(true),
                 Ok(out) => {
                     let payload = out.payload_data();
                     let off = payload.as_ptr() as usize - base as usize;
