@@ -237,6 +237,8 @@ pub struct IoSection {
     pub buf_count: usize,
     /// Coalesce equal-size replies to one destination into UDP GSO sends.
     pub gso: bool,
+    /// Receive bursts of same-size datagrams as one buffer with UDP GRO.
+    pub gro: bool,
 }
 
 impl Default for IoSection {
@@ -247,6 +249,7 @@ impl Default for IoSection {
             buf_size: 2048,
             buf_count: 4096,
             gso: true,
+            gro: true,
         }
     }
 }

@@ -32,6 +32,7 @@ fn small_cfg() -> Config {
         buf_count: 256,
         send_slots: 256,
         gso: true,
+        gro: false,
     }
 }
 
@@ -165,6 +166,7 @@ fn burst_larger_than_buffer_ring_then_still_receives() {
             buf_count: 64,
             send_slots: 64,
             gso: true,
+            gro: false,
         };
         let mut b = Backend::new(kind, &cfg).unwrap();
         let id = b
@@ -222,6 +224,7 @@ fn echo_burst_with_few_send_slots() {
             buf_count: 512,
             send_slots: 32,
             gso: true,
+            gro: false,
         };
         let mut b = Backend::new(kind, &cfg).unwrap();
         let id = b
@@ -343,6 +346,7 @@ fn send_queue_full_and_send_to_flushes() {
             buf_count: 64,
             send_slots: 8,
             gso: true,
+            gro: false,
         };
         let mut b = Backend::new(kind, &cfg).unwrap();
         let id = b
@@ -419,6 +423,7 @@ fn gso_send_plan(
         buf_count: 256,
         send_slots: 1024,
         gso,
+        gro: false,
     };
     assert!(plan.len() <= cfg.send_slots);
     let mut b = Backend::new(kind, &cfg).unwrap();
@@ -716,4 +721,135 @@ fn port_zero_binds_never_share_a_port() {
         socks.len(),
         "two reuse sockets got the same port"
     );
+}
+
+/// UDP GRO on the receiving backend: a GSO burst from another backend (equal-size
+/// datagrams, a shorter last one) arrives as one merged receive and is handed to the
+/// callback datagram by datagram, intact and in order; a single datagram larger than
+/// `buf_size` is still dropped as truncated; with each backend.
+#[test]
+fn gro_splits_a_merged_burst_into_its_datagrams() {
+    let _wd = Watchdog::new("gro_split");
+    for kind in kinds() {
+        let cfg = Config {
+            gro: true,
+            ..small_cfg()
+        };
+        let mut rx = Backend::new(kind, &cfg).unwrap();
+        let rid = rx
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        let dest = rx.local_addr(rid);
+        // The sender: GSO on, so the burst leaves as one UDP_SEGMENT send when it can.
+        let mut tx = Backend::new(kind, &small_cfg()).unwrap();
+        let tid = tx
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        let src = tx.local_addr(tid);
+        let mut want: Vec<Vec<u8>> = (0..20).map(|i| gso_datagram(0, i, 300)).collect();
+        want.push(gso_datagram(0, 20, 120));
+        for d in &want {
+            tx.send_queue().send_to(tid, dest, d).unwrap();
+        }
+        tx.flush().unwrap();
+        // One datagram larger than a send slot after the burst, from a plain socket.
+        let big = UdpSocket::bind(SocketAddr::new(V4, 0)).unwrap();
+        big.send_to(&[7u8; 2100], dest).unwrap();
+
+        let mut got: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < want.len() && Instant::now() < deadline {
+            rx.poll(
+                Some(Duration::from_millis(20)),
+                &mut |_, sock, from, data| {
+                    assert_eq!(sock, rid);
+                    got.push((from, data.to_vec()));
+                },
+            )
+            .unwrap();
+            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
+        }
+        // Let the oversized datagram arrive and be counted.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rx.stats().truncated == 0 && Instant::now() < deadline {
+            rx.poll(Some(Duration::from_millis(20)), &mut |_, _, from, data| {
+                got.push((from, data.to_vec()));
+            })
+            .unwrap();
+        }
+        let st = rx.stats();
+        eprintln!("{kind} gro={} tx gso={}: {st:?}", rx.gro(), tx.gso());
+        assert_eq!(got.len(), want.len(), "{kind}: {st:?}");
+        for (k, ((from, d), w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(*from, src, "{kind} datagram {k}");
+            assert_eq!(d, w, "{kind} datagram {k}");
+        }
+        assert_eq!(st.received, want.len() as u64, "{kind}: {st:?}");
+        assert_eq!(st.truncated, 1, "{kind}: {st:?}");
+        if rx.gro() && tx.gso() {
+            // Loopback keeps a GSO send whole for a GRO socket.
+            assert!(st.gro_receives >= 1, "{kind}: no merged receive: {st:?}");
+            assert!(st.gro_segments <= want.len() as u64, "{kind}: {st:?}");
+        } else {
+            assert_eq!((st.gro_receives, st.gro_segments), (0, 0), "{kind}: {st:?}");
+        }
+    }
+}
+
+/// UDP GRO with datagrams too large for `buf_size`: a merged GSO burst of 3,000-byte
+/// datagrams (a sender with larger slots) cannot be delivered, so every datagram in it is
+/// dropped and counted as truncated — no partial or mis-split delivery — and the socket
+/// goes on receiving: a small datagram sent after it arrives intact; with each backend.
+#[test]
+fn gro_burst_of_oversized_datagrams_is_dropped_and_counted() {
+    let _wd = Watchdog::new("gro_oversized");
+    for kind in kinds() {
+        let cfg = Config {
+            gro: true,
+            ..small_cfg()
+        };
+        let mut rx = Backend::new(kind, &cfg).unwrap();
+        let rid = rx
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        let dest = rx.local_addr(rid);
+        let tx_cfg = Config {
+            buf_size: 4096,
+            ..small_cfg()
+        };
+        let mut tx = Backend::new(kind, &tx_cfg).unwrap();
+        let tid = tx
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        for i in 0..3 {
+            let d = gso_datagram(0, i, 3000);
+            tx.send_queue().send_to(tid, dest, &d).unwrap();
+        }
+        tx.flush().unwrap();
+        let small = gso_datagram(1, 9, 200);
+        // After the burst's flush, so it queues behind it on the receiving socket.
+        tx.send_queue().send_to(tid, dest, &small).unwrap();
+        tx.flush().unwrap();
+
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.is_empty() && Instant::now() < deadline {
+            rx.poll(Some(Duration::from_millis(20)), &mut |_, _, _, data| {
+                got.push(data.to_vec());
+            })
+            .unwrap();
+            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
+        }
+        let st = rx.stats();
+        eprintln!("{kind} gro={} tx gso={}: {st:?}", rx.gro(), tx.gso());
+        if rx.gro() && tx.gso() {
+            // The burst left as one GSO send, so it reached the GRO socket merged.
+            assert!(tx.stats().gso_sends >= 1, "{kind}: {:?}", tx.stats());
+        }
+        assert_eq!(got, vec![small], "{kind}: {st:?}");
+        assert_eq!(st.received, 1, "{kind}: {st:?}");
+        // Merged or not, each of the three oversized datagrams is one truncation.
+        assert_eq!(st.truncated, 3, "{kind}: {st:?}");
+        assert_eq!((st.gro_receives, st.gro_segments), (0, 0), "{kind}: {st:?}");
+    }
 }

@@ -126,6 +126,7 @@ fn backend_watches_two_stream_sets() {
         buf_count: 16,
         send_slots: 16,
         gso: false,
+        gro: false,
     };
     for kind in kinds() {
         let mut b = Backend::new(kind, &cfg).unwrap();

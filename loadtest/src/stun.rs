@@ -184,6 +184,8 @@ impl Worker {
             // The generator's requests all go to one target with one size: GSO lets one
             // thread offer far more load. Every server under test gets the same client.
             gso: !a.no_gso,
+            // As in `turn`: no GRO, so a server's GSO replies are segmented at delivery.
+            gro: false,
         };
         let mut backend = Backend::new(self.kind, &cfg).map_err(|e| e.to_string())?;
         let socket = io::bind_udp(local_bind_for(a.target), false).map_err(|e| e.to_string())?;

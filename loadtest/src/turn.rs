@@ -85,6 +85,10 @@ pub struct Args {
     /// One JSON object instead of the human report.
     #[arg(long)]
     json: bool,
+    /// Send one datagram per sendmsg (no UDP GSO) from the generator, as clients without
+    /// GSO do: a server's UDP GRO then has no bursts to receive merged over loopback.
+    #[arg(long)]
+    no_gso: bool,
 }
 
 const CHANNEL: u16 = 0x4000;
@@ -464,7 +468,11 @@ fn prepare(
         buf_size: 2048,
         buf_count: 4096,
         send_slots: slots,
-        gso: true,
+        gso: !args.no_gso,
+        // No GRO on the generator's sockets: a GSO burst a server sends over loopback would
+        // then reach them unsegmented, sparing the server the segmentation a real network
+        // path (or a client without GRO, or coturn's plain sends) makes it pay.
+        gro: false,
     };
     let mut backend = Backend::new(kind, &cfg).map_err(e)?;
     let mut by_sock: Vec<u32> = Vec::new();

@@ -70,6 +70,29 @@
 //! one warning). [`IoStats::gso_sends`] / [`IoStats::gso_segments`] count accepted GSO
 //! sends and the datagrams in them; [`Backend::gso`] says whether GSO is in use.
 //!
+//! ## UDP GRO
+//!
+//! With [`Config::gro`] (Linux ≥ 5.0 knows `UDP_GRO`, probed once per process) every
+//! registered socket gets `UDP_GRO`: the kernel then queues a burst of
+//! same-size datagrams from one source as one buffer — a GSO send arriving over loopback
+//! stays whole, and NIC GRO merges a flow's consecutive packets within one NAPI poll — with
+//! a `UDP_GRO` control message giving the segment size. The backend splits the buffer back
+//! into datagrams and calls the receive callback once per datagram, so callers see no
+//! difference; what is saved is the per-datagram receive work in the kernel (one socket
+//! queue entry, one `recvmsg` and one completion per burst instead of per datagram).
+//! Because a merged burst may be up to 64 KiB, receive buffers are [`GRO_BUF_SIZE`] bytes:
+//! io_uring keeps at most [`GRO_BUF_COUNT`] of them in its provided-buffer ring (a dry ring
+//! only delays receiving: the multishot receive ends with `ENOBUFS` and is re-armed, the
+//! datagrams wait in the socket), the portable backend has `batch` of them for
+//! `recvmmsg`. Only each buffer's first 4 KiB page is made resident up front (small
+//! datagrams fit there; a merged burst faults in more, page by page, never huge pages), so
+//! GRO costs less RSS than the `MAP_POPULATE`d 2 KiB buffers without it.
+//! Single datagrams too large without GRO (io_uring: `buf_size - 144`, portable:
+//! `buf_size`) are still dropped as truncated, as is every datagram of a burst with a
+//! segment size that large, and a receive whose control message was cut off (`MSG_CTRUNC`).
+//! [`IoStats::gro_receives`] / [`IoStats::gro_segments`] count merged receives and the
+//! datagrams in them.
+//!
 //! ## Errors
 //!
 //! Per-datagram failures (`EAGAIN` on send, ICMP-induced `ECONNREFUSED`, truncated
@@ -211,6 +234,10 @@ pub struct Config {
     /// Coalesce runs of equal-size datagrams to one destination into one UDP GSO
     /// (`UDP_SEGMENT`) send, if the kernel supports it. See the module docs.
     pub gso: bool,
+    /// Receive with UDP GRO (`UDP_GRO`): the kernel hands a burst of same-size datagrams
+    /// from one source as one buffer, split here into the datagrams. Receive buffers then
+    /// grow to 68 KiB (fewer of them, first pages resident only). See the module docs.
+    pub gro: bool,
 }
 
 impl Default for Config {
@@ -221,6 +248,7 @@ impl Default for Config {
             buf_count: 4096,
             send_slots: 1024,
             gso: true,
+            gro: false,
         }
     }
 }
@@ -282,6 +310,11 @@ pub struct IoStats {
     /// GSO sends the kernel rejected with `EIO`/`EINVAL`/`EMSGSIZE`; their datagrams were
     /// retried one by one, and the first such rejection turned GSO off for the backend.
     pub gso_fallbacks: u64,
+    /// Receives that carried more than one datagram (UDP GRO). Their datagrams are also
+    /// counted in `received`.
+    pub gro_receives: u64,
+    /// Datagrams handed to the callback out of those receives.
+    pub gro_segments: u64,
 }
 
 /// The probe result, computed once per process.
@@ -452,6 +485,12 @@ impl Backend {
     pub fn gso(&self) -> bool {
         dispatch!(self, b => b.gso.enabled)
     }
+
+    /// Whether sockets receive with UDP GRO: [`Config::gro`] was set and the kernel
+    /// supports `UDP_GRO`.
+    pub fn gro(&self) -> bool {
+        dispatch!(self, b => b.gro)
+    }
 }
 
 /// Anonymous, page-aligned memory shared with the kernel. Accessed only through raw
@@ -462,7 +501,31 @@ pub(crate) struct Region {
 }
 
 impl Region {
+    /// Memory made resident up front (`MAP_POPULATE`): no page fault on first use.
     pub(crate) fn new(len: usize) -> io::Result<Self> {
+        Self::map(len, libc::MAP_POPULATE)
+    }
+
+    /// `count` buffers of `size` bytes (a multiple of the page size) of which only each
+    /// buffer's first page is made resident up front; the rest becomes resident page by
+    /// page as the kernel first writes it, and is never backed by transparent huge pages
+    /// (`MADV_NOHUGEPAGE`). For the GRO receive buffers: a small datagram (receive header,
+    /// address and payload) fits the first page, only a merged burst reaches further.
+    pub(crate) fn new_first_pages(count: usize, size: usize) -> io::Result<Self> {
+        let r = Self::map(count * size, 0)?;
+        // SAFETY: the range is the mapping just made. Advice only: a kernel without THP
+        // refuses it (EINVAL), which changes nothing.
+        unsafe {
+            libc::madvise(r.ptr.as_ptr().cast(), r.len, libc::MADV_NOHUGEPAGE);
+        }
+        for k in 0..count {
+            // SAFETY: k * size < count * size = len; nothing else uses the memory yet.
+            unsafe { r.ptr.as_ptr().add(k * size).write_volatile(0) };
+        }
+        Ok(r)
+    }
+
+    fn map(len: usize, flags: libc::c_int) -> io::Result<Self> {
         let len = len.max(1);
         // SAFETY: anonymous private mapping; no pointers are passed in.
         let p = unsafe {
@@ -470,7 +533,7 @@ impl Region {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
                 -1,
                 0,
             )
@@ -810,6 +873,67 @@ impl GsoState {
     }
 }
 
+/// `UDP_GRO` from `<linux/udp.h>`.
+const UDP_GRO: libc::c_int = 104;
+
+/// Receive buffer size with GRO: room for the largest merged burst (a UDP payload is at
+/// most 65,507 bytes) plus the io_uring receive header, source address and control message,
+/// rounded to whole 4 KiB pages so that every buffer starts a page (only first pages are
+/// made resident up front, see `Region::new_first_pages`).
+pub const GRO_BUF_SIZE: usize = 65536 + 4096;
+/// Most receive buffers with GRO (each is [`GRO_BUF_SIZE`] bytes: 512 are 34 MiB of
+/// address space, 2 MiB of it resident until merged bursts write further).
+pub const GRO_BUF_COUNT: usize = 512;
+/// Control space reserved per receive for the `UDP_GRO` message (`CMSG_SPACE(4)` = 24).
+pub(crate) const GRO_CMSG_SPACE: usize = 32;
+
+/// Whether the kernel knows `UDP_GRO` (Linux ≥ 5.0), probed once per process.
+pub(crate) fn gro_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        use std::os::fd::AsRawFd;
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).is_ok_and(|s| enable_gro(s.as_raw_fd()))
+    })
+}
+
+/// Sets `UDP_GRO` on a UDP socket; false if the kernel refused.
+pub(crate) fn enable_gro(fd: std::os::fd::RawFd) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid c_int option value on a caller-owned socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+/// The segment size of a GRO receive, from its control messages (`SOL_UDP`/`UDP_GRO`, an
+/// `int`); `None` for a plain datagram. Malformed control data reads as `None`.
+pub(crate) fn gro_segment_size(control: &[u8]) -> Option<usize> {
+    const HDR: usize = mem::size_of::<libc::cmsghdr>();
+    let mut rest = control;
+    while rest.len() >= HDR {
+        // SAFETY: HDR bytes are present; read_unaligned copes with any alignment.
+        let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+        let len = h.cmsg_len as usize;
+        if len < HDR || len > rest.len() {
+            return None;
+        }
+        if h.cmsg_level == libc::SOL_UDP && h.cmsg_type == UDP_GRO && len >= HDR + 4 {
+            let b = rest.get(cmsg_align(HDR)..)?;
+            let seg = i32::from_ne_bytes(b.get(..4)?.try_into().ok()?);
+            return usize::try_from(seg).ok().filter(|&s| s > 0);
+        }
+        rest = rest.get(cmsg_align(len)..).unwrap_or(&[]);
+    }
+    None
+}
+
 /// `CMSG_ALIGN`: control message parts are aligned to `size_t`.
 const fn cmsg_align(len: usize) -> usize {
     (len + mem::size_of::<usize>() - 1) & !(mem::size_of::<usize>() - 1)
@@ -1022,3 +1146,91 @@ impl SockTable {
 
 /// Generations are 24 bits so they fit next to an 8-bit op kind in `user_data`.
 pub(crate) const GEN_MASK: u32 = 0x00ff_ffff;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One control message as the kernel lays it out: header, data, padding.
+    fn cmsg(level: libc::c_int, ty: libc::c_int, data: &[u8]) -> Vec<u8> {
+        cmsg_len_as(level, ty, data, HDR + data.len())
+    }
+
+    const HDR: usize = mem::size_of::<libc::cmsghdr>();
+
+    /// As [`cmsg`], with `cmsg_len` claiming `len` bytes whatever the data.
+    fn cmsg_len_as(level: libc::c_int, ty: libc::c_int, data: &[u8], len: usize) -> Vec<u8> {
+        // SAFETY: cmsghdr is plain old data; all-zero is valid.
+        let mut h: libc::cmsghdr = unsafe { mem::zeroed() };
+        h.cmsg_len = len as _;
+        h.cmsg_level = level;
+        h.cmsg_type = ty;
+        // SAFETY: reading the bytes of a plain C struct.
+        let mut v =
+            unsafe { std::slice::from_raw_parts((&h as *const libc::cmsghdr).cast::<u8>(), HDR) }
+                .to_vec();
+        v.extend_from_slice(data);
+        v.resize(cmsg_align(v.len()), 0);
+        v
+    }
+
+    #[test]
+    fn gro_segment_size_reads_the_udp_gro_message() {
+        let gro = |seg: i32| cmsg(libc::SOL_UDP, UDP_GRO, &seg.to_ne_bytes());
+        assert_eq!(gro_segment_size(&gro(1200)), Some(1200));
+        // After another control message.
+        let mut two = cmsg(libc::SOL_IP, libc::IP_TOS, &[0, 0, 0, 0]);
+        two.extend(gro(300));
+        assert_eq!(gro_segment_size(&two), Some(300));
+        // No control data, or none of ours.
+        assert_eq!(gro_segment_size(&[]), None);
+        assert_eq!(
+            gro_segment_size(&cmsg(libc::SOL_IP, libc::IP_TOS, &[1, 0, 0, 0])),
+            None
+        );
+    }
+
+    /// Control data is parsed defensively: a zero or negative segment size, a data part
+    /// too short for an `int`, a length field beyond the bytes present or below the header,
+    /// and arbitrary bytes all read as "no segment size" (the buffer is then one datagram
+    /// and size-checked as such), never a panic or an out-of-bounds read.
+    #[test]
+    fn gro_segment_size_rejects_malformed_control_data() {
+        let gro = |seg: i32| cmsg(libc::SOL_UDP, UDP_GRO, &seg.to_ne_bytes());
+        assert_eq!(gro_segment_size(&gro(0)), None);
+        assert_eq!(gro_segment_size(&gro(-1)), None);
+        assert_eq!(gro_segment_size(&gro(i32::MIN)), None);
+        assert_eq!(
+            gro_segment_size(&cmsg(libc::SOL_UDP, UDP_GRO, &[5, 0])),
+            None
+        );
+        let whole = gro(1200);
+        for cut in 0..whole.len() {
+            let r = gro_segment_size(&whole[..cut]);
+            // Header + int is the shortest complete message.
+            assert!(r.is_none() || cut >= HDR + 4, "cut {cut}: {r:?}");
+        }
+        let data = 1200i32.to_ne_bytes();
+        for len in [0, 3, HDR - 1, HDR + 64, u32::MAX as usize] {
+            let m = cmsg_len_as(libc::SOL_UDP, UDP_GRO, &data, len);
+            assert_eq!(gro_segment_size(&m), None, "cmsg_len {len}");
+        }
+        // Pseudo-random control bytes of every length up to 64 (xorshift, fixed seed).
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for len in 0..=64 {
+            for _ in 0..2000 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                if let Some(s) = gro_segment_size(&bytes) {
+                    assert!(s > 0 && s <= i32::MAX as usize);
+                }
+            }
+        }
+    }
+}

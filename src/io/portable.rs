@@ -5,6 +5,9 @@
 //!
 //! With GSO on, one `mmsghdr` of a `sendmmsg` may carry a run of datagrams (one iovec per
 //! send slot plus a `UDP_SEGMENT` control message); otherwise each carries one datagram.
+//! With GRO on, every socket gets `UDP_GRO`, each receive buffer is `GRO_BUF_SIZE` bytes with
+//! room for a control message, and a receive carrying a `UDP_GRO` segment size is handed to
+//! the callback one datagram at a time, in place.
 
 use std::io;
 use std::mem;
@@ -13,8 +16,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::{
-    Config, GsoCmsg, GsoState, IoError, IoStats, OnRecv, Region, SendQueue, SockTable, SocketId,
-    Waker, is_gso_rejection, sockaddr_from_storage, timeout_ms,
+    Config, GRO_BUF_SIZE, GRO_CMSG_SPACE, GsoCmsg, GsoState, IoError, IoStats, OnRecv, Region,
+    SendQueue, SockTable, SocketId, Waker, enable_gro, gro_segment_size, gro_supported,
+    is_gso_rejection, sockaddr_from_storage, timeout_ms,
 };
 
 /// epoll token of the waker (sockets use `generation << 32 | index`).
@@ -38,7 +42,13 @@ pub struct PortableBackend {
     buf_size: usize,
     events: Box<[libc::epoll_event]>,
     // receive side
+    /// Sockets get `UDP_GRO`; a receive may carry several datagrams (see the module docs).
+    pub(crate) gro: bool,
+    /// Bytes per receive buffer: `buf_size`, or [`GRO_BUF_SIZE`] with GRO.
+    rbuf_size: usize,
     rbufs: Region,
+    /// Per receive: room for the `UDP_GRO` control message (GRO only).
+    rctl: Box<[[u64; GRO_CMSG_SPACE / 8]]>,
     rnames: Box<[libc::sockaddr_storage]>,
     riov: Box<[libc::iovec]>,
     rmsgs: Box<[libc::mmsghdr]>,
@@ -90,7 +100,19 @@ impl PortableBackend {
         epoll_add(epfd.as_raw_fd(), waker.raw_fd(), WAKER_TOKEN)?;
 
         let batch = cfg.batch;
-        let rbufs = Region::new(batch * cfg.buf_size)?;
+        let gro = cfg.gro && gro_supported();
+        let rbuf_size = if gro {
+            GRO_BUF_SIZE.max(cfg.buf_size)
+        } else {
+            cfg.buf_size
+        };
+        // With GRO, 68 KiB per receive of which only the first page is resident up front
+        // (see `Region::new_first_pages`).
+        let rbufs = if gro {
+            Region::new_first_pages(batch, rbuf_size)?
+        } else {
+            Region::new(batch * rbuf_size)?
+        };
         // SAFETY (all zeroed() below): these are C plain-old-data structs; all-zero is valid.
         let mut rnames: Box<[libc::sockaddr_storage]> =
             vec![unsafe { mem::zeroed::<libc::sockaddr_storage>() }; batch].into();
@@ -99,9 +121,9 @@ impl PortableBackend {
         let mut rmsgs: Box<[libc::mmsghdr]> =
             vec![unsafe { mem::zeroed::<libc::mmsghdr>() }; batch].into();
         for k in 0..batch {
-            // SAFETY: k * buf_size is inside `rbufs`.
-            riov[k].iov_base = unsafe { rbufs.as_ptr().add(k * cfg.buf_size) }.cast();
-            riov[k].iov_len = cfg.buf_size;
+            // SAFETY: k * rbuf_size is inside `rbufs`.
+            riov[k].iov_base = unsafe { rbufs.as_ptr().add(k * rbuf_size) }.cast();
+            riov[k].iov_len = rbuf_size;
             let h = &mut rmsgs[k].msg_hdr;
             h.msg_name = (&mut rnames[k] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -126,7 +148,10 @@ impl PortableBackend {
             batch,
             buf_size: cfg.buf_size,
             events,
+            gro,
+            rbuf_size,
             rbufs,
+            rctl: vec![[0u64; GRO_CMSG_SPACE / 8]; batch].into(),
             rnames,
             riov,
             rmsgs,
@@ -138,6 +163,10 @@ impl PortableBackend {
 
     pub(crate) fn add_socket(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
         let fd = sock.as_raw_fd();
+        // A socket that refuses UDP_GRO just receives datagram by datagram.
+        if self.gro {
+            enable_gro(fd);
+        }
         let id = self.socks.insert(sock)?;
         let generation = self.socks.entries[id.0 as usize].generation;
         if let Err(e) = epoll_add(self.epfd.as_raw_fd(), fd, token(id, generation)) {
@@ -232,10 +261,14 @@ impl PortableBackend {
     fn recv_socket(&mut self, id: SocketId, fd: RawFd, on_recv: &mut OnRecv<'_>) -> usize {
         let mut delivered = 0;
         for _ in 0..MAX_ROUNDS {
-            for m in self.rmsgs.iter_mut() {
+            for (m, ctl) in self.rmsgs.iter_mut().zip(self.rctl.iter_mut()) {
                 m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 m.msg_hdr.msg_flags = 0;
                 m.msg_len = 0;
+                if self.gro {
+                    m.msg_hdr.msg_control = ctl.as_mut_ptr().cast();
+                    m.msg_hdr.msg_controllen = GRO_CMSG_SPACE as _;
+                }
             }
             // SAFETY: rmsgs/riov/rnames/rbufs are preallocated, point at each other and stay
             // alive and unmoved for the duration of the call.
@@ -264,23 +297,60 @@ impl PortableBackend {
             let r = r as usize;
             for k in 0..r {
                 let hdr = &self.rmsgs[k];
-                if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                // With GRO a cut-off control message may have held the segment size: the
+                // buffer cannot be split, so it is dropped as truncated too.
+                let cut = libc::MSG_TRUNC | if self.gro { libc::MSG_CTRUNC } else { 0 };
+                if hdr.msg_hdr.msg_flags & cut != 0 {
                     self.stats.truncated += 1;
                     continue;
                 }
-                let len = (hdr.msg_len as usize).min(self.buf_size);
+                let len = (hdr.msg_len as usize).min(self.rbuf_size);
                 let Some(from) = sockaddr_from_storage(&self.rnames[k], hdr.msg_hdr.msg_namelen)
                 else {
                     self.stats.recv_errors += 1;
                     continue;
                 };
-                // SAFETY: buffer k is ours until the next recvmmsg; nothing else borrows it.
-                let payload = unsafe { self.rbufs.slice_mut(k * self.buf_size, len) };
-                self.stats.received += 1;
-                delivered += 1;
-                on_recv(&mut self.sendq, id, from, payload);
-                if self.sendq.queued() >= self.batch {
-                    self.flush_now();
+                let seg = if self.gro {
+                    // `msg_controllen` is a size_t on glibc, a socklen_t on musl.
+                    #[allow(clippy::unnecessary_cast)]
+                    let clen = (hdr.msg_hdr.msg_controllen as usize).min(GRO_CMSG_SPACE);
+                    // SAFETY: the kernel wrote `clen` bytes of control data into rctl[k].
+                    let ctl = unsafe {
+                        std::slice::from_raw_parts(self.rctl[k].as_ptr().cast::<u8>(), clen)
+                    };
+                    gro_segment_size(ctl)
+                } else {
+                    None
+                };
+                // Without a GRO segment size the payload is one datagram.
+                let seg = seg.filter(|&s| s < len).unwrap_or(len);
+                if seg > self.buf_size {
+                    self.stats.truncated += len.div_ceil(seg.max(1)) as u64;
+                    continue;
+                }
+                let mut at = 0;
+                let mut n_seg = 0u64;
+                // At least once: an empty datagram is delivered too.
+                loop {
+                    let n = seg.min(len - at);
+                    // SAFETY: buffer k is ours until the next recvmmsg; each segment's
+                    // slice ends before the next is made.
+                    let payload = unsafe { self.rbufs.slice_mut(k * self.rbuf_size + at, n) };
+                    at += n;
+                    n_seg += 1;
+                    self.stats.received += 1;
+                    delivered += 1;
+                    on_recv(&mut self.sendq, id, from, payload);
+                    if self.sendq.queued() >= self.batch {
+                        self.flush_now();
+                    }
+                    if at >= len {
+                        break;
+                    }
+                }
+                if n_seg > 1 {
+                    self.stats.gro_receives += 1;
+                    self.stats.gro_segments += n_seg;
                 }
             }
             if r < self.batch {

@@ -13,6 +13,10 @@
 //!   datagrams goes out as one `SendMsg` whose `msghdr`, iovecs (one per slot) and
 //!   `UDP_SEGMENT` control message live in a preallocated [`GsoGroup`]; its CQE frees every
 //!   slot of the group. If no group is free, the run is sent datagram by datagram.
+//! * GRO ([`Config::gro`]): every socket gets `UDP_GRO`, the receive template reserves
+//!   room for its control message, and the ring holds at most `GRO_BUF_COUNT` buffers of
+//!   `GRO_BUF_SIZE` bytes; a receive with a `UDP_GRO` segment size is handed to the
+//!   callback one datagram at a time, in place.
 //! * Waker: a blocking eventfd with a `Read` kept armed.
 //!
 //! `user_data` = `kind << 56 | generation << 32 | index` (index = socket index, send slot or
@@ -33,8 +37,9 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
 use super::{
-    Config, GEN_MASK, GSO_MAX_SEGMENTS, GsoCmsg, GsoState, IoError, IoStats, OnRecv, Region,
-    SendQueue, SockTable, SocketId, Waker, bind_udp, is_gso_rejection, sockaddr_from_bytes,
+    Config, GEN_MASK, GRO_BUF_COUNT, GRO_BUF_SIZE, GRO_CMSG_SPACE, GSO_MAX_SEGMENTS, GsoCmsg,
+    GsoState, IoError, IoStats, OnRecv, Region, SendQueue, SockTable, SocketId, Waker, bind_udp,
+    enable_gro, gro_segment_size, gro_supported, is_gso_rejection, sockaddr_from_bytes,
 };
 
 const K_RECV: u64 = 1;
@@ -90,10 +95,17 @@ struct BufRing {
 }
 
 impl BufRing {
-    fn new(count: usize, buf_size: usize) -> io::Result<Self> {
+    /// `lazy`: only each buffer's first page is resident up front, the rest as the kernel
+    /// first writes it (the GRO ring: 68 KiB buffers that small datagrams barely use).
+    fn new(count: usize, buf_size: usize, lazy: bool) -> io::Result<Self> {
+        let bufs = if lazy {
+            Region::new_first_pages(count, buf_size)?
+        } else {
+            Region::new(count * buf_size)?
+        };
         let mut r = Self {
             entries: Region::new(count * mem::size_of::<BufRingEntry>())?,
-            bufs: Region::new(count * buf_size)?,
+            bufs,
             mask: (count - 1) as u16,
             tail: 0,
             buf_size,
@@ -157,6 +169,10 @@ pub struct UringBackend {
     gso_groups: Box<[GsoGroup]>,
     gso_free: Vec<u32>,
     pub(crate) gso: GsoState,
+    /// Sockets get `UDP_GRO`; receives may carry several datagrams (see the module docs).
+    pub(crate) gro: bool,
+    /// Largest single datagram delivered (`buf_size - 144`, as without GRO).
+    max_datagram: usize,
     /// Send slots (not SQEs) submitted and not yet completed.
     inflight_sends: usize,
     pub(crate) waker: Waker,
@@ -244,13 +260,22 @@ impl UringBackend {
             ((cfg.buf_count + cfg.send_slots + 64).next_power_of_two() as u32).max(2 * SQ_ENTRIES);
         let (ring, defer_taskrun) = build_ring(SQ_ENTRIES, cq)
             .map_err(|e| IoError::UringUnavailable(format!("io_uring_setup failed: {e}")))?;
-        let bufring = BufRing::new(cfg.buf_count, cfg.buf_size)?;
-        // SAFETY: the entry memory is page-aligned (mmap), holds buf_count entries and lives
+        let gro = cfg.gro && gro_supported();
+        let bufring = if gro {
+            BufRing::new(
+                cfg.buf_count.min(GRO_BUF_COUNT),
+                GRO_BUF_SIZE.max(cfg.buf_size),
+                true,
+            )?
+        } else {
+            BufRing::new(cfg.buf_count, cfg.buf_size, false)?
+        };
+        // SAFETY: the entry memory is page-aligned (mmap), holds mask + 1 entries and lives
         // as long as `self`; the ring (dropped first) is the only user.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 bufring.entries.as_ptr() as u64,
-                cfg.buf_count as u16,
+                (bufring.mask as usize + 1) as u16,
                 BGID,
                 0,
             )
@@ -260,7 +285,7 @@ impl UringBackend {
         // SAFETY: msghdr is plain old data; all-zero is valid.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
         recv_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        recv_hdr.msg_controllen = 0;
+        recv_hdr.msg_controllen = if gro { GRO_CMSG_SPACE } else { 0 };
 
         let n = cfg.send_slots;
         // SAFETY: as above for msghdr/iovec.
@@ -286,6 +311,8 @@ impl UringBackend {
             gso_groups,
             gso_free: (0..groups as u32).rev().collect(),
             gso,
+            gro,
+            max_datagram: cfg.buf_size - 144,
             inflight_sends: 0,
             waker: Waker::new(false)?,
             wake_buf: Box::new(UnsafeCell::new(0)),
@@ -377,6 +404,10 @@ impl UringBackend {
     }
 
     pub(crate) fn add_socket(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
+        // A socket that refuses UDP_GRO just receives datagram by datagram.
+        if self.gro {
+            enable_gro(sock.as_raw_fd());
+        }
         let id = self.socks.insert(sock)?;
         if let Err(e) = self.arm_recv(id.0) {
             self.socks.remove(id);
@@ -739,7 +770,9 @@ impl UringBackend {
         delivered
     }
 
-    /// Parse buffer `bid` (`len` bytes written by the kernel) and hand the payload out.
+    /// Parse buffer `bid` (`len` bytes written by the kernel) and hand the payload out: one
+    /// datagram, or with GRO every `seg`-byte datagram of a merged burst (the last may be
+    /// shorter). Returns the datagrams delivered.
     fn deliver(&mut self, id: SocketId, bid: u16, len: usize, on_recv: &mut OnRecv<'_>) -> usize {
         let base = self.bufring.buf_ptr(bid);
         let len = len.min(self.bufring.buf_size);
@@ -749,44 +782,77 @@ impl UringBackend {
             let buf = unsafe { std::slice::from_raw_parts(base, len) };
             match RecvMsgOut::parse(buf, &self.recv_hdr) {
                 Ok(out) if out.is_payload_truncated() || out.is_name_data_truncated() => Err(true),
+                // The GRO segment size may be what was cut off: the buffer cannot be split.
+                Ok(out) if self.gro && out.is_control_data_truncated() => Err(true),
                 Ok(out) => {
                     let payload = out.payload_data();
                     let off = payload.as_ptr() as usize - base as usize;
-                    Ok((sockaddr_from_bytes(out.name_data()), off, payload.len()))
+                    let seg = if self.gro {
+                        gro_segment_size(out.control_data())
+                    } else {
+                        None
+                    };
+                    Ok((
+                        sockaddr_from_bytes(out.name_data()),
+                        off,
+                        payload.len(),
+                        seg,
+                    ))
                 }
                 Err(()) => Err(false),
             }
         };
-        match parsed {
-            Ok((Some(from), off, plen)) => {
-                let start = usize::from(bid & self.bufring.mask) * self.bufring.buf_size + off;
-                // SAFETY: in bounds of buffer `bid` (parse checked it); the shared view
-                // above has ended and the kernel does not own the buffer.
-                let payload = unsafe { self.bufring.bufs.slice_mut(start, plen) };
-                self.stats.received += 1;
-                on_recv(&mut self.sendq, id, from, payload);
-                if self.sendq.queued() >= self.batch {
-                    self.push_sends();
-                    if let Err(e) = self.ring.submit()
-                        && !is_transient(&e)
-                    {
-                        tracing::warn!("io_uring submit failed: {e}");
-                    }
-                    if self.sendq.available() == 0 {
-                        self.reap_sends();
-                    }
-                }
-                1
-            }
-            Ok((None, _, _)) | Err(false) => {
+        let (from, off, plen, seg) = match parsed {
+            Ok((Some(from), off, plen, seg)) => (from, off, plen, seg),
+            Ok((None, ..)) | Err(false) => {
                 self.stats.recv_errors += 1;
-                0
+                return 0;
             }
             Err(true) => {
                 self.stats.truncated += 1;
-                0
+                return 0;
+            }
+        };
+        // Without a GRO segment size the payload is one datagram.
+        let seg = seg.filter(|&s| s < plen).unwrap_or(plen);
+        if seg > self.max_datagram {
+            self.stats.truncated += plen.div_ceil(seg.max(1)) as u64;
+            return 0;
+        }
+        let start = usize::from(bid & self.bufring.mask) * self.bufring.buf_size + off;
+        let mut at = 0;
+        let mut delivered = 0;
+        // At least once: an empty datagram is delivered too.
+        loop {
+            let n = seg.min(plen - at);
+            // SAFETY: in bounds of buffer `bid` (parse checked `off + plen`); the shared
+            // view above has ended, the kernel does not own the buffer, and each segment's
+            // slice ends before the next is made.
+            let payload = unsafe { self.bufring.bufs.slice_mut(start + at, n) };
+            at += n;
+            delivered += 1;
+            self.stats.received += 1;
+            on_recv(&mut self.sendq, id, from, payload);
+            if self.sendq.queued() >= self.batch {
+                self.push_sends();
+                if let Err(e) = self.ring.submit()
+                    && !is_transient(&e)
+                {
+                    tracing::warn!("io_uring submit failed: {e}");
+                }
+                if self.sendq.available() == 0 {
+                    self.reap_sends();
+                }
+            }
+            if at >= plen {
+                break;
             }
         }
+        if delivered > 1 {
+            self.stats.gro_receives += 1;
+            self.stats.gro_segments += delivered as u64;
+        }
+        delivered
     }
 }
 
@@ -861,6 +927,7 @@ pub(crate) fn probe() -> Result<String, String> {
         buf_count: 8,
         send_slots: 4,
         gso: false,
+        gro: false,
     };
     let mut b = UringBackend::new(&cfg).map_err(|e| e.to_string())?;
     let sock = bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false)

@@ -42,6 +42,10 @@ counters!(
     io_rearms,
     io_enobufs,
     io_truncated,
+    io_gso_sends,
+    io_gso_segments,
+    io_gro_receives,
+    io_gro_segments,
     loop_turns,
 );
 
@@ -56,6 +60,10 @@ impl ShardCounters {
         self.io_rearms.store(io.rearms, Relaxed);
         self.io_enobufs.store(io.enobufs, Relaxed);
         self.io_truncated.store(io.truncated, Relaxed);
+        self.io_gso_sends.store(io.gso_sends, Relaxed);
+        self.io_gso_segments.store(io.gso_segments, Relaxed);
+        self.io_gro_receives.store(io.gro_receives, Relaxed);
+        self.io_gro_segments.store(io.gro_segments, Relaxed);
         self.loop_turns.store(turns, Relaxed);
     }
 

@@ -124,6 +124,7 @@ impl Runtime {
             buf_count: config.io.buf_count,
             send_slots: config.io.buf_count.max(config.io.batch),
             gso: config.io.gso,
+            gro: config.io.gro,
         };
         let server_config = ServerConfig {
             software: config.server.software.clone(),

@@ -305,7 +305,7 @@ pub(super) fn run(
             break;
         }
     }
-    tracing::debug!(shard = p.index, "shard stopped");
+    tracing::debug!(shard = p.index, io = ?backend.stats(), "shard stopped");
     Ok(())
 }
 
