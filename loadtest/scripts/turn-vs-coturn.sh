@@ -17,6 +17,8 @@
 # 100 % means the rate is bounded by the window/latency or the load generator (its own CPU
 # is "load gen CPU %", echo peer included), not the server.
 # Usage: loadtest/scripts/turn-vs-coturn.sh [seconds] [allocations] [window] [size]
+# NO_GSO=1: the generator sends datagram by datagram (`--no-gso`), as clients without UDP
+# GSO do; by default it sends GSO bursts, which loopback delivers to a GRO socket merged.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-5}
@@ -43,7 +45,7 @@ run() { # name, port, command...
     extra=""; [ "$mode" = indications ] && extra="--indications"
     "$BIN/icering-loadtest" turn --target "127.0.0.1:$port" --user user --pass pass \
       --allocations "$ALLOCS" --window "$WINDOW" --size "$SIZE" --duration "$SECS" \
-      --server-pid "$pid" --json $raw $extra >"$OUT/$name-$mode.json"
+      --server-pid "$pid" --json $raw $extra ${NO_GSO:+--no-gso} >"$OUT/$name-$mode.json"
   done
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }
