@@ -35,7 +35,7 @@
 //! | [`io`] | `net` (never `stun`/`ice`/`turn`) |
 //! | `shard` | everything above |
 //! | [`api`] | `shard` (through its control channel), `ice` types, tokio `sync` channels |
-//! | [`serve`] | `api`, `ice` types, an HTTP server (tiny_http) |
+//! | [`serve`] | `api`, `ice` types, an HTTP server (hyper on a current-thread tokio runtime) |
 //! | `ping` | `ice`, `turn::client`, `stun`, `net`, std sockets (a runtime for one agent) |
 //!
 //! ## The drive loop (sans-IO, in the style of quinn-proto and str0m)

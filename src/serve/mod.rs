@@ -16,20 +16,26 @@
 //! | `GET /sessions`, `GET /stats` | counts, engine counters |
 //!
 //! Every error is a JSON `{"error": "..."}` with a 4xx status (5xx only when the engine
-//! itself is gone). HTTP is `tiny_http` on a few threads; the session table is a mutex
-//! held only to insert, look up or remove (never across a shard round trip). See
-//! docs/serve-api.md for curl examples.
+//! itself is gone). HTTP/1.1 (keep-alive) is hyper on one thread with a current-thread
+//! tokio runtime: any number of connections, each request's handler on tokio's blocking
+//! pool (it may wait for one shard round trip). The session table is a mutex held only to
+//! insert, look up or remove (never across a shard round trip). See docs/serve-api.md for
+//! curl examples.
 
 pub mod routes;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::api::{ApiError, DataMode, Engine, SessionHandle};
@@ -47,16 +53,17 @@ pub enum ServeError {
         /// Why.
         reason: String,
     },
-    /// An HTTP worker thread could not be started.
-    #[error("cannot start the admin server's threads: {0}")]
+    /// The HTTP thread or its runtime could not be started.
+    #[error("cannot start the admin server's thread: {0}")]
     Thread(std::io::Error),
     /// The engine has no `[ice] listen` socket to host sessions on.
     #[error("the session API needs `[ice] listen` addresses (the shared ICE port)")]
     NoIcePort,
 }
 
-/// HTTP worker threads: session requests are short (one shard round trip at most).
-const THREADS: usize = 4;
+/// Threads running request handlers (more requests wait in tokio's queue; connections
+/// are never starved by them, unlike a thread per connection).
+const HANDLER_THREADS: usize = 4;
 
 /// One session as the table keeps it: the agent's signalling handle (one pointer) and
 /// two flags, 16 bytes inline in the map, nothing else allocated per session here.
@@ -79,10 +86,11 @@ struct Shared {
 /// The running admin server. Stops on [`shutdown`](Self::shutdown) (or drop), closing
 /// every session's agent.
 pub struct AdminServer {
-    http: Arc<tiny_http::Server>,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    /// Ends the accept loop (and with the runtime, every connection).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for AdminServer {
@@ -104,41 +112,39 @@ impl AdminServer {
         if engine.mux_addrs().is_empty() {
             return Err(ServeError::NoIcePort);
         }
-        let http = tiny_http::Server::http(addr).map_err(|e| ServeError::Bind {
+        let bind_err = |e: std::io::Error| ServeError::Bind {
             addr,
             reason: e.to_string(),
-        })?;
-        let local = http.server_addr().to_ip().ok_or_else(|| ServeError::Bind {
-            addr,
-            reason: "not an IP listener".into(),
-        })?;
-        let http = Arc::new(http);
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        let local = listener.local_addr().map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        // Connections are tasks on this one thread; handlers run on a few blocking
+        // threads (each waits for one shard round trip at most) that stay around.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("admin-http")
+            .max_blocking_threads(HANDLER_THREADS)
+            .thread_keep_alive(std::time::Duration::from_secs(3600))
+            .build()
+            .map_err(ServeError::Thread)?;
         let shared = Arc::new(Shared {
             engine,
             default_lite,
             sessions: Mutex::new(HashMap::new()),
         });
-        let mut server = AdminServer {
-            http,
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let serving = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("admin-http".into())
+            .spawn(move || rt.block_on(serve(listener, serving, stopped)))
+            .map_err(ServeError::Thread)?;
+        Ok(AdminServer {
             addr: local,
             shared,
-            threads: Vec::with_capacity(THREADS),
-        };
-        for i in 0..THREADS {
-            let http = server.http.clone();
-            let shared = server.shared.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("admin-{i}"))
-                .spawn(move || {
-                    // `recv` fails once `unblock` was called: the server stops.
-                    while let Ok(req) = http.recv() {
-                        handle(&shared, req);
-                    }
-                })
-                .map_err(ServeError::Thread)?;
-            server.threads.push(t);
-        }
-        Ok(server)
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     /// The bound address (port 0 resolved).
@@ -157,10 +163,10 @@ impl AdminServer {
     }
 
     fn stop(&mut self) {
-        for _ in 0..self.threads.len() {
-            self.http.unblock();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         for (_, s) in self.shared.table().drain() {
@@ -224,38 +230,92 @@ fn api_error(e: ApiError) -> HttpError {
     }
 }
 
-fn handle(shared: &Shared, mut req: tiny_http::Request) {
-    let mut body = Vec::new();
-    let read = req
-        .as_reader()
-        .take(routes::MAX_BODY as u64 + 1)
-        .read_to_end(&mut body);
-    let result = match read {
-        Err(e) => Err(HttpError::bad(format!("reading the body: {e}"))),
-        Ok(_) if body.len() > routes::MAX_BODY => Err(HttpError {
+/// The accept loop: one task per connection (HTTP/1.1 keep-alive), until `stopped`.
+async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("session API: {e}");
+            return;
+        }
+    };
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of descriptors and the like: counted by the kernel, retried.
+                Err(e) => {
+                    tracing::warn!("session API: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            // A client that goes away mid-request ends its connection; nothing to do.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// One request: the body (at most [`routes::MAX_BODY`]), then the route on the blocking
+/// pool, since a handler may wait for a shard's answer.
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().as_str().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let result = match Limited::new(req.into_body(), routes::MAX_BODY)
+        .collect()
+        .await
+    {
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError {
             status: 413,
             message: format!("body over {} bytes", routes::MAX_BODY),
         }),
-        Ok(_) => {
-            routes::route(req.method().as_str(), req.url(), &body).and_then(|r| dispatch(shared, r))
+        Err(e) => Err(HttpError::bad(format!("reading the body: {e}"))),
+        Ok(body) => {
+            let body = body.to_bytes();
+            tokio::task::spawn_blocking(move || {
+                routes::route(&method, &path, &body).and_then(|r| dispatch(&shared, r))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(HttpError {
+                    status: 500,
+                    message: format!("handler failed: {e}"),
+                })
+            })
         }
     };
     let (status, body) = match result {
         Ok((status, body)) => (status, body.map(|b| b.to_string())),
         Err(e) => (e.status, Some(e.body())),
     };
-    let response = match body {
-        Some(b) => tiny_http::Response::from_string(b)
-            .with_status_code(status)
-            .with_header(
-                tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-                    .expect("valid header"),
-            )
-            .boxed(),
-        None => tiny_http::Response::empty(status).boxed(),
-    };
-    // The client may be gone; nothing to do about it.
-    let _ = req.respond(response);
+    let mut response = Response::new(Full::new(body.clone().map(Bytes::from).unwrap_or_default()));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if body.is_some() {
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+    }
+    Ok(response)
 }
 
 type Answer = (u16, Option<serde_json::Value>);
