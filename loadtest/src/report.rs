@@ -6,6 +6,19 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// The io backend `--io` names (`auto` picks io_uring when the kernel allows it), said on
+/// stderr unless the output is JSON.
+pub fn backend(io: &str, json: bool) -> Result<icering::io::BackendKind, String> {
+    let choice: icering::io::BackendChoice = io
+        .parse()
+        .map_err(|e: icering::io::IoError| e.to_string())?;
+    let (kind, why) = icering::io::select_backend(choice).map_err(|e| e.to_string())?;
+    if !json {
+        eprintln!("{why}");
+    }
+    Ok(kind)
+}
+
 /// utime + stime of a process, from /proc/PID/stat.
 pub fn process_cpu(pid: u32) -> Result<Duration, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use icering::io::{self, Backend, BackendChoice, SocketId};
+use icering::io::{self, Backend, SocketId};
 use icering::stun::{Class, Message, MessageType, MessageWriter, Method};
 
-use crate::report::{Report, Tally, process_cpu};
+use crate::report::{Report, Tally, backend, process_cpu};
 
 /// Arguments of `icering-loadtest stun`.
 #[derive(clap::Args, Debug)]
@@ -339,11 +339,7 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.duration <= 0.0 {
         return Err("--duration must be positive".into());
     }
-    let choice: BackendChoice = args.io.parse().map_err(|e: io::IoError| e.to_string())?;
-    let (kind, why) = io::select_backend(choice).map_err(|e| e.to_string())?;
-    if !args.json {
-        eprintln!("{why}");
-    }
+    let kind = backend(&args.io, args.json)?;
     let per_thread_rate = args.rate.map(|r| r as f64 / args.threads as f64);
     if per_thread_rate == Some(0.0) {
         return Err("--rate must be positive".into());

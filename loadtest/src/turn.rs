@@ -23,12 +23,12 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use icering::io::{self, Backend, BackendChoice, BackendKind, SendQueue, SocketId};
+use icering::io::{self, Backend, BackendKind, SendQueue, SocketId};
 use icering::stun::{
     Class, IntegrityKey, Message, MessageType, MessageWriter, Method, attr, long_term_key_md5,
 };
 
-use crate::report::{Report, Tally, process_cpu};
+use crate::report::{Report, Tally, backend, process_cpu};
 use crate::stun::Outstanding;
 
 /// Arguments of `icering-loadtest turn`.
@@ -684,11 +684,7 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.duration <= 0.0 {
         return Err("--duration must be positive".into());
     }
-    let choice: BackendChoice = args.io.parse().map_err(|e: io::IoError| e.to_string())?;
-    let (kind, why) = io::select_backend(choice).map_err(|e| e.to_string())?;
-    if !args.json {
-        eprintln!("{why}");
-    }
+    let kind = backend(&args.io, args.json)?;
     let creds = match &args.secret {
         None => Creds {
             user: args.user.clone(),

@@ -80,6 +80,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use agent::{Agent, Conn, SessionHandle};
+pub(crate) use engine::os_random;
 pub use engine::{Engine, EngineStats};
 pub use options::{
     AgentOptions, CandidateTypes, DataMode, InterfaceFilter, IpFilter, NetworkType, ServerUrl,

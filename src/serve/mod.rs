@@ -306,10 +306,11 @@ async fn handle(
         Ok((status, body)) => (status, body.map(|b| b.to_string())),
         Err(e) => (e.status, Some(e.body())),
     };
-    let mut response = Response::new(Full::new(body.clone().map(Bytes::from).unwrap_or_default()));
+    let json = body.is_some();
+    let mut response = Response::new(Full::new(body.map(Bytes::from).unwrap_or_default()));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if body.is_some() {
+    if json {
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),
@@ -433,22 +434,7 @@ fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> 
 /// counters.
 fn session_id() -> SessionId {
     let mut b = [0u8; 16];
-    let mut done = 0;
-    while done < b.len() {
-        // SAFETY: writes at most `b.len() - done` bytes into the rest of `b`.
-        let n = unsafe { libc::getrandom(b[done..].as_mut_ptr().cast(), b.len() - done, 0) };
-        if n > 0 {
-            done += n as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            // No entropy source at all: fall back to the clock and address, still unique.
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            b = t.to_le_bytes();
-            break;
-        }
-    }
+    crate::api::os_random(&mut b);
     u128::from_le_bytes(b)
 }
 

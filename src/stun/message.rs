@@ -127,6 +127,21 @@ impl Hot {
         false
     }
 
+    /// The message as walked so far: no integrity or fingerprint attribute found yet,
+    /// attributes visible up to `visible_end`.
+    #[inline(always)]
+    fn view(self, buf: &[u8], visible_end: usize) -> Message<'_> {
+        Message {
+            buf,
+            mi: 0,
+            mi256: 0,
+            fp: 0,
+            visible_end: visible_end as u32,
+            has_unknown_required: self.unknown,
+            hot: self.slots,
+        }
+    }
+
     /// Records the first occurrence only.
     #[inline(always)]
     fn note(&mut self, k: usize, at: usize, vlen: usize) {
@@ -184,15 +199,9 @@ impl<'a> Message<'a> {
             // exactly when the walk has landed on MESSAGE-INTEGRITY.
             loop {
                 let Some(w) = body.get(at..at + 4) else {
-                    return Ok(Message {
-                        buf,
-                        mi: limit as u32,
-                        mi256: 0,
-                        fp: (end - 8) as u32,
-                        visible_end: (end - 8) as u32,
-                        has_unknown_required: hot.unknown,
-                        hot: hot.slots,
-                    });
+                    let mut m = hot.view(buf, end - 8);
+                    (m.mi, m.fp) = (limit as u32, (end - 8) as u32);
+                    return Ok(m);
                 };
                 let h = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
                 let (typ, vlen) = ((h >> 16) as u16, (h & 0xFFFF) as usize);
@@ -210,15 +219,7 @@ impl<'a> Message<'a> {
         // fails exactly when `at == end`: the end of the message.
         let (mut typ, mut vlen, mut next) = loop {
             let Some(w) = buf.get(at..at + 4) else {
-                return Ok(Message {
-                    buf,
-                    mi: 0,
-                    mi256: 0,
-                    fp: 0,
-                    visible_end: end as u32,
-                    has_unknown_required: hot.unknown,
-                    hot: hot.slots,
-                });
+                return Ok(hot.view(buf, end));
             };
             let h = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
             let typ = (h >> 16) as u16;
@@ -233,15 +234,7 @@ impl<'a> Message<'a> {
             }
             at = next;
         };
-        let mut m = Message {
-            buf,
-            mi: 0,
-            mi256: 0,
-            fp: 0,
-            visible_end: end as u32,
-            has_unknown_required: hot.unknown,
-            hot: hot.slots,
-        };
+        let mut m = hot.view(buf, end);
         // The usual end of an authenticated message: MESSAGE-INTEGRITY, then FINGERPRINT
         // (its TLV header is 0x8028 0x0004) as the last attribute.
         if typ == attr::MESSAGE_INTEGRITY && vlen == 20 {

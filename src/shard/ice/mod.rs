@@ -600,20 +600,12 @@ impl IceHost {
                         h.routes.reserve_exact(1);
                         h.routes.push((m, remote));
                         self.routes.insert((m, remote), (me, slot));
-                        if let Some(peers) = &self.peers {
-                            for (i, (tx, waker)) in peers.iter().enumerate() {
-                                if i != usize::from(me) {
-                                    let cmd = IceCmd::Route {
-                                        mux: m,
-                                        remote,
-                                        shard: me,
-                                        slot,
-                                    };
-                                    let _ = tx.send(Control::Ice(cmd));
-                                    waker.wake();
-                                }
-                            }
-                        }
+                        broadcast(&self.peers, me, || IceCmd::Route {
+                            mux: m,
+                            remote,
+                            shard: me,
+                            slot,
+                        });
                     }
                     let lc = h
                         .agent
@@ -958,19 +950,11 @@ impl IceHost {
         }
         for (m, remote) in h.routes.drain(..) {
             self.routes.remove(&(m, remote));
-            if let Some(peers) = &self.peers {
-                for (i, (tx, waker)) in peers.iter().enumerate() {
-                    if i != usize::from(me) {
-                        let cmd = IceCmd::Unroute {
-                            mux: m,
-                            remote,
-                            shard: me,
-                        };
-                        let _ = tx.send(Control::Ice(cmd));
-                        waker.wake();
-                    }
-                }
-            }
+            broadcast(&self.peers, me, || IceCmd::Unroute {
+                mux: m,
+                remote,
+                shard: me,
+            });
         }
         self.stats.agents -= 1;
         self.stats.closed += 1;
@@ -1141,6 +1125,17 @@ fn open_stream_set(backend: &mut Backend) -> Option<StreamSet> {
         .inspect_err(|e| tracing::warn!("TURN over TCP: {e}"))
         .ok()?;
     Some(set)
+}
+
+/// Sends `cmd()` to every shard but `me` (a route announced or withdrawn).
+fn broadcast(peers: &Option<Peers>, me: u16, cmd: impl Fn() -> IceCmd) {
+    let Some(peers) = peers else { return };
+    for (i, (tx, waker)) in peers.iter().enumerate() {
+        if i != usize::from(me) {
+            let _ = tx.send(Control::Ice(cmd()));
+            waker.wake();
+        }
+    }
 }
 
 /// The first 6 bytes of every transaction id the agent in `slot` of `shard` sends: the
