@@ -934,6 +934,23 @@ pub(crate) fn gro_segment_size(control: &[u8]) -> Option<usize> {
     None
 }
 
+/// How a receive of `len` bytes splits into datagrams as `(offset, length)`: `seg` bytes
+/// each (UDP GRO; the last may be shorter), or one datagram without a segment size — an
+/// empty datagram too. `Err(n)`: the datagrams would exceed `max` bytes; the `n` of them
+/// count as truncated.
+pub(crate) fn gro_split(
+    len: usize,
+    seg: Option<usize>,
+    max: usize,
+) -> Result<impl Iterator<Item = (usize, usize)>, u64> {
+    let seg = seg.filter(|&s| s < len).unwrap_or(len);
+    if seg > max {
+        return Err(len.div_ceil(seg) as u64);
+    }
+    let count = if len == 0 { 1 } else { len.div_ceil(seg) };
+    Ok((0..count).map(move |i| (i * seg, seg.min(len - i * seg))))
+}
+
 /// `CMSG_ALIGN`: control message parts are aligned to `size_t`.
 const fn cmsg_align(len: usize) -> usize {
     (len + mem::size_of::<usize>() - 1) & !(mem::size_of::<usize>() - 1)
@@ -1172,6 +1189,23 @@ mod tests {
         v.extend_from_slice(data);
         v.resize(cmsg_align(v.len()), 0);
         v
+    }
+
+    #[test]
+    fn gro_split_cuts_bursts_and_keeps_single_datagrams_whole() {
+        let split = |len, seg, max| gro_split(len, seg, max).map(|s| s.collect::<Vec<_>>());
+        assert_eq!(split(0, None, 1500), Ok(vec![(0, 0)]));
+        assert_eq!(split(100, None, 1500), Ok(vec![(0, 100)]));
+        assert_eq!(
+            split(250, Some(100), 1500),
+            Ok(vec![(0, 100), (100, 100), (200, 50)])
+        );
+        // A segment size not below the length: one datagram.
+        assert_eq!(split(100, Some(100), 1500), Ok(vec![(0, 100)]));
+        assert_eq!(split(100, Some(400), 1500), Ok(vec![(0, 100)]));
+        // Too large: every datagram of the burst is counted as truncated.
+        assert_eq!(split(9000, Some(3000), 1500), Err(3));
+        assert_eq!(split(3000, None, 1500), Err(1));
     }
 
     #[test]

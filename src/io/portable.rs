@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::{
     Config, GRO_BUF_SIZE, GRO_CMSG_SPACE, GsoCmsg, GsoState, IoError, IoStats, OnRecv, Region,
-    SendQueue, SockTable, SocketId, Waker, enable_gro, gro_segment_size, gro_supported,
+    SendQueue, SockTable, SocketId, Waker, enable_gro, gro_segment_size, gro_split, gro_supported,
     is_gso_rejection, sockaddr_from_storage, timeout_ms,
 };
 
@@ -322,30 +322,24 @@ impl PortableBackend {
                 } else {
                     None
                 };
-                // Without a GRO segment size the payload is one datagram.
-                let seg = seg.filter(|&s| s < len).unwrap_or(len);
-                if seg > self.buf_size {
-                    self.stats.truncated += len.div_ceil(seg.max(1)) as u64;
-                    continue;
-                }
-                let mut at = 0;
+                let segs = match gro_split(len, seg, self.buf_size) {
+                    Ok(segs) => segs,
+                    Err(n) => {
+                        self.stats.truncated += n;
+                        continue;
+                    }
+                };
                 let mut n_seg = 0u64;
-                // At least once: an empty datagram is delivered too.
-                loop {
-                    let n = seg.min(len - at);
+                for (at, n) in segs {
                     // SAFETY: buffer k is ours until the next recvmmsg; each segment's
                     // slice ends before the next is made.
                     let payload = unsafe { self.rbufs.slice_mut(k * self.rbuf_size + at, n) };
-                    at += n;
                     n_seg += 1;
                     self.stats.received += 1;
                     delivered += 1;
                     on_recv(&mut self.sendq, id, from, payload);
                     if self.sendq.queued() >= self.batch {
                         self.flush_now();
-                    }
-                    if at >= len {
-                        break;
                     }
                 }
                 if n_seg > 1 {

@@ -39,7 +39,7 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use super::{
     Config, GEN_MASK, GRO_BUF_COUNT, GRO_BUF_SIZE, GRO_CMSG_SPACE, GSO_MAX_SEGMENTS, GsoCmsg,
     GsoState, IoError, IoStats, OnRecv, Region, SendQueue, SockTable, SocketId, Waker, bind_udp,
-    enable_gro, gro_segment_size, gro_supported, is_gso_rejection, sockaddr_from_bytes,
+    enable_gro, gro_segment_size, gro_split, gro_supported, is_gso_rejection, sockaddr_from_bytes,
 };
 
 const K_RECV: u64 = 1;
@@ -813,23 +813,20 @@ impl UringBackend {
                 return 0;
             }
         };
-        // Without a GRO segment size the payload is one datagram.
-        let seg = seg.filter(|&s| s < plen).unwrap_or(plen);
-        if seg > self.max_datagram {
-            self.stats.truncated += plen.div_ceil(seg.max(1)) as u64;
-            return 0;
-        }
+        let segs = match gro_split(plen, seg, self.max_datagram) {
+            Ok(segs) => segs,
+            Err(n) => {
+                self.stats.truncated += n;
+                return 0;
+            }
+        };
         let start = usize::from(bid & self.bufring.mask) * self.bufring.buf_size + off;
-        let mut at = 0;
         let mut delivered = 0;
-        // At least once: an empty datagram is delivered too.
-        loop {
-            let n = seg.min(plen - at);
+        for (at, n) in segs {
             // SAFETY: in bounds of buffer `bid` (parse checked `off + plen`); the shared
             // view above has ended, the kernel does not own the buffer, and each segment's
             // slice ends before the next is made.
             let payload = unsafe { self.bufring.bufs.slice_mut(start + at, n) };
-            at += n;
             delivered += 1;
             self.stats.received += 1;
             on_recv(&mut self.sendq, id, from, payload);
@@ -843,9 +840,6 @@ impl UringBackend {
                 if self.sendq.available() == 0 {
                     self.reap_sends();
                 }
-            }
-            if at >= plen {
-                break;
             }
         }
         if delivered > 1 {
