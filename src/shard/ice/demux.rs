@@ -30,6 +30,10 @@ pub(crate) enum Owner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DropReason {
     UnknownUfrag,
+    /// A request for a ufrag of this shard that has no agent yet: the agent's `Create`
+    /// may still sit in the control channel behind the datagram (counted as an unknown
+    /// ufrag if it never comes).
+    PendingUfrag,
     StaleTransaction,
     NoRoute,
     Malformed,
@@ -38,7 +42,7 @@ pub(crate) enum DropReason {
 impl DropReason {
     pub(crate) fn count(self, s: &mut IceStats) {
         match self {
-            DropReason::UnknownUfrag => s.drop_unknown_ufrag += 1,
+            DropReason::UnknownUfrag | DropReason::PendingUfrag => s.drop_unknown_ufrag += 1,
             DropReason::StaleTransaction => s.drop_stale_transaction += 1,
             DropReason::NoRoute => s.drop_no_route += 1,
             DropReason::Malformed => s.drop_malformed += 1,
@@ -96,7 +100,7 @@ pub(crate) fn owner(
             match shard_of_ufrag(ours) {
                 Some(s) if s == me => match table.slot_of_ufrag(ours) {
                     Some(slot) => Verdict::Owner(Owner::Local(slot)),
-                    None => Verdict::Drop(DropReason::UnknownUfrag),
+                    None => Verdict::Drop(DropReason::PendingUfrag),
                 },
                 Some(s) if s < shards => Verdict::Owner(Owner::Shard(s)),
                 _ => Verdict::Drop(DropReason::UnknownUfrag),

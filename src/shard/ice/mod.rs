@@ -237,9 +237,11 @@ pub(crate) struct IceHost {
     stream_slots: HashMap<StreamId, u32>,
     /// Closed streams (reused buffer).
     closed: Vec<(StreamId, SocketAddr)>,
-    /// Data that arrived on a mux socket before the route of its 5-tuple (the owner's
-    /// broadcast races the peer's first datagram after it saw the pair selected): kept
-    /// briefly and retried after the next control messages (bounded, one copy each).
+    /// Datagrams that arrived on a mux socket before what routes them: data before the
+    /// route of its 5-tuple (the owner's broadcast races the peer's first datagram after
+    /// it saw the pair selected), or a check before its agent's `Create` (both wait in
+    /// the same turn, the datagram in the io batch, the command in the control channel).
+    /// Kept briefly and retried after the next control messages (bounded, one copy each).
     unrouted: Vec<Unrouted>,
     /// (mux socket, STUN server) → (mapped address, when learned): every agent on a mux
     /// socket has the same server-reflexive address for a server, so one Binding answer
@@ -254,6 +256,8 @@ const MUX_MAPPED_TTL: Duration = Duration::from_secs(30);
 /// A datagram waiting for its route; see [`IceHost::retry_unrouted`].
 #[derive(Debug)]
 struct Unrouted {
+    /// What it waits for.
+    reason: DropReason,
     mux: u16,
     from: SocketAddr,
     data: Box<[u8]>,
@@ -332,22 +336,30 @@ impl IceHost {
         }
     }
 
-    /// Delivers (or hands off) held datagrams whose route has arrived; drops, counted as
-    /// "no route", those that waited [`UNROUTED_WAIT`] in vain.
+    /// Delivers (or hands off) held datagrams whose route or agent has arrived; drops,
+    /// counted by what they waited for, those that waited [`UNROUTED_WAIT`] in vain.
     pub(crate) fn retry_unrouted(&mut self, now: Instant, sendq: &mut SendQueue) {
         if self.unrouted.is_empty() {
             return;
         }
+        let me = self.demux_shards();
         let held = std::mem::take(&mut self.unrouted);
         for u in held {
-            if self.routes.contains_key(&(u.mux, u.from)) {
-                self.on_mux(now, sendq, u.mux, u.from, &u.data, true);
-            } else if now >= u.until {
-                self.stats.drop_no_route += 1;
-            } else {
-                self.unrouted.push(u);
+            match demux::owner(&u.data, u.mux, u.from, me, &self.table, &self.routes) {
+                Verdict::Drop(r) if r == u.reason && now < u.until => self.unrouted.push(u),
+                Verdict::Drop(r) if r == u.reason => r.count(&mut self.stats),
+                _ => self.on_mux(now, sendq, u.mux, u.from, &u.data, true),
             }
         }
+    }
+
+    /// (this shard, number of shards) as the demultiplexer sees them.
+    fn demux_shards(&self) -> (u16, u16) {
+        let shards = self
+            .peers
+            .as_ref()
+            .map_or(1, |p| p.len().min(MAX_ICE_SHARDS)) as u16;
+        (self.shard, shards)
     }
 
     /// A datagram on one of ICE's sockets (inside the receive callback).
@@ -375,23 +387,22 @@ impl IceHost {
         data: &[u8],
         may_handoff: bool,
     ) {
-        let shards = self
-            .peers
-            .as_ref()
-            .map_or(1, |p| p.len().min(MAX_ICE_SHARDS)) as u16;
-        let me = (self.shard, shards);
+        let me = self.demux_shards();
         let owner = match demux::owner(data, m, from, me, &self.table, &self.routes) {
             Verdict::Owner(o) => o,
-            Verdict::Drop(DropReason::NoRoute) if may_handoff => {
+            Verdict::Drop(reason @ (DropReason::NoRoute | DropReason::PendingUfrag))
+                if may_handoff =>
+            {
                 if self.unrouted.len() < MAX_UNROUTED {
                     self.unrouted.push(Unrouted {
+                        reason,
                         mux: m,
                         from,
                         data: data.into(),
                         until: now + UNROUTED_WAIT,
                     });
                 } else {
-                    self.stats.drop_no_route += 1;
+                    reason.count(&mut self.stats);
                 }
                 return;
             }
