@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::candidate::{Candidate, CandidateKind, is_ice_char, local_preference, priority};
 use super::checklist::CheckList;
-use super::config::IceConfig;
+use super::config::{IceConfig, Settings};
 use super::pair::{Pair, PairState, Purpose, Transaction, pair_priority};
 use super::rng::Rng;
 use super::stun::{CheckParams, write_error, write_request, write_success};
@@ -114,7 +114,7 @@ enum Pending {
 /// See the [module documentation](super) for the drive loop and an example.
 #[derive(Debug)]
 pub struct IceAgent {
-    cfg: IceConfig,
+    cfg: Settings,
     rng: Rng,
     controlling: bool,
     tie_breaker: u64,
@@ -155,7 +155,7 @@ impl IceAgent {
         let tie_breaker = rng.next_u64();
         Ok(IceAgent {
             controlling: config.controlling && !config.lite,
-            cfg: config,
+            cfg: Settings::from(&config),
             rng,
             tie_breaker,
             local,
@@ -260,8 +260,11 @@ impl IceAgent {
     pub fn heap_size(&self) -> usize {
         use std::mem::size_of;
         let cand = |c: &Candidate| {
-            let e = &c.extensions;
-            e.ufrag.as_ref().map_or(0, |u| u.len())
+            let Some(e) = &c.extensions else {
+                return 0;
+            };
+            size_of::<super::candidate::Extensions>()
+                + e.ufrag.as_ref().map_or(0, |u| u.len())
                 + e.other.capacity() * size_of::<(Box<str>, Box<str>)>()
                 + e.other
                     .iter()
@@ -329,7 +332,7 @@ impl IceAgent {
         {
             return Ok(());
         }
-        if self.locals.len() >= self.cfg.max_candidates {
+        if self.locals.len() >= usize::from(self.cfg.max_candidates) {
             return Err(IceError::Limit("local candidates"));
         }
         if c.kind != CandidateKind::PeerReflexive {
@@ -432,7 +435,7 @@ impl IceAgent {
             }
             return Ok(());
         }
-        if self.remotes.len() >= self.cfg.max_candidates {
+        if self.remotes.len() >= usize::from(self.cfg.max_candidates) {
             return Err(IceError::Limit("remote candidates"));
         }
         let mut c = c;
@@ -527,7 +530,7 @@ impl IceAgent {
             | u64::from(fnv(r.foundation.as_bytes()));
         let prio = self.priority_of(li, ri);
         let pair = Pair::new(li as u16, ri as u16, prio, foundation);
-        let i = self.checklist.add(pair, self.cfg.max_pairs)?;
+        let i = self.checklist.add(pair, usize::from(self.cfg.max_pairs))?;
         if self.remote.is_some() && self.state == ConnectionState::New && !self.cfg.lite {
             self.set_state(ConnectionState::Checking);
         }
@@ -715,7 +718,7 @@ impl IceAgent {
         let ri = match self.remote_index(pkt.source) {
             Some(ri) => ri,
             None => {
-                if self.remotes.len() >= self.cfg.max_candidates {
+                if self.remotes.len() >= usize::from(self.cfg.max_candidates) {
                     return Handled::Stun;
                 }
                 let mut c = Candidate::peer_reflexive(pkt.source, pkt.source, prio);
@@ -863,7 +866,7 @@ impl IceAgent {
         // §7.2.5.3.1: a mapped address we do not know is a local peer-reflexive candidate.
         if let Some(mapped) = mapped
             && !self.locals.iter().any(|l| l.addr == mapped)
-            && self.locals.len() < self.cfg.max_candidates
+            && self.locals.len() < usize::from(self.cfg.max_candidates)
         {
             let base = self.locals[li].base;
             let prio = prflx_priority(self.locals[li].priority);
@@ -927,7 +930,7 @@ impl IceAgent {
             pair: Some(pi as u16),
             last_activity: now,
             last_consent: now,
-            next_keepalive: now + self.cfg.keepalive_interval,
+            next_keepalive: now + self.cfg.keepalive_interval.get(),
         });
         self.events
             .push_back(IceEvent::SelectedPair { local, remote });
@@ -957,7 +960,7 @@ impl IceAgent {
     }
 
     fn retransmit(&mut self, now: Instant) {
-        let (max, max_rto) = (self.cfg.max_binding_requests, self.cfg.max_rto);
+        let (max, max_rto) = (self.cfg.max_binding_requests, self.cfg.max_rto.get());
         for i in 0..self.checklist.pairs.len() {
             let p = &mut self.checklist.pairs[i];
             let Some(t) = &mut p.txn else { continue };
@@ -1004,7 +1007,7 @@ impl IceAgent {
                         Purpose::Check
                     };
                     self.start_transaction(i, purpose, now);
-                    self.next_check_at = Some(now + self.cfg.ta);
+                    self.next_check_at = Some(now + self.cfg.ta.get());
                 } else {
                     self.next_check_at = None;
                 }
@@ -1021,9 +1024,9 @@ impl IceAgent {
             tid[..6].copy_from_slice(&prefix);
         }
         let rto = if purpose == Purpose::Consent {
-            self.cfg.keepalive_interval
+            self.cfg.keepalive_interval.get()
         } else {
-            self.cfg.rto
+            self.cfg.rto.get()
         };
         let p = &mut self.checklist.pairs[i];
         if purpose != Purpose::Consent && p.state != PairState::Succeeded {
@@ -1083,7 +1086,7 @@ impl IceAgent {
         }
         let waited = self
             .first_valid_at
-            .is_some_and(|t| now >= t + self.cfg.nomination_delay);
+            .is_some_and(|t| now >= t + self.cfg.nomination_delay.get());
         if waited || !self.checklist.better_pending(prio) {
             self.nominating = Some(best as u16);
             self.checklist.trigger(best, true);
@@ -1102,21 +1105,21 @@ impl IceAgent {
                 self.start_transaction(pi, Purpose::Consent, now);
             }
             // RFC 7675 §5.1: consent checks at a randomized 0.8–1.2 × interval.
-            let c = self.cfg.consent_interval;
+            let c = self.cfg.consent_interval.get();
             let jitter =
                 c.mul_f64(0.8 + 0.4 * (self.rng.below(1 << 20) as f64 / f64::from(1 << 20)));
-            s.next_keepalive = now + self.cfg.keepalive_interval.min(jitter);
+            s.next_keepalive = now + self.cfg.keepalive_interval.get().min(jitter);
         }
         let idle = now.saturating_duration_since(s.last_activity);
         let no_consent = !self.cfg.lite
-            && now.saturating_duration_since(s.last_consent) >= self.cfg.consent_timeout;
-        if no_consent || idle >= self.cfg.failed_timeout {
+            && now.saturating_duration_since(s.last_consent) >= self.cfg.consent_timeout.get();
+        if no_consent || idle >= self.cfg.failed_timeout.get() {
             self.selected = None;
             self.set_state(ConnectionState::Failed);
             return;
         }
         self.selected = Some(s);
-        if idle >= self.cfg.disconnected_timeout {
+        if idle >= self.cfg.disconnected_timeout.get() {
             self.set_state(ConnectionState::Disconnected);
         } else if self.state == ConnectionState::Disconnected {
             self.set_state(ConnectionState::Connected);
@@ -1267,7 +1270,7 @@ impl IceAgent {
                 && self.checklist.best_valid().is_some()
                 && let Some(f) = self.first_valid_at
             {
-                at(f + self.cfg.nomination_delay);
+                at(f + self.cfg.nomination_delay.get());
             }
         }
         if let Some(s) = &self.selected
@@ -1275,12 +1278,12 @@ impl IceAgent {
         {
             if !self.cfg.lite && self.remote.is_some() {
                 at(s.next_keepalive);
-                at(s.last_consent + self.cfg.consent_timeout);
+                at(s.last_consent + self.cfg.consent_timeout.get());
             }
             if self.state == ConnectionState::Disconnected {
-                at(s.last_activity + self.cfg.failed_timeout);
+                at(s.last_activity + self.cfg.failed_timeout.get());
             } else {
-                at(s.last_activity + self.cfg.disconnected_timeout);
+                at(s.last_activity + self.cfg.disconnected_timeout.get());
             }
         }
         t

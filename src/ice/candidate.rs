@@ -193,8 +193,9 @@ pub struct Candidate {
     pub base: SocketAddr,
     /// ICE-TCP type, parsed and printed; the agent checks UDP candidates only.
     pub tcptype: Option<TcpType>,
-    /// SDP extensions.
-    pub extensions: Extensions,
+    /// SDP extensions, `None` when the line had none (boxed: most candidates have none,
+    /// and every agent keeps its candidates).
+    pub extensions: Option<Box<Extensions>>,
 }
 
 /// RFC 8445 §5.1.2.1: `(2^24)*type + (2^8)*local + (256 - component)`.
@@ -277,7 +278,7 @@ impl Candidate {
             related,
             base,
             tcptype: None,
-            extensions: Extensions::default(),
+            extensions: None,
         }
     }
 

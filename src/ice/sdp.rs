@@ -66,7 +66,7 @@ impl Candidate {
         let mut raddr: Option<IpAddr> = None;
         let mut rport: Option<u16> = None;
         let mut tcptype = None;
-        let mut ext = Extensions::default();
+        let mut ext: Option<Box<Extensions>> = None;
         while let Some(name) = it.next() {
             let value = it.next().ok_or(IceError::BadCandidate("extension value"))?;
             let num = || {
@@ -89,11 +89,14 @@ impl Candidate {
                         _ => return Err(IceError::BadCandidate("tcptype")),
                     })
                 }
-                "generation" => ext.generation = Some(num()?),
-                "ufrag" => ext.ufrag = Some(value.into()),
-                "network-id" => ext.network_id = Some(num()?),
-                "network-cost" => ext.network_cost = Some(num()?),
-                _ => ext.other.push((name.into(), value.into())),
+                "generation" => ext.get_or_insert_default().generation = Some(num()?),
+                "ufrag" => ext.get_or_insert_default().ufrag = Some(value.into()),
+                "network-id" => ext.get_or_insert_default().network_id = Some(num()?),
+                "network-cost" => ext.get_or_insert_default().network_cost = Some(num()?),
+                _ => ext
+                    .get_or_insert_default()
+                    .other
+                    .push((name.into(), value.into())),
             }
         }
         let related = match (raddr, rport) {
@@ -156,7 +159,9 @@ impl fmt::Display for SdpDisplay<'_> {
         if let Some(t) = c.tcptype {
             write!(f, " tcptype {}", t.as_str())?;
         }
-        let e = &c.extensions;
+        let Some(e) = &c.extensions else {
+            return Ok(());
+        };
         if let Some(g) = e.generation {
             write!(f, " generation {g}")?;
         }
@@ -195,8 +200,11 @@ mod tests {
         let c = Candidate::from_sdp(line).unwrap();
         assert_eq!(c.kind, CandidateKind::ServerReflexive);
         assert_eq!(c.related, Some("10.0.0.2:61000".parse().unwrap()));
-        assert_eq!(c.extensions.ufrag.as_deref(), Some("EsAw"));
-        assert_eq!(c.extensions.network_id, Some(1));
+        assert_eq!(
+            c.extensions.as_ref().unwrap().ufrag.as_deref(),
+            Some("EsAw")
+        );
+        assert_eq!(c.extensions.as_ref().unwrap().network_id, Some(1));
         assert_eq!(
             c.to_sdp(),
             "842163049 1 udp 1677729535 203.0.113.7 61000 typ srflx raddr 10.0.0.2 rport 61000 generation 0 ufrag EsAw network-id 1 network-cost 10 foo bar"
