@@ -26,6 +26,7 @@ use super::Region;
 /// The receive buffers of one backend, and the queue of lent buffers given back.
 pub(crate) struct Pool {
     region: Region,
+    buf_size: usize,
     back_tx: Sender<u32>,
     back_rx: Receiver<u32>,
 }
@@ -38,20 +39,25 @@ unsafe impl Send for Pool {}
 // SAFETY: as above.
 unsafe impl Sync for Pool {}
 
-/// The owner behind lent `Bytes`: buffer `buf`, whose bytes `off..off + len` of the
-/// region were received.
+/// The owner behind lent `Bytes`: buffer `buf` (all `buf_size` bytes of it; the lent
+/// `Bytes` are slices of the received part).
 struct Loan {
     pool: Arc<Pool>,
     buf: u32,
-    off: usize,
-    len: usize,
 }
 
 impl AsRef<[u8]> for Loan {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: in bounds (checked in `Lend::begin`'s caller, the backend); the range
-        // is not written while the loan lives (see `Pool`'s Send/Sync).
-        unsafe { std::slice::from_raw_parts(self.pool.region.as_ptr().add(self.off), self.len) }
+        let size = self.pool.buf_size;
+        // SAFETY: buffer `buf` lies in the region (`Lend::begin` is given indices of the
+        // pool's buffers only); it is not written while the loan lives (see `Pool`'s
+        // Send/Sync); the memory is initialised (anonymous mappings read as zeros).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.pool.region.as_ptr().add(self.buf as usize * size),
+                size,
+            )
+        }
     }
 }
 
@@ -71,8 +77,8 @@ pub struct Lend {
     cap: usize,
     /// Buffers lent and not yet drained back from the return queue.
     out: usize,
-    /// The buffer being delivered: (index, region offset, received length).
-    cur: Option<(u32, usize, usize)>,
+    /// The buffer being delivered (only read while the callback runs, after `begin`).
+    cur: u32,
     /// The current buffer's loan, once something of it was lent.
     held: Option<Bytes>,
     pub(crate) lends: u64,
@@ -90,18 +96,21 @@ impl fmt::Debug for Lend {
 }
 
 impl Lend {
-    /// A pool over `region` (`bufs` buffers) lending at most `cap` of them at once.
-    pub(crate) fn new(region: Region, bufs: usize, cap: usize) -> Self {
+    /// A pool over `region` (`bufs` buffers of `buf_size` bytes) lending at most `cap`
+    /// of them at once.
+    pub(crate) fn new(region: Region, bufs: usize, buf_size: usize, cap: usize) -> Self {
+        debug_assert!(bufs * buf_size <= region.len);
         let (back_tx, back_rx) = crossbeam_channel::bounded(bufs.max(1));
         Self {
             pool: Arc::new(Pool {
                 region,
+                buf_size,
                 back_tx,
                 back_rx,
             }),
             cap,
             out: 0,
-            cur: None,
+            cur: 0,
             held: None,
             lends: 0,
             returns: 0,
@@ -124,25 +133,31 @@ impl Lend {
         self.out
     }
 
-    /// Datagrams of buffer `buf` (bytes `off..off + len` of the region) are about to be
-    /// handed out.
+    /// Datagrams of buffer `buf` (a buffer of the pool, owned by user space now) are
+    /// about to be handed out.
     #[inline]
-    pub(crate) fn begin(&mut self, buf: u32, off: usize, len: usize) {
-        debug_assert!(off + len <= self.pool.region.len);
-        self.cur = Some((buf, off, len));
+    pub(crate) fn begin(&mut self, buf: u32) {
+        self.cur = buf;
     }
 
     /// The current buffer's datagrams have been handed out: true if part of it was lent
     /// (the backend must then keep it away from the kernel until it comes back).
     #[inline]
     pub(crate) fn end(&mut self) -> bool {
-        self.cur = None;
-        self.held.take().is_some()
+        // Test first: `take` would move the whole `Option<Bytes>` every time.
+        if self.held.is_none() {
+            return false;
+        }
+        self.held = None;
+        true
     }
 
     /// The next lent buffer given back (every `Bytes` into it dropped), if any.
     #[inline]
     pub(crate) fn returned(&mut self) -> Option<u32> {
+        if self.out == 0 {
+            return None; // nothing lent: no need to look at the queue
+        }
         let b = self.pool.back_rx.try_recv().ok()?;
         self.out -= 1;
         self.returns += 1;
@@ -154,17 +169,18 @@ impl Lend {
     /// `Bytes` into it is dropped (from any thread). `None` if `part` is not inside the
     /// current receive buffer, or if `cap` buffers are already out (counted: the caller
     /// copies instead). The first lend of a buffer allocates the loan's shared header
-    /// (`Bytes::from_owner`, ~60 bytes); further lends from the same buffer (the datagrams
-    /// of a GRO burst) only bump its reference count.
+    /// (`Bytes::from_owner`: one 24-byte allocation, a reference count beside the
+    /// buffer's loan); further lends from the same buffer (the datagrams of a GRO burst) only
+    /// bump its reference count.
     ///
     /// # Safety
     /// Nothing may write to `part` after this call (the callback's payload is `&mut`, but
     /// the application may be reading the lent bytes on another thread).
     pub unsafe fn lend(&mut self, part: &[u8]) -> Option<Bytes> {
-        let (buf, off, len) = self.cur?;
-        let base = self.pool.region.as_ptr() as usize + off;
+        let (buf, size) = (self.cur, self.pool.buf_size);
+        let base = self.pool.region.as_ptr() as usize + buf as usize * size;
         let at = (part.as_ptr() as usize).checked_sub(base)?;
-        if at + part.len() > len {
+        if at + part.len() > size {
             return None;
         }
         if self.held.is_none() {
@@ -175,8 +191,6 @@ impl Lend {
             self.held = Some(Bytes::from_owner(Loan {
                 pool: self.pool.clone(),
                 buf,
-                off,
-                len,
             }));
             self.out += 1;
             self.lends += 1;

@@ -163,7 +163,7 @@ impl PortableBackend {
             events,
             gro,
             rbuf_size,
-            lend: Lend::new(rbufs, nbufs, batch),
+            lend: Lend::new(rbufs, nbufs, rbuf_size, batch),
             slot_buf: (0..batch as u32).collect(),
             spare: (batch as u32..nbufs as u32).rev().collect(),
             rctl: vec![[0u64; GRO_CMSG_SPACE / 8]; batch].into(),
@@ -349,7 +349,7 @@ impl PortableBackend {
                 };
                 let buf = self.slot_buf[k];
                 let start = buf as usize * self.rbuf_size;
-                self.lend.begin(buf, start, len);
+                self.lend.begin(buf);
                 let region = self.lend.region().as_ptr();
                 let mut n_seg = 0u64;
                 for (at, n) in segs {

@@ -280,7 +280,7 @@ impl UringBackend {
         let bufs = BufRing::buffers(count, size, gro)?;
         let bufring = BufRing::new(count, size, &bufs)?;
         // Half the ring may be lent; the other half keeps receiving.
-        let lend = Lend::new(bufs, count, count / 2);
+        let lend = Lend::new(bufs, count, size, count / 2);
         // SAFETY: the entry memory is page-aligned (mmap), holds mask + 1 entries and lives
         // as long as `self`; the ring (dropped first) is the only user.
         unsafe {
@@ -849,7 +849,7 @@ impl UringBackend {
             }
         };
         let start = usize::from(bid & self.bufring.mask) * self.bufring.buf_size + off;
-        self.lend.begin(u32::from(bid), start, plen);
+        self.lend.begin(u32::from(bid & self.bufring.mask));
         let region = self.lend.region().as_ptr();
         let mut delivered = 0;
         for (at, n) in segs {
