@@ -7,7 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use icering::io::{
-    Backend, BackendChoice, BackendKind, Config, SendQueue, SocketId, bind_udp, select_backend,
+    Backend, BackendChoice, BackendKind, Config, Lend, SendQueue, SocketId, bind_udp,
+    select_backend,
 };
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -65,7 +66,7 @@ impl Drop for Watchdog {
 }
 
 /// Echo callback using the zero-copy slot API.
-fn echo(sq: &mut SendQueue, sock: SocketId, from: SocketAddr, payload: &mut [u8]) {
+fn echo(sq: &mut SendQueue, sock: SocketId, from: SocketAddr, payload: &mut [u8], _: &mut Lend) {
     let slot = sq.slot().expect("send slot");
     slot[..payload.len()].copy_from_slice(payload);
     sq.commit(sock, from, payload.len());
@@ -184,7 +185,7 @@ fn burst_larger_than_buffer_ring_then_still_receives() {
         let mut idle = 0;
         while idle < 3 {
             let n = b
-                .poll(Some(Duration::from_millis(50)), &mut |_, _, _, p| {
+                .poll(Some(Duration::from_millis(50)), &mut |_, _, _, p, _| {
                     assert_eq!(p.len(), 200);
                     burst += 1;
                 })
@@ -200,7 +201,7 @@ fn burst_larger_than_buffer_ring_then_still_receives() {
         let mut late = 0;
         let deadline = Instant::now() + Duration::from_secs(10);
         while late < 10 && Instant::now() < deadline {
-            b.poll(Some(Duration::from_millis(50)), &mut |_, _, _, p| {
+            b.poll(Some(Duration::from_millis(50)), &mut |_, _, _, p, _| {
                 if p.len() == 4 {
                     late += 1;
                 }
@@ -267,7 +268,7 @@ fn waker_wakes_blocking_poll() {
         b.waker().wake();
         let mut n = 0;
         while b.stats().wakeups == 0 {
-            n += b.poll(None, &mut |_, _, _, _| {}).unwrap();
+            n += b.poll(None, &mut |_, _, _, _, _| {}).unwrap();
         }
         assert_eq!(n, 0);
 
@@ -283,7 +284,7 @@ fn waker_wakes_blocking_poll() {
         });
         let before = b.stats().wakeups;
         while b.stats().wakeups == before {
-            b.poll(None, &mut |_, _, _, _| {}).unwrap();
+            b.poll(None, &mut |_, _, _, _, _| {}).unwrap();
         }
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
@@ -466,7 +467,7 @@ fn gso_send_plan(
     // Reap the send completions (io_uring counts sends when their CQE arrives).
     let deadline = Instant::now() + Duration::from_secs(5);
     while b.stats().sent + b.stats().send_errors < plan.len() as u64 && Instant::now() < deadline {
-        b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _| {})
+        b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _, _| {})
             .unwrap();
     }
     let st = b.stats();
@@ -652,7 +653,7 @@ fn gso_rejected_by_kernel_falls_back_to_single_sends() {
         // they go out at the next flush.
         let deadline = Instant::now() + Duration::from_secs(5);
         while b.stats().sent < u64::from(N) && Instant::now() < deadline {
-            b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _| {})
+            b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _, _| {})
                 .unwrap();
             b.flush().unwrap();
         }
@@ -761,20 +762,24 @@ fn gro_splits_a_merged_burst_into_its_datagrams() {
         while got.len() < want.len() && Instant::now() < deadline {
             rx.poll(
                 Some(Duration::from_millis(20)),
-                &mut |_, sock, from, data| {
+                &mut |_, sock, from, data, _| {
                     assert_eq!(sock, rid);
                     got.push((from, data.to_vec()));
                 },
             )
             .unwrap();
-            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
+            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
+                .unwrap();
         }
         // Let the oversized datagram arrive and be counted.
         let deadline = Instant::now() + Duration::from_secs(5);
         while rx.stats().truncated == 0 && Instant::now() < deadline {
-            rx.poll(Some(Duration::from_millis(20)), &mut |_, _, from, data| {
-                got.push((from, data.to_vec()));
-            })
+            rx.poll(
+                Some(Duration::from_millis(20)),
+                &mut |_, _, from, data, _| {
+                    got.push((from, data.to_vec()));
+                },
+            )
             .unwrap();
         }
         let st = rx.stats();
@@ -834,11 +839,12 @@ fn gro_burst_of_oversized_datagrams_is_dropped_and_counted() {
         let mut got: Vec<Vec<u8>> = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while got.is_empty() && Instant::now() < deadline {
-            rx.poll(Some(Duration::from_millis(20)), &mut |_, _, _, data| {
+            rx.poll(Some(Duration::from_millis(20)), &mut |_, _, _, data, _| {
                 got.push(data.to_vec());
             })
             .unwrap();
-            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
+            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
+                .unwrap();
         }
         let st = rx.stats();
         eprintln!("{kind} gro={} tx gso={}: {st:?}", rx.gro(), tx.gso());
@@ -851,5 +857,164 @@ fn gro_burst_of_oversized_datagrams_is_dropped_and_counted() {
         // Merged or not, each of the three oversized datagrams is one truncation.
         assert_eq!(st.truncated, 3, "{kind}: {st:?}");
         assert_eq!((st.gro_receives, st.gro_segments), (0, 0), "{kind}: {st:?}");
+    }
+}
+
+/// Lending ([`Lend`]): every received datagram is lent as a `Bytes` that points into the
+/// backend's receive buffer region (no copy) until `lend_cap` buffers are out; past the
+/// cap lends are refused and counted while the socket keeps receiving. The lent bytes
+/// stay intact while hundreds more datagrams cycle through the other buffers; dropping
+/// them on another thread gives the buffers back (lends == returns after the next poll),
+/// after which lending works again; and a lent `Bytes` outlives its backend. With each
+/// backend.
+#[test]
+fn lent_datagrams_point_into_the_receive_buffers_and_come_back() {
+    let _wd = Watchdog::new("lend");
+    for kind in kinds() {
+        let mut b = Backend::new(kind, &small_cfg()).unwrap();
+        let cap = b.lend_cap();
+        assert!(cap > 0, "{kind}");
+        let region = b.recv_region();
+        let id = b
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        let dest = b.local_addr(id);
+        let client = UdpSocket::bind(SocketAddr::new(V4, 0)).unwrap();
+
+        // Receives `want` datagrams, lending each; returns (lent, copied).
+        let receive = |b: &mut Backend, first: u32, want: u32| {
+            let mut lent: Vec<(u32, bytes::Bytes)> = Vec::new();
+            let mut copied = 0u32;
+            for start in (first..first + want).step_by(16) {
+                let end = (start + 16).min(first + want);
+                for i in start..end {
+                    client.send_to(&datagram(i), dest).unwrap();
+                }
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut got = 0;
+                while got < end - start && Instant::now() < deadline {
+                    b.poll(
+                        Some(Duration::from_millis(20)),
+                        &mut |_, _, _, data, lend| {
+                            let i = u32::from_le_bytes(data[..4].try_into().unwrap());
+                            assert_eq!(&data[..], &datagram(i)[..]);
+                            // Not part of the payload: never lent.
+                            let elsewhere = [0u8; 4];
+                            // SAFETY: neither slice is written after this.
+                            assert!(unsafe { lend.lend(&elsewhere) }.is_none());
+                            // SAFETY: `data` is not written after this.
+                            match unsafe { lend.lend(data) } {
+                                Some(bytes) => lent.push((i, bytes)),
+                                None => copied += 1,
+                            }
+                            got += 1;
+                        },
+                    )
+                    .unwrap();
+                }
+                assert_eq!(got, end - start, "{kind}: {:?}", b.stats());
+            }
+            (lent, copied)
+        };
+
+        let n = cap as u32 + 40;
+        let (held, copied) = receive(&mut b, 0, n);
+        let st = b.stats();
+        assert_eq!(held.len(), cap, "{kind}: {st:?}");
+        assert_eq!(copied, n - cap as u32, "{kind}: {st:?}");
+        assert_eq!((st.lends, st.lend_refused), (cap as u64, u64::from(copied)));
+        assert_eq!(st.lend_returns, 0);
+        // Many more datagrams through the buffers that are not lent (refused lends).
+        let (more, _) = receive(&mut b, n, 300);
+        assert!(more.is_empty(), "{kind}: lent past the cap");
+        for (i, bytes) in &held {
+            let p = bytes.as_ptr() as usize;
+            assert!(region.contains(&p), "{kind}: datagram {i} was copied");
+            assert_eq!(
+                &bytes[..],
+                &datagram(*i)[..],
+                "{kind}: lent datagram {i} reused"
+            );
+        }
+
+        // Dropped elsewhere: the buffers come back at the next poll.
+        let (keep, rest) = held.split_at(1);
+        let keep = keep.to_vec();
+        let rest = rest.to_vec();
+        drop(held);
+        thread::spawn(move || drop(rest)).join().unwrap();
+        b.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
+            .unwrap();
+        let st = b.stats();
+        assert_eq!(st.lends - st.lend_returns, 1, "{kind}: {st:?}");
+        // And lending works again, up to the cap.
+        let (again, _) = receive(&mut b, n + 300, 8);
+        assert_eq!(again.len(), 8, "{kind}: {:?}", b.stats());
+        drop(again);
+
+        // The one still held outlives the backend.
+        drop(b);
+        let (i, bytes) = &keep[0];
+        assert_eq!(&bytes[..], &datagram(*i)[..], "{kind}");
+    }
+}
+
+/// Lending with UDP GRO: the datagrams of one merged burst are lent from one buffer (one
+/// loan per receive buffer, not per datagram), intact; dropping them returns the buffer.
+#[test]
+fn lent_gro_segments_share_their_buffer() {
+    let _wd = Watchdog::new("lend_gro");
+    for kind in kinds() {
+        let cfg = Config {
+            gro: true,
+            ..small_cfg()
+        };
+        let mut rx = Backend::new(kind, &cfg).unwrap();
+        let region = rx.recv_region();
+        let rid = rx
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        let dest = rx.local_addr(rid);
+        let mut tx = Backend::new(kind, &small_cfg()).unwrap();
+        let tid = tx
+            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+            .unwrap();
+        let want: Vec<Vec<u8>> = (0..20).map(|i| gso_datagram(0, i, 300)).collect();
+        for d in &want {
+            tx.send_queue().send_to(tid, dest, d).unwrap();
+        }
+        tx.flush().unwrap();
+        let mut got: Vec<bytes::Bytes> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < want.len() && Instant::now() < deadline {
+            rx.poll(
+                Some(Duration::from_millis(20)),
+                &mut |_, _, _, data, lend| {
+                    // SAFETY: `data` is not written after this.
+                    got.push(unsafe { lend.lend(data) }.expect("under the cap"));
+                },
+            )
+            .unwrap();
+            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
+                .unwrap();
+        }
+        let st = rx.stats();
+        eprintln!("{kind} gro={} tx gso={}: {st:?}", rx.gro(), tx.gso());
+        assert_eq!(got.len(), want.len(), "{kind}: {st:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(&g[..], &w[..], "{kind}");
+            assert!(region.contains(&(g.as_ptr() as usize)), "{kind}");
+        }
+        // One loan per receive buffer: merged receives lend once for all their datagrams.
+        let buffers = st.received - st.gro_segments + st.gro_receives;
+        assert_eq!(st.lends, buffers, "{kind}: {st:?}");
+        if rx.gro() && tx.gso() {
+            assert!(st.lends < want.len() as u64, "{kind}: {st:?}");
+        }
+        drop(got);
+        rx.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
+            .unwrap();
+        let st = rx.stats();
+        assert_eq!(st.lend_returns, st.lends, "{kind}: {st:?}");
     }
 }

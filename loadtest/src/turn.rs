@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use icering::io::{self, Backend, BackendKind, SendQueue, SocketId};
+use icering::io::{self, Backend, BackendKind, Lend, SendQueue, SocketId};
 use icering::stun::{
     Class, IntegrityKey, Message, MessageType, MessageWriter, Method, attr, long_term_key_md5,
 };
@@ -322,39 +322,42 @@ fn refresh_zero(
         let deadline = Instant::now() + Duration::from_millis(300);
         while state.contains(&0) && Instant::now() < deadline {
             backend
-                .poll(Some(Duration::from_millis(10)), &mut |_, _, from, data| {
-                    let Ok(m) = Message::parse(data) else { return };
-                    let t = m.transaction_id();
-                    if from != target || m.method() != Method::REFRESH || t[..4] != [0x5A; 4] {
-                        return; // a late relayed datagram, or a stale answer
-                    }
-                    let seq = u64::from_be_bytes(t[4..].try_into().expect("8 bytes"));
-                    let k = ((seq >> 32) as u32).wrapping_sub(first) as usize;
-                    let sent_in = seq & 0xFFFF_FFFF;
-                    if k >= n
-                        || state[k] != 0
-                        || !(0x8000_0000..=0x8000_0000 | round).contains(&sent_in)
-                    {
-                        return;
-                    }
-                    match m.error_code().map(|e| e.code) {
-                        // 437: no allocation for this 5-tuple any more, i.e. an earlier
-                        // transmission (answered late) deleted it (RFC 8656 §7.3).
-                        None | Some(437) => state[k] = 1,
-                        Some(code @ (401 | 438)) if m.nonce().is_some() => {
-                            let unsigned = auth[k].is_none();
-                            if code == 401 && !unsigned {
-                                state[k] = 2; // wrong credentials
-                            } else {
-                                auth[k] = Some((
-                                    m.realm().unwrap_or_default().to_string(),
-                                    m.nonce().unwrap_or_default().to_string(),
-                                ));
-                            }
+                .poll(
+                    Some(Duration::from_millis(10)),
+                    &mut |_, _, from, data, _| {
+                        let Ok(m) = Message::parse(data) else { return };
+                        let t = m.transaction_id();
+                        if from != target || m.method() != Method::REFRESH || t[..4] != [0x5A; 4] {
+                            return; // a late relayed datagram, or a stale answer
                         }
-                        Some(_) => state[k] = 2,
-                    }
-                })
+                        let seq = u64::from_be_bytes(t[4..].try_into().expect("8 bytes"));
+                        let k = ((seq >> 32) as u32).wrapping_sub(first) as usize;
+                        let sent_in = seq & 0xFFFF_FFFF;
+                        if k >= n
+                            || state[k] != 0
+                            || !(0x8000_0000..=0x8000_0000 | round).contains(&sent_in)
+                        {
+                            return;
+                        }
+                        match m.error_code().map(|e| e.code) {
+                            // 437: no allocation for this 5-tuple any more, i.e. an earlier
+                            // transmission (answered late) deleted it (RFC 8656 §7.3).
+                            None | Some(437) => state[k] = 1,
+                            Some(code @ (401 | 438)) if m.nonce().is_some() => {
+                                let unsigned = auth[k].is_none();
+                                if code == 401 && !unsigned {
+                                    state[k] = 2; // wrong credentials
+                                } else {
+                                    auth[k] = Some((
+                                        m.realm().unwrap_or_default().to_string(),
+                                        m.nonce().unwrap_or_default().to_string(),
+                                    ));
+                                }
+                            }
+                            Some(_) => state[k] = 2,
+                        }
+                    },
+                )
                 .map_err(|e| e.to_string())?;
         }
         if !state.contains(&0) {
@@ -604,7 +607,11 @@ fn load(
         backend
             .poll(
                 Some(Duration::from_millis(1)),
-                &mut |sq: &mut SendQueue, sock: SocketId, from: SocketAddr, data: &mut [u8]| {
+                &mut |sq: &mut SendQueue,
+                      sock: SocketId,
+                      from: SocketAddr,
+                      data: &mut [u8],
+                      _: &mut Lend| {
                     if Some(sock) == peer_id {
                         if sq.send_to(sock, from, data).is_err() {
                             echo_dropped += 1;

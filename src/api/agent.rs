@@ -459,7 +459,15 @@ impl Conn {
         })
     }
 
-    /// The next received datagram (copied once out of the receive buffer).
+    /// The next received datagram, without a copy: the `Bytes` points into the shard's io
+    /// receive buffer (the io_uring provided-buffer ring or the `recvmmsg` buffers), which
+    /// goes back to the kernel once every `Bytes` into it is dropped (on any thread). Drop
+    /// or copy data you keep for long: each shard lends at most half its receive ring
+    /// (portable backend: `batch` buffers) at once; past that, and for data that reached
+    /// the shard another way (from another shard, over TURN-over-TCP), the datagram is
+    /// copied once instead ([`IceStats::data_lent`](crate::IceStats::data_lent) /
+    /// [`data_copied`](crate::IceStats::data_copied)). Sub-slices keep the whole receive
+    /// buffer (with GRO: the whole burst) lent.
     pub async fn recv(&mut self) -> Result<Bytes, ApiError> {
         self.data.recv().await.ok_or(ApiError::Closed)
     }

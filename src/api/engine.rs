@@ -266,6 +266,16 @@ impl Engine {
         ))
     }
 
+    /// The address ranges of the shards' io receive buffers: a `Bytes` from
+    /// [`Conn::recv`](super::Conn::recv) that lies in one was lent, not copied. For tests.
+    #[doc(hidden)]
+    pub fn recv_regions(&self) -> Vec<std::ops::Range<usize>> {
+        let rt = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        rt.as_ref().map_or_else(Vec::new, |r| {
+            r.shard_counters().iter().map(|c| c.recv_region()).collect()
+        })
+    }
+
     /// Counters summed over shards.
     pub fn stats(&self) -> EngineStats {
         let rt = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());

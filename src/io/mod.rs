@@ -18,7 +18,8 @@
 //! Received datagrams are handed to the caller **in place**: the payload is a `&mut [u8]`
 //! borrowed from the backend's receive buffer (the io_uring provided-buffer ring, or the
 //! `recvmmsg` batch buffer) and is given back to the kernel right after the callback
-//! returns. Nothing is allocated per packet.
+//! returns. Nothing is allocated per packet. A caller that wants to keep the datagram
+//! (hand it to another thread) lends it instead of copying it; see "Lending" below.
 //!
 //! Sends go through a [`SendQueue`]: a fixed pool of `buf_size`-byte slots, each with its
 //! own destination address storage. To send, take a slot with [`SendQueue::slot`], write the
@@ -32,7 +33,7 @@
 //! ```no_run
 //! # use icering::io::*;
 //! # fn demo(backend: &mut Backend) -> Result<(), IoError> {
-//! backend.poll(None, &mut |sendq: &mut SendQueue, sock, from, request: &mut [u8]| {
+//! backend.poll(None, &mut |sendq: &mut SendQueue, sock, from, request: &mut [u8], _lend| {
 //!     // `request` lives in the receive buffer; the reply is written straight into a send
 //!     // slot — no copy of the request, no allocation.
 //!     if let Some(slot) = sendq.slot() {
@@ -50,6 +51,26 @@
 //! [`Config::send_slots`] for the largest burst a shard answers in one poll. While the
 //! callback runs, the backends push committed sends to the kernel once `batch` of them have
 //! accumulated, so slots keep cycling during long receive batches.
+//!
+//! ## Lending
+//!
+//! The callback's last argument, a [`Lend`], turns the payload (or any part of it) into a
+//! [`bytes::Bytes`] that points into the receive buffer itself: `unsafe { lend.lend(part) }`
+//! (the caller promises not to write to `part` afterwards). The buffer then stays out of
+//! the kernel's hands until every `Bytes` into it has been dropped, on any thread: the
+//! last drop pushes the buffer's index into a lock-free return queue that the backend
+//! drains at the start of each [`Backend::poll`] (io_uring: back into the provided-buffer
+//! ring; portable: back to the spare buffers that replace lent ones in the `recvmmsg`
+//! batch). The receive memory is `Arc`-owned, so lent `Bytes` outlive the backend safely.
+//!
+//! Lending is bounded by [`Backend::lend_cap`]: io_uring lends at most half of its ring,
+//! portable owns `batch` spare buffers beside the batch. Past the cap `lend` returns
+//! `None` ([`IoStats::lend_refused`]) and the caller copies, so an application that holds
+//! on to its data cannot stop the shard from receiving. The first lend of a buffer costs
+//! one small allocation (the shared owner header of `Bytes::from_owner`); the datagrams of
+//! one GRO burst share it. Callers that do not lend pay nothing but a few stores per
+//! receive buffer. [`IoStats::lends`] / [`IoStats::lend_returns`] count buffers going out
+//! and coming back.
 //!
 //! ## UDP GSO
 //!
@@ -100,6 +121,7 @@
 //! Truncated datagrams (larger than `buf_size`) are dropped and counted.
 
 mod affinity;
+mod lend;
 mod portable;
 mod socket;
 mod stream;
@@ -115,6 +137,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use affinity::{available_cores, pin_current_thread};
+pub use lend::Lend;
 pub use portable::PortableBackend;
 pub use socket::{bind_tcp_listener, bind_udp};
 pub use stream::{OnData, StreamId, StreamSet, StreamStats};
@@ -315,6 +338,14 @@ pub struct IoStats {
     pub gro_receives: u64,
     /// Datagrams handed to the callback out of those receives.
     pub gro_segments: u64,
+    /// Receive buffers lent out as `Bytes` ([`Lend::lend`]); `lends - lend_returns` are
+    /// out now (as of the last `poll`).
+    pub lends: u64,
+    /// Lent buffers given back (every `Bytes` into them dropped) and reused.
+    pub lend_returns: u64,
+    /// Lends refused because [`Backend::lend_cap`] buffers were already out (the caller
+    /// copied instead).
+    pub lend_refused: u64,
 }
 
 /// The probe result, computed once per process.
@@ -345,9 +376,10 @@ pub fn select_backend(choice: BackendChoice) -> Result<(BackendKind, String), Io
     }
 }
 
-/// The receive callback of [`Backend::poll`]: `(send_queue, socket, source, payload)`.
-/// The payload is borrowed in place from the receive buffer and may be modified.
-pub type OnRecv<'a> = dyn FnMut(&mut SendQueue, SocketId, SocketAddr, &mut [u8]) + 'a;
+/// The receive callback of [`Backend::poll`]: `(send_queue, socket, source, payload,
+/// lend)`. The payload is borrowed in place from the receive buffer and may be modified;
+/// `lend` turns (a part of) it into a [`bytes::Bytes`] without copying (see "Lending").
+pub type OnRecv<'a> = dyn FnMut(&mut SendQueue, SocketId, SocketAddr, &mut [u8], &mut Lend) + 'a;
 
 /// One I/O backend of one shard. Not `Send`: create it on the thread that drives it.
 // One per shard, created once and never moved in the hot path: boxing the larger variant
@@ -477,7 +509,28 @@ impl Backend {
 
     /// Counters.
     pub fn stats(&self) -> IoStats {
-        dispatch!(self, b => b.stats)
+        dispatch!(self, b => IoStats {
+            lends: b.lend.lends,
+            lend_returns: b.lend.returns,
+            lend_refused: b.lend.refused,
+            ..b.stats
+        })
+    }
+
+    /// Most receive buffers lent out at once (io_uring: half the provided-buffer ring;
+    /// portable: `batch` spare buffers beside the `recvmmsg` batch).
+    pub fn lend_cap(&self) -> usize {
+        dispatch!(self, b => b.lend.cap())
+    }
+
+    /// Where the receive buffers live, as an address range (for tests that check that a
+    /// `Bytes` points into them).
+    #[doc(hidden)]
+    pub fn recv_region(&self) -> std::ops::Range<usize> {
+        dispatch!(self, b => {
+            let r = b.lend.region();
+            r.as_ptr() as usize..r.as_ptr() as usize + r.len
+        })
     }
 
     /// Whether sends are currently coalesced with UDP GSO: [`Config::gso`] was set, the

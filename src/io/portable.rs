@@ -8,6 +8,12 @@
 //! With GRO on, every socket gets `UDP_GRO`, each receive buffer is `GRO_BUF_SIZE` bytes with
 //! room for a control message, and a receive carrying a `UDP_GRO` segment size is handed to
 //! the callback one datagram at a time, in place.
+//!
+//! Lending ([`Lend`]): the receive region holds `2 × batch` buffers, `batch` of them
+//! named by the `recvmmsg` headers and `batch` spares. When the callback lends part of a
+//! buffer, a spare takes its place in the batch; the lent buffer becomes a spare again
+//! once every `Bytes` into it is dropped. With no spare left, lending is refused (the
+//! caller copies), so the batch always has its buffers.
 
 use std::io;
 use std::mem;
@@ -16,9 +22,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::{
-    Config, GRO_BUF_SIZE, GRO_CMSG_SPACE, GsoCmsg, GsoState, IoError, IoStats, OnRecv, Region,
-    SendQueue, SockTable, SocketId, Waker, enable_gro, gro_segment_size, gro_split, gro_supported,
-    is_gso_rejection, sockaddr_from_storage, timeout_ms,
+    Config, GRO_BUF_SIZE, GRO_CMSG_SPACE, GsoCmsg, GsoState, IoError, IoStats, Lend, OnRecv,
+    Region, SendQueue, SockTable, SocketId, Waker, enable_gro, gro_segment_size, gro_split,
+    gro_supported, is_gso_rejection, sockaddr_from_storage, timeout_ms,
 };
 
 /// epoll token of the waker (sockets use `generation << 32 | index`).
@@ -46,7 +52,12 @@ pub struct PortableBackend {
     pub(crate) gro: bool,
     /// Bytes per receive buffer: `buf_size`, or [`GRO_BUF_SIZE`] with GRO.
     rbuf_size: usize,
-    rbufs: Region,
+    /// The receive buffers (`2 × batch` of them) and their loans.
+    pub(crate) lend: Lend,
+    /// Per `recvmmsg` slot: the buffer it receives into.
+    slot_buf: Box<[u32]>,
+    /// Buffers in no slot and not lent.
+    spare: Vec<u32>,
     /// Per receive: room for the `UDP_GRO` control message (GRO only).
     rctl: Box<[[u64; GRO_CMSG_SPACE / 8]]>,
     rnames: Box<[libc::sockaddr_storage]>,
@@ -107,11 +118,13 @@ impl PortableBackend {
             cfg.buf_size
         };
         // With GRO, 68 KiB per receive of which only the first page is resident up front
-        // (see `Region::new_first_pages`).
+        // (see `Region::new_first_pages`). `batch` buffers for the batch, `batch` spares
+        // that stand in for lent ones.
+        let nbufs = 2 * batch;
         let rbufs = if gro {
-            Region::new_first_pages(batch, rbuf_size)?
+            Region::new_first_pages(nbufs, rbuf_size)?
         } else {
-            Region::new(batch * rbuf_size)?
+            Region::new(nbufs * rbuf_size)?
         };
         // SAFETY (all zeroed() below): these are C plain-old-data structs; all-zero is valid.
         let mut rnames: Box<[libc::sockaddr_storage]> =
@@ -150,7 +163,9 @@ impl PortableBackend {
             events,
             gro,
             rbuf_size,
-            rbufs,
+            lend: Lend::new(rbufs, nbufs, rbuf_size, batch),
+            slot_buf: (0..batch as u32).collect(),
+            spare: (batch as u32..nbufs as u32).rev().collect(),
             rctl: vec![[0u64; GRO_CMSG_SPACE / 8]; batch].into(),
             rnames,
             riov,
@@ -216,6 +231,9 @@ impl PortableBackend {
         on_recv: &mut OnRecv<'_>,
     ) -> Result<usize, IoError> {
         self.flush()?;
+        while let Some(b) = self.lend.returned() {
+            self.spare.push(b);
+        }
         // SAFETY: `events` is valid for MAX_EVENTS entries.
         let n = unsafe {
             libc::epoll_wait(
@@ -329,18 +347,33 @@ impl PortableBackend {
                         continue;
                     }
                 };
+                let buf = self.slot_buf[k];
+                let start = buf as usize * self.rbuf_size;
+                self.lend.begin(buf);
+                let region = self.lend.region().as_ptr();
                 let mut n_seg = 0u64;
                 for (at, n) in segs {
-                    // SAFETY: buffer k is ours until the next recvmmsg; each segment's
-                    // slice ends before the next is made.
-                    let payload = unsafe { self.rbufs.slice_mut(k * self.rbuf_size + at, n) };
+                    // SAFETY: slot k's buffer is ours until the next recvmmsg; each
+                    // segment's slice ends before the next is made, and segments are
+                    // disjoint (a lent one is never handed out again).
+                    let payload =
+                        unsafe { std::slice::from_raw_parts_mut(region.add(start + at), n) };
                     n_seg += 1;
                     self.stats.received += 1;
                     delivered += 1;
-                    on_recv(&mut self.sendq, id, from, payload);
+                    on_recv(&mut self.sendq, id, from, payload, &mut self.lend);
                     if self.sendq.queued() >= self.batch {
                         self.flush_now();
                     }
+                }
+                if self.lend.end() {
+                    // Lent: a spare takes its place in the batch. `Lend` refuses once
+                    // `batch` buffers are out, so one is left.
+                    let s = self.spare.pop().expect("a spare for every lendable buffer");
+                    self.slot_buf[k] = s;
+                    // SAFETY: s < 2 × batch, inside the region.
+                    self.riov[k].iov_base =
+                        unsafe { region.add(s as usize * self.rbuf_size) }.cast();
                 }
                 if n_seg > 1 {
                     self.stats.gro_receives += 1;

@@ -6,7 +6,9 @@
 //! * Receive: a provided-buffer ring (`IORING_REGISTER_PBUF_RING`, group 0) of `buf_count`
 //!   buffers of `buf_size`; each socket has one multishot `RecvMsg` armed over it. A CQE
 //!   carries the buffer id; the buffer is parsed with [`types::RecvMsgOut`], handed to the
-//!   callback in place and pushed back to the ring right after. A CQE without `MORE`
+//!   callback in place and pushed back to the ring right after — unless the callback lent
+//!   part of it ([`Lend`]): then it returns to the ring when the last `Bytes` into it is
+//!   dropped (at most half the ring is lent at once). A CQE without `MORE`
 //!   (`ENOBUFS`, error, termination) marks the socket for re-arming before the next enter.
 //! * Send: `SendMsg` SQEs whose `msghdr`/`iovec` live in per-slot arrays allocated once;
 //!   the slot returns to the [`SendQueue`] when its CQE arrives. With GSO, a run of
@@ -38,8 +40,9 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
 use super::{
     Config, GEN_MASK, GRO_BUF_COUNT, GRO_BUF_SIZE, GRO_CMSG_SPACE, GSO_MAX_SEGMENTS, GsoCmsg,
-    GsoState, IoError, IoStats, OnRecv, Region, SendQueue, SockTable, SocketId, Waker, bind_udp,
-    enable_gro, gro_segment_size, gro_split, gro_supported, is_gso_rejection, sockaddr_from_bytes,
+    GsoState, IoError, IoStats, Lend, OnRecv, Region, SendQueue, SockTable, SocketId, Waker,
+    bind_udp, enable_gro, gro_segment_size, gro_split, gro_supported, is_gso_rejection,
+    sockaddr_from_bytes,
 };
 
 const K_RECV: u64 = 1;
@@ -85,27 +88,34 @@ fn ud(kind: u64, generation: u32, idx: u32) -> u64 {
 }
 
 /// The provided-buffer ring: `count` `BufRingEntry`s (page-aligned, shared with the
-/// kernel) describing `count` buffers of `buf_size` bytes.
+/// kernel) describing `count` buffers of `buf_size` bytes. The buffers themselves live in
+/// the [`Lend`] pool's region (`Arc`-owned, so lent buffers outlive the ring).
 struct BufRing {
     entries: Region,
-    bufs: Region,
+    /// Start of the buffer region (owned by the backend's `Lend`).
+    bufs: *mut u8,
     mask: u16,
     tail: u16,
     buf_size: usize,
 }
 
 impl BufRing {
-    /// `lazy`: only each buffer's first page is resident up front, the rest as the kernel
-    /// first writes it (the GRO ring: 68 KiB buffers that small datagrams barely use).
-    fn new(count: usize, buf_size: usize, lazy: bool) -> io::Result<Self> {
-        let bufs = if lazy {
-            Region::new_first_pages(count, buf_size)?
+    /// The receive buffers: with `lazy`, only each buffer's first page is resident up
+    /// front, the rest as the kernel first writes it (the GRO ring: 68 KiB buffers that
+    /// small datagrams barely use).
+    fn buffers(count: usize, buf_size: usize, lazy: bool) -> io::Result<Region> {
+        if lazy {
+            Region::new_first_pages(count, buf_size)
         } else {
-            Region::new(count * buf_size)?
-        };
+            Region::new(count * buf_size)
+        }
+    }
+
+    /// A ring over `bufs` (`count` buffers of `buf_size`, all given to the kernel).
+    fn new(count: usize, buf_size: usize, bufs: &Region) -> io::Result<Self> {
         let mut r = Self {
             entries: Region::new(count * mem::size_of::<BufRingEntry>())?,
-            bufs,
+            bufs: bufs.as_ptr(),
             mask: (count - 1) as u16,
             tail: 0,
             buf_size,
@@ -122,12 +132,8 @@ impl BufRing {
     }
 
     fn buf_ptr(&self, bid: u16) -> *mut u8 {
-        // SAFETY: bid <= mask, so the offset is inside `bufs`.
-        unsafe {
-            self.bufs
-                .as_ptr()
-                .add(usize::from(bid & self.mask) * self.buf_size)
-        }
+        // SAFETY: bid <= mask, so the offset is inside the buffer region.
+        unsafe { self.bufs.add(usize::from(bid & self.mask) * self.buf_size) }
     }
 
     /// Give buffer `bid` back (visible to the kernel after `publish`).
@@ -160,6 +166,8 @@ pub struct UringBackend {
     // Declared first: dropped before the memory it points into.
     ring: IoUring,
     bufring: BufRing,
+    /// The receive buffers (`bufring` points into its region) and their loans.
+    pub(crate) lend: Lend,
     recv_hdr: Box<libc::msghdr>,
     socks: SockTable,
     rearm: Vec<(u32, u32)>,
@@ -261,15 +269,18 @@ impl UringBackend {
         let (ring, defer_taskrun) = build_ring(SQ_ENTRIES, cq)
             .map_err(|e| IoError::UringUnavailable(format!("io_uring_setup failed: {e}")))?;
         let gro = cfg.gro && gro_supported();
-        let bufring = if gro {
-            BufRing::new(
+        let (count, size) = if gro {
+            (
                 cfg.buf_count.min(GRO_BUF_COUNT),
                 GRO_BUF_SIZE.max(cfg.buf_size),
-                true,
-            )?
+            )
         } else {
-            BufRing::new(cfg.buf_count, cfg.buf_size, false)?
+            (cfg.buf_count, cfg.buf_size)
         };
+        let bufs = BufRing::buffers(count, size, gro)?;
+        let bufring = BufRing::new(count, size, &bufs)?;
+        // Half the ring may be lent; the other half keeps receiving.
+        let lend = Lend::new(bufs, count, size, count / 2);
         // SAFETY: the entry memory is page-aligned (mmap), holds mask + 1 entries and lives
         // as long as `self`; the ring (dropped first) is the only user.
         unsafe {
@@ -302,6 +313,7 @@ impl UringBackend {
         let mut b = Self {
             ring,
             bufring,
+            lend,
             recv_hdr,
             socks: SockTable::default(),
             rearm: Vec::new(),
@@ -618,6 +630,7 @@ impl UringBackend {
         on_recv: &mut OnRecv<'_>,
     ) -> Result<usize, IoError> {
         self.push_sends();
+        self.take_back_lent();
         self.rearm_pending()?;
         self.arm_watch()?;
         let mut delivered = 0;
@@ -661,6 +674,18 @@ impl UringBackend {
         }
         self.rearm_pending()?;
         Ok(delivered)
+    }
+
+    /// Lent buffers whose `Bytes` are all dropped go back into the ring.
+    fn take_back_lent(&mut self) {
+        let mut any = false;
+        while let Some(bid) = self.lend.returned() {
+            self.bufring.push(bid as u16);
+            any = true;
+        }
+        if any {
+            self.bufring.publish();
+        }
     }
 
     fn on_send_cqe(&mut self, c: &cqueue::Entry) {
@@ -754,8 +779,11 @@ impl UringBackend {
             if live && res >= 0 {
                 delivered = self.deliver(SocketId(idx), bid, res as usize, on_recv);
             }
-            self.bufring.push(bid);
-            self.bufring.publish();
+            // A lent buffer comes back through `take_back_lent`.
+            if !self.lend.end() {
+                self.bufring.push(bid);
+                self.bufring.publish();
+            }
         }
         if !cqueue::more(flags)
             && let Some(e) = self.socks.live_mut(idx, generation)
@@ -821,15 +849,18 @@ impl UringBackend {
             }
         };
         let start = usize::from(bid & self.bufring.mask) * self.bufring.buf_size + off;
+        self.lend.begin(u32::from(bid & self.bufring.mask));
+        let region = self.lend.region().as_ptr();
         let mut delivered = 0;
         for (at, n) in segs {
             // SAFETY: in bounds of buffer `bid` (parse checked `off + plen`); the shared
-            // view above has ended, the kernel does not own the buffer, and each segment's
-            // slice ends before the next is made.
-            let payload = unsafe { self.bufring.bufs.slice_mut(start + at, n) };
+            // view above has ended, the kernel does not own the buffer, each segment's
+            // slice ends before the next is made, and segments are disjoint (a lent one is
+            // never handed out again).
+            let payload = unsafe { std::slice::from_raw_parts_mut(region.add(start + at), n) };
             delivered += 1;
             self.stats.received += 1;
-            on_recv(&mut self.sendq, id, from, payload);
+            on_recv(&mut self.sendq, id, from, payload, &mut self.lend);
             if self.sendq.queued() >= self.batch {
                 self.push_sends();
                 if let Err(e) = self.ring.submit()
@@ -872,7 +903,8 @@ impl Drop for UringBackend {
             let _ = unsafe { push_sqe(&mut self.ring, &e) };
         }
         let deadline = Instant::now() + Duration::from_millis(500);
-        let mut noop = |_: &mut SendQueue, _: SocketId, _: SocketAddr, _: &mut [u8]| {};
+        let mut noop =
+            |_: &mut SendQueue, _: SocketId, _: SocketAddr, _: &mut [u8], _: &mut Lend| {};
         while Instant::now() < deadline {
             let armed = self.socks.entries.iter().any(|e| e.armed);
             if !armed && !self.wake_armed && self.inflight_sends == 0 {
@@ -936,8 +968,10 @@ pub(crate) fn probe() -> Result<String, String> {
     let mut got = 0;
     let deadline = Instant::now() + Duration::from_secs(2);
     while got < 2 && Instant::now() < deadline {
-        b.poll(Some(Duration::from_millis(50)), &mut |_, _, _, _| got += 1)
-            .map_err(|e| format!("probe poll: {e}"))?;
+        b.poll(Some(Duration::from_millis(50)), &mut |_, _, _, _, _| {
+            got += 1
+        })
+        .map_err(|e| format!("probe poll: {e}"))?;
     }
     let st = b.stats;
     if got < 2 {

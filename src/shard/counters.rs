@@ -46,6 +46,11 @@ counters!(
     io_gso_segments,
     io_gro_receives,
     io_gro_segments,
+    io_lends,
+    io_lend_returns,
+    io_lend_refused,
+    recv_region_start,
+    recv_region_end,
     loop_turns,
 );
 
@@ -64,7 +69,15 @@ impl ShardCounters {
         self.io_gso_segments.store(io.gso_segments, Relaxed);
         self.io_gro_receives.store(io.gro_receives, Relaxed);
         self.io_gro_segments.store(io.gro_segments, Relaxed);
+        self.io_lends.store(io.lends, Relaxed);
+        self.io_lend_returns.store(io.lend_returns, Relaxed);
+        self.io_lend_refused.store(io.lend_refused, Relaxed);
         self.loop_turns.store(turns, Relaxed);
+    }
+
+    /// Where the shard's io receive buffers live (set once at start), as an address range.
+    pub fn recv_region(&self) -> std::ops::Range<usize> {
+        self.recv_region_start.load(Relaxed) as usize..self.recv_region_end.load(Relaxed) as usize
     }
 
     /// The server counters as last published.

@@ -165,6 +165,13 @@ pub(super) fn run(
             return Err(ShardError::Thread(p.index, msg));
         }
     };
+    let region = backend.recv_region();
+    p.counters
+        .recv_region_start
+        .store(region.start as u64, std::sync::atomic::Ordering::Relaxed);
+    p.counters
+        .recv_region_end
+        .store(region.end as u64, std::sync::atomic::Ordering::Relaxed);
     let _ = ready.send(Ok(backend.waker()));
     tracing::debug!(shard = p.index, core = ?p.core, "shard running");
 
@@ -209,10 +216,10 @@ pub(super) fn run(
         let mut ice_now: Option<Instant> = None;
         // `now` is read once per turn: at most IDLE_TICK stale, far below the 1 s
         // resolution of lifetimes and nonces.
-        backend.poll(Some(timeout), &mut |sendq, sock, from, data| {
+        backend.poll(Some(timeout), &mut |sendq, sock, from, data, lend| {
             if ice.owns(sock) {
                 let now = *ice_now.get_or_insert_with(Instant::now);
-                ice.on_datagram(now, sendq, sock, from, data);
+                ice.on_datagram(now, sendq, sock, from, data, lend);
                 return;
             }
             let mut ports = Deferred {
@@ -251,7 +258,7 @@ pub(super) fn run(
         // this turn's flush (one submission).
         ice.retry_unrouted(Instant::now(), backend.send_queue());
         ice.run_timers(Instant::now(), backend.send_queue());
-        ice.end_turn();
+        ice.end_turn(&backend.stats());
         // Publish before the flush: whoever sees an answer then also sees it counted
         // (io counters lag one turn).
         turns += 1;

@@ -33,7 +33,7 @@ use super::timers::Timers;
 use super::{Control, ShardCounters};
 use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode};
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
-use crate::io::{Backend, SendQueue, SocketId, StreamId, StreamSet, Waker};
+use crate::io::{Backend, IoStats, Lend, SendQueue, SocketId, StreamId, StreamSet, Waker};
 use crate::net::{Protocol, Received};
 use demux::{DropReason, Owner, Verdict};
 use servers::{FromServer, Servers, Wrapped};
@@ -153,8 +153,8 @@ enum SockRole {
 
 macro_rules! ice_stats {
     ($($(#[$m:meta])* $f:ident),* $(,)?) => {
-        /// ICE counters of one shard (monotonic, except the two gauges `agents` and
-        /// `connected`).
+        /// ICE counters of one shard (monotonic, except the gauges `agents`, `connected`
+        /// and `lent_buffers`).
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct IceStats { $($(#[$m])* pub $f: u64,)* }
 
@@ -208,6 +208,16 @@ ice_stats!(
     data_in,
     /// Data datagrams sent (app or echo).
     data_out,
+    /// App datagrams handed to the application as a view into the io receive buffer
+    /// (no copy).
+    data_lent,
+    /// App datagrams copied for the application: lending refused (the shard's cap of lent
+    /// receive buffers was reached), or the data was not in a receive buffer (handed off
+    /// by another shard, held for its route, or relayed over TCP).
+    data_copied,
+    /// Receive buffers lent to applications now (`Bytes` not yet all dropped), as of the
+    /// shard's last loop turn.
+    lent_buffers,
 );
 
 /// The ICE side of one shard.
@@ -348,7 +358,7 @@ impl IceHost {
             match demux::owner(&u.data, u.mux, u.from, me, &self.table, &self.routes) {
                 Verdict::Drop(r) if r == u.reason && now < u.until => self.unrouted.push(u),
                 Verdict::Drop(r) if r == u.reason => r.count(&mut self.stats),
-                _ => self.on_mux(now, sendq, u.mux, u.from, &u.data, true),
+                _ => self.on_mux(now, sendq, u.mux, u.from, &u.data, true, None),
             }
         }
     }
@@ -362,7 +372,8 @@ impl IceHost {
         (self.shard, shards)
     }
 
-    /// A datagram on one of ICE's sockets (inside the receive callback).
+    /// A datagram on one of ICE's sockets (inside the receive callback). Application
+    /// data in it is lent to the application through `lend` (no copy) when it can be.
     pub(crate) fn on_datagram(
         &mut self,
         now: Instant,
@@ -370,14 +381,19 @@ impl IceHost {
         sock: SocketId,
         from: SocketAddr,
         data: &mut [u8],
+        lend: &mut Lend,
     ) {
         match self.roles.get(sock.0 as usize).copied() {
-            Some(SockRole::Mux(m)) => self.on_mux(now, sendq, m, from, data, true),
-            Some(SockRole::Agent(slot)) => self.deliver(now, sendq, slot, sock, from, data),
+            Some(SockRole::Mux(m)) => self.on_mux(now, sendq, m, from, data, true, Some(lend)),
+            Some(SockRole::Agent(slot)) => {
+                self.deliver(now, sendq, slot, sock, from, data, Some(lend))
+            }
             _ => {}
         }
     }
 
+    /// `lend`: `data` lies in the io receive buffer being delivered.
+    #[allow(clippy::too_many_arguments)]
     fn on_mux(
         &mut self,
         now: Instant,
@@ -386,6 +402,7 @@ impl IceHost {
         from: SocketAddr,
         data: &[u8],
         may_handoff: bool,
+        lend: Option<&mut Lend>,
     ) {
         let me = self.demux_shards();
         let owner = match demux::owner(data, m, from, me, &self.table, &self.routes) {
@@ -414,7 +431,7 @@ impl IceHost {
         match owner {
             Owner::Local(slot) => {
                 let sock = self.mux[usize::from(m)].0;
-                self.deliver(now, sendq, slot, sock, from, data);
+                self.deliver(now, sendq, slot, sock, from, data, lend);
             }
             Owner::Shard(s) => {
                 let peer = self.peers.as_ref().and_then(|p| p.get(usize::from(s)));
@@ -441,6 +458,7 @@ impl IceHost {
     /// Feeds a datagram to the agent in `slot` and drives it. On a dedicated socket, a
     /// datagram from one of the agent's STUN/TURN servers goes to that client first;
     /// relayed data is fed to the agent as arriving from the peer on the relayed address.
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
         now: Instant,
@@ -449,6 +467,7 @@ impl IceHost {
         sock: SocketId,
         from: SocketAddr,
         data: &[u8],
+        lend: Option<&mut Lend>,
     ) {
         let Some(h) = self.table.get_mut(slot) else {
             self.stats.drop_stale_transaction += 1;
@@ -476,12 +495,14 @@ impl IceHost {
                 (from, local, data)
             }
         };
-        self.feed(now, sendq, slot, Some(sock), source, local, data);
+        self.feed(now, sendq, slot, Some(sock), source, local, data, lend);
         self.drive(now, sendq, slot);
     }
 
     /// Feeds a packet from `source` to `local` (received on `sock`, or relayed over TCP)
-    /// to the agent in `slot` and hands its data to the application (or echoes it).
+    /// to the agent in `slot` and hands its data to the application (or echoes it). With
+    /// `lend`, `data` lies in the io receive buffer being delivered and is only read from
+    /// here on, so the application gets it without a copy.
     #[allow(clippy::too_many_arguments)]
     fn feed(
         &mut self,
@@ -492,6 +513,7 @@ impl IceHost {
         source: SocketAddr,
         local: SocketAddr,
         data: &[u8],
+        lend: Option<&mut Lend>,
     ) {
         let Some(h) = self.table.get_mut(slot) else {
             return;
@@ -518,14 +540,28 @@ impl IceHost {
                         }
                     }
                     DataMode::App => {
-                        // The one copy out of the receive buffer.
-                        let sent = h
-                            .link
-                            .as_ref()
-                            .is_some_and(|l| l.data.try_send(Bytes::copy_from_slice(data)).is_ok());
-                        if !sent {
+                        // Room in the application's queue first: nothing is lent (or
+                        // copied) for a datagram that would be dropped.
+                        let Some(permit) = h.link.as_ref().and_then(|l| l.data.try_reserve().ok())
+                        else {
                             self.stats.drop_app_full += 1;
-                        }
+                            return;
+                        };
+                        // SAFETY: nothing writes to `data` after this: the receive callback
+                        // only drives the agent (its own buffers) before it returns.
+                        let lent = lend.and_then(|l| unsafe { l.lend(data) });
+                        let bytes = match lent {
+                            Some(b) => {
+                                self.stats.data_lent += 1;
+                                b
+                            }
+                            // Past the lending cap, or not in a receive buffer: the one copy.
+                            None => {
+                                self.stats.data_copied += 1;
+                                Bytes::copy_from_slice(data)
+                            }
+                        };
+                        permit.send(bytes);
                     }
                 }
             }
@@ -889,7 +925,7 @@ impl IceHost {
             IceCmd::Handoff { mux, from, data } => {
                 self.stats.handoffs_in += 1;
                 if usize::from(mux) < self.mux.len() {
-                    self.on_mux(now, backend.send_queue(), mux, from, &data, false);
+                    self.on_mux(now, backend.send_queue(), mux, from, &data, false, None);
                 } else {
                     self.stats.drop_handoff += 1;
                 }
@@ -1043,7 +1079,7 @@ impl IceHost {
                 data,
             } = sv.on_frame(now, stream, frame)
             {
-                self.feed(now, sendq, slot, None, peer, relayed, data);
+                self.feed(now, sendq, slot, None, peer, relayed, data, None);
             }
         }
         if let Some(sv) = self.table.get_mut(slot).and_then(|h| h.servers.as_mut()) {
@@ -1066,8 +1102,9 @@ impl IceHost {
     }
 
     /// End of a loop turn: write the TCP relays' frames, wake the shards we handed
-    /// datagrams to, publish counters.
-    pub(crate) fn end_turn(&mut self) {
+    /// datagrams to, publish counters (`io`: the backend's, for the lent-buffer gauge).
+    pub(crate) fn end_turn(&mut self, io: &IoStats) {
+        self.stats.lent_buffers = io.lends - io.lend_returns;
         if !self.stream_slots.is_empty() {
             self.flush_streams();
         }
