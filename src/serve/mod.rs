@@ -17,8 +17,9 @@
 //!
 //! Every error is a JSON `{"error": "..."}` with a 4xx status (5xx only when the engine
 //! itself is gone). HTTP/1.1 (keep-alive) is hyper on one thread with a current-thread
-//! tokio runtime: any number of connections, each request's handler on tokio's blocking
-//! pool (it may wait for one shard round trip). The session table is a mutex held only to
+//! tokio runtime: any number of connections, each request handled in its connection's
+//! task (no handler blocks: commands to a shard are channel sends, and the one that waits
+//! for a shard's answer, `GET /sessions/{id}`, awaits it). The session table is a mutex held only to
 //! insert, look up or remove (never across a shard round trip). See docs/serve-api.md for
 //! curl examples.
 
@@ -26,10 +27,8 @@ pub mod routes;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -60,10 +59,6 @@ pub enum ServeError {
     #[error("the session API needs `[ice] listen` addresses (the shared ICE port)")]
     NoIcePort,
 }
-
-/// Threads running request handlers (more requests wait in tokio's queue; connections
-/// are never starved by them, unlike a thread per connection).
-const HANDLER_THREADS: usize = 4;
 
 /// One session as the table keeps it: the agent's signalling handle (one pointer) and
 /// two flags, 16 bytes inline in the map, nothing else allocated per session here.
@@ -119,13 +114,11 @@ impl AdminServer {
         let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
-        // Connections are tasks on this one thread; handlers run on a few blocking
-        // threads (each waits for one shard round trip at most) that stay around.
+        // Connections are tasks on this one thread, and so are their requests' handlers:
+        // each hop to another thread would cost two wake-ups per request.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("admin-http")
-            .max_blocking_threads(HANDLER_THREADS)
-            .thread_keep_alive(std::time::Duration::from_secs(3600))
             .build()
             .map_err(ServeError::Thread)?;
         let shared = Arc::new(Shared {
@@ -268,8 +261,8 @@ async fn serve(
     }
 }
 
-/// One request: the body (at most [`routes::MAX_BODY`]), then the route on the blocking
-/// pool, since a handler may wait for a shard's answer.
+/// One request: the body (at most [`routes::MAX_BODY`]), then its route, in the
+/// connection's task.
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -288,19 +281,10 @@ async fn handle(
             message: format!("body over {} bytes", routes::MAX_BODY),
         }),
         Err(e) => Err(HttpError::bad(format!("reading the body: {e}"))),
-        Ok(body) => {
-            let body = body.to_bytes();
-            tokio::task::spawn_blocking(move || {
-                routes::route(&method, &path, &body).and_then(|r| dispatch(&shared, r))
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(HttpError {
-                    status: 500,
-                    message: format!("handler failed: {e}"),
-                })
-            })
-        }
+        Ok(body) => match routes::route(&method, &path, &body.to_bytes()) {
+            Ok(r) => dispatch(&shared, r).await,
+            Err(e) => Err(e),
+        },
     };
     let (status, body) = match result {
         Ok((status, body)) => (status, body.map(|b| b.to_string())),
@@ -321,7 +305,9 @@ async fn handle(
 
 type Answer = (u16, Option<serde_json::Value>);
 
-fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
+/// Never blocks the thread: what it sends a shard goes over channels, and the one answer
+/// it waits for is awaited.
+async fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
     match route {
         Route::Create(c) => create(shared, c.lite.unwrap_or(shared.default_lite), c.data),
         Route::List => Ok((200, Some(json!({ "sessions": shared.table().len() })))),
@@ -346,7 +332,7 @@ fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
         }
         Route::Get(id) => {
             let s = shared.session(&id)?;
-            let st = block_on(s.agent.stats()).map_err(api_error)?;
+            let st = s.agent.stats().await.map_err(api_error)?;
             Ok((
                 200,
                 Some(json!({
@@ -448,27 +434,5 @@ pub fn state_name(s: ConnectionState) -> &'static str {
         ConnectionState::Disconnected => "disconnected",
         ConnectionState::Failed => "failed",
         ConnectionState::Closed => "closed",
-    }
-}
-
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Runs a future to completion on this thread (the API's futures only wait on channel
-/// replies from a shard, so parking until woken is all an executor has to do here).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
     }
 }
