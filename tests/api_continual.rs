@@ -9,6 +9,9 @@
 //! candidate for 10.0.0.2, remove the old one, and both sides must carry data again on
 //! 10.0.0.2 — by renomination, whichever side moved.
 //!
+//! A third test gives the mover a TURN server (an icering engine on 127.0.0.1): a new
+//! address must get its own allocation and relayed candidate, as the first one did.
+//!
 //! Needs root and `ip`; without them each test prints "skipped: <reason>" and passes,
 //! except under `CI=true`, where it fails.
 
@@ -17,7 +20,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use icering::{AgentEvent, AgentOptions, Config, Conn, Engine, NetworkType};
+use icering::ice::CandidateKind;
+use icering::{AgentEvent, AgentOptions, Candidate, Config, Conn, Engine, NetworkType};
 
 fn ip(cmd: &str) {
     let args: Vec<&str> = cmd.split(' ').collect();
@@ -176,4 +180,92 @@ fn controlled_agent_follows_its_new_address() {
         .build()
         .unwrap()
         .block_on(moves(false));
+}
+
+/// Waits for the next local candidate that satisfies `f`, trickled by `events`.
+async fn candidate_where(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<AgentEvent>,
+    what: &str,
+    f: impl Fn(&Candidate) -> bool,
+) -> Candidate {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Some(AgentEvent::Candidate(Some(c))) if f(&c) => return *c,
+                Some(AgentEvent::Candidate(None)) => panic!("continual gathering ended"),
+                Some(AgentEvent::GatherError { url, error }) => panic!("{url}: {error}"),
+                Some(_) => {}
+                None => panic!("events closed before {what}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within 20 s"))
+}
+
+/// The relayed candidate allocated from local address `ip` (its related address is the
+/// server-reflexive one the TURN server saw: on loopback, the local address itself).
+fn relayed_from(ip: IpAddr) -> impl Fn(&Candidate) -> bool {
+    move |c| c.kind == CandidateKind::Relayed && c.related.is_some_and(|r| r.ip() == ip)
+}
+
+async fn new_address_relays(srv: &Engine, turn: SocketAddr) {
+    let mut c = Config::embedded();
+    c.server.listen.clear();
+    c.server.shards = 1;
+    let engine = Engine::start(&c).unwrap();
+    let opts = only([10, 0])
+        .with_continual_gathering(true)
+        .with_network_monitor_interval(Duration::from_millis(100))
+        .with_turn(&format!("turn:{turn}?transport=udp"), "alice", "secret");
+    let mut m = engine.agent(opts).unwrap();
+    let mut events = m.take_events().unwrap();
+    m.gather_candidates().unwrap();
+    let old = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let new = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+    let first = candidate_where(&mut events, "relay via 10.0.0.1", relayed_from(old)).await;
+
+    ip("addr add 10.0.0.2/32 dev lo");
+    let host = |c: &Candidate| c.kind == CandidateKind::Host && c.addr.ip() == new;
+    candidate_where(&mut events, "host 10.0.0.2", host).await;
+    let second = candidate_where(&mut events, "relay via 10.0.0.2", relayed_from(new)).await;
+    assert_ne!(
+        first.addr, second.addr,
+        "two allocations, two relayed addresses"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while srv.server_stats().allocations() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "server: {:?}",
+            srv.server_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(srv.server_stats().allocations_created, 2);
+    m.close();
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn a_new_address_gets_its_own_relay() {
+    if !own_netns("a_new_address_gets_its_own_relay") {
+        return;
+    }
+    ip("link set lo up");
+    ip("addr add 10.0.0.1/32 dev lo");
+    let mut c = Config::embedded();
+    c.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.server.shards = 1;
+    c.turn.users = vec!["alice:secret".into()];
+    c.turn.allow_loopback_peers = true;
+    let srv = Engine::start(&c).unwrap();
+    let turn = srv.server_addrs()[0];
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(new_address_relays(&srv, turn));
+    srv.shutdown().unwrap();
 }

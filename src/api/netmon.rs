@@ -1,7 +1,8 @@
 //! Continual gathering (pion: `ContinualGatheringPolicy::GatherContinually`): one thread
 //! per engine, started by the first agent that asks, reads the interface addresses every
 //! few seconds and tells each watching agent's shard what appeared (a dedicated socket and
-//! a host candidate, `IceCmd::Gather`) and what went away (`IceCmd::RemoveLocal`: the
+//! a host candidate, `IceCmd::Gather`; the shard asks the agent's STUN/TURN servers again
+//! from it) and what went away (`IceCmd::RemoveLocal`: the
 //! agent's candidates on it are removed and its socket closed). Off the data path: a mutex
 //! and a sleeping thread are fine here.
 

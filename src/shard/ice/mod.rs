@@ -762,7 +762,12 @@ impl IceHost {
                 let Some(slot) = self.table.slot_of(key) else {
                     return;
                 };
-                let turn = servers.iter().any(|s| s.url.scheme.is_turn());
+                // Continual gathering: a new address asks the first gathering's servers
+                // again (their specs are kept by the agent's `Servers`).
+                let kept = self.table.get_mut(slot).and_then(|h| h.servers.as_ref());
+                let again = continual && servers.is_empty() && kept.is_some();
+                let turn = servers.iter().any(|s| s.url.scheme.is_turn())
+                    || (again && kept.is_some_and(|sv| sv.has_turn()));
                 let mut dedicated = Vec::new();
                 for s in sockets {
                     let Ok(addr) = s.local_addr() else { continue };
@@ -804,7 +809,18 @@ impl IceHost {
                         .filter(|(_, _, mux)| *mux)
                         .map(|(b, id, _)| (*b, *id))
                         .collect();
-                    if servers.is_empty() || (dedicated.is_empty() && on_mux.is_empty()) {
+                    if again {
+                        let set = self.streams.as_mut();
+                        if let Some(sv) = h.servers.as_mut() {
+                            let mut set = set;
+                            for (base, id, dup) in dedicated {
+                                sv.add_socket(base, id, dup, now, set.as_deref_mut());
+                            }
+                            for id in sv.streams() {
+                                self.stream_slots.insert(id, slot);
+                            }
+                        }
+                    } else if servers.is_empty() || (dedicated.is_empty() && on_mux.is_empty()) {
                         if !continual {
                             h.agent.end_of_local_candidates();
                         }
@@ -828,10 +844,10 @@ impl IceHost {
                                 .map(|(mapped, _)| *mapped)
                         };
                         let mut sv = Servers::new(
-                            servers, dedicated, on_mux, prefix, &known, types, seed, now, set,
+                            &servers, dedicated, on_mux, prefix, &known, types, seed, now, set,
                         );
                         if continual {
-                            sv.keep_gathering();
+                            sv.keep_gathering(servers);
                         }
                         for id in sv.streams() {
                             self.stream_slots.insert(id, slot);
@@ -852,6 +868,12 @@ impl IceHost {
                 h.agent.remove_local_candidates(base);
                 let gone = h.socks.iter().position(|(b, _, mux)| *b == base && !mux);
                 let id = gone.map(|i| h.socks.remove(i).1);
+                if let (Some(id), Some(sv)) = (id, h.servers.as_mut()) {
+                    // Relayed candidates allocated through the vanished address go too.
+                    for relayed in sv.remove_socket(base, id) {
+                        h.agent.remove_local_candidates(relayed);
+                    }
+                }
                 if id.is_some() && h.selected_sock == id {
                     h.selected_sock = None;
                 }

@@ -115,6 +115,11 @@ pub(crate) struct Servers {
     known: Vec<(SocketAddr, SocketAddr)>,
     /// Answers on mux sockets as (socket, server, mapped), for the shard's cache.
     learned: Vec<(SocketId, SocketAddr, SocketAddr)>,
+    /// Seed of the clients' transaction ids, and how many clients drew from it.
+    seed: u64,
+    drawn: u64,
+    /// Continual gathering: the servers, asked again from every new local address.
+    specs: Vec<ServerSpec>,
 }
 
 impl Servers {
@@ -126,7 +131,7 @@ impl Servers {
     /// unless `known` already has the socket's mapped address for that server.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        specs: Vec<ServerSpec>,
+        specs: &[ServerSpec],
         socks: Vec<(SocketAddr, SocketId, Option<UdpSocket>)>,
         mux: Vec<(SocketAddr, SocketId)>,
         tid_prefix: [u8; 6],
@@ -150,95 +155,29 @@ impl Servers {
             end_pending: true,
             known: Vec::new(),
             learned: Vec::new(),
+            seed,
+            drawn: 0,
+            specs: Vec::new(),
         };
-        let mut n = 0u64;
-        let mut next_seed = || {
-            n += 1;
-            seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        };
-        let mut dups: Vec<(SocketId, Option<UdpSocket>)> = Vec::with_capacity(socks.len());
-        let socks: Vec<(SocketAddr, SocketId)> = socks
-            .into_iter()
-            .map(|(base, id, dup)| {
-                dups.push((id, dup));
-                (base, id)
-            })
-            .collect();
+        let mut socks = socks;
         for spec in specs {
             let turn = spec.url.scheme.is_turn();
-            if (turn && !types.relay) || (!turn && !types.srflx) {
+            let Some(addrs) = s.servers_of(spec) else {
                 continue;
-            }
-            let addrs = match &spec.addrs {
-                Ok(a) => a,
-                Err(e) => {
-                    s.errors.push((spec.url.to_string(), e.clone()));
-                    continue;
-                }
             };
             // Every socket whose family the server has (TURN: the first such socket).
             let mut used = false;
-            for (base, id) in &socks {
+            for (base, id, dup) in &mut socks {
                 let Some(server) = addrs.iter().find(|a| a.is_ipv4() == base.is_ipv4()) else {
                     continue;
                 };
                 used = true;
                 if turn {
-                    let mut local = *base;
-                    let mut tcp = None;
-                    if spec.url.transport == Protocol::Tcp {
-                        let opened = match streams.as_deref_mut() {
-                            Some(set) => set.connect(*server).map(|id| (id, set.local_addr(id))),
-                            None => Err(std::io::Error::other("no TCP stream set")),
-                        };
-                        match opened {
-                            Ok((stream, addr)) => {
-                                local = addr.unwrap_or(local);
-                                tcp = Some(TcpLink {
-                                    stream,
-                                    decoder: StreamDecoder::default(),
-                                    tx: Vec::new(),
-                                });
-                            }
-                            Err(e) => {
-                                s.errors
-                                    .push((spec.url.to_string(), format!("TCP connect: {e}")));
-                                break;
-                            }
-                        }
-                    }
-                    let mut cfg = ClientConfig::new(*server, local, &spec.username, &spec.password);
-                    cfg.seed = next_seed();
-                    if tcp.is_some() {
-                        cfg.transport = Protocol::Tcp;
-                    }
-                    s.relays.push(Relay {
-                        url: spec.url.clone(),
-                        sock: *id,
-                        client: Client::new(cfg, now),
-                        done: false,
-                        tcp,
-                    });
-                    if let Some(d) = dups.iter_mut().find(|(i, _)| i == id)
-                        && let Some(sock) = d.1.take()
-                    {
-                        s.ctl.push((*id, sock));
-                    }
+                    let streams = streams.as_deref_mut();
+                    s.relay_on(spec, *server, *base, *id, dup.take(), now, streams);
                     break;
                 }
-                s.bindings.push(Binding {
-                    url: spec.url.clone(),
-                    sock: *id,
-                    base: *base,
-                    client: BindingClient::new(
-                        *server,
-                        *base,
-                        Retransmit::default(),
-                        next_seed(),
-                        now,
-                    ),
-                    shared: false,
-                });
+                s.binding_on(spec, *server, *base, *id, now);
             }
             if !turn {
                 for (base, id) in &mux {
@@ -250,9 +189,14 @@ impl Servers {
                         s.known.push((mapped, *base));
                         continue;
                     }
-                    let client =
-                        BindingClient::new(*server, *base, Retransmit::default(), next_seed(), now)
-                            .with_tid_prefix(tid_prefix);
+                    let client = BindingClient::new(
+                        *server,
+                        *base,
+                        Retransmit::default(),
+                        s.next_seed(),
+                        now,
+                    )
+                    .with_tid_prefix(tid_prefix);
                     s.bindings.push(Binding {
                         url: spec.url.clone(),
                         sock: *id,
@@ -272,9 +216,162 @@ impl Servers {
         s
     }
 
-    /// Continual gathering: never end the agent's gathering.
-    pub fn keep_gathering(&mut self) {
+    /// Continual gathering: never end the agent's gathering, and keep `specs` to ask
+    /// them again from each new local address ([`add_socket`](Self::add_socket)).
+    pub fn keep_gathering(&mut self, specs: Vec<ServerSpec>) {
         self.end_pending = false;
+        self.specs = specs;
+    }
+
+    /// Whether a later [`add_socket`](Self::add_socket) may start a TURN client (which
+    /// needs a duplicate of the socket to delete its allocation on close).
+    pub fn has_turn(&self) -> bool {
+        self.specs.iter().any(|s| s.url.scheme.is_turn())
+    }
+
+    /// Continual gathering, a new dedicated socket on a new local address: a Binding
+    /// client per STUN server and an allocation per TURN server of its family, as the
+    /// first gathering made them (RFC 8445 §5.1.1: candidates are gathered per base).
+    pub fn add_socket(
+        &mut self,
+        base: SocketAddr,
+        id: SocketId,
+        dup: Option<UdpSocket>,
+        now: Instant,
+        mut streams: Option<&mut StreamSet>,
+    ) {
+        self.hosts.push(base);
+        let specs = std::mem::take(&mut self.specs);
+        let mut dup = dup;
+        for spec in &specs {
+            let Some(addrs) = self.servers_of(spec) else {
+                continue;
+            };
+            let Some(server) = addrs.iter().find(|a| a.is_ipv4() == base.is_ipv4()) else {
+                continue;
+            };
+            if spec.url.scheme.is_turn() {
+                let streams = streams.as_deref_mut();
+                self.relay_on(spec, *server, base, id, dup.take(), now, streams);
+            } else {
+                self.binding_on(spec, *server, base, id, now);
+            }
+        }
+        self.specs = specs;
+    }
+
+    /// Continual gathering: the local address `base` (socket `id`) is gone. Its clients
+    /// are dropped (an allocation made through it is left to expire: its 5-tuple no longer
+    /// exists); returns the relayed addresses that went with it, whose candidates the
+    /// caller removes.
+    pub fn remove_socket(&mut self, base: SocketAddr, id: SocketId) -> Vec<SocketAddr> {
+        self.hosts.retain(|h| *h != base);
+        self.bindings.retain(|b| b.sock != id);
+        self.ctl.retain(|(s, _)| *s != id);
+        let mut relayed = Vec::new();
+        self.relays.retain(|r| {
+            let ours = r.sock == id && r.tcp.is_none();
+            if ours && let Some(a) = r.client.relayed() {
+                relayed.push(a);
+            }
+            !ours
+        });
+        relayed
+    }
+
+    /// The next client's transaction-id seed.
+    fn next_seed(&mut self) -> u64 {
+        self.drawn += 1;
+        self.seed ^ self.drawn.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// `spec`'s addresses if its candidate type is wanted and its name resolved (else
+    /// `None`, and a resolution failure is reported).
+    fn servers_of<'s>(&mut self, spec: &'s ServerSpec) -> Option<&'s [SocketAddr]> {
+        let turn = spec.url.scheme.is_turn();
+        if (turn && !self.types.relay) || (!turn && !self.types.srflx) {
+            return None;
+        }
+        match &spec.addrs {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.errors.push((spec.url.to_string(), e.clone()));
+                None
+            }
+        }
+    }
+
+    /// A Binding client for `spec` at `server` from the dedicated socket `id` (`base`).
+    fn binding_on(
+        &mut self,
+        spec: &ServerSpec,
+        server: SocketAddr,
+        base: SocketAddr,
+        id: SocketId,
+        now: Instant,
+    ) {
+        let seed = self.next_seed();
+        self.bindings.push(Binding {
+            url: spec.url.clone(),
+            sock: id,
+            base,
+            client: BindingClient::new(server, base, Retransmit::default(), seed, now),
+            shared: false,
+        });
+    }
+
+    /// A TURN client for `spec` at `server` from socket `id` (`base`), over a new TCP
+    /// stream for `?transport=tcp`; `dup` (a duplicate of the socket) deletes the
+    /// allocation on close.
+    #[allow(clippy::too_many_arguments)]
+    fn relay_on(
+        &mut self,
+        spec: &ServerSpec,
+        server: SocketAddr,
+        base: SocketAddr,
+        id: SocketId,
+        dup: Option<UdpSocket>,
+        now: Instant,
+        streams: Option<&mut StreamSet>,
+    ) {
+        let mut local = base;
+        let mut tcp = None;
+        if spec.url.transport == Protocol::Tcp {
+            let opened = match streams {
+                Some(set) => set.connect(server).map(|id| (id, set.local_addr(id))),
+                None => Err(std::io::Error::other("no TCP stream set")),
+            };
+            match opened {
+                Ok((stream, addr)) => {
+                    local = addr.unwrap_or(local);
+                    tcp = Some(TcpLink {
+                        stream,
+                        decoder: StreamDecoder::default(),
+                        tx: Vec::new(),
+                    });
+                }
+                Err(e) => {
+                    self.errors
+                        .push((spec.url.to_string(), format!("TCP connect: {e}")));
+                    return;
+                }
+            }
+        }
+        let mut cfg = ClientConfig::new(server, local, &spec.username, &spec.password);
+        cfg.seed = self.next_seed();
+        if tcp.is_some() {
+            cfg.transport = Protocol::Tcp;
+        }
+        self.relays.push(Relay {
+            url: spec.url.clone(),
+            sock: id,
+            client: Client::new(cfg, now),
+            done: false,
+            tcp,
+        });
+        if let Some(sock) = dup {
+            self.ctl.push((id, sock));
+        }
     }
 
     /// Mapped addresses learned on mux sockets since the last call.
