@@ -12,7 +12,7 @@
 //!                  api/    ── Engine / Agent / Conn: tokio-friendly handles (channels only)
 //!                        │ commands over each shard's control channel ▼
 //!  runtime         shard/  ── one pinned thread per core: demux, timers, cross-shard channel
-//!                  shard/ice ─ agent table, mux demux, handoff, one timer heap per shard,
+//!                  shard/ice ─ agent table, mux demux, handoff, one timing wheel per shard,
 //!                             STUN/TURN clients of dedicated-socket agents (UDP, TCP)
 //!                  ping/   ── one ICE agent over one std socket + HTTP signalling,
 //!                             srflx/relay gathering with turn/client
@@ -21,6 +21,7 @@
 //!  protocol              │ uses ▼                              (sockets only, no protocol)
 //!  wire codec      stun/  ── zero-copy message view, writer, integrity, ChannelData, demux
 //!  vocabulary      net    ── Transmit, transport addresses
+//!                  wheel  ── hierarchical timing wheel (deadlines of many objects)
 //! ```
 //!
 //! Dependencies point down only. `stun`, `ice` and `turn` never open a socket, spawn a
@@ -29,7 +30,7 @@
 //!
 //! | module | may use |
 //! |--------|---------|
-//! | [`net`] | std only |
+//! | [`net`], [`wheel`] | std only |
 //! | [`stun`] | `net` |
 //! | `ice`, `turn` | `stun`, `net` |
 //! | [`io`] | `net` (never `stun`/`ice`/`turn`) |
@@ -63,6 +64,7 @@ pub mod serve;
 pub mod shard;
 pub mod stun;
 pub mod turn;
+pub mod wheel;
 
 pub use api::{
     Agent, AgentEvent, AgentOptions, ApiError, Candidate, CandidateTypes, Conn, ConnStats,

@@ -1,5 +1,5 @@
 //! ICE agents hosted on a shard: the agent table, mux demultiplexing, cross-shard handoff,
-//! one timer heap for all agents, and the data path to the application (see
+//! one timing wheel for all agents, and the data path to the application (see
 //! `docs/agents.md`).
 //!
 //! | module | what |

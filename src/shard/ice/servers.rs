@@ -1,7 +1,7 @@
 //! Server-reflexive and relayed candidates of one hosted agent (RFC 8445 §5.1.1.2,
 //! RFC 8656): a [`BindingClient`] per STUN server per dedicated socket of the server's
 //! family, and a TURN [`Client`] per TURN server on the first such socket, all driven by
-//! the shard like the agent itself (same timer-heap entry, same flush).
+//! the shard like the agent itself (same timer entry, same flush).
 //!
 //! Relaying is transparent to the agent (as in `icering ping`): a transmit whose source is
 //! a relayed address is wrapped by that relay's client (Send indication, then ChannelData

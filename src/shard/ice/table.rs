@@ -30,7 +30,7 @@ pub(crate) struct Hosted {
     pub selected_sock: Option<SocketId>,
     /// STUN/TURN clients (agents with `urls` only; boxed: 8 bytes for the others).
     pub servers: Option<Box<Servers>>,
-    /// The one live timer-heap entry of this agent.
+    /// The one live timer entry of this agent.
     pub timer_at: Option<Instant>,
     /// Remote credentials held back until the role is chosen (dial/accept).
     pub pending_remote: Option<Box<(String, String)>>,
