@@ -68,6 +68,6 @@ pub mod wheel;
 
 pub use api::{
     Agent, AgentEvent, AgentOptions, ApiError, Candidate, CandidateTypes, Conn, ConnStats,
-    ConnectionState, DataMode, Engine, EngineStats, IceStats, NetworkType, ServerUrl,
+    ConnectionState, DataMode, Engine, EngineStats, Events, IceStats, NetworkType, ServerUrl,
 };
 pub use config::Config;

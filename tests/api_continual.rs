@@ -184,7 +184,7 @@ fn controlled_agent_follows_its_new_address() {
 
 /// Waits for the next local candidate that satisfies `f`, trickled by `events`.
 async fn candidate_where(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<AgentEvent>,
+    events: &mut icering::Events,
     what: &str,
     f: impl Fn(&Candidate) -> bool,
 ) -> Candidate {

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::engine::{Inner, os_random};
 use super::netmon::Watch;
-use super::{AgentEvent, AgentOptions, ApiError, ConnStats};
+use super::{AgentEvent, AgentOptions, ApiError, ConnStats, Events};
 use crate::ice::{Candidate, ConnectionState, IceUrl};
 use crate::io::Waker;
 use crate::shard::ServerSpec;
@@ -70,7 +70,7 @@ impl Drop for Handle {
 }
 
 type Channels = (
-    mpsc::UnboundedReceiver<AgentEvent>,
+    Events,
     watch::Receiver<ConnectionState>,
     mpsc::Receiver<Bytes>,
 );
@@ -83,7 +83,7 @@ pub struct Agent {
     opts: AgentOptions,
     /// Parsed [`AgentOptions::urls`]: (url, username, credential).
     servers: Vec<(IceUrl, String, String)>,
-    events: Option<mpsc::UnboundedReceiver<AgentEvent>>,
+    events: Option<Events>,
     state: Option<watch::Receiver<ConnectionState>>,
     data: Mutex<Option<mpsc::Receiver<Bytes>>>,
     gathered: AtomicBool,
@@ -309,7 +309,7 @@ impl Agent {
 
     /// Takes the event receiver, so events can be read in another task while
     /// [`dial`](Self::dial)/[`accept`](Self::accept) wait.
-    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<AgentEvent>> {
+    pub fn take_events(&mut self) -> Option<Events> {
         self.events.take()
     }
 

@@ -234,7 +234,7 @@ impl Engine {
             ..IceConfig::default()
         };
         let (link, chans) = if opts.data == DataMode::App {
-            let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+            let (ev_tx, ev_rx) = super::events::queue();
             let (st_tx, st_rx) = watch::channel(ConnectionState::New);
             let (d_tx, d_rx) = mpsc::channel(self.inner.ice.recv_queue.max(1));
             (

@@ -3,9 +3,9 @@
 //!
 //! An [`Engine`] owns the shards. [`Engine::agent`] creates an [`Agent`] on one shard
 //! (round robin); the handle talks to that shard over its control channel (never a lock,
-//! never blocking the shard) and hears back through tokio channels: candidate and state
-//! [`AgentEvent`]s, a `watch` of the connection state, and a bounded queue of received
-//! datagrams (full = counted drop, like a UDP socket buffer).
+//! never blocking the shard) and hears back through an [`Events`] queue of candidate and
+//! state [`AgentEvent`]s, a tokio `watch` of the connection state, and a bounded tokio
+//! queue of received datagrams (full = counted drop, like a UDP socket buffer).
 //!
 //! The flow is pion/ice's: create, take the event receiver, exchange credentials and
 //! candidates through your signalling (any order, trickled), then [`Agent::dial`]
@@ -73,6 +73,7 @@
 
 mod agent;
 mod engine;
+mod events;
 mod netmon;
 mod options;
 
@@ -82,6 +83,8 @@ use std::time::Duration;
 pub use agent::{Agent, Conn, SessionHandle};
 pub(crate) use engine::os_random;
 pub use engine::{Engine, EngineStats};
+pub(crate) use events::EventSender;
+pub use events::Events;
 pub use options::{
     AgentOptions, CandidateTypes, DataMode, InterfaceFilter, IpFilter, NetworkType, ServerUrl,
 };

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::timers::Timers;
 use super::{Control, ShardCounters};
-use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode};
+use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode, EventSender};
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
 use crate::io::{Backend, IoStats, Lend, SendQueue, SocketId, StreamId, StreamSet, Waker};
 use crate::net::{Protocol, Received};
@@ -48,7 +48,7 @@ const STARVED_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 /// The application's side of an app-owned agent: events, state, received data.
 #[derive(Debug)]
 pub(crate) struct AppLink {
-    pub events: mpsc::UnboundedSender<AgentEvent>,
+    pub events: EventSender,
     pub state: watch::Sender<ConnectionState>,
     pub data: mpsc::Sender<Bytes>,
 }
@@ -674,7 +674,7 @@ impl IceHost {
                 IceEvent::RoleChanged { .. } => None,
             };
             if let (Some(ev), Some(l)) = (app, &h.link) {
-                let _ = l.events.send(ev);
+                l.events.send(ev);
             }
         }
         if let Some(sv) = h.servers.as_mut()
@@ -1009,7 +1009,7 @@ impl IceHost {
         }
         if let Some(l) = &h.link {
             l.state.send_replace(ConnectionState::Closed);
-            let _ = l.events.send(AgentEvent::State(ConnectionState::Closed));
+            l.events.send(AgentEvent::State(ConnectionState::Closed));
         }
         for (_, id, mux) in &h.socks {
             if !mux {

@@ -528,7 +528,7 @@ impl Servers {
         let report = |url: &IceUrl, e: String| {
             tracing::warn!(%url, "gathering: {e}");
             if let Some(l) = link {
-                let _ = l.events.send(AgentEvent::GatherError {
+                l.events.send(AgentEvent::GatherError {
                     url: url.to_string(),
                     error: e,
                 });
@@ -537,7 +537,7 @@ impl Servers {
         for (url, e) in self.errors.drain(..) {
             tracing::warn!(%url, "gathering: {e}");
             if let Some(l) = link {
-                let _ = l.events.send(AgentEvent::GatherError { url, error: e });
+                l.events.send(AgentEvent::GatherError { url, error: e });
             }
         }
         let redundant = |a: &SocketAddr| self.types.host && self.hosts.contains(a);
