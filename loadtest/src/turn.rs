@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use icering::io::{self, Backend, BackendKind, SendQueue, SocketId};
+use icering::io::{self, Backend, BackendKind, RecvMeta, SendQueue, SocketId};
 use icering::stun::{
     Class, IntegrityKey, Message, MessageType, MessageWriter, Method, attr, long_term_key_md5,
 };
@@ -322,7 +322,8 @@ fn refresh_zero(
         let deadline = Instant::now() + Duration::from_millis(300);
         while state.contains(&0) && Instant::now() < deadline {
             backend
-                .poll(Some(Duration::from_millis(10)), &mut |_, _, from, data| {
+                .poll(Some(Duration::from_millis(10)), &mut |_, m, data| {
+                    let from = m.from;
                     let Ok(m) = Message::parse(data) else { return };
                     let t = m.transaction_id();
                     if from != target || m.method() != Method::REFRESH || t[..4] != [0x5A; 4] {
@@ -604,7 +605,8 @@ fn load(
         backend
             .poll(
                 Some(Duration::from_millis(1)),
-                &mut |sq: &mut SendQueue, sock: SocketId, from: SocketAddr, data: &mut [u8]| {
+                &mut |sq: &mut SendQueue, m: RecvMeta, data: &mut [u8]| {
+                    let (sock, from) = (m.sock, m.from);
                     if Some(sock) == peer_id {
                         if sq.send_to(sock, from, data).is_err() {
                             echo_dropped += 1;

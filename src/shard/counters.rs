@@ -47,6 +47,7 @@ counters!(
     io_gro_receives,
     io_gro_segments,
     loop_turns,
+    relay_port_sockets,
 );
 
 impl ShardCounters {

@@ -11,6 +11,7 @@
 
 mod counters;
 pub(crate) mod ice;
+mod shared_ports;
 pub mod timers;
 mod worker;
 
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
-use crate::config::{Config, IoBackendChoice};
+use crate::config::{Config, IoBackendChoice, RelaySocket};
 use crate::io::{self, BackendChoice, BackendKind, IoError, Waker};
 use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
@@ -28,6 +29,7 @@ pub use counters::ShardCounters;
 pub use ice::gather;
 pub(crate) use ice::{AppLink, IceCmd, NewAgent, ServerSpec};
 pub use ice::{IceCounters, IceStats, MAX_ICE_SHARDS};
+pub use shared_ports::MAX_SHARED_IPS;
 
 /// Errors starting or running the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +149,8 @@ impl Runtime {
                 io: io_config,
                 server: server_config.clone(),
                 ports,
+                shared_ports: (config.turn.relay_socket == RelaySocket::SharedPort)
+                    .then(|| config.turn.relay_ips.clone()),
                 sockets: socks,
                 ice_sockets: ice_socks,
                 tcp,

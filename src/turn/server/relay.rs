@@ -89,6 +89,7 @@ impl Relay {
         stats.relayed_to_client_bytes += data.len() as u64;
         Outcome::Send {
             sock: a.client_sock,
+            src: None,
             to: a.client,
             len,
         }
@@ -139,6 +140,9 @@ impl Relay {
         stats.relayed_to_peer_bytes += data.len() as u64;
         Outcome::Send {
             sock: a.relay_sock,
+            // A shared-port socket is bound to the wildcard address: the peer must see the
+            // relayed address it was told (RFC 8656 §11.2: "from the relayed address").
+            src: a.shared.then_some(a.relay.ip()),
             to: peer,
             len: data.len(),
         }
