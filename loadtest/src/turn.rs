@@ -89,6 +89,16 @@ pub struct Args {
     /// GSO do: a server's UDP GRO then has no bursts to receive merged over loopback.
     #[arg(long)]
     no_gso: bool,
+    /// Local IPs for the allocations' client sockets, comma-separated: allocation i binds
+    /// `IP[i % len]:0` (default: the wildcard address). Each IP has its own ephemeral
+    /// ports (~28k with the default `ip_local_port_range`), so many allocations need
+    /// several (any 127.x.y.z on loopback).
+    #[arg(long, value_name = "IP,..", value_delimiter = ',')]
+    client_ips: Vec<IpAddr>,
+    /// Hold the allocations after setup until this file exists, then run the load (to
+    /// line up several load processes, or measure the server with every allocation live).
+    #[arg(long, value_name = "PATH")]
+    hold_file: Option<std::path::PathBuf>,
 }
 
 const CHANNEL: u16 = 0x4000;
@@ -224,10 +234,10 @@ fn request(
 }
 
 fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc, String> {
-    let bind: SocketAddr = if args.target.is_ipv6() {
-        "[::]:0".parse().expect("literal")
-    } else {
-        "0.0.0.0:0".parse().expect("literal")
+    let bind: SocketAddr = match args.client_ips.as_slice() {
+        [] if args.target.is_ipv6() => "[::]:0".parse().expect("literal"),
+        [] => "0.0.0.0:0".parse().expect("literal"),
+        ips => SocketAddr::new(ips[id as usize % ips.len()], 0),
     };
     let sock = bind_udp(bind).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(300)))
@@ -724,8 +734,23 @@ pub fn run(args: Args) -> Result<(), String> {
     }
 
     let mut allocs = Vec::with_capacity(args.allocations);
+    let t0 = Instant::now();
     for i in 0..args.allocations {
-        allocs.push(setup(&args, &creds, peer_addrs[i / per], i as u32)?);
+        allocs.push(
+            setup(&args, &creds, peer_addrs[i / per], i as u32)
+                .map_err(|e| format!("allocation {i}: {e}"))?,
+        );
+    }
+    if let Some(path) = &args.hold_file {
+        eprintln!(
+            "setup done: {} allocations in {:.1} s; holding until {} exists",
+            allocs.len(),
+            t0.elapsed().as_secs_f64(),
+            path.display()
+        );
+        while !path.exists() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let me = std::process::id();
     let phase = Phase {

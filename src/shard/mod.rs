@@ -150,7 +150,7 @@ impl Runtime {
                 server: server_config.clone(),
                 ports,
                 shared_ports: (config.turn.relay_socket == RelaySocket::SharedPort)
-                    .then(|| config.turn.relay_ips.clone()),
+                    .then(|| (config.turn.relay_ips.clone(), shard_ports(ports, index, n))),
                 sockets: socks,
                 ice_sockets: ice_socks,
                 tcp,
@@ -337,6 +337,21 @@ fn bind_group(
     }
 }
 
+/// Shard `index`'s slice of the relay port range in shared-port mode: the range split
+/// evenly over the `n` shards, so one shard never scans ports another holds (a wildcard
+/// port socket belongs to one shard). A range narrower than the shards: all share it.
+fn shard_ports((lo, hi): (u16, u16), index: usize, n: usize) -> (u16, u16) {
+    let span = u32::from(hi - lo) + 1;
+    let n = n.max(1) as u32;
+    if span < n {
+        return (lo, hi);
+    }
+    let i = index as u32 % n;
+    let a = u32::from(lo) + span * i / n;
+    let b = u32::from(lo) + span * (i + 1) / n - 1;
+    (a as u16, b as u16)
+}
+
 /// The relay settings shared by every shard: one nonce secret (read from the OS once), one
 /// clock epoch and one quota table, so a nonce or a quota means the same on every shard.
 fn turn_config(config: &Config) -> Result<Option<TurnConfig>, String> {
@@ -372,5 +387,29 @@ fn turn_config(config: &Config) -> Result<Option<TurnConfig>, String> {
 impl Drop for Runtime {
     fn drop(&mut self) {
         let _ = self.shutdown_inner();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shard_port_slices_cover_the_range_without_overlap() {
+        for (lo, hi, n) in [
+            (10000u16, 29999u16, 2usize),
+            (49152, 65535, 3),
+            (5, 9, 7),
+            (1, 65535, 64),
+        ] {
+            let slices: Vec<_> = (0..n).map(|i| super::shard_ports((lo, hi), i, n)).collect();
+            if u32::from(hi - lo) + 1 < n as u32 {
+                assert!(slices.iter().all(|&s| s == (lo, hi)));
+                continue;
+            }
+            assert_eq!(slices[0].0, lo);
+            assert_eq!(slices[n - 1].1, hi);
+            for w in slices.windows(2) {
+                assert_eq!(u32::from(w[0].1) + 1, u32::from(w[1].0), "{slices:?}");
+            }
+        }
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! Each shard owns its own port sockets (no `SO_REUSEPORT`: a port belongs to one shard,
 //! whose thread then handles every packet of its allocations, as with per-allocation
-//! sockets). An allocation takes a free slot of an existing socket of this shard first
+//! sockets), from its own slice of the port range (the range split evenly over the
+//! shards, so a shard never scans ports another holds). An allocation takes a free slot of an existing socket of this shard first
 //! (a per-IP list of ports that may have one), else binds a new port socket; a socket
 //! closes when its last slot is freed. EVEN-PORT with R=1 reserves (ip, P+1) by binding
 //! and parking a fresh wildcard socket on P+1 — so P+1 must be free on every shard — which
@@ -91,11 +92,11 @@ pub(super) struct SharedPorts {
 }
 
 impl SharedPorts {
-    pub(super) fn new(relay_ips: &[IpAddr], range: (u16, u16), start: u16) -> Self {
+    pub(super) fn new(relay_ips: &[IpAddr], range: (u16, u16)) -> Self {
         let (v6, v4): (Vec<IpAddr>, Vec<IpAddr>) = relay_ips.iter().partition(|ip| ip.is_ipv6());
         SharedPorts {
             range,
-            next: start,
+            next: range.0,
             v4: Family::new(v4),
             v6: Family::new(v6),
             port_of: Vec::new(),
@@ -183,9 +184,11 @@ impl SharedPorts {
                 }
             }
         }
+        // The whole slice if need be: ports with a socket of this shard cost a hash lookup,
+        // only unbound ones a bind attempt (another shard holds none of them).
         let (lo, hi) = self.range;
         let span = u32::from(hi - lo) + 1;
-        for _ in 0..span.min(4096) {
+        for _ in 0..span {
             let port = self.next;
             self.next = if port >= hi { lo } else { port + 1 };
             if wish != PortWish::Any && port % 2 == 1 {

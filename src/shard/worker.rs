@@ -35,8 +35,9 @@ pub(super) struct Params {
     pub server: ServerConfig,
     /// Relay port range.
     pub ports: (u16, u16),
-    /// Shared-port relay sockets on these relay IPs (`None`: one socket per allocation).
-    pub shared_ports: Option<Vec<IpAddr>>,
+    /// Shared-port relay sockets on these relay IPs, from this shard's slice of the port
+    /// range (`None`: one socket per allocation, from the whole range).
+    pub shared_ports: Option<(Vec<IpAddr>, (u16, u16))>,
     pub sockets: Vec<UdpSocket>,
     /// This shard's copies of the `[ice] listen` mux sockets.
     pub ice_sockets: Vec<UdpSocket>,
@@ -216,7 +217,7 @@ pub(super) fn run(
     let mut shared = p
         .shared_ports
         .as_ref()
-        .map(|ips| SharedPorts::new(ips, p.ports, next_port));
+        .map(|(ips, range)| SharedPorts::new(ips, *range));
     let is_shared = shared.is_some();
     let mut to_close: ToClose = Vec::new();
     let mut later: Vec<(Sock, SocketAddr, Vec<u8>)> = Vec::new();
