@@ -99,6 +99,11 @@ pub struct Args {
     /// line up several load processes, or measure the server with every allocation live).
     #[arg(long, value_name = "PATH")]
     hold_file: Option<std::path::PathBuf>,
+    /// Only every K-th allocation carries data in the load phase (the others are held
+    /// idle and deleted at the end): a sample of many allocations, without a window's
+    /// worth of datagrams for each of them in flight at once.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    data_every: usize,
 }
 
 const CHANNEL: u16 = 0x4000;
@@ -293,11 +298,13 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
 }
 
 /// Deletes this driver's allocations (Refresh with LIFETIME 0, RFC 8656 §7.2) through its
-/// backend, from each allocation's own socket, all at once: signed with the realm and
-/// nonce learnt at setup, signed again with the new nonce after a 438 (or after a 401 if
-/// setup needed no credentials), retransmitted every 300 ms, 5 rounds at most. Returns how
-/// many were not confirmed. The exchange of `request`, batched: a serial one would need the
-/// sockets back, i.e. a second file descriptor per allocation.
+/// backend, from each allocation's own socket: signed with the realm and nonce learnt at
+/// setup, signed again with the new nonce after a 438 (or after a 401 if setup needed no
+/// credentials), retransmitted after 300 ms, 5 sends at most each. At most
+/// `REFRESH_WINDOW` are outstanding at once, so deleting tens of thousands of allocations
+/// is not one burst that overflows the server's socket buffer. Returns how many were not
+/// confirmed. The exchange of `request`, batched: a serial one would need the sockets
+/// back, i.e. a second file descriptor per allocation.
 fn refresh_zero(
     backend: &mut Backend,
     target: SocketAddr,
@@ -305,18 +312,44 @@ fn refresh_zero(
     allocs: &[Alloc],
     flows: &[Flow],
 ) -> Result<u64, String> {
+    const REFRESH_WINDOW: usize = 1024;
+    const RTO: Duration = Duration::from_millis(300);
+    const SENDS: u64 = 5;
     let n = allocs.len();
     let Some(first) = allocs.first().map(|a| a.id) else {
         return Ok(0);
     };
     let mut auth: Vec<Option<(String, String)>> = allocs.iter().map(|a| a.auth.clone()).collect();
-    // 0 pending, 1 deleted, 2 failed.
+    // 0 pending, 1 deleted, 2 failed; sends so far and the last send's time.
     let mut state = vec![0u8; n];
+    let mut sends = vec![0u64; n];
+    let mut sent_at: Vec<Option<Instant>> = vec![None; n];
+    let mut inflight: Vec<usize> = Vec::with_capacity(REFRESH_WINDOW);
+    let mut next = 0usize;
+    let mut left = n;
     let lifetime0 = |w: &mut MessageWriter<'_>| w.add_u32(attr::LIFETIME, 0);
-    for round in 0..5u64 {
-        let mut buf = [0u8; 1024];
-        for k in (0..n).filter(|&k| state[k] == 0) {
-            let seq = (u64::from(allocs[k].id) << 32) | 0x8000_0000 | round;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 1024];
+    while left > 0 && Instant::now() < deadline {
+        let now = Instant::now();
+        // Settle what is done, retransmit what timed out, top the window up.
+        inflight.retain(|&k| state[k] == 0);
+        for &k in &inflight {
+            if sent_at[k].is_some_and(|t| now.duration_since(t) >= RTO) && sends[k] >= SENDS {
+                state[k] = 2;
+                left -= 1;
+            }
+        }
+        inflight.retain(|&k| state[k] == 0);
+        while inflight.len() < REFRESH_WINDOW && next < n {
+            inflight.push(next);
+            next += 1;
+        }
+        for &k in &inflight {
+            if sent_at[k].is_some_and(|t| now.duration_since(t) < RTO) {
+                continue;
+            }
+            let seq = (u64::from(allocs[k].id) << 32) | 0x8000_0000 | sends[k];
             let len = write_request(
                 &mut buf,
                 Method::REFRESH,
@@ -328,49 +361,55 @@ fn refresh_zero(
             backend
                 .send_to(flows[k].sock, target, &buf[..len])
                 .map_err(|e| e.to_string())?;
+            sends[k] += 1;
+            sent_at[k] = Some(now);
         }
-        let deadline = Instant::now() + Duration::from_millis(300);
-        while state.contains(&0) && Instant::now() < deadline {
-            backend
-                .poll(Some(Duration::from_millis(10)), &mut |_, m, data| {
-                    let from = m.from;
-                    let Ok(m) = Message::parse(data) else { return };
-                    let t = m.transaction_id();
-                    if from != target || m.method() != Method::REFRESH || t[..4] != [0x5A; 4] {
-                        return; // a late relayed datagram, or a stale answer
+        backend
+            .poll(Some(Duration::from_millis(10)), &mut |_, m, data| {
+                let from = m.from;
+                let Ok(msg) = Message::parse(data) else {
+                    return;
+                };
+                let t = msg.transaction_id();
+                if from != target || msg.method() != Method::REFRESH || t[..4] != [0x5A; 4] {
+                    return; // a late relayed datagram, or a stale answer
+                }
+                let seq = u64::from_be_bytes(t[4..].try_into().expect("8 bytes"));
+                let k = ((seq >> 32) as u32).wrapping_sub(first) as usize;
+                let sent_in = seq & 0xFFFF_FFFF;
+                if k >= n
+                    || state[k] != 0
+                    || !(0x8000_0000..0x8000_0000 | sends[k]).contains(&sent_in)
+                {
+                    return;
+                }
+                match msg.error_code().map(|e| e.code) {
+                    // 437: no allocation for this 5-tuple any more, i.e. an earlier
+                    // transmission (answered late) deleted it (RFC 8656 §7.3).
+                    None | Some(437) => {
+                        state[k] = 1;
+                        left -= 1;
                     }
-                    let seq = u64::from_be_bytes(t[4..].try_into().expect("8 bytes"));
-                    let k = ((seq >> 32) as u32).wrapping_sub(first) as usize;
-                    let sent_in = seq & 0xFFFF_FFFF;
-                    if k >= n
-                        || state[k] != 0
-                        || !(0x8000_0000..=0x8000_0000 | round).contains(&sent_in)
-                    {
-                        return;
-                    }
-                    match m.error_code().map(|e| e.code) {
-                        // 437: no allocation for this 5-tuple any more, i.e. an earlier
-                        // transmission (answered late) deleted it (RFC 8656 §7.3).
-                        None | Some(437) => state[k] = 1,
-                        Some(code @ (401 | 438)) if m.nonce().is_some() => {
-                            let unsigned = auth[k].is_none();
-                            if code == 401 && !unsigned {
-                                state[k] = 2; // wrong credentials
-                            } else {
-                                auth[k] = Some((
-                                    m.realm().unwrap_or_default().to_string(),
-                                    m.nonce().unwrap_or_default().to_string(),
-                                ));
-                            }
+                    Some(code @ (401 | 438)) if msg.nonce().is_some() => {
+                        let unsigned = auth[k].is_none();
+                        if code == 401 && !unsigned {
+                            state[k] = 2; // wrong credentials
+                            left -= 1;
+                        } else {
+                            auth[k] = Some((
+                                msg.realm().unwrap_or_default().to_string(),
+                                msg.nonce().unwrap_or_default().to_string(),
+                            ));
+                            sent_at[k] = None; // signed again at once
                         }
-                        Some(_) => state[k] = 2,
                     }
-                })
-                .map_err(|e| e.to_string())?;
-        }
-        if !state.contains(&0) {
-            break;
-        }
+                    Some(_) => {
+                        state[k] = 2;
+                        left -= 1;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
     }
     Ok(state.iter().filter(|&&s| s != 1).count() as u64)
 }
@@ -432,6 +471,8 @@ struct Flow {
     answered: u64,
     /// Listed in `ready` (its window may have room).
     ready: bool,
+    /// Carries data in the load phase (`--data-every`).
+    active: bool,
 }
 
 /// What one driver thread hands back.
@@ -502,7 +543,9 @@ fn prepare(
             sock,
             id: a.id,
             answered: 0,
+            // Inactive flows count as listed, so they are never listed.
             ready: true,
+            active: (a.id as usize).is_multiple_of(args.data_every.max(1)),
         });
     }
     let peer = match peer {
@@ -569,7 +612,9 @@ fn load(
     let peer_id = *peer;
     let window = args.window;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut ready: Vec<u32> = (0..flows.len() as u32).collect();
+    let mut ready: Vec<u32> = (0..flows.len() as u32)
+        .filter(|&k| flows[k as usize].active)
+        .collect();
     let mut t = Tally::new();
     let (mut echo_dropped, mut stray) = (0u64, 0u64);
     let mut live = 0usize;
@@ -681,7 +726,7 @@ fn load(
     t.send_failed = backend.stats().send_errors;
     Ok(Driven {
         tally: t,
-        flows_without_answer: flows.iter().filter(|f| f.answered == 0).count() as u64,
+        flows_without_answer: flows.iter().filter(|f| f.active && f.answered == 0).count() as u64,
         peer_echo_dropped: echo_dropped,
         stray,
         not_deleted: 0,
@@ -690,8 +735,10 @@ fn load(
 
 /// Runs the load.
 pub fn run(args: Args) -> Result<(), String> {
-    if args.allocations == 0 || args.window == 0 || args.threads == 0 {
-        return Err("--allocations, --window and --threads must be at least 1".into());
+    if args.allocations == 0 || args.window == 0 || args.threads == 0 || args.data_every == 0 {
+        return Err(
+            "--allocations, --window, --threads and --data-every must be at least 1".into(),
+        );
     }
     if args.duration <= 0.0 {
         return Err("--duration must be positive".into());
@@ -845,7 +892,10 @@ pub fn run(args: Args) -> Result<(), String> {
         if !args.raw_echo {
             println!("not deleted     {not_deleted} (Refresh 0 unconfirmed)");
         }
-        println!("flows idle      {idle} (no datagram back)");
+        println!(
+            "flows idle      {idle} of {} carrying data (no datagram back)",
+            args.allocations.div_ceil(args.data_every.max(1))
+        );
         if args.raw_echo {
             println!(
                 "echoed          {:.0} datagrams/s (each in and out of the echo server once)",
