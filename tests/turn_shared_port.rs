@@ -225,3 +225,53 @@ fn even_port_reservation_in_shared_port_mode() {
     assert_eq!(a.code(), Some(508), "a token is used once");
     rt.shutdown().unwrap();
 }
+
+/// IPv6 in shared-port mode: REQUESTED-ADDRESS-FAMILY IPv6 gets the `[::]:P` socket of
+/// the IPv6 family (`IPV6_V6ONLY`, `IPV6_RECVPKTINFO`), the peer sees `[::1]:P` as the
+/// source and its answer comes back; an IPv4 allocation on the same server keeps its own
+/// IPv4 port socket.
+#[test]
+fn ipv6_relay_in_shared_port_mode() {
+    for (k, backend) in backends().into_iter().enumerate() {
+        let base = 46400 + 50 * k as u16;
+        let mut c = config(backend, 1, (base, base + 49));
+        let v6: IpAddr = "::1".parse().unwrap();
+        c.turn.relay_ips = vec![R2, v6];
+        let rt = Runtime::start(&c).unwrap();
+        let server = rt.local_addrs()[0];
+        let mut c6 = TurnClient::new(server, "alice", "secret");
+        let a = c6.request(Method::ALLOCATE, &|w| {
+            w.add_raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])?;
+            w.add_raw(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+        });
+        assert!(a.is_success(), "{:?}", a.code());
+        let r6 = a
+            .msg()
+            .xor_address(attr::XOR_RELAYED_ADDRESS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r6.ip(), v6);
+        let mut c4 = TurnClient::new(server, "alice", "secret");
+        let r4 = c4.allocate_ok();
+        assert_eq!(r4.ip(), R2);
+        let p = UdpSocket::bind("[::1]:0").unwrap();
+        p.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let pa = p.local_addr().unwrap();
+        assert!(c6.channel_bind(0x4003, pa).is_success());
+        c6.send_channel_data(0x4003, b"over v6");
+        assert_eq!(
+            peer_recv(&p),
+            Some((r6, b"over v6".to_vec())),
+            "{backend:?}"
+        );
+        p.send_to(b"back over v6", r6).unwrap();
+        assert_eq!(
+            c6.recv_relayed(),
+            Some(Relayed::Channel(0x4003, b"back over v6".to_vec()))
+        );
+        // One port socket per family.
+        eventually("two port sockets", || port_sockets(&rt) == 2);
+        rt.shutdown().unwrap();
+    }
+}
