@@ -222,7 +222,7 @@ fn turnutils_uclient_against_shared_port_relay() {
         return;
     }
     let server = serve_with(
-        "47000-47199",
+        "31600-31799",
         &[
             "--relay-socket",
             "shared-port",

@@ -2,7 +2,9 @@
 //! sockets: one wildcard socket per relay port carries that port for every relay IP; the
 //! allocation is found by the datagram's destination IP and relayed datagrams leave from
 //! the relay IP the client was told. Relay IPs 127.0.0.2 and 127.0.0.3 (all of 127/8 is
-//! local on Linux), peers and clients on 127.0.0.1.
+//! local on Linux), peers and clients on 127.0.0.1. The relay port ranges sit below the
+//! ephemeral port range (32768-60999): a wildcard relay socket takes its port on every
+//! address, so it must not race other tests' port-0 binds.
 
 mod common;
 
@@ -71,7 +73,7 @@ fn port_taken(port: u16) -> bool {
 #[test]
 fn two_relay_ips_share_one_port_socket() {
     for (k, backend) in backends().into_iter().enumerate() {
-        let base = 46100 + 50 * k as u16;
+        let base = 31100 + 50 * k as u16;
         let rt = Runtime::start(&config(backend, 1, (base, base + 49))).expect("starts");
         let server = rt.local_addrs()[0];
         let mut c1 = TurnClient::new(server, "alice", "secret");
@@ -186,7 +188,7 @@ fn two_relay_ips_share_one_port_socket() {
 /// works once.
 #[test]
 fn even_port_reservation_in_shared_port_mode() {
-    let rt = Runtime::start(&config(IoBackendChoice::Auto, 2, (46300, 46399))).unwrap();
+    let rt = Runtime::start(&config(IoBackendChoice::Auto, 2, (31300, 31399))).unwrap();
     let server = rt.local_addrs()[0];
     let mut rtp = TurnClient::new(server, "alice", "secret");
     let a = rtp.request(Method::ALLOCATE, &|w| {
@@ -233,7 +235,7 @@ fn even_port_reservation_in_shared_port_mode() {
 #[test]
 fn ipv6_relay_in_shared_port_mode() {
     for (k, backend) in backends().into_iter().enumerate() {
-        let base = 46400 + 50 * k as u16;
+        let base = 31400 + 50 * k as u16;
         let mut c = config(backend, 1, (base, base + 49));
         let v6: IpAddr = "::1".parse().unwrap();
         c.turn.relay_ips = vec![R2, v6];

@@ -16,6 +16,8 @@
 //!        Later                 ◀── needs a relay socket but `ports` cannot bind right now:
 //!                                  call handle() again with the same bytes once it can
 //!        Drop(reason)          ◀── nothing to send (counted)
+//!   datagram on a shared-port relay socket S, sent to local (ip, P), from peer A
+//!        ──handle_relayed(now, S, (ip, P), A, bytes, slot)──▶ Send to the client, or Drop
 //!   every poll_timeout() ──handle_timeout(now, ports)──▶ expiry sweep (1 s granularity)
 //! ```
 //!
