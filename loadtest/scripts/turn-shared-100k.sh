@@ -91,8 +91,9 @@ while :; do
     "$(awk -v a="$(date +%s.%N)" -v b="$T0" 'BEGIN{printf "%.0f", a - b}')" \
     "$live" "$(field relay_port_sockets)" "$(rss)"
   (( live >= N )) && break
-  alive=0; for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-  (( alive )) || break
+  # A client that exits before the hold failed its setup (its log says why): stop waiting.
+  alive=0; for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
+  (( alive == PROCS )) || { echo; echo "a client exited during setup:"; grep -h "icering-loadtest:" "$OUT"/lt*.log; break; }
   # A client that failed its setup exits; the others hold. Stop waiting after 20 min.
   [[ $(awk -v a="$(date +%s.%N)" -v b="$T0" 'BEGIN{print (a - b > 1200)}') == 1 ]] && break
 done
@@ -108,6 +109,19 @@ if (( LIVE > 0 )); then
     "$(awk -v f=$((FD1 - FD0)) -v l="$LIVE" 'BEGIN{printf "%.3f", f / l}') descriptors"
 fi
 touch "$OUT/go"
+# Kernel drops per socket (ss skmem `d`), near the end of the load phase: where datagrams
+# are lost when the socket buffers overflow.
+( sleep "$(awk -v l="$LOAD_S" 'BEGIN{print (l > 1 ? l - 1 : l)}')"
+  ss -uanmH | awk '
+    /^UNCONN/ { n = split($4, a, ":"); port = a[n]; ip = substr($4, 1, length($4) - length(port) - 1) }
+    /skmem/ { match($0, /d[0-9]+\)/); d = substr($0, RSTART + 1, RLENGTH - 2) + 0
+      if (port == 3478) k = "server listen sockets"
+      else if (port >= 10000 && port <= 29999) k = "server relay port sockets"
+      else if (ip ~ /^127\.0\.2\./) k = "client sockets"
+      else k = "echo peers and others"
+      drops[k] += d; socks[k]++ }
+    END { for (k in drops) printf "  %-26s %7d sockets, %9d datagrams dropped\n", k, socks[k], drops[k] }'
+) >"$OUT/drops.txt" 2>&1 &
 RC=0
 for p in "${PIDS[@]}"; do wait "$p" || RC=1; done
 sleep 2
@@ -118,6 +132,8 @@ for k in $(seq 1 "$PROCS"); do
   grep -E "setup done|icering-loadtest:|^sent|^answered|^lost|flows idle|not deleted|^relayed " "$OUT/lt$k.log" || tail -3 "$OUT/lt$k.log"
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg); clients exit status ${RC}"
+echo "socket drops near the end of the load (ss skmem d):"
+cat "$OUT/drops.txt"
 echo "UDP in this namespace (kernel drops: RcvbufErrors, SndbufErrors):"
 grep '^Udp:' /proc/net/snmp | tr -s ' ' | column -t 2>/dev/null || grep '^Udp:' /proc/net/snmp
 grep -E "stopped" "$OUT/serve.log" | sed 's/^.*INFO //'

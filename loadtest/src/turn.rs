@@ -203,7 +203,13 @@ fn request(
         let mut buf = [0u8; 1024];
         let n = write_request(&mut buf, method, &t, creds, auth.as_ref(), attrs)?;
         let mut answer = None;
-        for _ in 0..5 {
+        // Retransmit with a doubling timeout, 300 ms to 3 s, 7 sends (~13 s): a server
+        // (or this process) starved on a busy machine is waited for, not given up on.
+        let mut rto = Duration::from_millis(300);
+        for _ in 0..7 {
+            sock.set_read_timeout(Some(rto))
+                .map_err(|e| e.to_string())?;
+            rto = (rto * 2).min(Duration::from_secs(3));
             sock.send_to(&buf[..n], server).map_err(|e| e.to_string())?;
             let mut r = [0u8; 2048];
             while let Ok((len, _)) = sock.recv_from(&mut r) {
