@@ -44,7 +44,7 @@ struct Family {
 
 impl Family {
     fn new(ips: Vec<IpAddr>) -> Self {
-        let free = vec![Vec::new(); ips.len()];
+        let free = vec![Vec::new(); ips.len().min(MAX_SHARED_IPS)];
         Family {
             ips,
             socks: HashMap::new(),
@@ -52,8 +52,13 @@ impl Family {
         }
     }
 
+    /// The slot (bit) of a relay IP; `None` for others, and beyond the 64 bits (the
+    /// config refuses more than [`MAX_SHARED_IPS`] per family).
     fn slot(&self, ip: IpAddr) -> Option<usize> {
-        self.ips.iter().position(|&x| x == ip)
+        self.ips
+            .iter()
+            .position(|&x| x == ip)
+            .filter(|&s| s < MAX_SHARED_IPS)
     }
 
     /// Notes that `port`'s socket has every slot but `taken`'s free.
