@@ -301,6 +301,7 @@ fn raise_nofile_limit(t: &icering::config::TurnSection) {
         }
     }
     let fds = lim.rlim_cur.saturating_sub(64);
+    let ports = u64::from(t.max_port - t.min_port) + 1;
     let (fit, how) = match t.relay_socket {
         RelaySocket::PerAllocation => (fds, "one relay socket each".to_string()),
         RelaySocket::SharedPort => {
@@ -308,7 +309,6 @@ fn raise_nofile_limit(t: &icering::config::TurnSection) {
             let v4 = t.relay_ips.iter().filter(|ip| ip.is_ipv4()).count() as u64;
             let v6 = t.relay_ips.len() as u64 - v4;
             let ips = v4.max(v6).max(1);
-            let ports = u64::from(t.max_port - t.min_port) + 1;
             (
                 fds.min(ports) * ips,
                 format!(
@@ -323,12 +323,19 @@ fn raise_nofile_limit(t: &icering::config::TurnSection) {
             soft = lim.rlim_cur,
             hard = lim.rlim_max,
             was = before,
-            "open file limit: at most ~{fit} TURN allocations ({how}); raise the hard limit \
-             (ulimit -Hn, LimitNOFILE=){} for more; beyond it Allocate gets 508",
-            if t.relay_socket == RelaySocket::PerAllocation {
-                " or use --relay-socket shared-port with several --relay-ip"
-            } else {
-                " or add relay IPs"
+            "open file limit: at most ~{fit} TURN allocations ({how}); {} for more; beyond \
+             it Allocate gets 508",
+            match t.relay_socket {
+                RelaySocket::PerAllocation => {
+                    "raise the hard limit (ulimit -Hn, LimitNOFILE=) or use --relay-socket \
+                     shared-port with several --relay-ip"
+                }
+                RelaySocket::SharedPort if ports < fds => {
+                    "widen the port range (--min-port/--max-port) or add relay IPs"
+                }
+                RelaySocket::SharedPort => {
+                    "raise the hard limit (ulimit -Hn, LimitNOFILE=) or add relay IPs"
+                }
             }
         );
     } else {
