@@ -277,3 +277,13 @@ fn ipv6_relay_in_shared_port_mode() {
         rt.shutdown().unwrap();
     }
 }
+
+/// A relay IP that is no local address is refused at start (a wildcard socket would bind,
+/// and only the sends from that IP would fail).
+#[test]
+fn non_local_relay_ip_is_refused_at_start() {
+    let mut c = config(IoBackendChoice::Auto, 1, (31500, 31549));
+    c.turn.relay_ips = vec![R2, "192.0.2.1".parse().unwrap()];
+    let e = Runtime::start(&c).expect_err("192.0.2.1 is not local");
+    assert!(e.to_string().contains("192.0.2.1"), "{e}");
+}

@@ -128,6 +128,9 @@ impl Runtime {
             gso: config.io.gso,
             gro: config.io.gro,
         };
+        if config.turn.enabled && config.turn.relay_socket == RelaySocket::SharedPort {
+            check_local(&config.turn.relay_ips)?;
+        }
         let server_config = ServerConfig {
             software: config.server.software.clone(),
             turn: turn_config(config).map_err(|e| ShardError::Thread(0, e))?,
@@ -335,6 +338,16 @@ fn bind_group(
         }
         return Ok((resolved, udp, listeners));
     }
+}
+
+/// Shared-port sockets bind the wildcard address, so a relay IP that is not a local address
+/// would only fail later, when the kernel refuses it as a source: refuse it at start.
+fn check_local(relay_ips: &[std::net::IpAddr]) -> Result<(), IoError> {
+    for &ip in relay_ips {
+        let addr = SocketAddr::new(ip, 0);
+        std::net::UdpSocket::bind(addr).map_err(|source| IoError::Bind { addr, source })?;
+    }
+    Ok(())
 }
 
 /// Shard `index`'s slice of the relay port range in shared-port mode: the range split
