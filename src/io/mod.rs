@@ -628,17 +628,40 @@ impl fmt::Debug for Region {
     }
 }
 
+/// A send's source IP as one integer: 0 for none (the socket's own address; `::` means the
+/// same), IPv4 as its IPv4-mapped IPv6 form.
+#[inline]
+fn src_bits(src: Option<IpAddr>) -> u128 {
+    match src {
+        None => 0,
+        Some(IpAddr::V4(a)) => u128::from(a.to_ipv6_mapped()),
+        Some(IpAddr::V6(a)) => u128::from(a),
+    }
+}
+
+/// The source IP of [`src_bits`] back (`None` for 0). A v4-mapped value is the IPv4
+/// address: a socket of either family never sends from a v4-mapped IPv6 source.
+#[inline]
+pub(crate) fn src_ip(bits: u128) -> Option<IpAddr> {
+    if bits == 0 {
+        return None;
+    }
+    let a = Ipv6Addr::from(bits);
+    Some(match a.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(a),
+    })
+}
+
 /// Socket in the high half, a hash of the destination (and source IP, if set) in the low
 /// half: equal for equal (socket, source, destination); a collision only costs a missed GSO
 /// run.
-fn flow_key(sock: SocketId, src: Option<IpAddr>, dest: SocketAddr) -> u64 {
-    let s = match src {
-        None => 0,
-        Some(IpAddr::V4(a)) => u32::from(a).wrapping_mul(0x9E37_79B9),
-        Some(IpAddr::V6(a)) => {
-            let x = u128::from(a);
-            ((x as u64) ^ ((x >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) as u32
-        }
+#[inline]
+fn flow_key(sock: SocketId, src: u128, dest: SocketAddr) -> u64 {
+    let s = if src == 0 {
+        0
+    } else {
+        ((src as u64) ^ ((src >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) as u32
     };
     let h = s ^ match dest {
         SocketAddr::V4(a) => u32::from(*a.ip()) ^ u32::from(a.port()).rotate_left(16),
@@ -662,8 +685,13 @@ pub struct SendQueue {
     addr_lens: Box<[libc::socklen_t]>,
     lens: Box<[u32]>,
     socks: Box<[SocketId]>,
-    /// Per slot: the source IP to send from (`IP_PKTINFO`), `None` for the socket's own.
-    srcs: Box<[Option<IpAddr>]>,
+    /// Per slot: the source IP to send from (`IP_PKTINFO`) as [`src_bits`], 0 for the
+    /// socket's own. Written and read only once `uses_src` is set.
+    srcs: Box<[u128]>,
+    /// A send named a source IP at least once: until then (a queue that never does, e.g.
+    /// every queue without shared-port relay sockets) `srcs` is neither written, compared
+    /// nor hashed.
+    uses_src: bool,
     /// Per slot: socket and a hash of the destination, to group flows before a flush.
     flows: Box<[u64]>,
     free: Vec<u32>,
@@ -693,7 +721,8 @@ impl SendQueue {
             addr_lens: vec![0; slots].into(),
             lens: vec![0; slots].into(),
             socks: vec![SocketId(0); slots].into(),
-            srcs: vec![None; slots].into(),
+            srcs: vec![0; slots].into(),
+            uses_src: false,
             flows: vec![0; slots].into(),
             // Pop order: slot 0 first.
             free: (0..slots as u32).rev().collect(),
@@ -735,7 +764,7 @@ impl SendQueue {
     /// If no slot is free (`slot()` returned `None`) or `len > buf_size`.
     #[inline]
     pub fn commit(&mut self, sock: SocketId, dest: SocketAddr, len: usize) {
-        self.commit_from(sock, None, dest, len)
+        self.commit_bits(sock, 0, dest, len)
     }
 
     /// As [`commit`](Self::commit), with source IP `src` if given: the datagram leaves
@@ -745,6 +774,7 @@ impl SendQueue {
     ///
     /// # Panics
     /// As [`commit`](Self::commit).
+    #[inline]
     pub fn commit_from(
         &mut self,
         sock: SocketId,
@@ -752,6 +782,16 @@ impl SendQueue {
         dest: SocketAddr,
         len: usize,
     ) {
+        let bits = src_bits(src);
+        if bits != 0 {
+            self.uses_src = true;
+        }
+        self.commit_bits(sock, bits, dest, len)
+    }
+
+    /// `commit` with the source as [`src_bits`] (0: none; nonzero only once `uses_src`).
+    #[inline(always)]
+    fn commit_bits(&mut self, sock: SocketId, bits: u128, dest: SocketAddr, len: usize) {
         assert!(
             len <= self.buf_size,
             "commit: len {len} > slot size {}",
@@ -761,8 +801,10 @@ impl SendQueue {
         self.addr_lens[i] = sockaddr_to_storage(dest, &mut self.addrs[i]);
         self.lens[i] = len as u32;
         self.socks[i] = sock;
-        self.srcs[i] = src;
-        self.flows[i] = flow_key(sock, src, dest);
+        if self.uses_src {
+            self.srcs[i] = bits;
+        }
+        self.flows[i] = flow_key(sock, bits, dest);
         self.queued.push(i as u32);
     }
 
@@ -801,6 +843,12 @@ impl SendQueue {
     fn buf_ptr(&self, i: usize) -> *mut u8 {
         // SAFETY: i < slots, so the offset is inside the region.
         unsafe { self.bufs.as_ptr().add(i * self.buf_size) }
+    }
+
+    /// Slot `i`'s source IP as [`src_bits`] (0: the socket's own).
+    #[inline]
+    pub(crate) fn src(&self, i: usize) -> u128 {
+        if self.uses_src { self.srcs[i] } else { 0 }
     }
 
     fn release(&mut self, i: usize) {
@@ -862,7 +910,7 @@ impl SendQueue {
             if len == 0
                 || len > seg
                 || self.socks[i] != self.socks[first]
-                || self.srcs[i] != self.srcs[first]
+                || (self.uses_src && self.srcs[i] != self.srcs[first])
                 || !self.same_dest(i, first)
             {
                 break;
@@ -1492,6 +1540,29 @@ mod tests {
         );
         c.attach(None, None, &mut h);
         assert!(h.msg_control.is_null() && h.msg_controllen == 0);
+    }
+
+    #[test]
+    fn source_ips_round_trip_through_their_integer_form() {
+        for ip in [
+            "127.0.1.3",
+            "0.0.0.0",
+            "10.0.0.1",
+            "::1",
+            "fd00::3",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(src_ip(src_bits(Some(ip))), Some(ip));
+        }
+        assert_eq!(src_bits(None), 0);
+        assert_eq!(src_ip(0), None);
+        // `::` as a source means the socket's own address, as `None` does.
+        assert_eq!(src_ip(src_bits(Some("::".parse().unwrap()))), None);
+        assert_ne!(
+            src_bits(Some("127.0.0.2".parse().unwrap())),
+            src_bits(Some("127.0.0.3".parse().unwrap()))
+        );
     }
 
     #[test]

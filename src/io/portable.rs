@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::{
     Config, GRO_BUF_SIZE, GRO_CMSG_SPACE, GsoState, IoError, IoStats, OnRecv, PKTINFO_CMSG_SPACE,
     RecvMeta, Region, SendCmsg, SendQueue, SockTable, SocketId, Waker, enable_gro, gro_split,
-    gro_supported, is_gso_rejection, recv_cmsgs, sockaddr_from_storage, timeout_ms,
+    gro_supported, is_gso_rejection, recv_cmsgs, sockaddr_from_storage, src_ip, timeout_ms,
 };
 
 /// Control space per receive: `UDP_GRO` and `IP(V6)_PKTINFO`, in `u64` words.
@@ -482,7 +482,7 @@ fn send_run(
             h.msg_iov = &mut send.iov[iv];
             h.msg_iovlen = n as _;
             let seg = (n > 1).then_some(q.lens[first] as u16);
-            send.cmsgs[k].attach(seg, q.srcs[first], h);
+            send.cmsgs[k].attach(seg, src_ip(q.src(first)), h);
             h.msg_flags = 0;
             send.msgs[k].msg_len = 0;
             send.segs[k] = n;

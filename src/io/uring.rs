@@ -40,7 +40,7 @@ use super::{
     Config, GEN_MASK, GRO_BUF_COUNT, GRO_BUF_SIZE, GRO_CMSG_SPACE, GSO_MAX_SEGMENTS, GsoState,
     IoError, IoStats, OnRecv, PKTINFO_CMSG_SPACE, RecvMeta, Region, SendCmsg, SendQueue, SockTable,
     SocketId, Waker, bind_udp, enable_gro, gro_split, gro_supported, is_gso_rejection, recv_cmsgs,
-    sockaddr_from_bytes,
+    sockaddr_from_bytes, src_ip,
 };
 
 const K_RECV: u64 = 1;
@@ -508,9 +508,9 @@ impl UringBackend {
         h.msg_namelen = self.sendq.addr_lens[i];
         h.msg_iov = iov;
         h.msg_iovlen = 1;
-        match self.sendq.srcs[i] {
-            None if h.msg_controllen == 0 => {}
-            src => self.send_cmsgs[i].attach(None, src, h),
+        match self.sendq.src(i) {
+            0 if h.msg_controllen == 0 => {}
+            src => self.send_cmsgs[i].attach(None, src_ip(src), h),
         }
         let sqe = opcode::SendMsg::new(Fd(fd), &*h)
             .build()
@@ -546,8 +546,8 @@ impl UringBackend {
         h.msg_namelen = self.sendq.addr_lens[first];
         h.msg_iov = grp.iov.as_mut_ptr();
         h.msg_iovlen = run.len() as _;
-        let (seg, src) = (self.sendq.lens[first] as u16, self.sendq.srcs[first]);
-        grp.cmsg.attach(Some(seg), src, h);
+        let (seg, src) = (self.sendq.lens[first] as u16, self.sendq.src(first));
+        grp.cmsg.attach(Some(seg), src_ip(src), h);
         let sqe = opcode::SendMsg::new(Fd(fd), &grp.hdr)
             .build()
             .user_data(ud(K_SEND_GSO, 0, g as u32));
