@@ -32,13 +32,13 @@
 //! ```no_run
 //! # use icering::io::*;
 //! # fn demo(backend: &mut Backend) -> Result<(), IoError> {
-//! backend.poll(None, &mut |sendq: &mut SendQueue, sock, from, request: &mut [u8]| {
+//! backend.poll(None, &mut |sendq: &mut SendQueue, m: RecvMeta, request: &mut [u8]| {
 //!     // `request` lives in the receive buffer; the reply is written straight into a send
 //!     // slot — no copy of the request, no allocation.
 //!     if let Some(slot) = sendq.slot() {
 //!         let n = request.len().min(slot.len());
 //!         slot[..n].copy_from_slice(&request[..n]); // or: build a response in `slot`
-//!         sendq.commit(sock, from, n);
+//!         sendq.commit(m.sock, m.from, n);
 //!     }
 //! })?;
 //! backend.flush()?; // one batch for all replies
@@ -491,7 +491,8 @@ impl Backend {
 
     /// Flush queued sends, then wait until a datagram arrives, the [`Waker`] fires or
     /// `timeout` elapses (`None` = no timeout, `Some(ZERO)` = don't block), and hand every
-    /// received datagram to `on_recv(send_queue, socket, source, payload)`.
+    /// received datagram to `on_recv(send_queue, meta, payload)` ([`RecvMeta`]: socket,
+    /// source, destination IP).
     ///
     /// Returns the number of datagrams delivered; it may be 0 after a wake-up, a timeout or
     /// a completion that carried no datagram (e.g. a send completion or a re-arm).
