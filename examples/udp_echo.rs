@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use icering::io::{
-    Backend, BackendChoice, Config, Lend, SendQueue, SocketId, bind_udp, select_backend,
+    Backend, BackendChoice, Config, Lend, RecvMeta, SendQueue, bind_udp, select_backend,
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -56,11 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("echoing on {}", backend.local_addr(id));
 
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
-    let mut echo =
-        |sq: &mut SendQueue, sock: SocketId, from: SocketAddr, p: &mut [u8], _: &mut Lend| {
-            // Dropped (not counted as sent) if every send slot is busy.
-            let _ = sq.send_to(sock, from, p);
-        };
+    let mut echo = |sq: &mut SendQueue, m: RecvMeta, p: &mut [u8], _: &mut Lend| {
+        // Dropped (not counted as sent) if every send slot is busy.
+        let _ = sq.send_to(m.sock, m.from, p);
+    };
     while !STOP.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         backend.poll(Some(Duration::from_millis(100)), &mut echo)?;
         backend.flush()?;

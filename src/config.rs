@@ -90,6 +90,35 @@ impl Default for IceSection {
     }
 }
 
+/// How relay sockets are laid out (`[turn] relay_socket`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelaySocket {
+    /// One UDP socket per allocation, bound to its relayed address: one file descriptor
+    /// per allocation.
+    #[default]
+    PerAllocation,
+    /// One UDP socket per relay port per shard, bound to the wildcard address of the
+    /// family (it takes that port on every local address), shared by the allocations of
+    /// that port on every relay IP: k relay IPs × N ports = k × N allocations in N file
+    /// descriptors. Datagrams to local IPs that are no relay IPs are dropped and counted.
+    SharedPort,
+}
+
+impl std::str::FromStr for RelaySocket {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "per-allocation" => Ok(Self::PerAllocation),
+            "shared-port" => Ok(Self::SharedPort),
+            _ => Err(format!(
+                "`{s}` is not a relay socket layout (per-allocation or shared-port)"
+            )),
+        }
+    }
+}
+
 /// `[turn]`: the TURN relay (RFC 8656). With no `users` and no `static_auth_secrets`
 /// every TURN request is refused with 401.
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +135,8 @@ pub struct TurnSection {
     pub min_port: u16,
     /// Highest relay port.
     pub max_port: u16,
+    /// One relay socket per allocation, or one per port shared by every relay IP.
+    pub relay_socket: RelaySocket,
     /// Static users, `"name:password"`.
     pub users: Vec<String>,
     /// TURN REST shared secrets (coturn `static-auth-secret`); several for rotation.
@@ -143,6 +174,7 @@ impl Default for TurnSection {
             relay_ips: vec![IpAddr::from([127, 0, 0, 1])],
             min_port: 49152,
             max_port: 65535,
+            relay_socket: RelaySocket::PerAllocation,
             users: Vec::new(),
             static_auth_secrets: Vec::new(),
             default_lifetime: 600,
@@ -329,6 +361,19 @@ impl Config {
             if t.min_port == 0 || t.min_port > t.max_port {
                 return invalid("turn.min_port", "must be 1..=max_port");
             }
+            let max = crate::shard::MAX_SHARED_IPS;
+            if t.relay_socket == RelaySocket::SharedPort
+                && [false, true]
+                    .iter()
+                    .any(|&v6| t.relay_ips.iter().filter(|ip| ip.is_ipv6() == v6).count() > max)
+            {
+                return Err(ConfigError::Invalid {
+                    key: "turn.relay_ips",
+                    reason: format!(
+                        "at most {max} per address family with shared-port relay sockets"
+                    ),
+                });
+            }
             if t.default_lifetime == 0 || t.default_lifetime > t.max_lifetime {
                 return invalid("turn.default_lifetime", "must be 1..=max_lifetime");
             }
@@ -377,6 +422,25 @@ mod tests {
     }
 
     #[test]
+    fn relay_socket_layout_parses() {
+        assert_eq!(
+            Config::embedded().turn.relay_socket,
+            RelaySocket::PerAllocation
+        );
+        let c = Config::from_toml("[turn]\nrelay_socket = \"shared-port\"\n").unwrap();
+        assert_eq!(c.turn.relay_socket, RelaySocket::SharedPort);
+        assert_eq!("shared-port".parse(), Ok(RelaySocket::SharedPort));
+        assert!("shared".parse::<RelaySocket>().is_err());
+        let many: Vec<String> = (0..65).map(|i| format!("\"10.0.{i}.1\"")).collect();
+        let toml = format!(
+            "[turn]\nrelay_socket = \"shared-port\"\nrelay_ips = [{}]\n",
+            many.join(",")
+        );
+        let e = Config::from_toml(&toml).unwrap_err().to_string();
+        assert!(e.contains("turn.relay_ips") && e.contains("64"), "{e}");
+    }
+
+    #[test]
     fn turn_errors_name_the_key() {
         for (toml, key) in [
             ("[turn]\nusers = [\"nopass\"]\n", "turn.users"),
@@ -389,6 +453,7 @@ mod tests {
                 "turn.min_port",
             ),
             ("[turn]\nrelay_ips = [\"0.0.0.0\"]\n", "turn.relay_ips"),
+            ("[turn]\nrelay_socket = \"shared\"\n", "relay_socket"),
         ] {
             let e = Config::from_toml(toml).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");

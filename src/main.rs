@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use icering::Engine;
-use icering::config::{Config, IoBackendChoice};
+use icering::config::{Config, IoBackendChoice, RelaySocket};
 use icering::ice::IceUrl;
 use icering::ping::{CandidateTypes, PingConfig, Servers};
 use icering::serve::AdminServer;
@@ -180,6 +180,11 @@ struct ServeArgs {
     /// Highest relay port (`turn.max_port`).
     #[arg(long)]
     max_port: Option<u16>,
+    /// Relay socket layout (`turn.relay_socket`): `per-allocation` (one socket each) or
+    /// `shared-port` (one wildcard socket per port, shared by every relay IP; opt-in: it
+    /// takes the port on every local address).
+    #[arg(long, value_name = "LAYOUT")]
+    relay_socket: Option<RelaySocket>,
     /// Allow relaying to loopback peers (`turn.allow_loopback_peers`; tests only).
     #[arg(long)]
     allow_loopback_peers: bool,
@@ -198,6 +203,10 @@ struct ServeArgs {
     /// Print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Log the live TURN allocations, relay sockets and relayed datagrams every SECS
+    /// seconds (0 = never).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    stats_interval: u64,
 }
 
 fn load_config(args: &ServeArgs) -> Result<Config, String> {
@@ -240,6 +249,9 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     if let Some(p) = args.max_port {
         t.max_port = p;
     }
+    if let Some(r) = args.relay_socket {
+        t.relay_socket = r;
+    }
     if args.allow_loopback_peers {
         t.allow_loopback_peers = true;
     }
@@ -253,11 +265,12 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     Ok(config)
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit: every TURN allocation holds a relay
-/// socket, so the usual soft limit of 1024 would cap a node at ~1,000 allocations. Logs the
-/// limit in force; when it stays low, Allocates beyond it get 508 (counted as
-/// `relay_open_failures`).
-fn raise_nofile_limit() {
+/// Raises the soft RLIMIT_NOFILE to the hard limit: with per-allocation relay sockets every
+/// TURN allocation holds one, so the usual soft limit of 1024 would cap a node at ~1,000
+/// allocations; with shared-port sockets one descriptor carries one allocation per relay
+/// IP of its family. Logs the limit in force and how many allocations it allows; beyond
+/// it Allocate gets 508 (counted as `relay_open_failures`).
+fn raise_nofile_limit(t: &icering::config::TurnSection) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -287,22 +300,50 @@ fn raise_nofile_limit() {
             );
         }
     }
-    let level_low = lim.rlim_cur < 100_000;
-    if level_low {
+    let fds = lim.rlim_cur.saturating_sub(64);
+    let ports = u64::from(t.max_port - t.min_port) + 1;
+    let (fit, how) = match t.relay_socket {
+        RelaySocket::PerAllocation => (fds, "one relay socket each".to_string()),
+        RelaySocket::SharedPort => {
+            // The larger family's relay IPs share each port socket.
+            let v4 = t.relay_ips.iter().filter(|ip| ip.is_ipv4()).count() as u64;
+            let v6 = t.relay_ips.len() as u64 - v4;
+            let ips = v4.max(v6).max(1);
+            (
+                fds.min(ports) * ips,
+                format!(
+                    "shared-port: {} descriptors x {ips} relay IPs, {ports} ports",
+                    fds.min(ports)
+                ),
+            )
+        }
+    };
+    if fit < 100_000 {
         tracing::warn!(
             soft = lim.rlim_cur,
             hard = lim.rlim_max,
             was = before,
-            "open file limit: at most ~{} TURN allocations (one relay socket each); raise the \
-             hard limit (ulimit -Hn, LimitNOFILE=) for more; beyond it Allocate gets 508",
-            lim.rlim_cur.saturating_sub(64)
+            "open file limit: at most ~{fit} TURN allocations ({how}); {} for more; beyond \
+             it Allocate gets 508",
+            match t.relay_socket {
+                RelaySocket::PerAllocation => {
+                    "raise the hard limit (ulimit -Hn, LimitNOFILE=) or use --relay-socket \
+                     shared-port with several --relay-ip"
+                }
+                RelaySocket::SharedPort if ports < fds => {
+                    "widen the port range (--min-port/--max-port) or add relay IPs"
+                }
+                RelaySocket::SharedPort => {
+                    "raise the hard limit (ulimit -Hn, LimitNOFILE=) or add relay IPs"
+                }
+            }
         );
     } else {
         tracing::info!(
             soft = lim.rlim_cur,
             hard = lim.rlim_max,
             was = before,
-            "open file limit"
+            "open file limit: up to ~{fit} TURN allocations ({how})"
         );
     }
 }
@@ -320,7 +361,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     if config.turn.enabled {
-        raise_nofile_limit();
+        raise_nofile_limit(&config.turn);
     }
     if let Some(admin) = config.server.admin {
         return serve_sessions(&config, admin, &mut signals);
@@ -348,13 +389,23 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             users = t.users.len(),
             rest_secrets = t.static_auth_secrets.len(),
             allow_loopback_peers = t.allow_loopback_peers,
+            relay_socket = ?t.relay_socket,
             "TURN relay on"
         );
         if t.users.is_empty() && t.static_auth_secrets.is_empty() {
             tracing::warn!("TURN: no users and no static auth secret: every TURN request gets 401");
         }
     }
-    if let Some(sig) = signals.forever().next() {
+    let sig = if args.stats_interval == 0 {
+        signals.forever().next()
+    } else {
+        log_stats_until_signal(
+            &runtime,
+            Duration::from_secs(args.stats_interval),
+            &mut signals,
+        )
+    };
+    if let Some(sig) = sig {
         tracing::info!(signal = sig, "shutting down");
     }
     let stats = runtime.stats();
@@ -377,6 +428,45 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .collect();
     tracing::debug!("counters: {}", nonzero.join(" "));
     Ok(())
+}
+
+/// Logs the relay's live counters every `every` until a signal arrives; returns it.
+fn log_stats_until_signal(
+    runtime: &Runtime,
+    every: Duration,
+    signals: &mut signal_hook::iterator::Signals,
+) -> Option<i32> {
+    let mut next = std::time::Instant::now() + every;
+    loop {
+        if let Some(sig) = signals.pending().next() {
+            return Some(sig);
+        }
+        let now = std::time::Instant::now();
+        if now >= next {
+            next = now + every;
+            let s = runtime.stats();
+            let port_sockets: u64 = runtime
+                .shard_counters()
+                .iter()
+                .map(|c| {
+                    c.relay_port_sockets
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .sum();
+            tracing::info!(
+                allocations = s.allocations(),
+                created = s.allocations_created,
+                relay_open_failures = s.relay_open_failures,
+                relay_port_sockets = port_sockets,
+                relayed_to_peer = s.relayed_to_peer,
+                relayed_to_client = s.relayed_to_client,
+                dropped = s.dropped(),
+                dropped_not_relayed = s.dropped_not_relayed,
+                "stats"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `icering serve` with the HTTP session API: the engine (STUN/TURN on `[server] listen`

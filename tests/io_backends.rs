@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use icering::io::{
-    Backend, BackendChoice, BackendKind, Config, Lend, SendQueue, SocketId, bind_udp,
+    Backend, BackendChoice, BackendKind, Config, Lend, RecvMeta, SendQueue, bind_udp,
     select_backend,
 };
 
@@ -66,10 +66,10 @@ impl Drop for Watchdog {
 }
 
 /// Echo callback using the zero-copy slot API.
-fn echo(sq: &mut SendQueue, sock: SocketId, from: SocketAddr, payload: &mut [u8], _: &mut Lend) {
+fn echo(sq: &mut SendQueue, m: RecvMeta, payload: &mut [u8], _: &mut Lend) {
     let slot = sq.slot().expect("send slot");
     slot[..payload.len()].copy_from_slice(payload);
-    sq.commit(sock, from, payload.len());
+    sq.commit(m.sock, m.from, payload.len());
 }
 
 /// Poll (echoing) until `want` datagrams were delivered or `limit` passes.
@@ -185,7 +185,7 @@ fn burst_larger_than_buffer_ring_then_still_receives() {
         let mut idle = 0;
         while idle < 3 {
             let n = b
-                .poll(Some(Duration::from_millis(50)), &mut |_, _, _, p, _| {
+                .poll(Some(Duration::from_millis(50)), &mut |_, _, p, _| {
                     assert_eq!(p.len(), 200);
                     burst += 1;
                 })
@@ -201,7 +201,7 @@ fn burst_larger_than_buffer_ring_then_still_receives() {
         let mut late = 0;
         let deadline = Instant::now() + Duration::from_secs(10);
         while late < 10 && Instant::now() < deadline {
-            b.poll(Some(Duration::from_millis(50)), &mut |_, _, _, p, _| {
+            b.poll(Some(Duration::from_millis(50)), &mut |_, _, p, _| {
                 if p.len() == 4 {
                     late += 1;
                 }
@@ -268,7 +268,7 @@ fn waker_wakes_blocking_poll() {
         b.waker().wake();
         let mut n = 0;
         while b.stats().wakeups == 0 {
-            n += b.poll(None, &mut |_, _, _, _, _| {}).unwrap();
+            n += b.poll(None, &mut |_, _, _, _| {}).unwrap();
         }
         assert_eq!(n, 0);
 
@@ -284,7 +284,7 @@ fn waker_wakes_blocking_poll() {
         });
         let before = b.stats().wakeups;
         while b.stats().wakeups == before {
-            b.poll(None, &mut |_, _, _, _, _| {}).unwrap();
+            b.poll(None, &mut |_, _, _, _| {}).unwrap();
         }
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
@@ -467,7 +467,7 @@ fn gso_send_plan(
     // Reap the send completions (io_uring counts sends when their CQE arrives).
     let deadline = Instant::now() + Duration::from_secs(5);
     while b.stats().sent + b.stats().send_errors < plan.len() as u64 && Instant::now() < deadline {
-        b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _, _| {})
+        b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _| {})
             .unwrap();
     }
     let st = b.stats();
@@ -653,7 +653,7 @@ fn gso_rejected_by_kernel_falls_back_to_single_sends() {
         // they go out at the next flush.
         let deadline = Instant::now() + Duration::from_secs(5);
         while b.stats().sent < u64::from(N) && Instant::now() < deadline {
-            b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _, _| {})
+            b.poll(Some(Duration::from_millis(10)), &mut |_, _, _, _| {})
                 .unwrap();
             b.flush().unwrap();
         }
@@ -760,26 +760,19 @@ fn gro_splits_a_merged_burst_into_its_datagrams() {
         let mut got: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while got.len() < want.len() && Instant::now() < deadline {
-            rx.poll(
-                Some(Duration::from_millis(20)),
-                &mut |_, sock, from, data, _| {
-                    assert_eq!(sock, rid);
-                    got.push((from, data.to_vec()));
-                },
-            )
+            rx.poll(Some(Duration::from_millis(20)), &mut |_, m, data, _| {
+                assert_eq!(m.sock, rid);
+                got.push((m.from, data.to_vec()));
+            })
             .unwrap();
-            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
-                .unwrap();
+            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
         }
         // Let the oversized datagram arrive and be counted.
         let deadline = Instant::now() + Duration::from_secs(5);
         while rx.stats().truncated == 0 && Instant::now() < deadline {
-            rx.poll(
-                Some(Duration::from_millis(20)),
-                &mut |_, _, from, data, _| {
-                    got.push((from, data.to_vec()));
-                },
-            )
+            rx.poll(Some(Duration::from_millis(20)), &mut |_, m, data, _| {
+                got.push((m.from, data.to_vec()));
+            })
             .unwrap();
         }
         let st = rx.stats();
@@ -839,12 +832,11 @@ fn gro_burst_of_oversized_datagrams_is_dropped_and_counted() {
         let mut got: Vec<Vec<u8>> = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while got.is_empty() && Instant::now() < deadline {
-            rx.poll(Some(Duration::from_millis(20)), &mut |_, _, _, data, _| {
+            rx.poll(Some(Duration::from_millis(20)), &mut |_, _, data, _| {
                 got.push(data.to_vec());
             })
             .unwrap();
-            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
-                .unwrap();
+            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
         }
         let st = rx.stats();
         eprintln!("{kind} gro={} tx gso={}: {st:?}", rx.gro(), tx.gso());
@@ -893,23 +885,20 @@ fn lent_datagrams_point_into_the_receive_buffers_and_come_back() {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 let mut got = 0;
                 while got < end - start && Instant::now() < deadline {
-                    b.poll(
-                        Some(Duration::from_millis(20)),
-                        &mut |_, _, _, data, lend| {
-                            let i = u32::from_le_bytes(data[..4].try_into().unwrap());
-                            assert_eq!(&data[..], &datagram(i)[..]);
-                            // Not part of the payload: never lent.
-                            let elsewhere = [0u8; 4];
-                            // SAFETY: neither slice is written after this.
-                            assert!(unsafe { lend.lend(&elsewhere) }.is_none());
-                            // SAFETY: `data` is not written after this.
-                            match unsafe { lend.lend(data) } {
-                                Some(bytes) => lent.push((i, bytes)),
-                                None => copied += 1,
-                            }
-                            got += 1;
-                        },
-                    )
+                    b.poll(Some(Duration::from_millis(20)), &mut |_, _, data, lend| {
+                        let i = u32::from_le_bytes(data[..4].try_into().unwrap());
+                        assert_eq!(&data[..], &datagram(i)[..]);
+                        // Not part of the payload: never lent.
+                        let elsewhere = [0u8; 4];
+                        // SAFETY: neither slice is written after this.
+                        assert!(unsafe { lend.lend(&elsewhere) }.is_none());
+                        // SAFETY: `data` is not written after this.
+                        match unsafe { lend.lend(data) } {
+                            Some(bytes) => lent.push((i, bytes)),
+                            None => copied += 1,
+                        }
+                        got += 1;
+                    })
                     .unwrap();
                 }
                 assert_eq!(got, end - start, "{kind}: {:?}", b.stats());
@@ -943,8 +932,7 @@ fn lent_datagrams_point_into_the_receive_buffers_and_come_back() {
         let rest = rest.to_vec();
         drop(held);
         thread::spawn(move || drop(rest)).join().unwrap();
-        b.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
-            .unwrap();
+        b.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
         let st = b.stats();
         assert_eq!(st.lends - st.lend_returns, 1, "{kind}: {st:?}");
         // And lending works again, up to the cap.
@@ -987,16 +975,12 @@ fn lent_gro_segments_share_their_buffer() {
         let mut got: Vec<bytes::Bytes> = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while got.len() < want.len() && Instant::now() < deadline {
-            rx.poll(
-                Some(Duration::from_millis(20)),
-                &mut |_, _, _, data, lend| {
-                    // SAFETY: `data` is not written after this.
-                    got.push(unsafe { lend.lend(data) }.expect("under the cap"));
-                },
-            )
+            rx.poll(Some(Duration::from_millis(20)), &mut |_, _, data, lend| {
+                // SAFETY: `data` is not written after this.
+                got.push(unsafe { lend.lend(data) }.expect("under the cap"));
+            })
             .unwrap();
-            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
-                .unwrap();
+            tx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
         }
         let st = rx.stats();
         eprintln!("{kind} gro={} tx gso={}: {st:?}", rx.gro(), tx.gso());
@@ -1012,9 +996,143 @@ fn lent_gro_segments_share_their_buffer() {
             assert!(st.lends < want.len() as u64, "{kind}: {st:?}");
         }
         drop(got);
-        rx.poll(Some(Duration::ZERO), &mut |_, _, _, _, _| {})
-            .unwrap();
+        rx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
         let st = rx.stats();
         assert_eq!(st.lend_returns, st.lends, "{kind}: {st:?}");
+    }
+}
+
+/// A wildcard socket registered with `add_socket_pktinfo` reports each datagram's local
+/// destination IP, and answers from it (`commit_from`): the client sees the address it
+/// sent to. A plain socket on the same backend reports none. Both backends, with GRO on
+/// (control space for GRO and pktinfo together) and off.
+fn pktinfo_roundtrip(kind: BackendKind, v6: bool, gro: bool) {
+    let _wd = Watchdog::new("pktinfo_roundtrip");
+    let cfg = Config { gro, ..small_cfg() };
+    let mut b = Backend::new(kind, &cfg).expect("backend");
+    let any = if v6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    let wild = b
+        .add_socket_pktinfo(bind_udp(SocketAddr::new(any, 0), false).expect("bind"))
+        .expect("add");
+    let port = b.local_addr(wild).port();
+    let plain_ip = if v6 { V6 } else { V4 };
+    let plain = b
+        .add_socket(bind_udp(SocketAddr::new(plain_ip, 0), false).unwrap())
+        .unwrap();
+    let plain_addr = b.local_addr(plain);
+    // Local destinations: 127.0.0.1-3 (all of 127/8 is local), or ::1.
+    let dsts: Vec<IpAddr> = if v6 {
+        vec![V6]
+    } else {
+        (1..=3).map(|i| IpAddr::from([127, 0, 0, i])).collect()
+    };
+    let client = UdpSocket::bind(SocketAddr::new(plain_ip, 0)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for (k, &dst) in dsts.iter().enumerate() {
+        client
+            .send_to(&[k as u8; 40], SocketAddr::new(dst, port))
+            .unwrap();
+    }
+    client.send_to(b"plain", plain_addr).unwrap();
+    let mut got: Vec<(RecvMeta, Vec<u8>)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < dsts.len() + 1 && Instant::now() < deadline {
+        b.poll(Some(Duration::from_millis(20)), &mut |sq, m, data, _| {
+            got.push((m, data.to_vec()));
+            // Answer from the address it was sent to.
+            sq.send_from(m.sock, m.dst, m.from, data).unwrap();
+        })
+        .unwrap();
+        b.flush().unwrap();
+    }
+    assert_eq!(got.len(), dsts.len() + 1, "{kind} gro={gro}");
+    for (m, data) in &got {
+        if m.sock == plain {
+            assert_eq!(m.dst, None, "plain sockets report no destination");
+            assert_eq!(data, b"plain");
+        } else {
+            assert_eq!(m.sock, wild);
+            assert_eq!(m.dst, Some(dsts[data[0] as usize]), "{kind} gro={gro}");
+        }
+    }
+    let mut buf = [0u8; 2048];
+    for _ in 0..got.len() {
+        let (n, from) = client.recv_from(&mut buf).expect("answer");
+        if &buf[..n] == b"plain" {
+            assert_eq!(from, plain_addr);
+        } else {
+            assert_eq!(
+                from,
+                SocketAddr::new(dsts[buf[0] as usize], port),
+                "{kind}: the answer leaves from the address asked"
+            );
+        }
+    }
+}
+
+#[test]
+fn pktinfo_reports_destination_and_sends_from_it() {
+    for kind in kinds() {
+        for gro in [false, true] {
+            pktinfo_roundtrip(kind, false, gro);
+            pktinfo_roundtrip(kind, true, gro);
+        }
+    }
+}
+
+/// GSO merges only datagrams with the same socket, destination and source IP: a burst of
+/// equal-size datagrams to one client from two source IPs, interleaved, arrives with each
+/// datagram's own source (merged per source: two GSO sends when GSO is available).
+#[test]
+fn gso_runs_never_mix_source_ips() {
+    for kind in kinds() {
+        let _wd = Watchdog::new("gso_runs_never_mix_source_ips");
+        let mut b = Backend::new(kind, &small_cfg()).unwrap();
+        let wild = b
+            .add_socket_pktinfo(bind_udp("0.0.0.0:0".parse().unwrap(), false).unwrap())
+            .unwrap();
+        let port = b.local_addr(wild).port();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let dest = client.local_addr().unwrap();
+        let srcs: [IpAddr; 2] = [[127, 0, 0, 2].into(), [127, 0, 0, 3].into()];
+        const N: u32 = 40;
+        for i in 0..N {
+            let src = srcs[(i % 2) as usize];
+            let mut d = [0u8; 100];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            b.send_queue().send_from(wild, Some(src), dest, &d).unwrap();
+        }
+        b.flush().unwrap();
+        let mut buf = [0u8; 2048];
+        let mut per_src = [0u32; 2];
+        for _ in 0..N {
+            let (n, from) = client.recv_from(&mut buf).expect("every datagram arrives");
+            assert_eq!(n, 100);
+            let i = u32::from_be_bytes(buf[..4].try_into().unwrap());
+            assert_eq!(
+                from,
+                SocketAddr::new(srcs[(i % 2) as usize], port),
+                "{kind} #{i}"
+            );
+            per_src[(i % 2) as usize] += 1;
+        }
+        assert_eq!(per_src, [N / 2, N / 2]);
+        for _ in 0..3 {
+            b.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();
+        }
+        let st = b.stats();
+        assert_eq!((st.sent, st.send_errors), (u64::from(N), 0), "{kind}");
+        if b.gso() {
+            assert_eq!(st.gso_sends, 2, "{kind}: one GSO send per source IP");
+        }
     }
 }

@@ -148,7 +148,7 @@ fn backend_watches_two_stream_sets() {
         // Let the connects complete (their EPOLLOUT) so only data is pending below.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            b.poll(Some(Duration::from_millis(5)), &mut |_, _, _, _, _| {})
+            b.poll(Some(Duration::from_millis(5)), &mut |_, _, _, _| {})
                 .unwrap();
             b.take_watch_ready();
             for set in &mut sets {
@@ -164,7 +164,7 @@ fn backend_watches_two_stream_sets() {
                 // Only a watched fd can end this wait (no UDP socket, no timer).
                 let t0 = Instant::now();
                 while !b.take_watch_ready() {
-                    b.poll(Some(Duration::from_secs(10)), &mut |_, _, _, _, _| {})
+                    b.poll(Some(Duration::from_secs(10)), &mut |_, _, _, _| {})
                         .unwrap();
                     assert!(
                         t0.elapsed() < Duration::from_secs(10),

@@ -112,29 +112,30 @@ fn assert_complete(out: &str, expect_msgs: u64) {
 }
 
 fn serve(ports: &str) -> common::ServeProcess {
+    serve_with(ports, &[])
+}
+
+fn serve_with(ports: &str, extra: &[&str]) -> common::ServeProcess {
     let (lo, hi) = ports.split_once('-').unwrap();
-    spawn_serve(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--user",
-            "user:pass",
-            "--static-auth-secret",
-            "north",
-            "--realm",
-            "icering.test",
-            "--allow-loopback-peers",
-            "--min-port",
-            lo,
-            "--max-port",
-            hi,
-        ],
-        false,
-        1,
-    )
-    .expect("icering serve starts")
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--user",
+        "user:pass",
+        "--static-auth-secret",
+        "north",
+        "--realm",
+        "icering.test",
+        "--allow-loopback-peers",
+        "--min-port",
+        lo,
+        "--max-port",
+        hi,
+    ];
+    args.extend(extra);
+    spawn_serve(&args, false, 1).expect("icering serve starts")
 }
 
 #[test]
@@ -210,4 +211,57 @@ fn turnutils_uclient_long_term_and_rest_credentials() {
         "127.0.0.1",
     ];
     assert_complete(&uclient(&args), 200);
+}
+
+/// coturn's client against shared-port relay sockets (two relay IPs on one socket per
+/// port): channels with RTP/RTCP pairs (EVEN-PORT + RESERVATION-TOKEN), then Send
+/// indications; every message comes back through the relay.
+#[test]
+fn turnutils_uclient_against_shared_port_relay() {
+    if !coturn_tools() {
+        return;
+    }
+    let server = serve_with(
+        "31600-31799",
+        &[
+            "--relay-socket",
+            "shared-port",
+            "--relay-ip",
+            "127.0.0.2",
+            "--relay-ip",
+            "127.0.0.3",
+        ],
+    );
+    let port = server.addrs[0].port().to_string();
+    let peer_port = free_udp_port().to_string();
+    let _peer = Killed(
+        Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &peer_port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnutils_peer starts"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let base = [
+        "-n",
+        "100",
+        "-m",
+        "4",
+        "-l",
+        "120",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port,
+        "-p",
+        &port,
+    ];
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
+    assert_complete(&uclient(&args), 400);
+    let mut args: Vec<&str> = vec!["-s"];
+    args.extend(base);
+    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
+    assert_complete(&uclient(&args), 400);
 }

@@ -2,6 +2,9 @@
 # Server RSS per live TURN allocation: icering serve (2 shards, two relay IPs) and
 # icering-loadtest turn holding ALLOCS allocations (one client socket each, so ALLOCS must
 # stay below the client's open file limit). Peak RSS while they live minus RSS at start.
+# Per-allocation relay sockets, so the server's open file limit caps ALLOCS too; for 100k
+# live allocations (shared-port relay sockets, several client processes) see
+# turn-shared-100k.sh.
 # Usage: loadtest/scripts/turn-allocations-rss.sh ALLOCS  (after cargo build --release --bins)
 set -u
 N=$1

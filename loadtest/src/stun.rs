@@ -258,7 +258,8 @@ impl Worker {
             };
             let received_at = &mut now;
             backend
-                .poll(Some(wait), &mut |_, _, from, data, _| {
+                .poll(Some(wait), &mut |_, m, data, _| {
+                    let from = m.from;
                     let at = Instant::now().max(*received_at);
                     *received_at = at;
                     validate(&mut t, &mut out, &check, from, data, at)

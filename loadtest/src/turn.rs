@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use icering::io::{self, Backend, BackendKind, Lend, SendQueue, SocketId};
+use icering::io::{self, Backend, BackendKind, Lend, RecvMeta, SendQueue, SocketId};
 use icering::stun::{
     Class, IntegrityKey, Message, MessageType, MessageWriter, Method, attr, long_term_key_md5,
 };
@@ -89,6 +89,21 @@ pub struct Args {
     /// GSO do: a server's UDP GRO then has no bursts to receive merged over loopback.
     #[arg(long)]
     no_gso: bool,
+    /// Local IPs for the allocations' client sockets, comma-separated: allocation i binds
+    /// `IP[i % len]:0` (default: the wildcard address). Each IP has its own ephemeral
+    /// ports (~28k with the default `ip_local_port_range`), so many allocations need
+    /// several (any 127.x.y.z on loopback).
+    #[arg(long, value_name = "IP,..", value_delimiter = ',')]
+    client_ips: Vec<IpAddr>,
+    /// Hold the allocations after setup until this file exists, then run the load (to
+    /// line up several load processes, or measure the server with every allocation live).
+    #[arg(long, value_name = "PATH")]
+    hold_file: Option<std::path::PathBuf>,
+    /// Only every K-th allocation carries data in the load phase (the others are held
+    /// idle and deleted at the end): a sample of many allocations, without a window's
+    /// worth of datagrams for each of them in flight at once.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    data_every: usize,
 }
 
 const CHANNEL: u16 = 0x4000;
@@ -188,7 +203,13 @@ fn request(
         let mut buf = [0u8; 1024];
         let n = write_request(&mut buf, method, &t, creds, auth.as_ref(), attrs)?;
         let mut answer = None;
-        for _ in 0..5 {
+        // Retransmit with a doubling timeout, 300 ms to 3 s, 7 sends (~13 s): a server
+        // (or this process) starved on a busy machine is waited for, not given up on.
+        let mut rto = Duration::from_millis(300);
+        for _ in 0..7 {
+            sock.set_read_timeout(Some(rto))
+                .map_err(|e| e.to_string())?;
+            rto = (rto * 2).min(Duration::from_secs(3));
             sock.send_to(&buf[..n], server).map_err(|e| e.to_string())?;
             let mut r = [0u8; 2048];
             while let Ok((len, _)) = sock.recv_from(&mut r) {
@@ -224,10 +245,10 @@ fn request(
 }
 
 fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc, String> {
-    let bind: SocketAddr = if args.target.is_ipv6() {
-        "[::]:0".parse().expect("literal")
-    } else {
-        "0.0.0.0:0".parse().expect("literal")
+    let bind: SocketAddr = match args.client_ips.as_slice() {
+        [] if args.target.is_ipv6() => "[::]:0".parse().expect("literal"),
+        [] => "0.0.0.0:0".parse().expect("literal"),
+        ips => SocketAddr::new(ips[id as usize % ips.len()], 0),
     };
     let sock = bind_udp(bind).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(300)))
@@ -283,11 +304,13 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
 }
 
 /// Deletes this driver's allocations (Refresh with LIFETIME 0, RFC 8656 §7.2) through its
-/// backend, from each allocation's own socket, all at once: signed with the realm and
-/// nonce learnt at setup, signed again with the new nonce after a 438 (or after a 401 if
-/// setup needed no credentials), retransmitted every 300 ms, 5 rounds at most. Returns how
-/// many were not confirmed. The exchange of `request`, batched: a serial one would need the
-/// sockets back, i.e. a second file descriptor per allocation.
+/// backend, from each allocation's own socket: signed with the realm and nonce learnt at
+/// setup, signed again with the new nonce after a 438 (or after a 401 if setup needed no
+/// credentials), retransmitted after 300 ms, 5 sends at most each. At most
+/// `REFRESH_WINDOW` are outstanding at once, so deleting tens of thousands of allocations
+/// is not one burst that overflows the server's socket buffer. Returns how many were not
+/// confirmed. The exchange of `request`, batched: a serial one would need the sockets
+/// back, i.e. a second file descriptor per allocation.
 fn refresh_zero(
     backend: &mut Backend,
     target: SocketAddr,
@@ -295,18 +318,44 @@ fn refresh_zero(
     allocs: &[Alloc],
     flows: &[Flow],
 ) -> Result<u64, String> {
+    const REFRESH_WINDOW: usize = 1024;
+    const RTO: Duration = Duration::from_millis(300);
+    const SENDS: u64 = 5;
     let n = allocs.len();
     let Some(first) = allocs.first().map(|a| a.id) else {
         return Ok(0);
     };
     let mut auth: Vec<Option<(String, String)>> = allocs.iter().map(|a| a.auth.clone()).collect();
-    // 0 pending, 1 deleted, 2 failed.
+    // 0 pending, 1 deleted, 2 failed; sends so far and the last send's time.
     let mut state = vec![0u8; n];
+    let mut sends = vec![0u64; n];
+    let mut sent_at: Vec<Option<Instant>> = vec![None; n];
+    let mut inflight: Vec<usize> = Vec::with_capacity(REFRESH_WINDOW);
+    let mut next = 0usize;
+    let mut left = n;
     let lifetime0 = |w: &mut MessageWriter<'_>| w.add_u32(attr::LIFETIME, 0);
-    for round in 0..5u64 {
-        let mut buf = [0u8; 1024];
-        for k in (0..n).filter(|&k| state[k] == 0) {
-            let seq = (u64::from(allocs[k].id) << 32) | 0x8000_0000 | round;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 1024];
+    while left > 0 && Instant::now() < deadline {
+        let now = Instant::now();
+        // Settle what is done, retransmit what timed out, top the window up.
+        inflight.retain(|&k| state[k] == 0);
+        for &k in &inflight {
+            if sent_at[k].is_some_and(|t| now.duration_since(t) >= RTO) && sends[k] >= SENDS {
+                state[k] = 2;
+                left -= 1;
+            }
+        }
+        inflight.retain(|&k| state[k] == 0);
+        while inflight.len() < REFRESH_WINDOW && next < n {
+            inflight.push(next);
+            next += 1;
+        }
+        for &k in &inflight {
+            if sent_at[k].is_some_and(|t| now.duration_since(t) < RTO) {
+                continue;
+            }
+            let seq = (u64::from(allocs[k].id) << 32) | 0x8000_0000 | sends[k];
             let len = write_request(
                 &mut buf,
                 Method::REFRESH,
@@ -318,51 +367,55 @@ fn refresh_zero(
             backend
                 .send_to(flows[k].sock, target, &buf[..len])
                 .map_err(|e| e.to_string())?;
+            sends[k] += 1;
+            sent_at[k] = Some(now);
         }
-        let deadline = Instant::now() + Duration::from_millis(300);
-        while state.contains(&0) && Instant::now() < deadline {
-            backend
-                .poll(
-                    Some(Duration::from_millis(10)),
-                    &mut |_, _, from, data, _| {
-                        let Ok(m) = Message::parse(data) else { return };
-                        let t = m.transaction_id();
-                        if from != target || m.method() != Method::REFRESH || t[..4] != [0x5A; 4] {
-                            return; // a late relayed datagram, or a stale answer
+        backend
+            .poll(Some(Duration::from_millis(10)), &mut |_, m, data, _| {
+                let from = m.from;
+                let Ok(msg) = Message::parse(data) else {
+                    return;
+                };
+                let t = msg.transaction_id();
+                if from != target || msg.method() != Method::REFRESH || t[..4] != [0x5A; 4] {
+                    return; // a late relayed datagram, or a stale answer
+                }
+                let seq = u64::from_be_bytes(t[4..].try_into().expect("8 bytes"));
+                let k = ((seq >> 32) as u32).wrapping_sub(first) as usize;
+                let sent_in = seq & 0xFFFF_FFFF;
+                if k >= n
+                    || state[k] != 0
+                    || !(0x8000_0000..0x8000_0000 | sends[k]).contains(&sent_in)
+                {
+                    return;
+                }
+                match msg.error_code().map(|e| e.code) {
+                    // 437: no allocation for this 5-tuple any more, i.e. an earlier
+                    // transmission (answered late) deleted it (RFC 8656 §7.3).
+                    None | Some(437) => {
+                        state[k] = 1;
+                        left -= 1;
+                    }
+                    Some(code @ (401 | 438)) if msg.nonce().is_some() => {
+                        let unsigned = auth[k].is_none();
+                        if code == 401 && !unsigned {
+                            state[k] = 2; // wrong credentials
+                            left -= 1;
+                        } else {
+                            auth[k] = Some((
+                                msg.realm().unwrap_or_default().to_string(),
+                                msg.nonce().unwrap_or_default().to_string(),
+                            ));
+                            sent_at[k] = None; // signed again at once
                         }
-                        let seq = u64::from_be_bytes(t[4..].try_into().expect("8 bytes"));
-                        let k = ((seq >> 32) as u32).wrapping_sub(first) as usize;
-                        let sent_in = seq & 0xFFFF_FFFF;
-                        if k >= n
-                            || state[k] != 0
-                            || !(0x8000_0000..=0x8000_0000 | round).contains(&sent_in)
-                        {
-                            return;
-                        }
-                        match m.error_code().map(|e| e.code) {
-                            // 437: no allocation for this 5-tuple any more, i.e. an earlier
-                            // transmission (answered late) deleted it (RFC 8656 §7.3).
-                            None | Some(437) => state[k] = 1,
-                            Some(code @ (401 | 438)) if m.nonce().is_some() => {
-                                let unsigned = auth[k].is_none();
-                                if code == 401 && !unsigned {
-                                    state[k] = 2; // wrong credentials
-                                } else {
-                                    auth[k] = Some((
-                                        m.realm().unwrap_or_default().to_string(),
-                                        m.nonce().unwrap_or_default().to_string(),
-                                    ));
-                                }
-                            }
-                            Some(_) => state[k] = 2,
-                        }
-                    },
-                )
-                .map_err(|e| e.to_string())?;
-        }
-        if !state.contains(&0) {
-            break;
-        }
+                    }
+                    Some(_) => {
+                        state[k] = 2;
+                        left -= 1;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
     }
     Ok(state.iter().filter(|&&s| s != 1).count() as u64)
 }
@@ -424,6 +477,8 @@ struct Flow {
     answered: u64,
     /// Listed in `ready` (its window may have room).
     ready: bool,
+    /// Carries data in the load phase (`--data-every`).
+    active: bool,
 }
 
 /// What one driver thread hands back.
@@ -494,7 +549,9 @@ fn prepare(
             sock,
             id: a.id,
             answered: 0,
+            // Inactive flows count as listed, so they are never listed.
             ready: true,
+            active: (a.id as usize).is_multiple_of(args.data_every.max(1)),
         });
     }
     let peer = match peer {
@@ -561,7 +618,9 @@ fn load(
     let peer_id = *peer;
     let window = args.window;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut ready: Vec<u32> = (0..flows.len() as u32).collect();
+    let mut ready: Vec<u32> = (0..flows.len() as u32)
+        .filter(|&k| flows[k as usize].active)
+        .collect();
     let mut t = Tally::new();
     let (mut echo_dropped, mut stray) = (0u64, 0u64);
     let mut live = 0usize;
@@ -607,11 +666,8 @@ fn load(
         backend
             .poll(
                 Some(Duration::from_millis(1)),
-                &mut |sq: &mut SendQueue,
-                      sock: SocketId,
-                      from: SocketAddr,
-                      data: &mut [u8],
-                      _: &mut Lend| {
+                &mut |sq: &mut SendQueue, m: RecvMeta, data: &mut [u8], _: &mut Lend| {
+                    let (sock, from) = (m.sock, m.from);
                     if Some(sock) == peer_id {
                         if sq.send_to(sock, from, data).is_err() {
                             echo_dropped += 1;
@@ -676,7 +732,7 @@ fn load(
     t.send_failed = backend.stats().send_errors;
     Ok(Driven {
         tally: t,
-        flows_without_answer: flows.iter().filter(|f| f.answered == 0).count() as u64,
+        flows_without_answer: flows.iter().filter(|f| f.active && f.answered == 0).count() as u64,
         peer_echo_dropped: echo_dropped,
         stray,
         not_deleted: 0,
@@ -685,8 +741,10 @@ fn load(
 
 /// Runs the load.
 pub fn run(args: Args) -> Result<(), String> {
-    if args.allocations == 0 || args.window == 0 || args.threads == 0 {
-        return Err("--allocations, --window and --threads must be at least 1".into());
+    if args.allocations == 0 || args.window == 0 || args.threads == 0 || args.data_every == 0 {
+        return Err(
+            "--allocations, --window, --threads and --data-every must be at least 1".into(),
+        );
     }
     if args.duration <= 0.0 {
         return Err("--duration must be positive".into());
@@ -729,8 +787,23 @@ pub fn run(args: Args) -> Result<(), String> {
     }
 
     let mut allocs = Vec::with_capacity(args.allocations);
+    let t0 = Instant::now();
     for i in 0..args.allocations {
-        allocs.push(setup(&args, &creds, peer_addrs[i / per], i as u32)?);
+        allocs.push(
+            setup(&args, &creds, peer_addrs[i / per], i as u32)
+                .map_err(|e| format!("allocation {i}: {e}"))?,
+        );
+    }
+    if let Some(path) = &args.hold_file {
+        eprintln!(
+            "setup done: {} allocations in {:.1} s; holding until {} exists",
+            allocs.len(),
+            t0.elapsed().as_secs_f64(),
+            path.display()
+        );
+        while !path.exists() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let me = std::process::id();
     let phase = Phase {
@@ -825,7 +898,10 @@ pub fn run(args: Args) -> Result<(), String> {
         if !args.raw_echo {
             println!("not deleted     {not_deleted} (Refresh 0 unconfirmed)");
         }
-        println!("flows idle      {idle} (no datagram back)");
+        println!(
+            "flows idle      {idle} of {} carrying data (no datagram back)",
+            args.allocations.div_ceil(args.data_every.max(1))
+        );
         if args.raw_echo {
             println!(
                 "echoed          {:.0} datagrams/s (each in and out of the echo server once)",

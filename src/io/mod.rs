@@ -33,13 +33,13 @@
 //! ```no_run
 //! # use icering::io::*;
 //! # fn demo(backend: &mut Backend) -> Result<(), IoError> {
-//! backend.poll(None, &mut |sendq: &mut SendQueue, sock, from, request: &mut [u8], _lend| {
+//! backend.poll(None, &mut |sendq: &mut SendQueue, m: RecvMeta, request: &mut [u8], _lend| {
 //!     // `request` lives in the receive buffer; the reply is written straight into a send
 //!     // slot — no copy of the request, no allocation.
 //!     if let Some(slot) = sendq.slot() {
 //!         let n = request.len().min(slot.len());
 //!         slot[..n].copy_from_slice(&request[..n]); // or: build a response in `slot`
-//!         sendq.commit(sock, from, n);
+//!         sendq.commit(m.sock, m.from, n);
 //!     }
 //! })?;
 //! backend.flush()?; // one batch for all replies
@@ -114,6 +114,19 @@
 //! [`IoStats::gro_receives`] / [`IoStats::gro_segments`] count merged receives and the
 //! datagrams in them.
 //!
+//! ## Destination and source IP (wildcard sockets)
+//!
+//! A socket registered with [`Backend::add_socket_pktinfo`] (`IP_PKTINFO` /
+//! `IPV6_RECVPKTINFO`) reports the local IP each datagram was sent to in
+//! [`RecvMeta::dst`] — one socket bound to `0.0.0.0:P` can then serve port P on several
+//! local addresses — and [`SendQueue::commit_from`] sends from a chosen local IP (an
+//! `IP_PKTINFO` `ipi_spec_dst` / `IPV6_PKTINFO` control message, next to `UDP_SEGMENT` when
+//! GSO applies; GSO runs never mix source IPs). Other sockets pay nothing: their receives
+//! reserve no control space for it and parse none, their sends carry no control message.
+//! Control data is untrusted layout: every length is checked, a truncated message yields
+//! no destination, and a receive whose control data was cut off (`MSG_CTRUNC`) is dropped
+//! as truncated.
+//!
 //! ## Errors
 //!
 //! Per-datagram failures (`EAGAIN` on send, ICMP-induced `ECONNREFUSED`, truncated
@@ -131,7 +144,7 @@ mod waker;
 use std::fmt;
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::ptr::NonNull;
 use std::str::FromStr;
 use std::time::Duration;
@@ -376,10 +389,23 @@ pub fn select_backend(choice: BackendChoice) -> Result<(BackendKind, String), Io
     }
 }
 
-/// The receive callback of [`Backend::poll`]: `(send_queue, socket, source, payload,
-/// lend)`. The payload is borrowed in place from the receive buffer and may be modified;
-/// `lend` turns (a part of) it into a [`bytes::Bytes`] without copying (see "Lending").
-pub type OnRecv<'a> = dyn FnMut(&mut SendQueue, SocketId, SocketAddr, &mut [u8], &mut Lend) + 'a;
+/// What the backend knows about a received datagram besides its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// The socket it arrived on.
+    pub sock: SocketId,
+    /// Its source address.
+    pub from: SocketAddr,
+    /// The local IP it was sent to (its header's destination), for sockets registered with
+    /// [`Backend::add_socket_pktinfo`] (`IP_PKTINFO` / `IPV6_RECVPKTINFO`); `None` for
+    /// other sockets, or when the kernel's control message was missing.
+    pub dst: Option<IpAddr>,
+}
+
+/// The receive callback of [`Backend::poll`]: `(send_queue, meta, payload, lend)`. The
+/// payload is borrowed in place from the receive buffer and may be modified; `lend` turns
+/// (a part of) it into a [`bytes::Bytes`] without copying (see "Lending").
+pub type OnRecv<'a> = dyn FnMut(&mut SendQueue, RecvMeta, &mut [u8], &mut Lend) + 'a;
 
 /// One I/O backend of one shard. Not `Send`: create it on the thread that drives it.
 // One per shard, created once and never moved in the hot path: boxing the larger variant
@@ -422,7 +448,18 @@ impl Backend {
     /// Register a bound UDP socket (made non-blocking here); the backend owns it from now on
     /// and starts receiving on it.
     pub fn add_socket(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
-        dispatch!(self, b => b.add_socket(sock))
+        dispatch!(self, b => b.add_socket(sock, false))
+    }
+
+    /// As [`add_socket`](Self::add_socket), and every datagram received on it reports its
+    /// local destination IP in [`RecvMeta::dst`] (`IP_PKTINFO` / `IPV6_RECVPKTINFO` is set
+    /// here): for a socket bound to a wildcard address that serves several local IPs. The
+    /// other sockets pay nothing for it (no control space, no parsing).
+    pub fn add_socket_pktinfo(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
+        use std::os::fd::AsRawFd;
+        let v6 = sock.local_addr().map_err(IoError::Io)?.is_ipv6();
+        enable_pktinfo(sock.as_raw_fd(), v6).map_err(IoError::Io)?;
+        dispatch!(self, b => b.add_socket(sock, true))
     }
 
     /// Stop receiving on a socket and close it. Unknown ids are ignored. Sends still queued
@@ -461,10 +498,22 @@ impl Backend {
         dest: SocketAddr,
         data: &[u8],
     ) -> Result<(), IoError> {
+        self.send_from(sock, None, dest, data)
+    }
+
+    /// As [`send_to`](Self::send_to), from source IP `src` if given (see
+    /// [`SendQueue::commit_from`]).
+    pub fn send_from(
+        &mut self,
+        sock: SocketId,
+        src: Option<IpAddr>,
+        dest: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), IoError> {
         if self.send_queue().available() == 0 {
             dispatch!(self, b => b.make_room()?);
         }
-        self.send_queue().send_to(sock, dest, data)
+        self.send_queue().send_from(sock, src, dest, data)
     }
 
     /// Submit all queued sends as one batch. Per-datagram failures are counted, not returned.
@@ -474,7 +523,8 @@ impl Backend {
 
     /// Flush queued sends, then wait until a datagram arrives, the [`Waker`] fires or
     /// `timeout` elapses (`None` = no timeout, `Some(ZERO)` = don't block), and hand every
-    /// received datagram to `on_recv(send_queue, socket, source, payload)`.
+    /// received datagram to `on_recv(send_queue, meta, payload)` ([`RecvMeta`]: socket,
+    /// source, destination IP).
     ///
     /// Returns the number of datagrams delivered; it may be 0 after a wake-up, a timeout or
     /// a completion that carried no datagram (e.g. a send completion or a re-arm).
@@ -632,10 +682,42 @@ impl fmt::Debug for Region {
     }
 }
 
-/// Socket in the high half, a hash of the destination in the low half: equal for equal
-/// (socket, destination); a collision only costs a missed GSO run.
-fn flow_key(sock: SocketId, dest: SocketAddr) -> u64 {
-    let h = match dest {
+/// A send's source IP as one integer: 0 for none (the socket's own address; `::` means the
+/// same), IPv4 as its IPv4-mapped IPv6 form.
+#[inline]
+fn src_bits(src: Option<IpAddr>) -> u128 {
+    match src {
+        None => 0,
+        Some(IpAddr::V4(a)) => u128::from(a.to_ipv6_mapped()),
+        Some(IpAddr::V6(a)) => u128::from(a),
+    }
+}
+
+/// The source IP of [`src_bits`] back (`None` for 0). A v4-mapped value is the IPv4
+/// address: a socket of either family never sends from a v4-mapped IPv6 source.
+#[inline]
+pub(crate) fn src_ip(bits: u128) -> Option<IpAddr> {
+    if bits == 0 {
+        return None;
+    }
+    let a = Ipv6Addr::from(bits);
+    Some(match a.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(a),
+    })
+}
+
+/// Socket in the high half, a hash of the destination (and source IP, if set) in the low
+/// half: equal for equal (socket, source, destination); a collision only costs a missed GSO
+/// run.
+#[inline]
+fn flow_key(sock: SocketId, src: u128, dest: SocketAddr) -> u64 {
+    let s = if src == 0 {
+        0
+    } else {
+        ((src as u64) ^ ((src >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) as u32
+    };
+    let h = s ^ match dest {
         SocketAddr::V4(a) => u32::from(*a.ip()) ^ u32::from(a.port()).rotate_left(16),
         SocketAddr::V6(a) => {
             let x = u128::from(*a.ip());
@@ -657,6 +739,13 @@ pub struct SendQueue {
     addr_lens: Box<[libc::socklen_t]>,
     lens: Box<[u32]>,
     socks: Box<[SocketId]>,
+    /// Per slot: the source IP to send from (`IP_PKTINFO`) as [`src_bits`], 0 for the
+    /// socket's own. Written and read only once `uses_src` is set.
+    srcs: Box<[u128]>,
+    /// A send named a source IP at least once: until then (a queue that never does, e.g.
+    /// every queue without shared-port relay sockets) `srcs` is neither written, compared
+    /// nor hashed.
+    uses_src: bool,
     /// Per slot: socket and a hash of the destination, to group flows before a flush.
     flows: Box<[u64]>,
     free: Vec<u32>,
@@ -686,6 +775,8 @@ impl SendQueue {
             addr_lens: vec![0; slots].into(),
             lens: vec![0; slots].into(),
             socks: vec![SocketId(0); slots].into(),
+            srcs: vec![0; slots].into(),
+            uses_src: false,
             flows: vec![0; slots].into(),
             // Pop order: slot 0 first.
             free: (0..slots as u32).rev().collect(),
@@ -725,7 +816,36 @@ impl SendQueue {
     ///
     /// # Panics
     /// If no slot is free (`slot()` returned `None`) or `len > buf_size`.
+    #[inline]
     pub fn commit(&mut self, sock: SocketId, dest: SocketAddr, len: usize) {
+        self.commit_bits(sock, 0, dest, len)
+    }
+
+    /// As [`commit`](Self::commit), with source IP `src` if given: the datagram leaves
+    /// from that local address (`IP_PKTINFO` `ipi_spec_dst` / `IPV6_PKTINFO`), which a
+    /// socket bound to a wildcard address needs to answer from the address it was reached
+    /// on. GSO merges only datagrams with the same socket, source and destination.
+    ///
+    /// # Panics
+    /// As [`commit`](Self::commit).
+    #[inline]
+    pub fn commit_from(
+        &mut self,
+        sock: SocketId,
+        src: Option<IpAddr>,
+        dest: SocketAddr,
+        len: usize,
+    ) {
+        let bits = src_bits(src);
+        if bits != 0 {
+            self.uses_src = true;
+        }
+        self.commit_bits(sock, bits, dest, len)
+    }
+
+    /// `commit` with the source as [`src_bits`] (0: none; nonzero only once `uses_src`).
+    #[inline(always)]
+    fn commit_bits(&mut self, sock: SocketId, bits: u128, dest: SocketAddr, len: usize) {
         assert!(
             len <= self.buf_size,
             "commit: len {len} > slot size {}",
@@ -735,7 +855,10 @@ impl SendQueue {
         self.addr_lens[i] = sockaddr_to_storage(dest, &mut self.addrs[i]);
         self.lens[i] = len as u32;
         self.socks[i] = sock;
-        self.flows[i] = flow_key(sock, dest);
+        if self.uses_src {
+            self.srcs[i] = bits;
+        }
+        self.flows[i] = flow_key(sock, bits, dest);
         self.queued.push(i as u32);
     }
 
@@ -743,6 +866,17 @@ impl SendQueue {
     pub fn send_to(
         &mut self,
         sock: SocketId,
+        dest: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), IoError> {
+        self.send_from(sock, None, dest, data)
+    }
+
+    /// Copy `data` into a free slot and queue it, from source IP `src` if given.
+    pub fn send_from(
+        &mut self,
+        sock: SocketId,
+        src: Option<IpAddr>,
         dest: SocketAddr,
         data: &[u8],
     ) -> Result<(), IoError> {
@@ -754,7 +888,7 @@ impl SendQueue {
         }
         let slot = self.slot().ok_or(IoError::SendQueueFull)?;
         slot[..data.len()].copy_from_slice(data);
-        self.commit(sock, dest, data.len());
+        self.commit_from(sock, src, dest, data.len());
         Ok(())
     }
 
@@ -763,6 +897,12 @@ impl SendQueue {
     fn buf_ptr(&self, i: usize) -> *mut u8 {
         // SAFETY: i < slots, so the offset is inside the region.
         unsafe { self.bufs.as_ptr().add(i * self.buf_size) }
+    }
+
+    /// Slot `i`'s source IP as [`src_bits`] (0: the socket's own).
+    #[inline]
+    pub(crate) fn src(&self, i: usize) -> u128 {
+        if self.uses_src { self.srcs[i] } else { 0 }
     }
 
     fn release(&mut self, i: usize) {
@@ -804,7 +944,7 @@ impl SendQueue {
     }
 
     /// How many of `run`'s leading slots can go out as one GSO send: consecutive slots
-    /// with the same socket and destination and the same non-zero length (the last one may
+    /// with the same socket, source IP and destination and the same non-zero length (the last one may
     /// be shorter), at most [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`] in total. 1 means
     /// "send the first slot on its own". `run` must not be empty.
     fn gso_run(&self, run: &[u32]) -> usize {
@@ -824,6 +964,7 @@ impl SendQueue {
             if len == 0
                 || len > seg
                 || self.socks[i] != self.socks[first]
+                || (self.uses_src && self.srcs[i] != self.srcs[first])
                 || !self.same_dest(i, first)
             {
                 break;
@@ -967,24 +1108,86 @@ pub(crate) fn enable_gro(fd: std::os::fd::RawFd) -> bool {
 
 /// The segment size of a GRO receive, from its control messages (`SOL_UDP`/`UDP_GRO`, an
 /// `int`); `None` for a plain datagram. Malformed control data reads as `None`.
+#[cfg(test)]
 pub(crate) fn gro_segment_size(control: &[u8]) -> Option<usize> {
+    recv_cmsgs(control, false).0
+}
+
+/// What a receive's control messages say: the `UDP_GRO` segment size, and with `want_dst`
+/// the destination IP from `IP_PKTINFO` (`ipi_addr`) or `IPV6_PKTINFO` (`ipi6_addr`).
+/// Untrusted layout: every length is checked, a message whose length field is below the
+/// header or beyond the bytes present ends the walk, a data part too short for its type is
+/// ignored; a zero or negative segment size reads as `None`. Never panics, never reads out
+/// of bounds.
+pub(crate) fn recv_cmsgs(control: &[u8], want_dst: bool) -> (Option<usize>, Option<IpAddr>) {
     const HDR: usize = mem::size_of::<libc::cmsghdr>();
+    let (mut seg, mut dst) = (None, None);
     let mut rest = control;
     while rest.len() >= HDR {
         // SAFETY: HDR bytes are present; read_unaligned copes with any alignment.
         let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
         let len = h.cmsg_len as usize;
         if len < HDR || len > rest.len() {
-            return None;
+            break;
         }
-        if h.cmsg_level == libc::SOL_UDP && h.cmsg_type == UDP_GRO && len >= HDR + 4 {
-            let b = rest.get(cmsg_align(HDR)..)?;
-            let seg = i32::from_ne_bytes(b.get(..4)?.try_into().ok()?);
-            return usize::try_from(seg).ok().filter(|&s| s > 0);
+        let data = rest.get(cmsg_align(HDR)..len).unwrap_or(&[]);
+        match (h.cmsg_level, h.cmsg_type) {
+            (libc::SOL_UDP, UDP_GRO) => {
+                if let Some(b) = data.get(..4) {
+                    let v = i32::from_ne_bytes(b.try_into().unwrap_or([0; 4]));
+                    seg = usize::try_from(v).ok().filter(|&s| s > 0);
+                }
+            }
+            // struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst; in_addr ipi_addr; }
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) if want_dst => {
+                if let Some(b) = data.get(8..12) {
+                    let a: [u8; 4] = b.try_into().unwrap_or([0; 4]);
+                    dst = Some(IpAddr::from(a));
+                }
+            }
+            // struct in6_pktinfo { in6_addr ipi6_addr; unsigned ipi6_ifindex; }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if want_dst => {
+                if let Some(b) = data.get(..16) {
+                    let a: [u8; 16] = b.try_into().unwrap_or([0; 16]);
+                    dst = Some(IpAddr::from(a));
+                }
+            }
+            _ => {}
         }
         rest = rest.get(cmsg_align(len)..).unwrap_or(&[]);
     }
-    None
+    (seg, dst)
+}
+
+/// Control space for the destination IP of a receive: `CMSG_SPACE(sizeof(in6_pktinfo))`
+/// (40; the IPv4 `in_pktinfo` needs 32).
+pub(crate) const PKTINFO_CMSG_SPACE: usize =
+    cmsg_align(mem::size_of::<libc::cmsghdr>()) + cmsg_align(mem::size_of::<libc::in6_pktinfo>());
+
+/// Asks the kernel for the destination IP of every datagram (`IP_PKTINFO` for IPv4,
+/// `IPV6_RECVPKTINFO` for IPv6); the same option lets a send choose its source IP.
+pub(crate) fn enable_pktinfo(fd: std::os::fd::RawFd, v6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, opt) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    // SAFETY: setsockopt with a valid c_int option value on a caller-owned socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// How a receive of `len` bytes splits into datagrams as `(offset, length)`: `seg` bytes
@@ -1012,39 +1215,71 @@ const fn cmsg_align(len: usize) -> usize {
 /// `CMSG_SPACE(sizeof(u16))`.
 const GSO_CMSG_SPACE: usize = cmsg_align(mem::size_of::<libc::cmsghdr>()) + cmsg_align(2);
 
-/// One preallocated `SOL_UDP`/`UDP_SEGMENT` control message; only the segment size changes
-/// per send.
-#[repr(C, align(8))]
-pub(crate) struct GsoCmsg([u8; GSO_CMSG_SPACE]);
+/// Room for a send's control messages: `UDP_SEGMENT` and `IP(V6)_PKTINFO`.
+const SEND_CMSG_SPACE: usize = GSO_CMSG_SPACE + PKTINFO_CMSG_SPACE;
 
-impl GsoCmsg {
+/// One preallocated control buffer of a send: a `SOL_UDP`/`UDP_SEGMENT` message (GSO)
+/// and/or an `IP_PKTINFO` / `IPV6_PKTINFO` message (source IP), written per send.
+#[repr(C, align(8))]
+pub(crate) struct SendCmsg([u8; SEND_CMSG_SPACE]);
+
+impl SendCmsg {
     pub(crate) fn new() -> Self {
-        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
-        debug_assert_eq!(unsafe { libc::CMSG_SPACE(2) } as usize, GSO_CMSG_SPACE);
-        let mut c = Self([0; GSO_CMSG_SPACE]);
-        let hdr = libc::cmsghdr {
-            // SAFETY: as above.
-            cmsg_len: unsafe { libc::CMSG_LEN(2) } as _,
-            cmsg_level: libc::SOL_UDP,
-            cmsg_type: UDP_SEGMENT,
-        };
-        // SAFETY: the buffer is 8-aligned and larger than a cmsghdr.
-        unsafe { std::ptr::write(c.0.as_mut_ptr().cast::<libc::cmsghdr>(), hdr) };
-        c
+        Self([0; SEND_CMSG_SPACE])
     }
 
-    /// Set the segment size and point `h`'s control fields at this message.
-    pub(crate) fn attach(&mut self, seg: u16, h: &mut libc::msghdr) {
-        let off = cmsg_align(mem::size_of::<libc::cmsghdr>());
-        self.0[off..off + 2].copy_from_slice(&seg.to_ne_bytes());
-        h.msg_control = self.0.as_mut_ptr().cast();
-        h.msg_controllen = GSO_CMSG_SPACE as _;
+    /// Writes one control message at `off`; returns the offset after it.
+    fn put(&mut self, off: usize, level: libc::c_int, ty: libc::c_int, data: &[u8]) -> usize {
+        const HDR: usize = cmsg_align(mem::size_of::<libc::cmsghdr>());
+        let hdr = libc::cmsghdr {
+            cmsg_len: (mem::size_of::<libc::cmsghdr>() + data.len()) as _,
+            cmsg_level: level,
+            cmsg_type: ty,
+        };
+        let end = off + HDR + cmsg_align(data.len());
+        assert!(end <= SEND_CMSG_SPACE, "send control buffer too small");
+        // SAFETY: `off + HDR <= SEND_CMSG_SPACE` (asserted); unaligned write of a C struct.
+        unsafe { std::ptr::write_unaligned(self.0.as_mut_ptr().add(off).cast(), hdr) };
+        self.0[off + HDR..off + HDR + data.len()].copy_from_slice(data);
+        self.0[off + HDR + data.len()..end].fill(0);
+        end
+    }
+
+    /// Writes the control messages of one send — a GSO segment size if `seg`, a source IP
+    /// if `src` — and points `h`'s control fields at them (or clears them if neither).
+    pub(crate) fn attach(&mut self, seg: Option<u16>, src: Option<IpAddr>, h: &mut libc::msghdr) {
+        let mut off = 0;
+        if let Some(seg) = seg {
+            off = self.put(off, libc::SOL_UDP, UDP_SEGMENT, &seg.to_ne_bytes());
+        }
+        match src {
+            None => {}
+            Some(IpAddr::V4(a)) => {
+                // in_pktinfo: ifindex 0 (routing decides), ipi_spec_dst = the source.
+                let mut pi = [0u8; 12];
+                pi[4..8].copy_from_slice(&a.octets());
+                off = self.put(off, libc::IPPROTO_IP, libc::IP_PKTINFO, &pi);
+            }
+            Some(IpAddr::V6(a)) => {
+                // in6_pktinfo: ipi6_addr = the source, ifindex 0.
+                let mut pi = [0u8; 20];
+                pi[..16].copy_from_slice(&a.octets());
+                off = self.put(off, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &pi);
+            }
+        }
+        if off == 0 {
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+        } else {
+            h.msg_control = self.0.as_mut_ptr().cast();
+            h.msg_controllen = off as _;
+        }
     }
 }
 
-impl fmt::Debug for GsoCmsg {
+impl fmt::Debug for SendCmsg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("GsoCmsg")
+        f.write_str("SendCmsg")
     }
 }
 
@@ -1142,6 +1377,8 @@ pub(crate) struct SockEntry {
     pub(crate) sock: Option<UdpSocket>,
     pub(crate) generation: u32,
     pub(crate) local: SocketAddr,
+    /// Receives report their destination IP (`Backend::add_socket_pktinfo`).
+    pub(crate) pktinfo: bool,
     /// uring: a multishot receive is armed.
     pub(crate) armed: bool,
     /// uring: needs a new multishot receive.
@@ -1156,13 +1393,14 @@ pub(crate) struct SockTable {
 }
 
 impl SockTable {
-    pub(crate) fn insert(&mut self, sock: UdpSocket) -> io::Result<SocketId> {
+    pub(crate) fn insert(&mut self, sock: UdpSocket, pktinfo: bool) -> io::Result<SocketId> {
         sock.set_nonblocking(true)?;
         let local = sock.local_addr()?;
         if let Some(i) = self.free.pop() {
             let e = &mut self.entries[i as usize];
             e.sock = Some(sock);
             e.local = local;
+            e.pktinfo = pktinfo;
             e.armed = false;
             e.rearm = false;
             Ok(SocketId(i))
@@ -1171,6 +1409,7 @@ impl SockTable {
                 sock: Some(sock),
                 generation: 0,
                 local,
+                pktinfo,
                 armed: false,
                 rearm: false,
             });
@@ -1242,6 +1481,142 @@ mod tests {
         v.extend_from_slice(data);
         v.resize(cmsg_align(v.len()), 0);
         v
+    }
+
+    fn pktinfo4(spec: [u8; 4], addr: [u8; 4]) -> Vec<u8> {
+        let mut d = vec![1, 0, 0, 0];
+        d.extend_from_slice(&spec);
+        d.extend_from_slice(&addr);
+        cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &d)
+    }
+
+    #[test]
+    fn recv_cmsgs_reads_the_destination_ip_next_to_gro() {
+        let a6: Ipv6Addr = "fd00::7".parse().unwrap();
+        let mut d6 = a6.octets().to_vec();
+        d6.extend_from_slice(&3u32.to_ne_bytes());
+        let v6 = cmsg(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &d6);
+        // ipi_addr (the header's destination) is what counts, not ipi_spec_dst.
+        let v4 = pktinfo4([10, 0, 0, 9], [127, 0, 1, 2]);
+        assert_eq!(recv_cmsgs(&v4, true), (None, Some([127, 0, 1, 2].into())));
+        assert_eq!(recv_cmsgs(&v6, true), (None, Some(a6.into())));
+        // Not asked for: not read.
+        assert_eq!(recv_cmsgs(&v4, false), (None, None));
+        let mut both = cmsg(libc::SOL_UDP, UDP_GRO, &1200i32.to_ne_bytes());
+        both.extend(&v4);
+        assert_eq!(
+            recv_cmsgs(&both, true),
+            (Some(1200), Some([127, 0, 1, 2].into()))
+        );
+        // Both kinds fit the control space reserved for them.
+        assert!(v6.len() <= PKTINFO_CMSG_SPACE && v4.len() <= PKTINFO_CMSG_SPACE);
+        assert!(both.len() <= GRO_CMSG_SPACE + PKTINFO_CMSG_SPACE);
+    }
+
+    /// Truncated or lying pktinfo messages read as "no destination", never a panic or an
+    /// out-of-bounds read.
+    #[test]
+    fn recv_cmsgs_rejects_malformed_pktinfo() {
+        let whole = pktinfo4([0; 4], [127, 0, 1, 2]);
+        for cut in 0..whole.len() {
+            let (_, dst) = recv_cmsgs(&whole[..cut], true);
+            assert!(dst.is_none() || cut >= HDR + 12, "cut {cut}: {dst:?}");
+        }
+        // A data part too short for in_pktinfo / in6_pktinfo.
+        assert_eq!(
+            recv_cmsgs(
+                &cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &[1, 2, 3, 4]),
+                true
+            ),
+            (None, None)
+        );
+        assert_eq!(
+            recv_cmsgs(
+                &cmsg(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &[9; 12]),
+                true
+            ),
+            (None, None)
+        );
+        for len in [0, 3, HDR - 1, HDR + 64, u32::MAX as usize] {
+            let m = cmsg_len_as(libc::IPPROTO_IP, libc::IP_PKTINFO, &[7; 12], len);
+            assert_eq!(recv_cmsgs(&m, true), (None, None), "cmsg_len {len}");
+        }
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for len in 0..=96 {
+            for _ in 0..1000 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                let _ = recv_cmsgs(&bytes, true);
+            }
+        }
+    }
+
+    /// The send control buffer: UDP_SEGMENT and/or a pktinfo naming the source, laid out
+    /// as the kernel reads them (each CMSG_SPACE-aligned, controllen the sum).
+    #[test]
+    fn send_cmsg_lays_out_segment_and_source() {
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut h: libc::msghdr = unsafe { mem::zeroed() };
+        let mut c = SendCmsg::new();
+        c.attach(None, None, &mut h);
+        assert!(h.msg_control.is_null() && h.msg_controllen == 0);
+        c.attach(Some(1200), Some([127, 0, 1, 3].into()), &mut h);
+        assert_eq!(h.msg_controllen as usize, GSO_CMSG_SPACE + 32);
+        let bytes = c.0[..h.msg_controllen as usize].to_vec();
+        // SAFETY: at least a cmsghdr's bytes.
+        let seg: libc::cmsghdr = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        assert_eq!(
+            (seg.cmsg_level, seg.cmsg_type, seg.cmsg_len as usize),
+            (libc::SOL_UDP, UDP_SEGMENT, HDR + 2)
+        );
+        assert_eq!(&bytes[HDR..HDR + 2], &1200u16.to_ne_bytes());
+        // The pktinfo carries the source in ipi_spec_dst.
+        let pi = &bytes[GSO_CMSG_SPACE..];
+        // SAFETY: at least a cmsghdr's bytes.
+        let hdr: libc::cmsghdr = unsafe { std::ptr::read_unaligned(pi.as_ptr().cast()) };
+        assert_eq!(
+            (hdr.cmsg_level, hdr.cmsg_type, hdr.cmsg_len as usize),
+            (libc::IPPROTO_IP, libc::IP_PKTINFO, HDR + 12)
+        );
+        assert_eq!(&pi[HDR + 4..HDR + 8], &[127, 0, 1, 3]);
+        let a6: Ipv6Addr = "fd00::3".parse().unwrap();
+        c.attach(None, Some(a6.into()), &mut h);
+        assert_eq!(h.msg_controllen as usize, PKTINFO_CMSG_SPACE);
+        assert_eq!(
+            recv_cmsgs(&c.0[..PKTINFO_CMSG_SPACE], true).1,
+            Some(a6.into())
+        );
+        c.attach(None, None, &mut h);
+        assert!(h.msg_control.is_null() && h.msg_controllen == 0);
+    }
+
+    #[test]
+    fn source_ips_round_trip_through_their_integer_form() {
+        for ip in [
+            "127.0.1.3",
+            "0.0.0.0",
+            "10.0.0.1",
+            "::1",
+            "fd00::3",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(src_ip(src_bits(Some(ip))), Some(ip));
+        }
+        assert_eq!(src_bits(None), 0);
+        assert_eq!(src_ip(0), None);
+        // `::` as a source means the socket's own address, as `None` does.
+        assert_eq!(src_ip(src_bits(Some("::".parse().unwrap()))), None);
+        assert_ne!(
+            src_bits(Some("127.0.0.2".parse().unwrap())),
+            src_bits(Some("127.0.0.3".parse().unwrap()))
+        );
     }
 
     #[test]

@@ -22,10 +22,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::{
-    Config, GRO_BUF_SIZE, GRO_CMSG_SPACE, GsoCmsg, GsoState, IoError, IoStats, Lend, OnRecv,
-    Region, SendQueue, SockTable, SocketId, Waker, enable_gro, gro_segment_size, gro_split,
-    gro_supported, is_gso_rejection, sockaddr_from_storage, timeout_ms,
+    Config, GRO_BUF_SIZE, GRO_CMSG_SPACE, GsoState, IoError, IoStats, Lend, OnRecv,
+    PKTINFO_CMSG_SPACE, RecvMeta, Region, SendCmsg, SendQueue, SockTable, SocketId, Waker,
+    enable_gro, gro_split, gro_supported, is_gso_rejection, recv_cmsgs, sockaddr_from_storage,
+    src_ip, timeout_ms,
 };
+
+/// Control space per receive: `UDP_GRO` and `IP(V6)_PKTINFO`, in `u64` words.
+const RCTL_WORDS: usize = (GRO_CMSG_SPACE + PKTINFO_CMSG_SPACE).div_ceil(8);
 
 /// epoll token of the waker (sockets use `generation << 32 | index`).
 const WAKER_TOKEN: u64 = u64::MAX;
@@ -58,8 +62,9 @@ pub struct PortableBackend {
     slot_buf: Box<[u32]>,
     /// Buffers in no slot and not lent.
     spare: Vec<u32>,
-    /// Per receive: room for the `UDP_GRO` control message (GRO only).
-    rctl: Box<[[u64; GRO_CMSG_SPACE / 8]]>,
+    /// Per receive: room for the `UDP_GRO` (GRO) and `IP(V6)_PKTINFO` (sockets that report
+    /// the destination IP) control messages.
+    rctl: Box<[[u64; RCTL_WORDS]]>,
     rnames: Box<[libc::sockaddr_storage]>,
     riov: Box<[libc::iovec]>,
     rmsgs: Box<[libc::mmsghdr]>,
@@ -75,7 +80,7 @@ pub struct PortableBackend {
 /// more datagrams than there are slots).
 struct SendBufs {
     msgs: Box<[libc::mmsghdr]>,
-    cmsgs: Box<[GsoCmsg]>,
+    cmsgs: Box<[SendCmsg]>,
     segs: Box<[usize]>,
     iov: Box<[libc::iovec]>,
     batch: usize,
@@ -145,7 +150,7 @@ impl PortableBackend {
         }
         let send = SendBufs {
             msgs: vec![unsafe { mem::zeroed::<libc::mmsghdr>() }; batch].into(),
-            cmsgs: (0..batch).map(|_| GsoCmsg::new()).collect(),
+            cmsgs: (0..batch).map(|_| SendCmsg::new()).collect(),
             segs: vec![0; batch].into(),
             iov: vec![unsafe { mem::zeroed::<libc::iovec>() }; cfg.send_slots].into(),
             batch,
@@ -166,7 +171,7 @@ impl PortableBackend {
             lend: Lend::new(rbufs, nbufs, rbuf_size, batch),
             slot_buf: (0..batch as u32).collect(),
             spare: (batch as u32..nbufs as u32).rev().collect(),
-            rctl: vec![[0u64; GRO_CMSG_SPACE / 8]; batch].into(),
+            rctl: vec![[0u64; RCTL_WORDS]; batch].into(),
             rnames,
             riov,
             rmsgs,
@@ -176,13 +181,17 @@ impl PortableBackend {
         })
     }
 
-    pub(crate) fn add_socket(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
+    pub(crate) fn add_socket(
+        &mut self,
+        sock: UdpSocket,
+        pktinfo: bool,
+    ) -> Result<SocketId, IoError> {
         let fd = sock.as_raw_fd();
         // A socket that refuses UDP_GRO just receives datagram by datagram.
         if self.gro {
             enable_gro(fd);
         }
-        let id = self.socks.insert(sock)?;
+        let id = self.socks.insert(sock, pktinfo)?;
         let generation = self.socks.entries[id.0 as usize].generation;
         if let Err(e) = epoll_add(self.epfd.as_raw_fd(), fd, token(id, generation)) {
             self.socks.remove(id);
@@ -263,29 +272,42 @@ impl PortableBackend {
                 continue;
             }
             let (idx, generation) = ((tok & 0xffff_ffff) as u32, (tok >> 32) as u32);
-            let Some(fd) = self
+            let Some((fd, pktinfo)) = self
                 .socks
                 .live_mut(idx, generation)
-                .and_then(|e| e.sock.as_ref().map(|s| s.as_raw_fd()))
+                .and_then(|e| e.sock.as_ref().map(|s| (s.as_raw_fd(), e.pktinfo)))
             else {
                 continue; // removed meanwhile
             };
-            delivered += self.recv_socket(SocketId(idx), fd, on_recv);
+            delivered += self.recv_socket(SocketId(idx), fd, pktinfo, on_recv);
         }
         Ok(delivered)
     }
 
     /// `recvmmsg` until the socket is drained (or MAX_ROUNDS), handing datagrams out in place.
-    fn recv_socket(&mut self, id: SocketId, fd: RawFd, on_recv: &mut OnRecv<'_>) -> usize {
+    fn recv_socket(
+        &mut self,
+        id: SocketId,
+        fd: RawFd,
+        pktinfo: bool,
+        on_recv: &mut OnRecv<'_>,
+    ) -> usize {
         let mut delivered = 0;
+        // Control space only for what this socket can receive: none for a plain socket.
+        let ctl_len = if self.gro { GRO_CMSG_SPACE } else { 0 }
+            + if pktinfo { PKTINFO_CMSG_SPACE } else { 0 };
+        let want_ctl = ctl_len > 0;
         for _ in 0..MAX_ROUNDS {
             for (m, ctl) in self.rmsgs.iter_mut().zip(self.rctl.iter_mut()) {
                 m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 m.msg_hdr.msg_flags = 0;
                 m.msg_len = 0;
-                if self.gro {
+                if want_ctl {
                     m.msg_hdr.msg_control = ctl.as_mut_ptr().cast();
-                    m.msg_hdr.msg_controllen = GRO_CMSG_SPACE as _;
+                    m.msg_hdr.msg_controllen = ctl_len as _;
+                } else {
+                    m.msg_hdr.msg_control = std::ptr::null_mut();
+                    m.msg_hdr.msg_controllen = 0;
                 }
             }
             // SAFETY: rmsgs/riov/rnames/rbufs are preallocated, point at each other and stay
@@ -315,9 +337,10 @@ impl PortableBackend {
             let r = r as usize;
             for k in 0..r {
                 let hdr = &self.rmsgs[k];
-                // With GRO a cut-off control message may have held the segment size: the
-                // buffer cannot be split, so it is dropped as truncated too.
-                let cut = libc::MSG_TRUNC | if self.gro { libc::MSG_CTRUNC } else { 0 };
+                // A cut-off control message may have held the GRO segment size or the
+                // destination IP: the buffer cannot be split or attributed, so it is
+                // dropped as truncated too.
+                let cut = libc::MSG_TRUNC | if want_ctl { libc::MSG_CTRUNC } else { 0 };
                 if hdr.msg_hdr.msg_flags & cut != 0 {
                     self.stats.truncated += 1;
                     continue;
@@ -328,17 +351,23 @@ impl PortableBackend {
                     self.stats.recv_errors += 1;
                     continue;
                 };
-                let seg = if self.gro {
+                let (seg, dst) = if want_ctl {
                     // `msg_controllen` is a size_t on glibc, a socklen_t on musl.
                     #[allow(clippy::unnecessary_cast)]
-                    let clen = (hdr.msg_hdr.msg_controllen as usize).min(GRO_CMSG_SPACE);
-                    // SAFETY: the kernel wrote `clen` bytes of control data into rctl[k].
+                    let clen = (hdr.msg_hdr.msg_controllen as usize).min(ctl_len);
+                    // SAFETY: the kernel wrote `clen` bytes of control data into rctl[k]
+                    // (`ctl_len <= RCTL_WORDS * 8`).
                     let ctl = unsafe {
                         std::slice::from_raw_parts(self.rctl[k].as_ptr().cast::<u8>(), clen)
                     };
-                    gro_segment_size(ctl)
+                    recv_cmsgs(ctl, pktinfo)
                 } else {
-                    None
+                    (None, None)
+                };
+                let meta = RecvMeta {
+                    sock: id,
+                    from,
+                    dst,
                 };
                 let segs = match gro_split(len, seg, self.buf_size) {
                     Ok(segs) => segs,
@@ -361,7 +390,7 @@ impl PortableBackend {
                     n_seg += 1;
                     self.stats.received += 1;
                     delivered += 1;
-                    on_recv(&mut self.sendq, id, from, payload, &mut self.lend);
+                    on_recv(&mut self.sendq, meta, payload, &mut self.lend);
                     if self.sendq.queued() >= self.batch {
                         self.flush_now();
                     }
@@ -486,12 +515,8 @@ fn send_run(
             h.msg_namelen = q.addr_lens[first];
             h.msg_iov = &mut send.iov[iv];
             h.msg_iovlen = n as _;
-            if n > 1 {
-                send.cmsgs[k].attach(q.lens[first] as u16, h);
-            } else {
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
-            }
+            let seg = (n > 1).then_some(q.lens[first] as u16);
+            send.cmsgs[k].attach(seg, src_ip(q.src(first)), h);
             h.msg_flags = 0;
             send.msgs[k].msg_len = 0;
             send.segs[k] = n;

@@ -39,10 +39,10 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
 use super::{
-    Config, GEN_MASK, GRO_BUF_COUNT, GRO_BUF_SIZE, GRO_CMSG_SPACE, GSO_MAX_SEGMENTS, GsoCmsg,
-    GsoState, IoError, IoStats, Lend, OnRecv, Region, SendQueue, SockTable, SocketId, Waker,
-    bind_udp, enable_gro, gro_segment_size, gro_split, gro_supported, is_gso_rejection,
-    sockaddr_from_bytes,
+    Config, GEN_MASK, GRO_BUF_COUNT, GRO_BUF_SIZE, GRO_CMSG_SPACE, GSO_MAX_SEGMENTS, GsoState,
+    IoError, IoStats, Lend, OnRecv, PKTINFO_CMSG_SPACE, RecvMeta, Region, SendCmsg, SendQueue,
+    SockTable, SocketId, Waker, bind_udp, enable_gro, gro_split, gro_supported, is_gso_rejection,
+    recv_cmsgs, sockaddr_from_bytes, src_ip,
 };
 
 const K_RECV: u64 = 1;
@@ -62,7 +62,7 @@ const MAX_GSO_GROUPS: usize = 256;
 /// groups live in a boxed slice allocated in `new`).
 struct GsoGroup {
     hdr: libc::msghdr,
-    cmsg: GsoCmsg,
+    cmsg: SendCmsg,
     iov: [libc::iovec; GSO_MAX_SEGMENTS],
     slots: [u32; GSO_MAX_SEGMENTS],
     len: usize,
@@ -74,7 +74,7 @@ impl GsoGroup {
         unsafe {
             Self {
                 hdr: mem::zeroed(),
-                cmsg: GsoCmsg::new(),
+                cmsg: SendCmsg::new(),
                 iov: mem::zeroed(),
                 slots: [0; GSO_MAX_SEGMENTS],
                 len: 0,
@@ -169,11 +169,16 @@ pub struct UringBackend {
     /// The receive buffers (`bufring` points into its region) and their loans.
     pub(crate) lend: Lend,
     recv_hdr: Box<libc::msghdr>,
+    /// The receive template of sockets that report the destination IP: room for the
+    /// `IP(V6)_PKTINFO` control message too.
+    recv_hdr_pktinfo: Box<libc::msghdr>,
     socks: SockTable,
     rearm: Vec<(u32, u32)>,
     pub(crate) sendq: SendQueue,
     send_hdrs: Box<[libc::msghdr]>,
     send_iov: Box<[libc::iovec]>,
+    /// Per send slot: control messages of a single send with a source IP.
+    send_cmsgs: Box<[SendCmsg]>,
     gso_groups: Box<[GsoGroup]>,
     gso_free: Vec<u32>,
     pub(crate) gso: GsoState,
@@ -297,11 +302,14 @@ impl UringBackend {
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
         recv_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         recv_hdr.msg_controllen = if gro { GRO_CMSG_SPACE } else { 0 };
+        let mut recv_hdr_pktinfo = Box::new(*recv_hdr);
+        recv_hdr_pktinfo.msg_controllen += PKTINFO_CMSG_SPACE;
 
         let n = cfg.send_slots;
         // SAFETY: as above for msghdr/iovec.
         let send_hdrs = vec![unsafe { mem::zeroed::<libc::msghdr>() }; n].into();
         let send_iov = vec![unsafe { mem::zeroed::<libc::iovec>() }; n].into();
+        let send_cmsgs = (0..n).map(|_| SendCmsg::new()).collect();
         let gso = GsoState::new(cfg);
         let groups = if gso.enabled {
             (n / 2).min(MAX_GSO_GROUPS)
@@ -315,11 +323,13 @@ impl UringBackend {
             bufring,
             lend,
             recv_hdr,
+            recv_hdr_pktinfo,
             socks: SockTable::default(),
             rearm: Vec::new(),
             sendq: SendQueue::new(n, cfg.buf_size)?,
             send_hdrs,
             send_iov,
+            send_cmsgs,
             gso_groups,
             gso_free: (0..groups as u32).rev().collect(),
             gso,
@@ -392,13 +402,18 @@ impl UringBackend {
         let Some(fd) = e.sock.as_ref().map(|s| s.as_raw_fd()) else {
             return Ok(());
         };
-        let sqe = opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_hdr, BGID)
+        let hdr = if e.pktinfo {
+            &*self.recv_hdr_pktinfo
+        } else {
+            &*self.recv_hdr
+        };
+        let sqe = opcode::RecvMsgMulti::new(Fd(fd), hdr, BGID)
             .build()
             .user_data(ud(K_RECV, e.generation, idx));
         e.armed = true;
         e.rearm = false;
-        // SAFETY: `recv_hdr` is boxed and lives as long as the ring; the fd stays open until
-        // this SQE is submitted (see the module invariant).
+        // SAFETY: both receive templates are boxed and live as long as the ring; the fd
+        // stays open until this SQE is submitted (see the module invariant).
         unsafe { push_sqe(&mut self.ring, &sqe) }
     }
 
@@ -415,12 +430,16 @@ impl UringBackend {
         Ok(())
     }
 
-    pub(crate) fn add_socket(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
+    pub(crate) fn add_socket(
+        &mut self,
+        sock: UdpSocket,
+        pktinfo: bool,
+    ) -> Result<SocketId, IoError> {
         // A socket that refuses UDP_GRO just receives datagram by datagram.
         if self.gro {
             enable_gro(sock.as_raw_fd());
         }
-        let id = self.socks.insert(sock)?;
+        let id = self.socks.insert(sock, pktinfo)?;
         if let Err(e) = self.arm_recv(id.0) {
             self.socks.remove(id);
             return Err(e.into());
@@ -500,10 +519,14 @@ impl UringBackend {
         h.msg_namelen = self.sendq.addr_lens[i];
         h.msg_iov = iov;
         h.msg_iovlen = 1;
+        match self.sendq.src(i) {
+            0 if h.msg_controllen == 0 => {}
+            src => self.send_cmsgs[i].attach(None, src_ip(src), h),
+        }
         let sqe = opcode::SendMsg::new(Fd(fd), &*h)
             .build()
             .user_data(ud(K_SEND, 0, i as u32));
-        // SAFETY: slot `i` (buffer, address, iovec, msghdr) is in flight until its CQE
+        // SAFETY: slot `i` (buffer, address, iovec, msghdr, control) is in flight until its CQE
         // and none of those arrays are reallocated; the fd is open (module invariant).
         match unsafe { push_sqe(&mut self.ring, &sqe) } {
             Ok(()) => self.inflight_sends += 1,
@@ -514,8 +537,8 @@ impl UringBackend {
         }
     }
 
-    /// One `SendMsg` with a `UDP_SEGMENT` cmsg for `run` (same socket, destination and
-    /// segment size, as checked by `SendQueue::gso_run`). A group record must be free.
+    /// One `SendMsg` with a `UDP_SEGMENT` cmsg for `run` (same socket, source, destination
+    /// and segment size, as checked by `SendQueue::gso_run`). A group record must be free.
     fn push_gso(&mut self, fd: std::os::fd::RawFd, run: &[u32]) {
         let g = self.gso_free.pop().expect("push_gso without a free group") as usize;
         let first = run[0] as usize;
@@ -534,7 +557,8 @@ impl UringBackend {
         h.msg_namelen = self.sendq.addr_lens[first];
         h.msg_iov = grp.iov.as_mut_ptr();
         h.msg_iovlen = run.len() as _;
-        grp.cmsg.attach(self.sendq.lens[first] as u16, h);
+        let (seg, src) = (self.sendq.lens[first] as u16, self.sendq.src(first));
+        grp.cmsg.attach(Some(seg), src_ip(src), h);
         let sqe = opcode::SendMsg::new(Fd(fd), &grp.hdr)
             .build()
             .user_data(ud(K_SEND_GSO, 0, g as u32));
@@ -766,7 +790,7 @@ impl UringBackend {
         let generation = ((data >> 32) as u32) & GEN_MASK;
         let res = c.result();
         let flags = c.flags();
-        let live = self.socks.live_mut(idx, generation).is_some();
+        let live = self.socks.live_mut(idx, generation).map(|e| e.pktinfo);
         let mut delivered = 0;
         if res < 0 {
             match -res {
@@ -776,8 +800,10 @@ impl UringBackend {
             }
         }
         if let Some(bid) = cqueue::buffer_select(flags) {
-            if live && res >= 0 {
-                delivered = self.deliver(SocketId(idx), bid, res as usize, on_recv);
+            if let Some(pktinfo) = live
+                && res >= 0
+            {
+                delivered = self.deliver(SocketId(idx), pktinfo, bid, res as usize, on_recv);
             }
             // A lent buffer comes back through `take_back_lent`.
             if !self.lend.end() {
@@ -801,37 +827,51 @@ impl UringBackend {
     /// Parse buffer `bid` (`len` bytes written by the kernel) and hand the payload out: one
     /// datagram, or with GRO every `seg`-byte datagram of a merged burst (the last may be
     /// shorter). Returns the datagrams delivered.
-    fn deliver(&mut self, id: SocketId, bid: u16, len: usize, on_recv: &mut OnRecv<'_>) -> usize {
+    fn deliver(
+        &mut self,
+        id: SocketId,
+        pktinfo: bool,
+        bid: u16,
+        len: usize,
+        on_recv: &mut OnRecv<'_>,
+    ) -> usize {
         let base = self.bufring.buf_ptr(bid);
         let len = len.min(self.bufring.buf_size);
+        let hdr = if pktinfo {
+            &self.recv_hdr_pktinfo
+        } else {
+            &self.recv_hdr
+        };
         let parsed = {
             // SAFETY: the kernel handed buffer `bid` to us with this CQE and does not touch
             // it until we push it back; `len` bytes of it were written.
             let buf = unsafe { std::slice::from_raw_parts(base, len) };
-            match RecvMsgOut::parse(buf, &self.recv_hdr) {
+            match RecvMsgOut::parse(buf, hdr) {
                 Ok(out) if out.is_payload_truncated() || out.is_name_data_truncated() => Err(true),
-                // The GRO segment size may be what was cut off: the buffer cannot be split.
-                Ok(out) if self.gro && out.is_control_data_truncated() => Err(true),
+                // The GRO segment size or the destination IP may be what was cut off: the
+                // buffer cannot be split, or not be attributed.
+                Ok(out) if (self.gro || pktinfo) && out.is_control_data_truncated() => Err(true),
                 Ok(out) => {
                     let payload = out.payload_data();
                     let off = payload.as_ptr() as usize - base as usize;
-                    let seg = if self.gro {
-                        gro_segment_size(out.control_data())
+                    let (seg, dst) = if self.gro || pktinfo {
+                        recv_cmsgs(out.control_data(), pktinfo)
                     } else {
-                        None
+                        (None, None)
                     };
                     Ok((
                         sockaddr_from_bytes(out.name_data()),
                         off,
                         payload.len(),
                         seg,
+                        dst,
                     ))
                 }
                 Err(()) => Err(false),
             }
         };
-        let (from, off, plen, seg) = match parsed {
-            Ok((Some(from), off, plen, seg)) => (from, off, plen, seg),
+        let (from, off, plen, seg, dst) = match parsed {
+            Ok((Some(from), off, plen, seg, dst)) => (from, off, plen, seg, dst),
             Ok((None, ..)) | Err(false) => {
                 self.stats.recv_errors += 1;
                 return 0;
@@ -851,6 +891,11 @@ impl UringBackend {
         let start = usize::from(bid & self.bufring.mask) * self.bufring.buf_size + off;
         self.lend.begin(u32::from(bid & self.bufring.mask));
         let region = self.lend.region().as_ptr();
+        let meta = RecvMeta {
+            sock: id,
+            from,
+            dst,
+        };
         let mut delivered = 0;
         for (at, n) in segs {
             // SAFETY: in bounds of buffer `bid` (parse checked `off + plen`); the shared
@@ -860,7 +905,7 @@ impl UringBackend {
             let payload = unsafe { std::slice::from_raw_parts_mut(region.add(start + at), n) };
             delivered += 1;
             self.stats.received += 1;
-            on_recv(&mut self.sendq, id, from, payload, &mut self.lend);
+            on_recv(&mut self.sendq, meta, payload, &mut self.lend);
             if self.sendq.queued() >= self.batch {
                 self.push_sends();
                 if let Err(e) = self.ring.submit()
@@ -903,8 +948,7 @@ impl Drop for UringBackend {
             let _ = unsafe { push_sqe(&mut self.ring, &e) };
         }
         let deadline = Instant::now() + Duration::from_millis(500);
-        let mut noop =
-            |_: &mut SendQueue, _: SocketId, _: SocketAddr, _: &mut [u8], _: &mut Lend| {};
+        let mut noop = |_: &mut SendQueue, _: RecvMeta, _: &mut [u8], _: &mut Lend| {};
         while Instant::now() < deadline {
             let armed = self.socks.entries.iter().any(|e| e.armed);
             if !armed && !self.wake_armed && self.inflight_sends == 0 {
@@ -958,7 +1002,7 @@ pub(crate) fn probe() -> Result<String, String> {
     let mut b = UringBackend::new(&cfg).map_err(|e| e.to_string())?;
     let sock = bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false)
         .map_err(|e| format!("probe socket: {e}"))?;
-    let id = b.add_socket(sock).map_err(|e| e.to_string())?;
+    let id = b.add_socket(sock, false).map_err(|e| e.to_string())?;
     let me = b.local_addr(id);
     for _ in 0..2 {
         b.sendq
@@ -968,10 +1012,8 @@ pub(crate) fn probe() -> Result<String, String> {
     let mut got = 0;
     let deadline = Instant::now() + Duration::from_secs(2);
     while got < 2 && Instant::now() < deadline {
-        b.poll(Some(Duration::from_millis(50)), &mut |_, _, _, _, _| {
-            got += 1
-        })
-        .map_err(|e| format!("probe poll: {e}"))?;
+        b.poll(Some(Duration::from_millis(50)), &mut |_, _, _, _| got += 1)
+            .map_err(|e| format!("probe poll: {e}"))?;
     }
     let st = b.stats;
     if got < 2 {

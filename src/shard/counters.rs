@@ -52,6 +52,7 @@ counters!(
     recv_region_start,
     recv_region_end,
     loop_turns,
+    relay_port_sockets,
 );
 
 impl ShardCounters {

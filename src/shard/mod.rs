@@ -11,6 +11,7 @@
 
 mod counters;
 pub(crate) mod ice;
+mod shared_ports;
 pub mod timers;
 mod worker;
 
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
-use crate::config::{Config, IoBackendChoice};
+use crate::config::{Config, IoBackendChoice, RelaySocket};
 use crate::io::{self, BackendChoice, BackendKind, IoError, Waker};
 use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
@@ -28,6 +29,7 @@ pub use counters::ShardCounters;
 pub use ice::gather;
 pub(crate) use ice::{AppLink, IceCmd, NewAgent, ServerSpec};
 pub use ice::{IceCounters, IceStats, MAX_ICE_SHARDS};
+pub use shared_ports::MAX_SHARED_IPS;
 
 /// Errors starting or running the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,9 @@ impl Runtime {
             gso: config.io.gso,
             gro: config.io.gro,
         };
+        if config.turn.enabled && config.turn.relay_socket == RelaySocket::SharedPort {
+            check_local(&config.turn.relay_ips)?;
+        }
         let server_config = ServerConfig {
             software: config.server.software.clone(),
             turn: turn_config(config).map_err(|e| ShardError::Thread(0, e))?,
@@ -147,6 +152,8 @@ impl Runtime {
                 io: io_config,
                 server: server_config.clone(),
                 ports,
+                shared_ports: (config.turn.relay_socket == RelaySocket::SharedPort)
+                    .then(|| (config.turn.relay_ips.clone(), shard_ports(ports, index, n))),
                 sockets: socks,
                 ice_sockets: ice_socks,
                 tcp,
@@ -333,6 +340,31 @@ fn bind_group(
     }
 }
 
+/// Shared-port sockets bind the wildcard address, so a relay IP that is not a local address
+/// would only fail later, when the kernel refuses it as a source: refuse it at start.
+fn check_local(relay_ips: &[std::net::IpAddr]) -> Result<(), IoError> {
+    for &ip in relay_ips {
+        let addr = SocketAddr::new(ip, 0);
+        std::net::UdpSocket::bind(addr).map_err(|source| IoError::Bind { addr, source })?;
+    }
+    Ok(())
+}
+
+/// Shard `index`'s slice of the relay port range in shared-port mode: the range split
+/// evenly over the `n` shards, so one shard never scans ports another holds (a wildcard
+/// port socket belongs to one shard). A range narrower than the shards: all share it.
+fn shard_ports((lo, hi): (u16, u16), index: usize, n: usize) -> (u16, u16) {
+    let span = u32::from(hi - lo) + 1;
+    let n = n.max(1) as u32;
+    if span < n {
+        return (lo, hi);
+    }
+    let i = index as u32 % n;
+    let a = u32::from(lo) + span * i / n;
+    let b = u32::from(lo) + span * (i + 1) / n - 1;
+    (a as u16, b as u16)
+}
+
 /// The relay settings shared by every shard: one nonce secret (read from the OS once), one
 /// clock epoch and one quota table, so a nonce or a quota means the same on every shard.
 fn turn_config(config: &Config) -> Result<Option<TurnConfig>, String> {
@@ -368,5 +400,29 @@ fn turn_config(config: &Config) -> Result<Option<TurnConfig>, String> {
 impl Drop for Runtime {
     fn drop(&mut self) {
         let _ = self.shutdown_inner();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shard_port_slices_cover_the_range_without_overlap() {
+        for (lo, hi, n) in [
+            (10000u16, 29999u16, 2usize),
+            (49152, 65535, 3),
+            (5, 9, 7),
+            (1, 65535, 64),
+        ] {
+            let slices: Vec<_> = (0..n).map(|i| super::shard_ports((lo, hi), i, n)).collect();
+            if u32::from(hi - lo) + 1 < n as u32 {
+                assert!(slices.iter().all(|&s| s == (lo, hi)));
+                continue;
+            }
+            assert_eq!(slices[0].0, lo);
+            assert_eq!(slices[n - 1].1, hi);
+            for w in slices.windows(2) {
+                assert_eq!(u32::from(w[0].1) + 1, u32::from(w[1].0), "{slices:?}");
+            }
+        }
     }
 }

@@ -4,6 +4,8 @@
 //! callback the backend is borrowed, so [`Deferred`] answers `Later` to `open` (the
 //! Allocate datagram is copied aside and replayed after the batch with [`Binder`], which
 //! binds a port from the range and registers it) and queues `close` until the batch ends.
+//! In shared-port mode ([`SharedPorts`]) `Binder` hands out slots of wildcard port sockets
+//! instead, and datagrams on those go to `Server::handle_relayed` with their destination.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex};
@@ -14,8 +16,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::ice::IceHost;
+use super::shared_ports::SharedPorts;
 use super::{Control, ShardCounters, ShardError};
-use crate::io::{self, Backend, BackendKind, SendQueue, SocketId, StreamId, StreamSet, Waker};
+use crate::io::{
+    self, Backend, BackendKind, RecvMeta, SendQueue, SocketId, StreamId, StreamSet, Waker,
+};
 use crate::stun::stream::{frame_len, padding};
 use crate::turn::server::{
     DropReason, OpenError, Outcome, PortWish, RelayPorts, Server, ServerConfig, Sock,
@@ -30,6 +35,9 @@ pub(super) struct Params {
     pub server: ServerConfig,
     /// Relay port range.
     pub ports: (u16, u16),
+    /// Shared-port relay sockets on these relay IPs, from this shard's slice of the port
+    /// range (`None`: one socket per allocation, from the whole range).
+    pub shared_ports: Option<(Vec<IpAddr>, (u16, u16))>,
     pub sockets: Vec<UdpSocket>,
     /// This shard's copies of the `[ice] listen` mux sockets.
     pub ice_sockets: Vec<UdpSocket>,
@@ -43,10 +51,14 @@ pub(super) struct Params {
 /// Longest sleep when nothing is scheduled, so counters stay fresh for observers.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
+/// A relay socket to close (`None`) or a shared-port slot to free, after the batch.
+type ToClose = Vec<(Sock, Option<SocketAddr>)>;
+
 /// `RelayPorts` inside the receive callback: cannot open, closes after the batch.
 struct Deferred<'a> {
-    to_close: &'a mut Vec<Sock>,
+    to_close: &'a mut ToClose,
     parked: &'a Parked,
+    shared: bool,
 }
 
 impl RelayPorts for Deferred<'_> {
@@ -54,7 +66,13 @@ impl RelayPorts for Deferred<'_> {
         Err(OpenError::Later)
     }
     fn close(&mut self, sock: Sock) {
-        self.to_close.push(sock);
+        self.to_close.push((sock, None));
+    }
+    fn shared(&self) -> bool {
+        self.shared
+    }
+    fn end_relay(&mut self, sock: Sock, relayed: SocketAddr) {
+        self.to_close.push((sock, self.shared.then_some(relayed)));
     }
     fn claim(&mut self, _: SocketAddr) -> Result<(Sock, SocketAddr), OpenError> {
         Err(OpenError::Later)
@@ -68,7 +86,7 @@ impl RelayPorts for Deferred<'_> {
 /// stays ours) but registered with no backend until an Allocate claims them.
 pub(super) type Parked = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;
 
-fn parked_take(parked: &Parked, addr: SocketAddr) -> Option<UdpSocket> {
+pub(super) fn parked_take(parked: &Parked, addr: SocketAddr) -> Option<UdpSocket> {
     parked
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -82,6 +100,7 @@ struct Binder<'a> {
     /// Where the next search starts (spreads shards and reuse over the range).
     next: &'a mut u16,
     parked: &'a Parked,
+    shared: Option<&'a mut SharedPorts>,
 }
 
 impl Binder<'_> {
@@ -97,6 +116,9 @@ impl Binder<'_> {
 
 impl RelayPorts for Binder<'_> {
     fn open(&mut self, ip: IpAddr, wish: PortWish) -> Result<(Sock, SocketAddr), OpenError> {
+        if let Some(sp) = self.shared.as_deref_mut() {
+            return sp.open(self.backend, self.parked, ip, wish);
+        }
         let (lo, hi) = self.range;
         let span = u32::from(hi - lo) + 1;
         for _ in 0..span.min(4096) {
@@ -136,12 +158,26 @@ impl RelayPorts for Binder<'_> {
     }
 
     fn claim(&mut self, addr: SocketAddr) -> Result<(Sock, SocketAddr), OpenError> {
+        if let Some(sp) = self.shared.as_deref_mut() {
+            return sp.claim(self.backend, self.parked, addr);
+        }
         let sock = parked_take(self.parked, addr).ok_or(OpenError::Exhausted)?;
         self.register(sock)
     }
 
     fn release(&mut self, addr: SocketAddr) {
         parked_take(self.parked, addr);
+    }
+
+    fn shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    fn end_relay(&mut self, sock: Sock, relayed: SocketAddr) {
+        match self.shared.as_deref_mut() {
+            Some(sp) => sp.end(self.backend, sock, relayed),
+            None => self.close(sock),
+        }
     }
 }
 
@@ -185,7 +221,12 @@ pub(super) fn run(
     // Each shard starts its port search at its own offset of the range.
     let mut next_port =
         lo + ((u32::from(hi - lo) + 1) * p.index as u32 / 16).min(u32::from(hi - lo)) as u16;
-    let mut to_close: Vec<Sock> = Vec::new();
+    let mut shared = p
+        .shared_ports
+        .as_ref()
+        .map(|(ips, range)| SharedPorts::new(ips, *range));
+    let is_shared = shared.is_some();
+    let mut to_close: ToClose = Vec::new();
     let mut later: Vec<(Sock, SocketAddr, Vec<u8>)> = Vec::new();
     let mut scratch = vec![0u8; p.io.buf_size];
     let mut turns = 0u64;
@@ -216,15 +257,21 @@ pub(super) fn run(
         let mut ice_now: Option<Instant> = None;
         // `now` is read once per turn: at most IDLE_TICK stale, far below the 1 s
         // resolution of lifetimes and nonces.
-        backend.poll(Some(timeout), &mut |sendq, sock, from, data, lend| {
+        backend.poll(Some(timeout), &mut |sendq, m: RecvMeta, data, lend| {
+            let RecvMeta { sock, from, .. } = m;
             if ice.owns(sock) {
                 let now = *ice_now.get_or_insert_with(Instant::now);
                 ice.on_datagram(now, sendq, sock, from, data, lend);
                 return;
             }
+            if let Some(port) = shared.as_ref().and_then(|sp| sp.port_of(sock)) {
+                relayed(&mut server, now, sendq, m, port, data, tcp.streams.as_mut());
+                return;
+            }
             let mut ports = Deferred {
                 to_close: &mut to_close,
                 parked: &p.parked,
+                shared: is_shared,
             };
             answer(
                 &mut server,
@@ -245,6 +292,7 @@ pub(super) fn run(
             let mut ports = Deferred {
                 to_close: &mut to_close,
                 parked: &p.parked,
+                shared: is_shared,
             };
             tcp.poll(
                 &mut server,
@@ -263,6 +311,7 @@ pub(super) fn run(
         // (io counters lag one turn).
         turns += 1;
         p.counters.publish(server.stats(), &backend.stats(), turns);
+        publish_relay_sockets(&p.counters, shared.as_ref());
         backend.flush()?;
         // Work the receive callback could not do: closes, Allocate replays, the sweep,
         // allocations of closed TCP connections.
@@ -274,9 +323,13 @@ pub(super) fn run(
                 range: p.ports,
                 next: &mut next_port,
                 parked: &p.parked,
+                shared: shared.as_mut(),
             };
-            for s in to_close.drain(..) {
-                ports.close(s);
+            for (s, relayed) in to_close.drain(..) {
+                match relayed {
+                    Some(r) => ports.end_relay(s, r),
+                    None => ports.close(s),
+                }
             }
             for (id, peer) in tcp.closed.drain(..) {
                 server.end_client(stream_sock(id), peer, &mut ports);
@@ -288,15 +341,17 @@ pub(super) fn run(
                             ports.backend,
                             tcp.streams.as_mut(),
                             sock,
+                            None,
                             from,
                             &scratch[..n],
                         );
                     }
-                    Outcome::Send { sock, to, len } => {
+                    Outcome::Send { sock, src, to, len } => {
                         emit(
                             ports.backend,
                             tcp.streams.as_mut(),
                             sock,
+                            src,
                             to,
                             &scratch[..len],
                         );
@@ -307,6 +362,7 @@ pub(super) fn run(
             server.handle_timeout(now, &mut ports);
             backend.flush()?;
             p.counters.publish(server.stats(), &backend.stats(), turns);
+            publish_relay_sockets(&p.counters, shared.as_ref());
         }
         if shutdown {
             break;
@@ -335,8 +391,8 @@ fn answer(
     match sendq.slot() {
         Some(slot) => match server.handle(now, Sock(sock.0), from, data, slot, ports) {
             Outcome::Reply(n) => sendq.commit(sock, from, n),
-            Outcome::Send { sock, to, len } => match (as_stream(sock), streams) {
-                (None, _) => sendq.commit(SocketId(sock.0), to, len),
+            Outcome::Send { sock, src, to, len } => match (as_stream(sock), streams) {
+                (None, _) => commit(sendq, sock, src, to, len),
                 (Some(id), Some(st)) => stream_send(st, id, &slot[..len]),
                 (Some(_), None) => {}
             },
@@ -344,6 +400,57 @@ fn answer(
             Outcome::Drop(_) => {}
         },
         None => server.note_drop(DropReason::NoRoom),
+    }
+}
+
+/// A peer's datagram on a shared-port relay socket: relayed to the allocation whose
+/// relayed address is (destination IP, `port`), or dropped and counted (no destination
+/// reported, or not an allocation's relayed address).
+#[inline]
+fn relayed(
+    server: &mut Server,
+    now: Instant,
+    sendq: &mut SendQueue,
+    m: RecvMeta,
+    port: u16,
+    data: &mut [u8],
+    streams: Option<&mut StreamSet>,
+) {
+    let Some(dst) = m.dst else {
+        server.note_drop(DropReason::NotRelayed);
+        return;
+    };
+    let Some(slot) = sendq.slot() else {
+        server.note_drop(DropReason::NoRoom);
+        return;
+    };
+    let to_addr = SocketAddr::new(dst, port);
+    if let Outcome::Send { sock, src, to, len } =
+        server.handle_relayed(now, Sock(m.sock.0), to_addr, m.from, data, slot)
+    {
+        match (as_stream(sock), streams) {
+            (None, _) => commit(sendq, sock, src, to, len),
+            (Some(id), Some(st)) => stream_send(st, id, &slot[..len]),
+            (Some(_), None) => {}
+        }
+    }
+}
+
+/// Queues a relayed datagram; the plain `commit` when no source IP is named (one socket
+/// per allocation, and every datagram to a client), so that path carries no source.
+#[inline(always)]
+fn commit(sendq: &mut SendQueue, sock: Sock, src: Option<IpAddr>, to: SocketAddr, len: usize) {
+    match src {
+        None => sendq.commit(SocketId(sock.0), to, len),
+        src => sendq.commit_from(SocketId(sock.0), src, to, len),
+    }
+}
+
+fn publish_relay_sockets(counters: &ShardCounters, shared: Option<&SharedPorts>) {
+    if let Some(sp) = shared {
+        counters
+            .relay_port_sockets
+            .store(sp.sockets() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -369,12 +476,13 @@ fn emit(
     backend: &mut Backend,
     streams: Option<&mut StreamSet>,
     sock: Sock,
+    src: Option<IpAddr>,
     to: SocketAddr,
     bytes: &[u8],
 ) {
     match (as_stream(sock), streams) {
         (None, _) => {
-            let _ = backend.send_to(SocketId(sock.0), to, bytes);
+            let _ = backend.send_from(SocketId(sock.0), src, to, bytes);
         }
         (Some(id), Some(st)) => stream_send(st, id, bytes),
         (Some(_), None) => {}
@@ -491,8 +599,8 @@ fn frames(
         };
         match server.handle(now, sock, peer, frame, slot, ports) {
             Outcome::Reply(len) => stream_send(set, id, &slot[..len]),
-            Outcome::Send { sock, to, len } => match as_stream(sock) {
-                None => sendq.commit(SocketId(sock.0), to, len),
+            Outcome::Send { sock, src, to, len } => match as_stream(sock) {
+                None => commit(sendq, sock, src, to, len),
                 Some(other) => stream_send(set, other, &slot[..len]),
             },
             Outcome::Later => later.push((sock, peer, frame.to_vec())),
@@ -502,8 +610,9 @@ fn frames(
 }
 
 /// A relay socket: no SO_REUSEADDR/SO_REUSEPORT, so a port is never shared by two
-/// allocations (on Linux two UDP sockets with SO_REUSEADDR may bind the same port).
-fn bind_relay(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// allocations (on Linux two UDP sockets with SO_REUSEADDR may bind the same port), nor a
+/// shared port by two shards.
+pub(super) fn bind_relay(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     sock.set_cloexec(true)?;

@@ -159,6 +159,8 @@ pub(super) struct Allocation {
     /// The relay socket and its address.
     pub relay_sock: Sock,
     pub relay: SocketAddr,
+    /// The relay socket is a shared-port socket (found by `relay`, sends from its IP).
+    pub shared: bool,
     pub expires: Instant,
     pub cred: Credential,
     /// Peer IP → permission expiry.
@@ -227,13 +229,15 @@ pub(super) struct Allocations {
     free: Vec<AllocId>,
     /// (listening socket, client address) → allocation.
     by_client: HashMap<(Sock, SocketAddr), AllocId>,
-    /// Relay socket → allocation.
+    /// Relay socket → allocation (one socket per allocation).
     by_relay: HashMap<Sock, AllocId>,
+    /// Relayed address → allocation (shared-port sockets).
+    by_relayed: HashMap<SocketAddr, AllocId>,
 }
 
 impl Allocations {
     pub fn len(&self) -> usize {
-        self.by_relay.len()
+        self.by_client.len()
     }
 
     #[inline]
@@ -244,6 +248,11 @@ impl Allocations {
     #[inline]
     pub fn by_relay(&self, sock: Sock) -> Option<AllocId> {
         self.by_relay.get(&sock).copied()
+    }
+
+    #[inline]
+    pub fn by_relayed(&self, relayed: SocketAddr) -> Option<AllocId> {
+        self.by_relayed.get(&relayed).copied()
     }
 
     #[inline]
@@ -258,7 +267,7 @@ impl Allocations {
 
     pub fn insert(&mut self, a: Allocation) -> AllocId {
         let key = (a.client_sock, a.client);
-        let relay = a.relay_sock;
+        let (relay, relayed, shared) = (a.relay_sock, a.relay, a.shared);
         let id = match self.free.pop() {
             Some(id) => {
                 self.slab[id as usize] = Some(Box::new(a));
@@ -270,14 +279,22 @@ impl Allocations {
             }
         };
         self.by_client.insert(key, id);
-        self.by_relay.insert(relay, id);
+        if shared {
+            self.by_relayed.insert(relayed, id);
+        } else {
+            self.by_relay.insert(relay, id);
+        }
         id
     }
 
     pub fn remove(&mut self, id: AllocId) -> Option<Allocation> {
         let a = self.slab.get_mut(id as usize)?.take()?;
         self.by_client.remove(&(a.client_sock, a.client));
-        self.by_relay.remove(&a.relay_sock);
+        if a.shared {
+            self.by_relayed.remove(&a.relay);
+        } else {
+            self.by_relay.remove(&a.relay_sock);
+        }
         self.free.push(id);
         Some(*a)
     }

@@ -16,6 +16,8 @@
 //!        Later                 ◀── needs a relay socket but `ports` cannot bind right now:
 //!                                  call handle() again with the same bytes once it can
 //!        Drop(reason)          ◀── nothing to send (counted)
+//!   datagram on a shared-port relay socket S, sent to local (ip, P), from peer A
+//!        ──handle_relayed(now, S, (ip, P), A, bytes, slot)──▶ Send to the client, or Drop
 //!   every poll_timeout() ──handle_timeout(now, ports)──▶ expiry sweep (1 s granularity)
 //! ```
 //!
@@ -100,6 +102,22 @@ pub trait RelayPorts {
     fn claim(&mut self, addr: SocketAddr) -> Result<(Sock, SocketAddr), OpenError>;
     /// Closes the socket parked at `addr`.
     fn release(&mut self, addr: SocketAddr);
+    /// Whether `open` and `claim` hand out shared-port sockets: one socket per relay port,
+    /// bound to the wildcard address, carrying that port for every relay IP of its family,
+    /// so several allocations share one [`Sock`]. The runtime then hands their peers'
+    /// datagrams to [`Server::handle_relayed`] with the relayed address they were sent to,
+    /// the server sends from that IP ([`Outcome::Send::src`]) and ends an allocation with
+    /// [`end_relay`](Self::end_relay). Default: one socket per allocation.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Ends the relayed transport address `relayed` on `sock` when its allocation goes: a
+    /// per-allocation socket is closed (the default: [`close`](Self::close)); a shared-port
+    /// socket frees that IP's slot and closes once no relay IP uses its port any more.
+    fn end_relay(&mut self, sock: Sock, relayed: SocketAddr) {
+        let _ = relayed;
+        self.close(sock);
+    }
 }
 
 /// A `RelayPorts` that can open nothing (for Binding-only use and tests).
@@ -187,6 +205,10 @@ pub enum DropReason {
     Bandwidth,
     /// Too many failed authentications from this source IP this minute.
     AuthRateLimited,
+    /// A datagram on a shared-port relay socket to a local address that is not the relayed
+    /// address of an allocation: a local IP that is no relay IP (e.g. a public interface),
+    /// or a relay IP whose slot on that port is free.
+    NotRelayed,
 }
 
 macro_rules! server_stats {
@@ -247,6 +269,9 @@ server_stats!(
     dropped_bandwidth,
     /// Dropped: failed-auth rate limit.
     dropped_auth_rate,
+    /// Dropped: sent to a shared relay port at a local address that is no allocation's
+    /// relayed address (not a relay IP, or a free slot).
+    dropped_not_relayed,
     /// Requests whose credentials were wrong (401 after a MESSAGE-INTEGRITY check).
     auth_failures,
     /// Relay sockets that could not be opened (port range exhausted on every relay
@@ -278,6 +303,7 @@ impl ServerStats {
             + self.dropped_no_permission
             + self.dropped_bandwidth
             + self.dropped_auth_rate
+            + self.dropped_not_relayed
     }
 
     /// Allocations alive (created − ended).
@@ -297,6 +323,7 @@ impl ServerStats {
             DropReason::NoPermission => &mut self.dropped_no_permission,
             DropReason::Bandwidth => &mut self.dropped_bandwidth,
             DropReason::AuthRateLimited => &mut self.dropped_auth_rate,
+            DropReason::NotRelayed => &mut self.dropped_not_relayed,
         };
         *c += 1;
     }
@@ -312,6 +339,10 @@ pub enum Outcome {
     Send {
         /// Socket to send from.
         sock: Sock,
+        /// Source IP to send from, for a shared-port relay socket (bound to the wildcard
+        /// address): the relayed address's IP, which the peer must see. `None`: the
+        /// socket's own address.
+        src: Option<IpAddr>,
         /// Destination.
         to: SocketAddr,
         /// Bytes written.
@@ -541,6 +572,37 @@ impl Server {
         r.allocs.get(id).map(|a| a.counters)
     }
 
+    /// A datagram from `peer` on the shared-port relay socket `sock`, sent to the local
+    /// transport address `relayed` (the destination IP the kernel reported and the socket's
+    /// port; see [`RelayPorts::shared`]): relayed to the client of the allocation at that
+    /// address (RFC 8656 §11.3, §12.7), or dropped and counted as
+    /// [`DropReason::NotRelayed`] when no allocation has it — the wildcard socket also
+    /// receives datagrams sent to local IPs that are no relay IPs.
+    pub fn handle_relayed(
+        &mut self,
+        now: Instant,
+        sock: Sock,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Outcome {
+        self.stats.received += 1;
+        let outcome = match self.relay.as_mut() {
+            Some(r) => match r.allocs.by_relayed(relayed) {
+                Some(id) if r.allocs.get(id).is_some_and(|a| a.relay_sock == sock) => {
+                    r.peer_datagram(id, peer, datagram, out, now, &mut self.stats)
+                }
+                _ => Outcome::Drop(DropReason::NotRelayed),
+            },
+            None => Outcome::Drop(DropReason::NotRelayed),
+        };
+        if let Outcome::Drop(r) = outcome {
+            self.stats.count_drop(r);
+        }
+        outcome
+    }
+
     /// Handles one datagram that arrived on socket `sock` from `source`, writing any
     /// answer or relayed datagram into `out`.
     pub fn handle(
@@ -646,7 +708,7 @@ impl Relay {
         stats: &mut ServerStats,
     ) {
         if let Some(a) = self.allocs.remove(id) {
-            ports.close(a.relay_sock);
+            ports.end_relay(a.relay_sock, a.relay);
             self.cfg.quotas.release(&a.cred.username);
             stats.allocations_ended += 1;
         }

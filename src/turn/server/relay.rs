@@ -33,8 +33,9 @@ pub(super) fn parse_channel_data(buf: &[u8]) -> Option<(u16, &[u8])> {
 }
 
 impl Relay {
-    /// A datagram from `peer` on the relay socket of allocation `id`.
-    #[inline]
+    /// A datagram from `peer` on the relay socket of allocation `id`. Inlined into both
+    /// callers (`Server::dispatch`, `Server::handle_relayed`): it is the hot path.
+    #[inline(always)]
     pub(super) fn peer_datagram(
         &mut self,
         id: AllocId,
@@ -89,6 +90,7 @@ impl Relay {
         stats.relayed_to_client_bytes += data.len() as u64;
         Outcome::Send {
             sock: a.client_sock,
+            src: None,
             to: a.client,
             len,
         }
@@ -139,6 +141,9 @@ impl Relay {
         stats.relayed_to_peer_bytes += data.len() as u64;
         Outcome::Send {
             sock: a.relay_sock,
+            // A shared-port socket is bound to the wildcard address: the peer must see the
+            // relayed address it was told (RFC 8656 §11.2: "from the relayed address").
+            src: a.shared.then_some(a.relay.ip()),
             to: peer,
             len: data.len(),
         }

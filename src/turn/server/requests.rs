@@ -380,7 +380,7 @@ impl Relay {
                 .quotas
                 .acquire(&cred.username, self.cfg.user_quota, self.cfg.total_quota)
         {
-            ports.close(relay_sock);
+            ports.end_relay(relay_sock, relay);
             if let Some(t) = new_token
                 && let Some(next) = self.cfg.reservations.take(&t, now)
             {
@@ -397,6 +397,7 @@ impl Relay {
             client: source,
             relay_sock,
             relay,
+            shared: ports.shared(),
             expires: now + Duration::from_secs(lifetime.into()),
             cred: cred.clone(),
             perms: SmallMap::new(),
