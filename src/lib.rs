@@ -32,7 +32,7 @@
 //! |--------|---------|
 //! | [`net`], [`wheel`] | std only |
 //! | [`stun`] | `net` |
-//! | `ice`, `turn` | `stun`, `net` |
+//! | `ice`, `turn` | `stun`, `net`, `wheel` |
 //! | [`io`] | `net` (never `stun`/`ice`/`turn`) |
 //! | `shard` | everything above |
 //! | [`api`] | `shard` (through its control channel), `ice` types, tokio `sync` channels |

@@ -313,7 +313,7 @@ pub(super) fn run(
         p.counters.publish(server.stats(), &backend.stats(), turns);
         publish_relay_sockets(&p.counters, shared.as_ref());
         backend.flush()?;
-        // Work the receive callback could not do: closes, Allocate replays, the sweep,
+        // Work the receive callback could not do: closes, Allocate replays, expiries,
         // allocations of closed TCP connections.
         let now = Instant::now();
         let due = server.poll_timeout().is_some_and(|at| at <= now);

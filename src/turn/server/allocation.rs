@@ -41,24 +41,36 @@ pub struct AllocationCounters {
     pub dropped_bandwidth: u64,
 }
 
-/// A token bucket in bytes; refilled by the sweep, spent on the hot path.
+/// A token bucket in bytes, refilled when spent: a second's worth (the burst) per whole
+/// second since the last refill.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bucket {
     /// Bytes per second; 0 = unlimited.
     rate: u64,
     tokens: u64,
+    /// Seconds since the server's epoch of the last refill.
+    at: u64,
 }
 
 impl Bucket {
     pub fn new(rate: u64) -> Self {
-        Bucket { rate, tokens: rate }
+        Bucket {
+            rate,
+            tokens: rate,
+            at: 0,
+        }
     }
 
-    /// Spends `n` bytes if available.
+    /// Spends `n` bytes if available at `now` (`epoch`: the server's time origin).
     #[inline]
-    pub fn take(&mut self, n: usize) -> bool {
+    pub fn take(&mut self, n: usize, now: Instant, epoch: Instant) -> bool {
         if self.rate == 0 {
             return true;
+        }
+        let secs = now.saturating_duration_since(epoch).as_secs();
+        if secs > self.at {
+            self.refill(Duration::from_secs(secs - self.at));
+            self.at = secs;
         }
         match self.tokens.checked_sub(n as u64) {
             Some(left) => {
@@ -133,6 +145,13 @@ impl<K: Eq + std::hash::Hash + Copy, V> SmallMap<K, V> {
         }
     }
 
+    pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        match self {
+            SmallMap::Vec(v) => v.iter().for_each(|(k, v)| f(k, v)),
+            SmallMap::Map(m) => m.iter().for_each(|(k, v)| f(k, v)),
+        }
+    }
+
     pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> bool) {
         match self {
             SmallMap::Vec(v) => v.retain_mut(|(k, v)| f(k, v)),
@@ -162,6 +181,9 @@ pub(super) struct Allocation {
     /// The relay socket is a shared-port socket (found by `relay`, sends from its IP).
     pub shared: bool,
     pub expires: Instant,
+    /// Seconds since the server's epoch of this allocation's one live timer entry
+    /// (`u32::MAX`: none); see `Relay::wake`.
+    pub wake: u32,
     pub cred: Credential,
     /// Peer IP → permission expiry.
     pub perms: SmallMap<IpAddr, Instant>,
@@ -195,6 +217,16 @@ impl Allocation {
 
     pub fn permit(&mut self, peer: IpAddr, until: Instant) {
         self.perms.insert(canonical(peer), until);
+    }
+
+    /// When this allocation next needs the timer: it expires, a permission expires, or an
+    /// expired channel's cool-down ends.
+    pub fn next_deadline(&self) -> Instant {
+        let mut at = self.expires;
+        self.perms.for_each(|_, &exp| at = at.min(exp));
+        self.channels
+            .for_each(|_, ch| at = at.min(ch.expires + CHANNEL_COOLDOWN));
+        at
     }
 
     /// Drops expired permissions, and channels once their cool-down is over too.
@@ -298,15 +330,6 @@ impl Allocations {
         self.free.push(id);
         Some(*a)
     }
-
-    /// Ids of every live allocation.
-    pub fn ids(&self) -> impl Iterator<Item = AllocId> + '_ {
-        self.slab
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.is_some())
-            .map(|(i, _)| i as AllocId)
-    }
 }
 
 #[cfg(test)]
@@ -315,16 +338,17 @@ mod tests {
 
     #[test]
     fn bucket_caps_and_refills() {
+        let t0 = Instant::now();
         let mut b = Bucket::new(1000);
-        assert!(b.take(600));
-        assert!(!b.take(600));
-        b.refill(Duration::from_millis(500));
-        assert!(b.take(600));
-        b.refill(Duration::from_secs(10));
-        assert!(b.take(1000));
-        assert!(!b.take(1));
+        assert!(b.take(600, t0, t0));
+        assert!(!b.take(600, t0 + Duration::from_millis(999), t0));
+        // A whole second later: a second's worth, capped at the burst.
+        assert!(b.take(600, t0 + Duration::from_secs(1), t0));
+        assert!(b.take(400, t0 + Duration::from_secs(10), t0));
+        assert!(b.take(600, t0 + Duration::from_secs(10), t0));
+        assert!(!b.take(1, t0 + Duration::from_secs(10), t0));
         let mut unlimited = Bucket::new(0);
-        assert!(unlimited.take(1 << 20));
+        assert!(unlimited.take(1 << 20, t0, t0));
     }
 
     #[test]

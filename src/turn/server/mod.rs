@@ -18,7 +18,8 @@
 //!        Drop(reason)          ◀── nothing to send (counted)
 //!   datagram on a shared-port relay socket S, sent to local (ip, P), from peer A
 //!        ──handle_relayed(now, S, (ip, P), A, bytes, slot)──▶ Send to the client, or Drop
-//!   every poll_timeout() ──handle_timeout(now, ports)──▶ expiry sweep (1 s granularity)
+//!   every poll_timeout() ──handle_timeout(now, ports)──▶ due allocations off the timing
+//!                                  wheel (1 s granularity): expiry, permissions, channels
 //! ```
 //!
 //! Sockets are named by opaque [`Sock`] tokens chosen by the runtime (the shard uses its io
@@ -59,6 +60,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 
 use crate::stun::{self, Class, Message, Method, PacketKind};
+use crate::wheel::TimerWheel;
 
 pub use allocation::AllocationCounters;
 use allocation::Allocations;
@@ -444,8 +446,11 @@ struct Relay {
     allocs: Allocations,
     /// Source IP → (minute, failures in that minute).
     failures: HashMap<IpAddr, (u64, u32)>,
+    /// Deadlines of the allocations (expiry, permissions, channel cool-downs), one live
+    /// entry each (`Allocation::wake`).
+    timers: TimerWheel<allocation::AllocId>,
+    /// Next housekeeping of the failure table and reservations.
     next_sweep: Instant,
-    last_sweep: Instant,
     /// Counter for Data indication transaction ids and reservation tokens.
     tid_counter: u64,
     /// Index into `cfg.relay_ips` the next allocation starts its search at.
@@ -460,7 +465,7 @@ pub struct Server {
     relay: Option<Relay>,
 }
 
-/// Sweep period for lifetimes, token buckets and the failure table.
+/// Housekeeping period of the failure table and reservation tokens.
 const SWEEP: Duration = Duration::from_secs(1);
 
 impl Server {
@@ -476,8 +481,8 @@ impl Server {
             ),
             allocs: Allocations::default(),
             failures: HashMap::new(),
+            timers: TimerWheel::new(cfg.epoch),
             next_sweep: cfg.epoch + SWEEP,
-            last_sweep: cfg.epoch,
             tid_counter: 0,
             relay_rr: 0,
             cfg,
@@ -515,33 +520,42 @@ impl Server {
 
     /// When [`handle_timeout`](Self::handle_timeout) next wants to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.relay.as_ref().map(|r| r.next_sweep)
+        let r = self.relay.as_ref()?;
+        Some(match r.timers.next_deadline() {
+            Some(at) => at.min(r.next_sweep),
+            None => r.next_sweep,
+        })
     }
 
-    /// Expires allocations, permissions and channels, refills bandwidth buckets and
-    /// forgets old authentication failures. Cheap to call early: it runs once per second.
+    /// Ends expired allocations and drops expired permissions and channels (each
+    /// allocation is on the shard's timing wheel at its next deadline, RFC 8656 §7, §9,
+    /// §12), and once a second forgets old authentication failures and reservations.
+    /// Cheap to call early.
     pub fn handle_timeout(&mut self, now: Instant, ports: &mut dyn RelayPorts) {
         let Some(r) = self.relay.as_mut() else {
             return;
         };
-        if now < r.next_sweep {
-            return;
-        }
-        let elapsed = now.saturating_duration_since(r.last_sweep);
-        r.last_sweep = now;
-        r.next_sweep = now + SWEEP;
-        let ids: Vec<_> = r.allocs.ids().collect();
-        for id in ids {
+        while let Some(id) = r.timers.pop_expired(now) {
+            let due = r.secs(now);
             let Some(a) = r.allocs.get_mut(id) else {
                 continue;
             };
+            if u64::from(a.wake) > due {
+                continue; // stale: this allocation's live entry is later
+            }
             if a.expires <= now {
                 r.end_allocation(id, ports, &mut self.stats);
-            } else {
-                a.bucket.refill(elapsed);
-                a.expire(now);
+                continue;
             }
+            a.expire(now);
+            a.wake = u32::MAX;
+            let next = a.next_deadline();
+            r.wake(id, next, now);
         }
+        if now < r.next_sweep {
+            return;
+        }
+        r.next_sweep = now + SWEEP;
         for addr in r.cfg.reservations.expire(now) {
             ports.release(addr);
         }
@@ -699,6 +713,28 @@ impl Relay {
     /// Seconds since the epoch.
     fn secs(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.cfg.epoch).as_secs()
+    }
+
+    /// Puts allocation `id` on the timing wheel at `at` (rounded up to a whole second
+    /// since the epoch, the resolution of TURN lifetimes), unless its live entry is
+    /// already due earlier: one live entry per allocation, and a later deadline is found
+    /// when that entry fires. Entries are never more than a permission lifetime ahead of
+    /// `now`, so the permissions and channels a new allocation installs next fall after
+    /// its first entry instead of each adding an earlier one (an entry superseded by an
+    /// earlier one stays in the wheel until its time: memory).
+    fn wake(&mut self, id: allocation::AllocId, at: Instant, now: Instant) {
+        let at = at.min(now + Duration::from_secs(self.cfg.permission_lifetime.into()));
+        let d = at.saturating_duration_since(self.cfg.epoch);
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        let secs = u32::try_from(secs).unwrap_or(u32::MAX - 1);
+        let Some(a) = self.allocs.get_mut(id) else {
+            return;
+        };
+        if secs < a.wake {
+            a.wake = secs;
+            self.timers
+                .schedule(self.cfg.epoch + Duration::from_secs(secs.into()), id);
+        }
     }
 
     fn end_allocation(

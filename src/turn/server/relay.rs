@@ -46,13 +46,14 @@ impl Relay {
         stats: &mut ServerStats,
     ) -> Outcome {
         let counter = self.tid_counter;
+        let epoch = self.cfg.epoch;
         let Some(a) = self.allocs.get_mut(id) else {
             return Outcome::Drop(DropReason::NoAllocation);
         };
         if !a.permitted(peer.ip(), now) {
             return Outcome::Drop(DropReason::NoPermission);
         }
-        if !a.bucket.take(data.len()) {
+        if !a.bucket.take(data.len(), now, epoch) {
             a.counters.dropped_bandwidth += 1;
             return Outcome::Drop(DropReason::Bandwidth);
         }
@@ -110,6 +111,7 @@ impl Relay {
         now: Instant,
         stats: &mut ServerStats,
     ) -> Outcome {
+        let epoch = self.cfg.epoch;
         let Some(a) = self
             .allocs
             .by_client(sock, client)
@@ -130,7 +132,7 @@ impl Relay {
         if data.len() > out.len() {
             return Outcome::Drop(DropReason::NoRoom);
         }
-        if !a.bucket.take(data.len()) {
+        if !a.bucket.take(data.len(), now, epoch) {
             a.counters.dropped_bandwidth += 1;
             return Outcome::Drop(DropReason::Bandwidth);
         }

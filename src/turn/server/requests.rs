@@ -392,13 +392,15 @@ impl Relay {
             }
             .into());
         }
-        self.allocs.insert(Allocation {
+        let expires = now + Duration::from_secs(lifetime.into());
+        let id = self.allocs.insert(Allocation {
             client_sock: sock,
             client: source,
             relay_sock,
             relay,
             shared: ports.shared(),
-            expires: now + Duration::from_secs(lifetime.into()),
+            expires,
+            wake: u32::MAX,
             cred: cred.clone(),
             perms: SmallMap::new(),
             channels: SmallMap::new(),
@@ -411,6 +413,7 @@ impl Relay {
                 token: new_token,
             },
         });
+        self.wake(id, expires, now);
         stats.allocations_created += 1;
         Ok(Success::Allocate {
             relay,
@@ -443,9 +446,13 @@ impl Relay {
             return Ok(Success::Refresh(0));
         }
         let lifetime = self.lifetime(msg.lifetime());
+        let expires = now + Duration::from_secs(lifetime.into());
         if let Some(a) = self.allocs.get_mut(id) {
-            a.expires = now + Duration::from_secs(lifetime.into());
+            a.expires = expires;
         }
+        // A shorter lifetime moves the deadline earlier (a longer one is found when the
+        // current entry fires).
+        self.wake(id, expires, now);
         Ok(Success::Refresh(lifetime))
     }
 
@@ -484,6 +491,7 @@ impl Relay {
         for peer in msg.xor_addresses(attr::XOR_PEER_ADDRESS).flatten() {
             a.permit(peer.ip(), until);
         }
+        self.wake(id, until, now);
         Ok(Success::Empty)
     }
 
@@ -525,6 +533,8 @@ impl Relay {
         );
         a.peer_channels.insert(peer, ch);
         a.permit(peer.ip(), perm_until);
+        let cooled = ch_until + super::allocation::CHANNEL_COOLDOWN;
+        self.wake(id, perm_until.min(cooled), now);
         Ok(Success::Empty)
     }
 }
