@@ -4,7 +4,8 @@
 //! profile).
 //!
 //! Six levels of 64 slots: level `L` slot width is `64^L` ticks of 1 ms, so the wheel
-//! spans 2^36 ms (~795 days; later deadlines are clamped to that). An entry sits at the
+//! spans 2^36 ms (~795 days) ahead of its current time; a later deadline is clamped to
+//! that horizon (~782 days ahead), and the wheel's time itself runs on without limit. An entry sits at the
 //! lowest level whose slot can hold it without wrapping; when the wheel's time reaches a
 //! higher-level slot, that slot's entries move down ("cascade") until they reach level 0,
 //! whose slots are single ticks. Deadlines round *up* to the next tick, so nothing ever
@@ -19,8 +20,10 @@ use std::time::{Duration, Instant};
 const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
 const LEVELS: usize = 6;
-/// Largest offset from the wheel's origin, in ticks.
-const MAX_TICK: u64 = (1 << (SLOT_BITS * LEVELS as u32)) - 1;
+/// Furthest a deadline may lie ahead of the wheel's time, in ticks: one turn of the top
+/// level minus one of its slots, so an entry never lands in the top slot the wheel is in.
+const HORIZON: u64 =
+    (1 << (SLOT_BITS * LEVELS as u32)) - (1 << (SLOT_BITS * (LEVELS as u32 - 1))) - 1;
 
 /// No entry (end of a slot's list).
 const NIL: u32 = u32::MAX;
@@ -82,7 +85,7 @@ impl<K: Copy> TimerWheel<K> {
         let d = at.saturating_duration_since(self.origin);
         let tick = d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000));
         self.len += 1;
-        let tick = tick.min(MAX_TICK);
+        let tick = tick.min(self.elapsed + HORIZON);
         if tick <= self.elapsed {
             self.due.push_back(key);
             return;
@@ -135,8 +138,7 @@ impl<K: Copy> TimerWheel<K> {
     /// (keys due in the same millisecond in no particular order).
     pub fn pop_expired(&mut self, now: Instant) -> Option<K> {
         if self.due.is_empty() {
-            let now_tick =
-                (now.saturating_duration_since(self.origin).as_millis() as u64).min(MAX_TICK);
+            let now_tick = now.saturating_duration_since(self.origin).as_millis() as u64;
             self.advance(now_tick);
         }
         let k = self.due.pop_front()?;
@@ -204,10 +206,12 @@ impl<K: Copy> TimerWheel<K> {
 }
 
 /// The level and slot of an entry due at `tick` when the wheel is at `elapsed`
-/// (`tick > elapsed`): the level of the highest 6-bit group where they differ.
+/// (`elapsed < tick <= elapsed + HORIZON`): the level of the highest 6-bit group where
+/// they differ, the top level for a deadline past the top level's current turn (it then
+/// sits in a slot behind the current one, read as the next turn's).
 fn position(elapsed: u64, tick: u64) -> (usize, usize) {
     let differ = (elapsed ^ tick) | (SLOTS as u64 - 1);
-    let level = ((63 - differ.leading_zeros()) / SLOT_BITS) as usize;
+    let level = (((63 - differ.leading_zeros()) / SLOT_BITS) as usize).min(LEVELS - 1);
     let slot = ((tick >> (SLOT_BITS * level as u32)) & (SLOTS as u64 - 1)) as usize;
     (level, slot)
 }
@@ -262,6 +266,35 @@ mod tests {
             }
         }
         assert!(w.is_empty());
+    }
+
+    /// Past the span of 2^36 ms from the origin (795 days of uptime), deadlines still fire
+    /// on time, near and far ones, across the top level's turn.
+    #[test]
+    fn keeps_time_past_its_span() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        let start = (1u64 << 36) - 3_000;
+        let day = 86_400_000u64;
+        let ahead = [1u64, 2_000, 5_000, day, 40 * day];
+        // The wheel's time moves to `start` first (nothing due).
+        assert_eq!(w.pop_expired(t0 + ms(start)), None);
+        for (i, a) in ahead.iter().enumerate() {
+            w.schedule(t0 + ms(start + a), i);
+        }
+        let mut fired = Vec::new();
+        let mut now = start;
+        while !w.is_empty() {
+            let next = w.next_deadline().expect("pending");
+            let t = next.saturating_duration_since(t0).as_millis() as u64;
+            assert!(t >= now, "next deadline in the past");
+            now = t;
+            while let Some(k) = w.pop_expired(t0 + ms(now)) {
+                fired.push((k, now - start));
+            }
+        }
+        let want: Vec<(usize, u64)> = ahead.iter().copied().enumerate().collect();
+        assert_eq!(fired, want);
     }
 
     /// Against a model (a sorted map): random schedules and random steps of time, the

@@ -313,10 +313,12 @@ fn heap_per_connected_serve_session() {
     // Every session went Disconnected without checks and came back with them.
     assert_eq!(quiet.connected, 0, "{quiet:?}");
     assert_eq!(back.connected, (warm + more) as u64, "{back:?}");
-    // The count of live allocations of every size is unchanged here: what grows (~40 B
-    // per session) is one large buffer's capacity (the shard's timer heap, which got every
-    // session's new deadline at once), not a per-session allocation.
-    assert_eq!(sizes2[..BUCKETS - 1], sizes3[..BUCKETS - 1]);
+    // The number of live allocations is unchanged here: what grows (~30 B per session) is
+    // the capacity of a few shard-wide buffers (the timing wheel's entry slab and its
+    // queue of due keys, which got every session's new deadline at once; a buffer that
+    // grows moves to a larger size class), not a per-session allocation.
+    let small = |sizes: &[i64]| sizes[..BUCKETS - 1].iter().sum::<i64>();
+    assert_eq!(small(&sizes2), small(&sizes3));
     for (size, frames) in TRACES.lock().unwrap().iter() {
         println!("  {size} B allocated at:\n      {frames}");
     }

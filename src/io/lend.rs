@@ -63,8 +63,10 @@ impl AsRef<[u8]> for Loan {
 
 impl Drop for Loan {
     fn drop(&mut self) {
-        // The channel holds every buffer of the pool at once: never full.
-        let _ = self.pool.back_tx.try_send(self.buf);
+        // The channel holds every buffer of the pool at once: never full (a failure here
+        // would keep the buffer from the ring for good).
+        let sent = self.pool.back_tx.try_send(self.buf);
+        debug_assert!(sent.is_ok(), "lent buffer {} not returned", self.buf);
     }
 }
 

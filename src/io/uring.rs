@@ -648,6 +648,23 @@ impl UringBackend {
         }
     }
 
+    /// Handles the completions `reap_sends` set aside. Handling them may set aside more
+    /// (a receive that fills the send queue reaps sends again): those are kept for the
+    /// next round, never dropped — a lost receive completion would keep its buffer from
+    /// the ring for good, a lost final multishot one leave its socket deaf.
+    fn drain_stash(&mut self, on_recv: &mut OnRecv<'_>) -> usize {
+        let mut stash = mem::take(&mut self.stash);
+        let mut delivered = 0;
+        for c in &stash {
+            delivered += self.on_cqe(c, on_recv);
+        }
+        stash.clear();
+        // Newer than what was just handled: keep them, in order, for the next round.
+        stash.append(&mut self.stash);
+        self.stash = stash;
+        delivered
+    }
+
     pub(crate) fn poll(
         &mut self,
         timeout: Option<Duration>,
@@ -659,12 +676,7 @@ impl UringBackend {
         self.arm_watch()?;
         let mut delivered = 0;
         if !self.stash.is_empty() {
-            let stash = mem::take(&mut self.stash);
-            for c in &stash {
-                delivered += self.on_cqe(c, on_recv);
-            }
-            self.stash = stash;
-            self.stash.clear();
+            delivered += self.drain_stash(on_recv);
         }
         let wait = if delivered > 0 {
             Some(Duration::ZERO)
@@ -676,12 +688,7 @@ impl UringBackend {
             if !self.stash.is_empty() {
                 // Completions set aside by `reap_sends` during the previous batch; they
                 // are newer than that batch and older than anything still in the CQ.
-                let stash = mem::take(&mut self.stash);
-                for c in &stash {
-                    delivered += self.on_cqe(c, on_recv);
-                }
-                self.stash = stash;
-                self.stash.clear();
+                delivered += self.drain_stash(on_recv);
                 continue;
             }
             self.cqes.clear();
