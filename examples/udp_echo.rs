@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("echoing on {}", backend.local_addr(id));
 
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
-    let mut echo = |sq: &mut SendQueue, m: RecvMeta, p: &mut [u8], _: &mut Lend| {
+    let mut echo = |sq: &mut SendQueue, m: RecvMeta, p: &[u8], _: &mut Lend| {
         // Dropped (not counted as sent) if every send slot is busy.
         let _ = sq.send_to(m.sock, m.from, p);
     };

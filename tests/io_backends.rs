@@ -66,7 +66,7 @@ impl Drop for Watchdog {
 }
 
 /// Echo callback using the zero-copy slot API.
-fn echo(sq: &mut SendQueue, m: RecvMeta, payload: &mut [u8], _: &mut Lend) {
+fn echo(sq: &mut SendQueue, m: RecvMeta, payload: &[u8], _: &mut Lend) {
     let slot = sq.slot().expect("send slot");
     slot[..payload.len()].copy_from_slice(payload);
     sq.commit(m.sock, m.from, payload.len());
@@ -941,13 +941,13 @@ fn lent_datagrams_point_into_the_receive_buffers_and_come_back() {
                 while got < end - start && Instant::now() < deadline {
                     b.poll(Some(Duration::from_millis(20)), &mut |_, _, data, lend| {
                         let i = u32::from_le_bytes(data[..4].try_into().unwrap());
-                        assert_eq!(&data[..], &datagram(i)[..]);
+                        assert_eq!(data, &datagram(i)[..]);
                         // Not part of the payload: never lent.
                         let elsewhere = [0u8; 4];
                         // SAFETY: neither slice is written after this.
-                        assert!(unsafe { lend.lend(&elsewhere) }.is_none());
+                        assert!(lend.lend(&elsewhere).is_none());
                         // SAFETY: `data` is not written after this.
-                        match unsafe { lend.lend(data) } {
+                        match lend.lend(data) {
                             Some(bytes) => lent.push((i, bytes)),
                             None => copied += 1,
                         }
@@ -1031,7 +1031,7 @@ fn lent_gro_segments_share_their_buffer() {
         while got.len() < want.len() && Instant::now() < deadline {
             rx.poll(Some(Duration::from_millis(20)), &mut |_, _, data, lend| {
                 // SAFETY: `data` is not written after this.
-                got.push(unsafe { lend.lend(data) }.expect("under the cap"));
+                got.push(lend.lend(data).expect("under the cap"));
             })
             .unwrap();
             tx.poll(Some(Duration::ZERO), &mut |_, _, _, _| {}).unwrap();

@@ -666,7 +666,7 @@ fn load(
         backend
             .poll(
                 Some(Duration::from_millis(1)),
-                &mut |sq: &mut SendQueue, m: RecvMeta, data: &mut [u8], _: &mut Lend| {
+                &mut |sq: &mut SendQueue, m: RecvMeta, data: &[u8], _: &mut Lend| {
                     let (sock, from) = (m.sock, m.from);
                     if Some(sock) == peer_id {
                         if sq.send_to(sock, from, data).is_err() {

@@ -173,12 +173,9 @@ impl Lend {
     /// copies instead). The first lend of a buffer allocates the loan's shared header
     /// (`Bytes::from_owner`: one 24-byte allocation, a reference count beside the
     /// buffer's loan); further lends from the same buffer (the datagrams of a GRO burst) only
-    /// bump its reference count.
-    ///
-    /// # Safety
-    /// Nothing may write to `part` after this call (the callback's payload is `&mut`, but
-    /// the application may be reading the lent bytes on another thread).
-    pub unsafe fn lend(&mut self, part: &[u8]) -> Option<Bytes> {
+    /// bump its reference count. Safe: the payload is a shared view and nothing writes to
+    /// a buffer between its delivery and its return (the kernel gets it back only then).
+    pub fn lend(&mut self, part: &[u8]) -> Option<Bytes> {
         let (buf, size) = (self.cur, self.pool.buf_size);
         let base = self.pool.region.as_ptr() as usize + buf as usize * size;
         let at = (part.as_ptr() as usize).checked_sub(base)?;

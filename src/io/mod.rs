@@ -15,7 +15,7 @@
 //!
 //! ## Buffers and the send queue
 //!
-//! Received datagrams are handed to the caller **in place**: the payload is a `&mut [u8]`
+//! Received datagrams are handed to the caller **in place**: the payload is a `&[u8]`
 //! borrowed from the backend's receive buffer (the io_uring provided-buffer ring, or the
 //! `recvmmsg` batch buffer) and is given back to the kernel right after the callback
 //! returns. Nothing is allocated per packet. A caller that wants to keep the datagram
@@ -33,7 +33,7 @@
 //! ```no_run
 //! # use icering::io::*;
 //! # fn demo(backend: &mut Backend) -> Result<(), IoError> {
-//! backend.poll(None, &mut |sendq: &mut SendQueue, m: RecvMeta, request: &mut [u8], _lend| {
+//! backend.poll(None, &mut |sendq: &mut SendQueue, m: RecvMeta, request: &[u8], _lend| {
 //!     // `request` lives in the receive buffer; the reply is written straight into a send
 //!     // slot — no copy of the request, no allocation.
 //!     if let Some(slot) = sendq.slot() {
@@ -55,8 +55,8 @@
 //! ## Lending
 //!
 //! The callback's last argument, a [`Lend`], turns the payload (or any part of it) into a
-//! [`bytes::Bytes`] that points into the receive buffer itself: `unsafe { lend.lend(part) }`
-//! (the caller promises not to write to `part` afterwards). The buffer then stays out of
+//! [`bytes::Bytes`] that points into the receive buffer itself: `lend.lend(part)`. The
+//! buffer then stays out of
 //! the kernel's hands until every `Bytes` into it has been dropped, on any thread: the
 //! last drop pushes the buffer's index into a lock-free return queue that the backend
 //! drains at the start of each [`Backend::poll`] (io_uring: back into the provided-buffer
@@ -403,9 +403,10 @@ pub struct RecvMeta {
 }
 
 /// The receive callback of [`Backend::poll`]: `(send_queue, meta, payload, lend)`. The
-/// payload is borrowed in place from the receive buffer and may be modified; `lend` turns
+/// payload is borrowed in place from the receive buffer (a shared view: lent parts may be
+/// read on other threads meanwhile); `lend` turns
 /// (a part of) it into a [`bytes::Bytes`] without copying (see "Lending").
-pub type OnRecv<'a> = dyn FnMut(&mut SendQueue, RecvMeta, &mut [u8], &mut Lend) + 'a;
+pub type OnRecv<'a> = dyn FnMut(&mut SendQueue, RecvMeta, &[u8], &mut Lend) + 'a;
 
 /// One I/O backend of one shard. Not `Send`: create it on the thread that drives it.
 // One per shard, created once and never moved in the hot path: boxing the larger variant

@@ -382,11 +382,10 @@ impl PortableBackend {
                 let region = self.lend.region().as_ptr();
                 let mut n_seg = 0u64;
                 for (at, n) in segs {
-                    // SAFETY: slot k's buffer is ours until the next recvmmsg; each
-                    // segment's slice ends before the next is made, and segments are
-                    // disjoint (a lent one is never handed out again).
-                    let payload =
-                        unsafe { std::slice::from_raw_parts_mut(region.add(start + at), n) };
+                    // SAFETY: slot k's buffer is ours until the next recvmmsg (a lent one
+                    // leaves the batch), and nothing writes to it meanwhile (the payload
+                    // and every lent `Bytes` are shared views).
+                    let payload = unsafe { std::slice::from_raw_parts(region.add(start + at), n) };
                     n_seg += 1;
                     self.stats.received += 1;
                     delivered += 1;

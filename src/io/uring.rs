@@ -905,11 +905,10 @@ impl UringBackend {
         };
         let mut delivered = 0;
         for (at, n) in segs {
-            // SAFETY: in bounds of buffer `bid` (parse checked `off + plen`); the shared
-            // view above has ended, the kernel does not own the buffer, each segment's
-            // slice ends before the next is made, and segments are disjoint (a lent one is
-            // never handed out again).
-            let payload = unsafe { std::slice::from_raw_parts_mut(region.add(start + at), n) };
+            // SAFETY: in bounds of buffer `bid` (parse checked `off + plen`); the kernel
+            // does not own the buffer while it is delivered or lent, and nothing writes to
+            // it meanwhile (the payload and every lent `Bytes` are shared views).
+            let payload = unsafe { std::slice::from_raw_parts(region.add(start + at), n) };
             delivered += 1;
             self.stats.received += 1;
             on_recv(&mut self.sendq, meta, payload, &mut self.lend);
@@ -955,7 +954,7 @@ impl Drop for UringBackend {
             let _ = unsafe { push_sqe(&mut self.ring, &e) };
         }
         let deadline = Instant::now() + Duration::from_millis(500);
-        let mut noop = |_: &mut SendQueue, _: RecvMeta, _: &mut [u8], _: &mut Lend| {};
+        let mut noop = |_: &mut SendQueue, _: RecvMeta, _: &[u8], _: &mut Lend| {};
         while Instant::now() < deadline {
             let armed = self.socks.entries.iter().any(|e| e.armed);
             if !armed && !self.wake_armed && self.inflight_sends == 0 {

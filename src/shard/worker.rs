@@ -383,7 +383,7 @@ fn answer(
     sendq: &mut SendQueue,
     sock: SocketId,
     from: SocketAddr,
-    data: &mut [u8],
+    data: &[u8],
     ports: &mut Deferred<'_>,
     later: &mut Vec<(Sock, SocketAddr, Vec<u8>)>,
     streams: Option<&mut StreamSet>,
@@ -413,7 +413,7 @@ fn relayed(
     sendq: &mut SendQueue,
     m: RecvMeta,
     port: u16,
-    data: &mut [u8],
+    data: &[u8],
     streams: Option<&mut StreamSet>,
 ) {
     let Some(dst) = m.dst else {

@@ -286,9 +286,17 @@ impl TurnClient {
     /// The next relayed datagram: `(peer, data)` from a Data indication, or
     /// `(channel as port 0 address, data)` from ChannelData.
     pub fn recv_relayed(&mut self) -> Option<Relayed> {
-        let d = match self.pending.pop_front() {
-            Some(d) => d,
-            None => self.recv_raw()?,
+        let d = loop {
+            let d = match self.pending.pop_front() {
+                Some(d) => d,
+                None => self.recv_raw()?,
+            };
+            // A second answer to a request `exchange` resent after a slow first one (a
+            // loaded machine): the transaction is over, skip it.
+            match Message::parse(&d) {
+                Ok(m) if matches!(m.class(), Class::Success | Class::Error) => continue,
+                _ => break d,
+            }
         };
         if let Ok(m) = Message::parse(&d) {
             assert_eq!(m.method(), Method::DATA, "unexpected {m:?}");

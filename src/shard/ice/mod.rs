@@ -380,7 +380,7 @@ impl IceHost {
         sendq: &mut SendQueue,
         sock: SocketId,
         from: SocketAddr,
-        data: &mut [u8],
+        data: &[u8],
         lend: &mut Lend,
     ) {
         match self.roles.get(sock.0 as usize).copied() {
@@ -547,9 +547,7 @@ impl IceHost {
                             self.stats.drop_app_full += 1;
                             return;
                         };
-                        // SAFETY: nothing writes to `data` after this: the receive callback
-                        // only drives the agent (its own buffers) before it returns.
-                        let lent = lend.and_then(|l| unsafe { l.lend(data) });
+                        let lent = lend.and_then(|l| l.lend(data));
                         let bytes = match lent {
                             Some(b) => {
                                 self.stats.data_lent += 1;
