@@ -61,6 +61,13 @@ pub struct TimerWheel<K> {
     len: usize,
 }
 
+impl<K: Copy> Default for TimerWheel<K> {
+    /// An empty wheel starting now.
+    fn default() -> Self {
+        TimerWheel::new(Instant::now())
+    }
+}
+
 impl<K: Copy> TimerWheel<K> {
     /// An empty wheel whose tick 0 is `origin` (deadlines before it count as due).
     pub fn new(origin: Instant) -> Self {
@@ -239,6 +246,27 @@ mod tests {
         assert_eq!(w.pop_expired(t0 + ms(21)), Some(2));
         assert_eq!(w.len(), 1);
         assert_eq!(w.next_deadline(), Some(t0 + ms(30)));
+    }
+
+    /// `Default` starts the wheel now: a deadline lands within its rounding (at most 1 ms
+    /// late), never early.
+    #[test]
+    fn default_starts_now_and_pops_in_order() {
+        let mut t = TimerWheel::default();
+        let t0 = Instant::now();
+        t.schedule(t0 + ms(30), 3);
+        t.schedule(t0 + ms(10), 1);
+        t.schedule(t0 + ms(20), 2);
+        let next = t.next_deadline().unwrap();
+        assert!(next >= t0 + ms(10), "{next:?}");
+        assert!(next <= t0 + ms(11), "{next:?}");
+        assert_eq!(t.pop_expired(t0), None);
+        let now = t0 + ms(26);
+        let mut got = vec![t.pop_expired(now).unwrap(), t.pop_expired(now).unwrap()];
+        got.sort_unstable();
+        assert_eq!(got, [1, 2]);
+        assert_eq!(t.pop_expired(now), None);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -41,7 +41,11 @@ impl Handle {
 }
 
 impl Handle {
-    /// The commands [`Agent`] and [`SessionHandle`] share.
+    /// The commands [`Agent`], [`SessionHandle`] and [`Conn`] share.
+    fn close(&self) {
+        let _ = self.send(IceCmd::Close { key: self.key });
+    }
+
     fn remote_credentials(&self, ufrag: &str, pwd: &str) -> Result<(), ApiError> {
         check_credentials(ufrag, pwd)?;
         self.send(IceCmd::RemoteCredentials {
@@ -65,7 +69,7 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        let _ = self.send(IceCmd::Close { key: self.key });
+        self.close();
     }
 }
 
@@ -373,9 +377,7 @@ impl Agent {
 
     /// Closes the agent: the shard frees its slot, sockets and routes.
     pub fn close(&self) {
-        let _ = self.handle.send(IceCmd::Close {
-            key: self.handle.key,
-        });
+        self.handle.close();
     }
 
     /// Keeps only what signalling needs once candidates are gathered and the role is
@@ -420,9 +422,7 @@ impl SessionHandle {
 
     /// See [`Agent::close`].
     pub fn close(&self) {
-        let _ = self.handle.send(IceCmd::Close {
-            key: self.handle.key,
-        });
+        self.handle.close();
     }
 }
 
@@ -484,8 +484,6 @@ impl Conn {
 
     /// Closes the agent (same as [`Agent::close`]).
     pub fn close(&self) {
-        let _ = self.handle.send(IceCmd::Close {
-            key: self.handle.key,
-        });
+        self.handle.close();
     }
 }

@@ -267,21 +267,19 @@ async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let method = req.method().as_str().to_owned();
-    let path = req
-        .uri()
+    let (parts, body) = req.into_parts();
+    let method = parts.method.as_str();
+    let path = parts
+        .uri
         .path_and_query()
-        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
-    let result = match Limited::new(req.into_body(), routes::MAX_BODY)
-        .collect()
-        .await
-    {
+        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    let result = match Limited::new(body, routes::MAX_BODY).collect().await {
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError {
             status: 413,
             message: format!("body over {} bytes", routes::MAX_BODY),
         }),
         Err(e) => Err(HttpError::bad(format!("reading the body: {e}"))),
-        Ok(body) => match routes::route(&method, &path, &body.to_bytes()) {
+        Ok(body) => match routes::route(method, path, &body.to_bytes()) {
             Ok(r) => dispatch(&shared, r).await,
             Err(e) => Err(e),
         },

@@ -58,7 +58,6 @@ type ToClose = Vec<(Sock, Option<SocketAddr>)>;
 struct Deferred<'a> {
     to_close: &'a mut ToClose,
     parked: &'a Parked,
-    shared: bool,
 }
 
 impl RelayPorts for Deferred<'_> {
@@ -68,11 +67,9 @@ impl RelayPorts for Deferred<'_> {
     fn close(&mut self, sock: Sock) {
         self.to_close.push((sock, None));
     }
-    fn shared(&self) -> bool {
-        self.shared
-    }
+    /// `Binder::end_relay` (after the batch) closes a per-allocation socket.
     fn end_relay(&mut self, sock: Sock, relayed: SocketAddr) {
-        self.to_close.push((sock, self.shared.then_some(relayed)));
+        self.to_close.push((sock, Some(relayed)));
     }
     fn claim(&mut self, _: SocketAddr) -> Result<(Sock, SocketAddr), OpenError> {
         Err(OpenError::Later)
@@ -225,7 +222,6 @@ pub(super) fn run(
         .shared_ports
         .as_ref()
         .map(|(ips, range)| SharedPorts::new(ips, *range));
-    let is_shared = shared.is_some();
     let mut to_close: ToClose = Vec::new();
     let mut later: Vec<(Sock, SocketAddr, Vec<u8>)> = Vec::new();
     let mut scratch = vec![0u8; p.io.buf_size];
@@ -239,6 +235,9 @@ pub(super) fn run(
                 Err(TryRecvError::Empty) => break false,
             }
         };
+        // Datagrams held for what the control messages just brought: a check for an agent
+        // whose `Create` was still queued, data for a route just broadcast.
+        ice.retry_unrouted(now, backend.send_queue());
         // On shutdown, one last non-blocking turn answers what already arrived.
         let timeout = if shutdown {
             Duration::ZERO
@@ -271,7 +270,6 @@ pub(super) fn run(
             let mut ports = Deferred {
                 to_close: &mut to_close,
                 parked: &p.parked,
-                shared: is_shared,
             };
             answer(
                 &mut server,
@@ -292,7 +290,6 @@ pub(super) fn run(
             let mut ports = Deferred {
                 to_close: &mut to_close,
                 parked: &p.parked,
-                shared: is_shared,
             };
             tcp.poll(
                 &mut server,
@@ -302,15 +299,14 @@ pub(super) fn run(
                 &mut later,
             );
         }
-        // Data that beat its route's broadcast, then every agent due now; their sends join
-        // this turn's flush (one submission).
-        ice.retry_unrouted(Instant::now(), backend.send_queue());
+        // Every agent due now; their sends join this turn's flush (one submission).
         ice.run_timers(Instant::now(), backend.send_queue());
-        ice.end_turn(&backend.stats());
+        let io_stats = backend.stats();
+        ice.end_turn(&io_stats);
         // Publish before the flush: whoever sees an answer then also sees it counted
         // (io counters lag one turn).
         turns += 1;
-        p.counters.publish(server.stats(), &backend.stats(), turns);
+        p.counters.publish(server.stats(), &io_stats, turns);
         publish_relay_sockets(&p.counters, shared.as_ref());
         backend.flush()?;
         // Work the receive callback could not do: closes, Allocate replays, expiries,

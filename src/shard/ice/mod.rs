@@ -346,8 +346,12 @@ impl IceHost {
         }
     }
 
-    /// Delivers (or hands off) held datagrams whose route or agent has arrived; drops,
-    /// counted by what they waited for, those that waited [`UNROUTED_WAIT`] in vain.
+    /// Right after the control messages: delivers (or hands off) held datagrams whose
+    /// agent or route has arrived. A check whose agent is still unknown has none (the
+    /// control channel is in order, and its `Create` was queued before the check could be
+    /// sent): dropped, counted as an unknown ufrag. Data whose route is still unknown
+    /// waits up to [`UNROUTED_WAIT`] (route broadcasts from other shards lag), then is
+    /// counted as "no route".
     pub(crate) fn retry_unrouted(&mut self, now: Instant, sendq: &mut SendQueue) {
         if self.unrouted.is_empty() {
             return;
@@ -355,10 +359,22 @@ impl IceHost {
         let me = self.demux_shards();
         let held = std::mem::take(&mut self.unrouted);
         for u in held {
-            match demux::owner(&u.data, u.mux, u.from, me, &self.table, &self.routes) {
-                Verdict::Drop(r) if r == u.reason && now < u.until => self.unrouted.push(u),
-                Verdict::Drop(r) if r == u.reason => r.count(&mut self.stats),
-                _ => self.on_mux(now, sendq, u.mux, u.from, &u.data, true, None),
+            let ready = match u.reason {
+                DropReason::NoRoute => self.routes.contains_key(&(u.mux, u.from)),
+                _ => match demux::owner(&u.data, u.mux, u.from, me, &self.table, &self.routes) {
+                    Verdict::Drop(r) => {
+                        r.count(&mut self.stats);
+                        continue;
+                    }
+                    Verdict::Owner(_) => true,
+                },
+            };
+            if ready {
+                self.on_mux(now, sendq, u.mux, u.from, &u.data, true, None);
+            } else if now >= u.until {
+                u.reason.count(&mut self.stats);
+            } else {
+                self.unrouted.push(u);
             }
         }
     }

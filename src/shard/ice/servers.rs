@@ -132,7 +132,7 @@ impl Servers {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         specs: &[ServerSpec],
-        socks: Vec<(SocketAddr, SocketId, Option<UdpSocket>)>,
+        mut socks: Vec<(SocketAddr, SocketId, Option<UdpSocket>)>,
         mux: Vec<(SocketAddr, SocketId)>,
         tid_prefix: [u8; 6],
         known: &dyn Fn(SocketId, SocketAddr) -> Option<SocketAddr>,
@@ -159,7 +159,6 @@ impl Servers {
             drawn: 0,
             specs: Vec::new(),
         };
-        let mut socks = socks;
         for spec in specs {
             let turn = spec.url.scheme.is_turn();
             let Some(addrs) = s.servers_of(spec) else {
@@ -177,7 +176,7 @@ impl Servers {
                     s.relay_on(spec, *server, *base, *id, dup.take(), now, streams);
                     break;
                 }
-                s.binding_on(spec, *server, *base, *id, now);
+                s.binding_on(spec, *server, *base, *id, now, None);
             }
             if !turn {
                 for (base, id) in &mux {
@@ -189,21 +188,7 @@ impl Servers {
                         s.known.push((mapped, *base));
                         continue;
                     }
-                    let client = BindingClient::new(
-                        *server,
-                        *base,
-                        Retransmit::default(),
-                        s.next_seed(),
-                        now,
-                    )
-                    .with_tid_prefix(tid_prefix);
-                    s.bindings.push(Binding {
-                        url: spec.url.clone(),
-                        sock: *id,
-                        base: *base,
-                        client,
-                        shared: true,
-                    });
+                    s.binding_on(spec, *server, *base, *id, now, Some(tid_prefix));
                 }
             }
             if !used {
@@ -254,7 +239,7 @@ impl Servers {
                 let streams = streams.as_deref_mut();
                 self.relay_on(spec, *server, base, id, dup.take(), now, streams);
             } else {
-                self.binding_on(spec, *server, base, id, now);
+                self.binding_on(spec, *server, base, id, now, None);
             }
         }
         self.specs = specs;
@@ -301,7 +286,9 @@ impl Servers {
         }
     }
 
-    /// A Binding client for `spec` at `server` from the dedicated socket `id` (`base`).
+    /// A Binding client for `spec` at `server` from socket `id` (`base`): a dedicated
+    /// socket, or with `shared` (the agent's transaction-id prefix) a mux socket, whose
+    /// answers the demultiplexer routes by that prefix.
     fn binding_on(
         &mut self,
         spec: &ServerSpec,
@@ -309,14 +296,19 @@ impl Servers {
         base: SocketAddr,
         id: SocketId,
         now: Instant,
+        shared: Option<[u8; 6]>,
     ) {
         let seed = self.next_seed();
+        let mut client = BindingClient::new(server, base, Retransmit::default(), seed, now);
+        if let Some(prefix) = shared {
+            client = client.with_tid_prefix(prefix);
+        }
         self.bindings.push(Binding {
             url: spec.url.clone(),
             sock: id,
             base,
-            client: BindingClient::new(server, base, Retransmit::default(), seed, now),
-            shared: false,
+            client,
+            shared: shared.is_some(),
         });
     }
 

@@ -3,7 +3,7 @@
 //! peer IP → permission, channel number → peer and peer → channel number.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hashbrown::HashMap;
 
@@ -67,9 +67,10 @@ impl Bucket {
         if self.rate == 0 {
             return true;
         }
+        // A whole second or more since the last refill: a full burst again.
         let secs = now.saturating_duration_since(epoch).as_secs();
         if secs > self.at {
-            self.refill(Duration::from_secs(secs - self.at));
+            self.tokens = self.rate;
             self.at = secs;
         }
         match self.tokens.checked_sub(n as u64) {
@@ -79,12 +80,6 @@ impl Bucket {
             }
             None => false,
         }
-    }
-
-    /// Adds `elapsed` worth of tokens, capped at one second's worth (the burst).
-    pub fn refill(&mut self, elapsed: Duration) {
-        let add = (self.rate as u128 * elapsed.as_millis() / 1000) as u64;
-        self.tokens = self.tokens.saturating_add(add).min(self.rate);
     }
 }
 
@@ -335,6 +330,7 @@ impl Allocations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn bucket_caps_and_refills() {
