@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::engine::{Inner, os_random};
+use super::engine::{Inner, secure_random};
 use super::netmon::Watch;
 use super::{AgentEvent, AgentOptions, ApiError, ConnStats, Events};
 use crate::ice::{Candidate, ConnectionState, IceUrl};
@@ -126,7 +126,7 @@ pub(crate) fn bind_dedicated(ip: IpAddr, range: Option<(u16, u16)>) -> Result<Ud
     };
     let span = u32::from(hi.saturating_sub(lo)) + 1;
     let mut r = [0u8; 4];
-    os_random(&mut r);
+    secure_random(&mut r);
     let start = u32::from_le_bytes(r) % span;
     let mut last = None;
     for i in 0..span {
@@ -254,7 +254,7 @@ impl Agent {
                     .local_addr()
                     .map_err(|source| ApiError::Bind { ip, source })?;
                 bases.push(addr);
-                sockets.push(s);
+                sockets.push((s, addr));
             }
         }
         let servers = self
@@ -281,7 +281,7 @@ impl Agent {
             types: o.candidate_types,
             seed: {
                 let mut b = [0u8; 8];
-                os_random(&mut b);
+                secure_random(&mut b);
                 u64::from_le_bytes(b)
             },
             continual,

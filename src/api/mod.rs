@@ -81,7 +81,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use agent::{Agent, Conn, SessionHandle};
-pub(crate) use engine::os_random;
+pub(crate) use engine::secure_random;
 pub use engine::{Engine, EngineStats};
 pub(crate) use events::EventSender;
 pub use events::Events;

@@ -138,7 +138,7 @@ fn update(w: &mut Watch, list: &[InterfaceAddr]) {
         tracing::info!(%base, "continual gathering: new address");
         let sent = handle.send(IceCmd::Gather {
             key: handle.key,
-            sockets: vec![sock],
+            sockets: vec![(sock, base)],
             candidates: vec![host_candidate(o, base)],
             servers: Vec::new(),
             types: o.candidate_types,

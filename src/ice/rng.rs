@@ -1,6 +1,6 @@
 //! A tiny seedable PRNG (SplitMix64) so every random choice of the agent is reproducible
 //! from [`IceConfig::seed`](super::IceConfig::seed). Not cryptographic: for
-//! unpredictable credentials in production seed it from the OS per agent.
+//! unpredictable credentials in production seed it per agent from a CSPRNG seeded by the OS.
 
 /// The ice-char alphabet (RFC 8445 §15.1 / RFC 8839 §5.4): ALPHA / DIGIT / "+" / "/".
 pub(crate) const ICE_CHARS: &[u8] =

@@ -449,7 +449,18 @@ impl Backend {
     /// Register a bound UDP socket (made non-blocking here); the backend owns it from now on
     /// and starts receiving on it.
     pub fn add_socket(&mut self, sock: UdpSocket) -> Result<SocketId, IoError> {
-        dispatch!(self, b => b.add_socket(sock, false))
+        dispatch!(self, b => b.add_socket(sock, false, None))
+    }
+
+    /// As [`add_socket`](Self::add_socket) for a socket whose bound address the caller
+    /// already read (`local` must be `sock.local_addr()`): saves a getsockname(2) per
+    /// socket where agents bind one each.
+    pub fn add_bound_socket(
+        &mut self,
+        sock: UdpSocket,
+        local: SocketAddr,
+    ) -> Result<SocketId, IoError> {
+        dispatch!(self, b => b.add_socket(sock, false, Some(local)))
     }
 
     /// As [`add_socket`](Self::add_socket), and every datagram received on it reports its
@@ -460,7 +471,7 @@ impl Backend {
         use std::os::fd::AsRawFd;
         let v6 = sock.local_addr().map_err(IoError::Io)?.is_ipv6();
         enable_pktinfo(sock.as_raw_fd(), v6).map_err(IoError::Io)?;
-        dispatch!(self, b => b.add_socket(sock, true))
+        dispatch!(self, b => b.add_socket(sock, true, None))
     }
 
     /// Stop receiving on a socket and close it. Unknown ids are ignored. Sends still queued
@@ -1394,9 +1405,17 @@ pub(crate) struct SockTable {
 }
 
 impl SockTable {
-    pub(crate) fn insert(&mut self, sock: UdpSocket, pktinfo: bool) -> io::Result<SocketId> {
+    pub(crate) fn insert(
+        &mut self,
+        sock: UdpSocket,
+        pktinfo: bool,
+        local: Option<SocketAddr>,
+    ) -> io::Result<SocketId> {
         sock.set_nonblocking(true)?;
-        let local = sock.local_addr()?;
+        let local = match local {
+            Some(a) => a,
+            None => sock.local_addr()?,
+        };
         if let Some(i) = self.free.pop() {
             let e = &mut self.entries[i as usize];
             e.sock = Some(sock);

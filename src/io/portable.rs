@@ -185,13 +185,14 @@ impl PortableBackend {
         &mut self,
         sock: UdpSocket,
         pktinfo: bool,
+        local: Option<SocketAddr>,
     ) -> Result<SocketId, IoError> {
         let fd = sock.as_raw_fd();
         // A socket that refuses UDP_GRO just receives datagram by datagram.
         if self.gro {
             enable_gro(fd);
         }
-        let id = self.socks.insert(sock, pktinfo)?;
+        let id = self.socks.insert(sock, pktinfo, local)?;
         let generation = self.socks.entries[id.0 as usize].generation;
         if let Err(e) = epoll_add(self.epfd.as_raw_fd(), fd, token(id, generation)) {
             self.socks.remove(id);

@@ -434,12 +434,13 @@ impl UringBackend {
         &mut self,
         sock: UdpSocket,
         pktinfo: bool,
+        local: Option<SocketAddr>,
     ) -> Result<SocketId, IoError> {
         // A socket that refuses UDP_GRO just receives datagram by datagram.
         if self.gro {
             enable_gro(sock.as_raw_fd());
         }
-        let id = self.socks.insert(sock, pktinfo)?;
+        let id = self.socks.insert(sock, pktinfo, local)?;
         if let Err(e) = self.arm_recv(id.0) {
             self.socks.remove(id);
             return Err(e.into());
@@ -1008,7 +1009,7 @@ pub(crate) fn probe() -> Result<String, String> {
     let mut b = UringBackend::new(&cfg).map_err(|e| e.to_string())?;
     let sock = bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false)
         .map_err(|e| format!("probe socket: {e}"))?;
-    let id = b.add_socket(sock, false).map_err(|e| e.to_string())?;
+    let id = b.add_socket(sock, false, None).map_err(|e| e.to_string())?;
     let me = b.local_addr(id);
     for _ in 0..2 {
         b.sendq

@@ -414,11 +414,11 @@ fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> 
     Ok((201, Some(body)))
 }
 
-/// 128 random bits from the OS (shown as 32 hex digits): ids are capabilities, not
+/// 128 unpredictable bits (CSPRNG, shown as 32 hex digits): ids are capabilities, not
 /// counters.
 fn session_id() -> SessionId {
     let mut b = [0u8; 16];
-    crate::api::os_random(&mut b);
+    crate::api::secure_random(&mut b);
     u128::from_le_bytes(b)
 }
 

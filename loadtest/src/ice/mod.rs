@@ -533,7 +533,12 @@ fn run_imp(args: &Args, imp: Imp) -> Result<ImpReport, String> {
         .iter()
         .map(|r| r.rss_connected as f64 - r.rss_before as f64)
         .sum();
-    let hold_s = held.iter().map(|h| h.held_s).fold(0.0, f64::max);
+    // `--hold 0` measures nothing (its few microseconds of "hold" would divide by ~0).
+    let hold_s = if args.hold > 0.0 {
+        held.iter().map(|h| h.held_s).fold(0.0, f64::max)
+    } else {
+        0.0
+    };
     let hold_cpu: f64 = held.iter().map(|h| h.cpu_s).sum();
     let hold_growth: f64 = c
         .iter()

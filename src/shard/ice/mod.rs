@@ -72,11 +72,12 @@ pub(crate) enum IceCmd {
     /// dedicated sockets; then (once every server is done) end of gathering.
     Gather {
         key: u64,
-        sockets: Vec<UdpSocket>,
+        /// Each with its bound address (read once, by the handle that bound it).
+        sockets: Vec<(UdpSocket, SocketAddr)>,
         candidates: Vec<Candidate>,
         servers: Vec<ServerSpec>,
         types: CandidateTypes,
-        /// Seed of the clients' transaction ids (from the OS: a Binding answer is not
+        /// Seed of the clients' transaction ids (unpredictable, `secure_random`: a Binding answer is not
         /// authenticated, so its id must not be guessable).
         seed: u64,
         /// Continual gathering: more `Gather`s may follow, so gathering never ends.
@@ -783,13 +784,12 @@ impl IceHost {
                 let turn = servers.iter().any(|s| s.url.scheme.is_turn())
                     || (again && kept.is_some_and(|sv| sv.has_turn()));
                 let mut dedicated = Vec::new();
-                for s in sockets {
-                    let Ok(addr) = s.local_addr() else { continue };
+                for (s, addr) in sockets {
                     debug_assert!(!addr.ip().is_unspecified());
                     // TURN: a duplicate to delete the allocation after the backend closed
                     // its socket (close).
                     let dup = if turn { s.try_clone().ok() } else { None };
-                    if let Ok(id) = backend.add_socket(s) {
+                    if let Ok(id) = backend.add_bound_socket(s, addr) {
                         self.set_role(id, SockRole::Agent(slot));
                         if let Some(h) = self.table.get_mut(slot) {
                             h.socks.push((addr, id, false));
