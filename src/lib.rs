@@ -69,5 +69,6 @@ pub mod wheel;
 pub use api::{
     Agent, AgentEvent, AgentOptions, ApiError, Candidate, CandidateTypes, Conn, ConnStats,
     ConnectionState, DataMode, Engine, EngineStats, Events, IceStats, NetworkType, ServerUrl,
+    StateWatch,
 };
 pub use config::Config;

@@ -5,17 +5,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
-use tokio::sync::{mpsc, watch};
 
 use super::agent::{Agent, Handle};
+use super::link::Link;
 use super::{AgentOptions, ApiError, DataMode, IceStats};
 use crate::config::{Config, IceSection};
 use crate::ice::rng::ICE_CHARS;
-use crate::ice::{ConnectionState, IceConfig, IceUrl};
+use crate::ice::{IceConfig, IceUrl};
 use crate::io::Waker;
 use crate::net::Protocol;
 use crate::shard::gather::{InterfaceAddr, interface_addrs};
-use crate::shard::{AppLink, Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime};
+use crate::shard::{Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime};
 
 pub(crate) struct Inner {
     runtime: Mutex<Option<Runtime>>,
@@ -233,18 +233,9 @@ impl Engine {
             failed_timeout: opts.failed_timeout,
             ..IceConfig::default()
         };
-        let (link, chans) = if opts.data == DataMode::App {
-            let (ev_tx, ev_rx) = super::events::queue();
-            let (st_tx, st_rx) = watch::channel(ConnectionState::New);
-            let (d_tx, d_rx) = mpsc::channel(self.inner.ice.recv_queue.max(1));
-            (
-                Some(AppLink {
-                    events: ev_tx,
-                    state: st_tx,
-                    data: d_tx,
-                }),
-                Some((ev_rx, st_rx, d_rx)),
-            )
+        let (link, app) = if opts.data == DataMode::App {
+            let (tx, link) = Link::new(self.inner.ice.recv_queue);
+            (Some(tx), Some(link))
         } else {
             (None, None)
         };
@@ -259,10 +250,10 @@ impl Engine {
         Ok(Agent::new(
             self.inner.clone(),
             Arc::new(handle),
-            (ufrag, pwd),
+            (&ufrag, &pwd),
             opts,
             servers,
-            chans,
+            app,
         ))
     }
 
