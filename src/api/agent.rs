@@ -208,12 +208,7 @@ impl Agent {
     /// Returns the host candidates (for agents without events). Once per agent (pion:
     /// `ErrMultipleGatherAttempted`): a second call is [`ApiError::AlreadyStarted`].
     pub fn gather_candidates(&self) -> Result<Vec<Candidate>, ApiError> {
-        let Some(g) = self
-            .gather
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(g) = self.gather.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Err(ApiError::AlreadyStarted);
         };
         let o = &g.opts;
@@ -299,11 +294,7 @@ impl Agent {
                 },
             );
         }
-        Ok(if host {
-            candidates
-        } else {
-            Vec::new()
-        })
+        Ok(if host { candidates } else { Vec::new() })
     }
 
     /// The next event; `None` once the agent is gone (or for agents without channels,

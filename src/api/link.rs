@@ -143,9 +143,10 @@ impl LinkTx {
     pub(crate) fn set_state(&self, s: ConnectionState) {
         let v = self.0.state.load(Ordering::Relaxed);
         // Only this end writes the state: a plain store of the next change count.
-        self.0
-            .state
-            .store((v & !0xff).wrapping_add(0x100) | encode(s), Ordering::SeqCst);
+        self.0.state.store(
+            (v & !0xff).wrapping_add(0x100) | encode(s),
+            Ordering::SeqCst,
+        );
         self.0.state_changed.notify_waiters();
     }
 
