@@ -105,6 +105,20 @@ fn connect_many(engine: &Engine, pairs: usize, mode: DataMode, shards: usize) ->
     println!(
         "{n} {mode:?} agents connected on one engine; live heap per agent (engine + handle): {per_agent:.0} B"
     );
+    if mode == DataMode::App {
+        // An application reads its agents' events (candidates to signal, states): the
+        // same agents once every event was read, the receivers kept (still listening).
+        let mut events: Vec<_> = agents
+            .iter_mut()
+            .map(|a| a.take_events().unwrap())
+            .collect();
+        for e in &mut events {
+            while e.try_recv().is_some() {}
+        }
+        let read = (LIVE.load(Relaxed) - base) as f64 / n as f64;
+        println!("the same {n} {mode:?} agents with their events read: {read:.0} B per agent");
+        drop(events);
+    }
 
     drop(agents);
     let deadline = Instant::now() + Duration::from_secs(30);

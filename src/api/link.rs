@@ -79,6 +79,18 @@ struct Ctl {
     deaf: bool,
 }
 
+impl Ctl {
+    /// The oldest event; the queue's storage goes with the last one (events come a
+    /// handful per agent's life: an agent that read them all keeps no buffer for them).
+    fn pop(&mut self) -> Option<AgentEvent> {
+        let ev = self.events.pop_front();
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        ev
+    }
+}
+
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
@@ -270,7 +282,7 @@ impl Events {
     pub async fn recv(&mut self) -> Option<AgentEvent> {
         poll_fn(|cx| {
             let mut c = self.link.ctl();
-            if let Some(ev) = c.events.pop_front() {
+            if let Some(ev) = c.pop() {
                 return Poll::Ready(Some(ev));
             }
             // Under the lock: the shard queues its last events before it sets `closed`.
@@ -287,7 +299,7 @@ impl Events {
 
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Option<AgentEvent> {
-        self.link.ctl().events.pop_front()
+        self.link.ctl().pop()
     }
 }
 
