@@ -378,8 +378,9 @@ const MIN_SLOTS: usize = 8;
 
 /// A bounded lock-free single-producer / single-consumer queue that allocates nothing
 /// until its first item, then grows (never past `bound` items) by linking a segment
-/// twice the size of the last one when that one is full. Once a segment is large enough
-/// for the backlog, it is reused as a ring: no allocation per item.
+/// twice the size of the last one when that one is full. Once a
+/// segment is large enough for the backlog, it is reused as a ring: no allocation per
+/// item.
 ///
 /// Items have global indexes: `tail` is the next the producer writes, `head` the next
 /// the consumer reads. Each segment holds the items from its `start` to the next
@@ -502,6 +503,8 @@ impl<T> Ring<T> {
             if t - h.max(start) == cap {
                 // Full (items from an older segment, if any, are not in this one):
                 // link a larger one. `t - h < bound <= max_cap` means `cap < max_cap`.
+                // Doubling (not just the room left) so that a lasting backlog ends in
+                // one segment that holds it, reused with no more allocation.
                 debug_assert!(cap < self.max_cap());
                 let seg = self.new_seg(t, (cap * 2).min(self.max_cap()));
                 next.store(seg, Ordering::Release);
@@ -609,6 +612,34 @@ mod tests {
             }
             assert_eq!(backlog.len(), 41);
             assert_eq!(r.slots(), 32);
+        }
+    }
+
+    #[test]
+    fn a_full_queue_nobody_reads_then_a_lasting_backlog_allocates_no_more() {
+        let r = Ring::<u64>::new(256);
+        // SAFETY: one thread.
+        unsafe {
+            for i in 0..256 {
+                r.push(i).unwrap();
+            }
+            assert!(r.push(256).is_err());
+            // 8 + 16 + 32 + 64 + 128, then 256 for the last 8 items.
+            assert_eq!(r.slots(), 504);
+            // Read at last, with a backlog of 200 kept: one segment of 256 is left and
+            // serves it as a ring.
+            for i in 0..256 {
+                assert_eq!(r.pop(), Some(i));
+                if i % 5 != 0 {
+                    r.push(256 + i).unwrap();
+                }
+            }
+            assert_eq!(r.slots(), 256);
+            for i in 0..10_000u64 {
+                r.push(i).unwrap();
+                r.pop().unwrap();
+            }
+            assert_eq!(r.slots(), 256);
         }
     }
 
