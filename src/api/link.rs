@@ -750,6 +750,52 @@ mod tests {
         assert!(r.slots() <= 128, "{}", r.slots());
     }
 
+    /// Many fresh rings through two threads: each grows from 8 slots while the other
+    /// thread reads, so segment hand-over and freeing race many times; a few items are
+    /// left for the drop.
+    #[test]
+    fn two_threads_grow_many_rings() {
+        let live = Arc::new(AtomicUsize::new(0));
+        for round in 0..200u64 {
+            let r = Arc::new(Ring::new(256));
+            let n = 3000u64;
+            let producer = {
+                let (r, live) = (r.clone(), live.clone());
+                std::thread::spawn(move || {
+                    for i in 0..n {
+                        live.fetch_add(1, Ordering::Relaxed);
+                        let mut item = Counted(i, live.clone());
+                        // SAFETY: this thread is the only producer.
+                        while let Err(back) = unsafe { r.push(item) } {
+                            item = back;
+                            std::hint::spin_loop();
+                        }
+                        if (i + round) % 97 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            };
+            let mut next = 0;
+            while next < n - 5 {
+                // SAFETY: this thread is the only consumer.
+                match unsafe { r.pop() } {
+                    Some(x) => {
+                        assert_eq!(x.0, next);
+                        next += 1;
+                    }
+                    None => std::hint::spin_loop(),
+                }
+                if (next + round) % 89 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            producer.join().unwrap();
+            drop(r);
+            assert_eq!(live.load(Ordering::Relaxed), 0, "round {round}");
+        }
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .build()
