@@ -191,7 +191,8 @@ ice_stats!(
     drop_malformed,
     /// Datagrams the owning agent refused (unvalidated source, bad integrity, closed).
     drop_agent,
-    /// Received data dropped because the application's queue was full.
+    /// Received data dropped because the application's queue was full (`[ice]
+    /// recv_queue`), or its `Conn` is gone.
     drop_app_full,
     /// Handoffs dropped: no such shard, or the datagram came back a second time.
     drop_handoff,
