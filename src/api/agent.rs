@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
-use super::engine::{Inner, os_random};
+use super::engine::{Inner, PWD_LEN, UFRAG_LEN, os_random};
 use super::link::{DataRx, Link};
 use super::netmon::Watch;
 use super::{AgentEvent, AgentOptions, ApiError, ConnStats, Events, StateWatch};
@@ -75,6 +75,7 @@ impl Drop for Handle {
 
 /// What gathering needs; dropped by it (a gathered agent keeps none of its options).
 struct Gather {
+    engine: Arc<Inner>,
     opts: AgentOptions,
     /// Parsed [`AgentOptions::urls`]: (url, username, credential).
     servers: Vec<(IceUrl, String, String)>,
@@ -82,10 +83,10 @@ struct Gather {
 
 /// One ICE agent hosted on a shard (pion/ice's `Agent`).
 pub struct Agent {
-    engine: Arc<Inner>,
     handle: Arc<Handle>,
-    /// `"ufrag pwd"` in one allocation (neither holds a space).
-    creds: Box<str>,
+    /// ufrag then pwd, inline: the engine makes them [`UFRAG_LEN`] and [`PWD_LEN`]
+    /// ice-chars long (no allocation of their own).
+    creds: [u8; UFRAG_LEN + PWD_LEN],
     /// Until [`gather_candidates`](Self::gather_candidates), which takes it (boxed: one
     /// pointer, not ~250 B of options, in every handle).
     gather: Mutex<Option<Box<Gather>>>,
@@ -164,11 +165,17 @@ impl Agent {
         servers: Vec<(IceUrl, String, String)>,
         link: Option<Arc<Link>>,
     ) -> Self {
+        let mut creds = [0u8; UFRAG_LEN + PWD_LEN];
+        creds[..UFRAG_LEN].copy_from_slice(ufrag.as_bytes());
+        creds[UFRAG_LEN..].copy_from_slice(pwd.as_bytes());
         Agent {
-            engine,
             handle,
-            creds: format!("{ufrag} {pwd}").into_boxed_str(),
-            gather: Mutex::new(Some(Box::new(Gather { opts, servers }))),
+            creds,
+            gather: Mutex::new(Some(Box::new(Gather {
+                engine,
+                opts,
+                servers,
+            }))),
             events: link.as_ref().map(|l| l.events()),
             link,
         }
@@ -176,8 +183,8 @@ impl Agent {
 
     /// Local `(ufrag, pwd)` to signal to the peer.
     pub fn local_credentials(&self) -> (String, String) {
-        let (u, p) = self.creds.split_once(' ').unwrap_or((&self.creds, ""));
-        (u.to_owned(), p.to_owned())
+        let s = |b: &[u8]| b.iter().map(|&c| char::from(c)).collect();
+        (s(&self.creds[..UFRAG_LEN]), s(&self.creds[UFRAG_LEN..]))
     }
 
     /// The peer's credentials. Checks start once a role is chosen too
@@ -211,15 +218,17 @@ impl Agent {
         let Some(g) = self.gather.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Err(ApiError::AlreadyStarted);
         };
-        let o = &g.opts;
+        let Gather {
+            engine,
+            opts,
+            servers,
+        } = *g;
+        let (o, engine) = (&opts, &engine);
         let ifaces = || -> Result<Vec<(String, IpAddr)>, ApiError> {
-            let all = self
-                .engine
-                .interface_addrs()
-                .map_err(|source| ApiError::Bind {
-                    ip: IpAddr::from([0, 0, 0, 0]),
-                    source,
-                })?;
+            let all = engine.interface_addrs().map_err(|source| ApiError::Bind {
+                ip: IpAddr::from([0, 0, 0, 0]),
+                source,
+            })?;
             Ok(all
                 .iter()
                 .filter(|a| usable(a.ip, o.include_loopback) && o.allows(Some(&a.name), a.ip))
@@ -228,10 +237,11 @@ impl Agent {
         };
         let mut bases: Vec<SocketAddr> = Vec::new();
         let mut sockets = Vec::new();
-        let range = o.port_range.or((self.engine.ice.max_port != 0)
-            .then_some((self.engine.ice.min_port, self.engine.ice.max_port)));
+        let range = o
+            .port_range
+            .or((engine.ice.max_port != 0).then_some((engine.ice.min_port, engine.ice.max_port)));
         if o.mux {
-            for m in &self.engine.mux_addrs {
+            for m in &engine.mux_addrs {
                 if m.ip().is_unspecified() {
                     for (_, ip) in ifaces()? {
                         if ip.is_ipv4() == m.is_ipv4() {
@@ -252,8 +262,7 @@ impl Agent {
                 sockets.push(s);
             }
         }
-        let servers = g
-            .servers
+        let servers = servers
             .iter()
             .map(|(url, user, cred)| ServerSpec {
                 url: url.clone(),
@@ -283,12 +292,12 @@ impl Agent {
             continual,
         })?;
         if continual {
-            self.engine.netmon.watch(
-                &self.engine,
+            engine.netmon.watch(
+                engine,
                 Watch {
                     handle: Arc::downgrade(&self.handle),
-                    next: std::time::Instant::now() + g.opts.network_monitor_interval,
-                    opts: g.opts,
+                    next: std::time::Instant::now() + opts.network_monitor_interval,
+                    opts,
                     range,
                     bases,
                 },
@@ -369,7 +378,7 @@ impl Agent {
     }
 
     /// Keeps only what signalling needs once candidates are gathered and the role is
-    /// chosen: a [`SessionHandle`], one pointer, instead of this ~70-byte handle with its
+    /// chosen: a [`SessionHandle`], one pointer, instead of this 72-byte handle with its
     /// credentials (and, before gathering, options) (what `icering serve` keeps per session). The agent stays
     /// hosted; its channels, if any, are dropped.
     pub fn into_session_handle(self) -> SessionHandle {

@@ -93,6 +93,12 @@ pub(crate) fn os_random(buf: &mut [u8]) {
     }
 }
 
+/// Length of the ufrags the engine makes: the shard's character and 7 random ones (the mux
+/// demux packs a ufrag into a `u64`).
+pub(crate) const UFRAG_LEN: usize = 8;
+/// Length of the passwords the engine makes (RFC 8445 §5.3: at least 22 ice-chars).
+pub(crate) const PWD_LEN: usize = 24;
+
 fn ice_string(first: Option<u8>, random: &[u8]) -> String {
     first
         .into_iter()
@@ -217,11 +223,13 @@ impl Engine {
         let n = self.inner.links.len().min(MAX_ICE_SHARDS);
         let shard = self.inner.next_shard.fetch_add(1, Relaxed) % n;
         let key = self.inner.next_key.fetch_add(1, Relaxed);
-        let mut rnd = [0u8; 7 + 24 + 8];
+        let mut rnd = [0u8; UFRAG_LEN - 1 + PWD_LEN + 8];
         os_random(&mut rnd);
-        let ufrag = ice_string(Some(ICE_CHARS[shard]), &rnd[..7]);
-        let pwd = ice_string(None, &rnd[7..31]);
-        let seed = u64::from_le_bytes(rnd[31..].try_into().expect("8 bytes"));
+        let (u, rest) = rnd.split_at(UFRAG_LEN - 1);
+        let (p, s) = rest.split_at(PWD_LEN);
+        let ufrag = ice_string(Some(ICE_CHARS[shard]), u);
+        let pwd = ice_string(None, p);
+        let seed = u64::from_le_bytes(s.try_into().expect("8 bytes"));
         let config = IceConfig {
             lite: opts.lite,
             seed,

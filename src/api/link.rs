@@ -1,5 +1,5 @@
 //! The link between an application-owned agent ([`DataMode::App`](super::DataMode::App))
-//! and its hosting on a shard: ONE shared allocation (`Arc<Link>`, ~200 B) holding the
+//! and its hosting on a shard: ONE shared allocation (`Arc<Link>`, 192 B) holding the
 //! connection state, the event queue and the received-data queue, instead of three
 //! channels (a tokio `mpsc` of `[ice] recv_queue` with its first 32-slot block allocated
 //! up front, a `watch` and an event queue: ~2.6 KB per agent before any datagram).
@@ -398,13 +398,15 @@ const MIN_SLOTS: usize = 8;
 ///   at or before `head`); by then the producer has moved on to a later segment and
 ///   never touches it again.
 pub(crate) struct Ring<T> {
-    bound: usize,
+    /// At most this many items (`u32`: with `slots`, one word; keeps the link in a
+    /// smaller allocator size class).
+    bound: u32,
     head: AtomicUsize,
     tail: AtomicUsize,
     /// The first segment, published with the first item.
     first: AtomicPtr<Seg<T>>,
     /// Slots allocated in all live segments (for the footprint probe).
-    slots: AtomicUsize,
+    slots: AtomicU32,
     /// The segment the producer writes (producer only).
     prod: UnsafeCell<*mut Seg<T>>,
     /// The segment the consumer reads (consumer only; null before its first read).
@@ -447,32 +449,36 @@ impl<T> Ring<T> {
     /// An empty queue of at most `bound` items (at least 1); allocates nothing.
     pub(crate) fn new(bound: usize) -> Self {
         Ring {
-            bound: bound.max(1),
+            bound: bound.clamp(1, 1 << 30) as u32,
             head: AtomicUsize::new(0),
             tail: AtomicUsize::new(0),
             first: AtomicPtr::new(ptr::null_mut()),
-            slots: AtomicUsize::new(0),
+            slots: AtomicU32::new(0),
             prod: UnsafeCell::new(ptr::null_mut()),
             cons: UnsafeCell::new(ptr::null_mut()),
         }
     }
 
+    fn bound(&self) -> usize {
+        self.bound as usize
+    }
+
     fn max_cap(&self) -> usize {
-        self.bound.next_power_of_two()
+        self.bound().next_power_of_two()
     }
 
     /// Slots allocated now (0 before the first item).
     pub(crate) fn slots(&self) -> usize {
-        self.slots.load(Ordering::Relaxed)
+        self.slots.load(Ordering::Relaxed) as usize
     }
 
     /// Whether a push would find room (may be stale towards "full").
     pub(crate) fn has_room(&self) -> bool {
-        self.tail.load(Ordering::Relaxed) - self.head.load(Ordering::Acquire) < self.bound
+        self.tail.load(Ordering::Relaxed) - self.head.load(Ordering::Acquire) < self.bound()
     }
 
     fn new_seg(&self, start: usize, cap: usize) -> *mut Seg<T> {
-        self.slots.fetch_add(cap, Ordering::Relaxed);
+        self.slots.fetch_add(cap as u32, Ordering::Relaxed);
         Seg::alloc(start, cap)
     }
 
@@ -483,7 +489,7 @@ impl<T> Ring<T> {
     pub(crate) unsafe fn push(&self, item: T) -> Result<(), T> {
         let t = self.tail.load(Ordering::Relaxed);
         let h = self.head.load(Ordering::Acquire);
-        if t - h >= self.bound {
+        if t - h >= self.bound() {
             return Err(item);
         }
         // SAFETY: only the producer touches `prod` (the caller's contract).
@@ -545,7 +551,8 @@ impl<T> Ring<T> {
             // Every item of `cons` was read and the producer writes `next` or later.
             // SAFETY: allocated by `Seg::alloc`, freed once (we move past it now).
             let old = unsafe { Box::from_raw(*cons) };
-            self.slots.fetch_sub(old.slots.len(), Ordering::Relaxed);
+            self.slots
+                .fetch_sub(old.slots.len() as u32, Ordering::Relaxed);
             drop(old);
             *cons = next;
         }
@@ -721,7 +728,7 @@ mod tests {
                     // SAFETY: this thread is the only producer.
                     while unsafe { r.push(i) }.is_err() {
                         refused += 1;
-                        std::hint::spin_loop();
+                        std::thread::yield_now();
                     }
                     if i % 4096 == 0 {
                         std::thread::yield_now(); // let the consumer fall behind
@@ -738,7 +745,7 @@ mod tests {
                     assert_eq!(x, next);
                     next += 1;
                 }
-                None => std::hint::spin_loop(),
+                None => std::thread::yield_now(),
             }
             if next % 65536 == 1 {
                 std::thread::yield_now(); // let the queue fill
@@ -768,7 +775,7 @@ mod tests {
                         // SAFETY: this thread is the only producer.
                         while let Err(back) = unsafe { r.push(item) } {
                             item = back;
-                            std::hint::spin_loop();
+                            std::thread::yield_now();
                         }
                         if (i + round) % 97 == 0 {
                             std::thread::yield_now();
@@ -784,7 +791,7 @@ mod tests {
                         assert_eq!(x.0, next);
                         next += 1;
                     }
-                    None => std::hint::spin_loop(),
+                    None => std::thread::yield_now(),
                 }
                 if (next + round) % 89 == 0 {
                     std::thread::yield_now();
@@ -794,6 +801,17 @@ mod tests {
             drop(r);
             assert_eq!(live.load(Ordering::Relaxed), 0, "round {round}");
         }
+    }
+
+    /// `Arc<Link>` is 16 B of counts plus the link: at most 192 B, one of mimalloc's size
+    /// classes (the next is 224).
+    #[test]
+    fn the_link_stays_in_its_size_class() {
+        assert!(
+            std::mem::size_of::<Link>() + 16 <= 192,
+            "{}",
+            std::mem::size_of::<Link>()
+        );
     }
 
     fn rt() -> tokio::runtime::Runtime {
