@@ -4,7 +4,8 @@
 //! agents (with their link). A counting allocator gives the live heap per connected agent
 //! (engine-side state plus the handle), the method of tests/turn_footprint.rs.
 //!
-//! `cargo test --release --test api_many -- --nocapture` prints the figures.
+//! `cargo test --release --test api_many -- --nocapture` prints the figures (the tests take
+//! turns: the counter is process-wide).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
@@ -14,6 +15,9 @@ use icering::{AgentOptions, Config, DataMode, Engine, NetworkType};
 
 struct Counting;
 static LIVE: AtomicI64 = AtomicI64::new(0);
+/// The counter is process-wide: the tests take turns (a plain `cargo test` runs them at
+/// once).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 // SAFETY: forwards to the system allocator, only counting live bytes.
 unsafe impl GlobalAlloc for Counting {
@@ -133,6 +137,7 @@ fn connect_many(engine: &Engine, pairs: usize, mode: DataMode, shards: usize) ->
 
 #[test]
 fn thousands_of_agents_connect_on_one_engine() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = Config::embedded();
     c.server.listen.clear();
     c.server.shards = 2;
@@ -158,6 +163,7 @@ fn thousands_of_agents_connect_on_one_engine() {
 /// shard neither spins nor stalls and every agent connects.
 #[test]
 fn more_due_agents_than_send_slots_all_connect() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = Config::embedded();
     c.server.listen.clear();
     c.server.shards = 1;
