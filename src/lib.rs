@@ -9,7 +9,7 @@
 //!  binaries        src/main.rs (icering serve|ping)   loadtest/ (icering-loadtest)
 //!                        │                                 │ public API only
 //!  application     serve/  ── `icering serve --admin`: HTTP session API over `api`
-//!                  api/    ── Engine / Agent / Conn: tokio-friendly handles (channels only)
+//!                  api/    ── Engine / Agent / Conn: tokio-friendly handles (channels, a link per App agent)
 //!                        │ commands over each shard's control channel ▼
 //!  runtime         shard/  ── one pinned thread per core: demux, timers, cross-shard channel
 //!                  shard/ice ─ agent table, mux demux, handoff, one timing wheel per shard,
@@ -69,5 +69,6 @@ pub mod wheel;
 pub use api::{
     Agent, AgentEvent, AgentOptions, ApiError, Candidate, CandidateTypes, Conn, ConnStats,
     ConnectionState, DataMode, Engine, EngineStats, Events, IceStats, NetworkType, ServerUrl,
+    StateWatch,
 };
 pub use config::Config;

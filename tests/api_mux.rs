@@ -153,7 +153,7 @@ async fn close_frees_the_slot_and_the_socket() {
     a.close();
     let s = wait_for(&engine, "agent freed", |s| s.agents == 0);
     assert_eq!((s.created, s.closed), (1, 1));
-    assert_eq!(*state.borrow(), ConnectionState::Closed);
+    assert_eq!(state.get(), ConnectionState::Closed);
     assert!(matches!(a.stats().await, Err(ApiError::Closed)));
     // The socket is closed: the port can be bound again.
     drop(UdpSocket::bind(port_addr).expect("port free after close"));

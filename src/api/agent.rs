@@ -1,16 +1,16 @@
 //! [`Agent`] and [`Conn`]: handles that talk to the owning shard over its control channel.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::engine::{Inner, secure_random};
+use super::engine::{Inner, PWD_LEN, UFRAG_LEN, secure_random};
+use super::link::{DataRx, Link};
 use super::netmon::Watch;
-use super::{AgentEvent, AgentOptions, ApiError, ConnStats, Events};
+use super::{AgentEvent, AgentOptions, ApiError, ConnStats, Events, StateWatch};
 use crate::ice::{Candidate, ConnectionState, IceUrl};
 use crate::io::Waker;
 use crate::shard::ServerSpec;
@@ -73,33 +73,35 @@ impl Drop for Handle {
     }
 }
 
-type Channels = (
-    Events,
-    watch::Receiver<ConnectionState>,
-    mpsc::Receiver<Bytes>,
-);
-
-/// One ICE agent hosted on a shard (pion/ice's `Agent`).
-pub struct Agent {
+/// What gathering needs; dropped by it (a gathered agent keeps none of its options).
+struct Gather {
     engine: Arc<Inner>,
-    handle: Arc<Handle>,
-    creds: (String, String),
     opts: AgentOptions,
     /// Parsed [`AgentOptions::urls`]: (url, username, credential).
     servers: Vec<(IceUrl, String, String)>,
+}
+
+/// One ICE agent hosted on a shard (pion/ice's `Agent`).
+pub struct Agent {
+    handle: Arc<Handle>,
+    /// ufrag then pwd, inline: the engine makes them [`UFRAG_LEN`] and [`PWD_LEN`]
+    /// ice-chars long (no allocation of their own).
+    creds: [u8; UFRAG_LEN + PWD_LEN],
+    /// Until [`gather_candidates`](Self::gather_candidates), which takes it (boxed: one
+    /// pointer, not ~250 B of options, in every handle).
+    gather: Mutex<Option<Box<Gather>>>,
+    /// State, events and data of an app-owned agent, shared with its shard.
+    link: Option<Arc<Link>>,
     events: Option<Events>,
-    state: Option<watch::Receiver<ConnectionState>>,
-    data: Mutex<Option<mpsc::Receiver<Bytes>>>,
-    gathered: AtomicBool,
 }
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
             .field("key", &self.handle.key)
-            .field("ufrag", &self.creds.0)
-            .field("opts", &self.opts)
-            .finish()
+            .field("ufrag", &self.local_credentials().0)
+            .field("link", &self.link)
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,31 +160,31 @@ impl Agent {
     pub(crate) fn new(
         engine: Arc<Inner>,
         handle: Arc<Handle>,
-        creds: (String, String),
+        (ufrag, pwd): (&str, &str),
         opts: AgentOptions,
         servers: Vec<(IceUrl, String, String)>,
-        chans: Option<Channels>,
+        link: Option<Arc<Link>>,
     ) -> Self {
-        let (events, state, data) = match chans {
-            Some((e, s, d)) => (Some(e), Some(s), Some(d)),
-            None => (None, None, None),
-        };
+        let mut creds = [0u8; UFRAG_LEN + PWD_LEN];
+        creds[..UFRAG_LEN].copy_from_slice(ufrag.as_bytes());
+        creds[UFRAG_LEN..].copy_from_slice(pwd.as_bytes());
         Agent {
-            engine,
             handle,
             creds,
-            opts,
-            servers,
-            events,
-            state,
-            data: Mutex::new(data),
-            gathered: AtomicBool::new(false),
+            gather: Mutex::new(Some(Box::new(Gather {
+                engine,
+                opts,
+                servers,
+            }))),
+            events: link.as_ref().map(|l| l.events()),
+            link,
         }
     }
 
     /// Local `(ufrag, pwd)` to signal to the peer.
     pub fn local_credentials(&self) -> (String, String) {
-        self.creds.clone()
+        let s = |b: &[u8]| b.iter().map(|&c| char::from(c)).collect();
+        (s(&self.creds[..UFRAG_LEN]), s(&self.creds[UFRAG_LEN..]))
     }
 
     /// The peer's credentials. Checks start once a role is chosen too
@@ -213,18 +215,20 @@ impl Agent {
     /// Returns the host candidates (for agents without events). Once per agent (pion:
     /// `ErrMultipleGatherAttempted`): a second call is [`ApiError::AlreadyStarted`].
     pub fn gather_candidates(&self) -> Result<Vec<Candidate>, ApiError> {
-        if self.gathered.swap(true, Relaxed) {
+        let Some(g) = self.gather.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Err(ApiError::AlreadyStarted);
-        }
-        let o = &self.opts;
+        };
+        let Gather {
+            engine,
+            opts,
+            servers,
+        } = *g;
+        let (o, engine) = (&opts, &engine);
         let ifaces = || -> Result<Vec<(String, IpAddr)>, ApiError> {
-            let all = self
-                .engine
-                .interface_addrs()
-                .map_err(|source| ApiError::Bind {
-                    ip: IpAddr::from([0, 0, 0, 0]),
-                    source,
-                })?;
+            let all = engine.interface_addrs().map_err(|source| ApiError::Bind {
+                ip: IpAddr::from([0, 0, 0, 0]),
+                source,
+            })?;
             Ok(all
                 .iter()
                 .filter(|a| usable(a.ip, o.include_loopback) && o.allows(Some(&a.name), a.ip))
@@ -233,10 +237,11 @@ impl Agent {
         };
         let mut bases: Vec<SocketAddr> = Vec::new();
         let mut sockets = Vec::new();
-        let range = o.port_range.or((self.engine.ice.max_port != 0)
-            .then_some((self.engine.ice.min_port, self.engine.ice.max_port)));
+        let range = o
+            .port_range
+            .or((engine.ice.max_port != 0).then_some((engine.ice.min_port, engine.ice.max_port)));
         if o.mux {
-            for m in &self.engine.mux_addrs {
+            for m in &engine.mux_addrs {
                 if m.ip().is_unspecified() {
                     for (_, ip) in ifaces()? {
                         if ip.is_ipv4() == m.is_ipv4() {
@@ -257,8 +262,7 @@ impl Agent {
                 sockets.push((s, addr));
             }
         }
-        let servers = self
-            .servers
+        let servers = servers
             .iter()
             .map(|(url, user, cred)| ServerSpec {
                 url: url.clone(),
@@ -273,6 +277,7 @@ impl Agent {
             .collect();
         let candidates: Vec<Candidate> = bases.iter().map(|b| host_candidate(o, *b)).collect();
         let continual = o.continual_gathering && !o.mux;
+        let host = o.candidate_types.host;
         self.handle.send(IceCmd::Gather {
             key: self.handle.key,
             sockets,
@@ -287,22 +292,18 @@ impl Agent {
             continual,
         })?;
         if continual {
-            self.engine.netmon.watch(
-                &self.engine,
+            engine.netmon.watch(
+                engine,
                 Watch {
                     handle: Arc::downgrade(&self.handle),
-                    opts: o.clone(),
+                    next: std::time::Instant::now() + opts.network_monitor_interval,
+                    opts,
                     range,
                     bases,
-                    next: std::time::Instant::now() + o.network_monitor_interval,
                 },
             );
         }
-        Ok(if o.candidate_types.host {
-            candidates
-        } else {
-            Vec::new()
-        })
+        Ok(if host { candidates } else { Vec::new() })
     }
 
     /// The next event; `None` once the agent is gone (or for agents without channels,
@@ -317,9 +318,10 @@ impl Agent {
         self.events.take()
     }
 
-    /// A `watch` of the connection state (agents with [`DataMode::App`](super::DataMode::App)).
-    pub fn state(&self) -> Option<watch::Receiver<ConnectionState>> {
-        self.state.clone()
+    /// A watcher of the connection state (agents with
+    /// [`DataMode::App`](super::DataMode::App); any number of them).
+    pub fn state(&self) -> Option<StateWatch> {
+        self.link.as_ref().map(|l| l.watch())
     }
 
     /// Chooses the role and lets checks start without waiting (for agents whose data the
@@ -343,29 +345,24 @@ impl Agent {
     }
 
     async fn connect(&self, controlling: bool, ufrag: &str, pwd: &str) -> Result<Conn, ApiError> {
-        let mut state = self.state.clone().ok_or(ApiError::NotApp)?;
+        let link = self.link.as_ref().ok_or(ApiError::NotApp)?;
         check_credentials(ufrag, pwd)?;
-        let data = self
-            .data
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or(ApiError::AlreadyStarted)?;
+        let data = link.take_data().ok_or(ApiError::AlreadyStarted)?;
+        let mut state = link.watch();
         self.set_remote_credentials(ufrag, pwd)?;
         self.start(controlling)?;
+        let mut s = state.get();
         loop {
-            let s = *state.borrow_and_update();
             match s {
                 ConnectionState::Connected | ConnectionState::Completed => break,
                 ConnectionState::Failed => return Err(ApiError::Failed),
                 ConnectionState::Closed => return Err(ApiError::Closed),
                 _ => {}
             }
-            state.changed().await.map_err(|_| ApiError::Closed)?;
+            s = state.changed().await?;
         }
         Ok(Conn {
             handle: self.handle.clone(),
-            state,
             data,
         })
     }
@@ -381,8 +378,8 @@ impl Agent {
     }
 
     /// Keeps only what signalling needs once candidates are gathered and the role is
-    /// chosen: a [`SessionHandle`], one pointer, instead of this ~300-byte handle with its
-    /// options and credentials (what `icering serve` keeps per session). The agent stays
+    /// chosen: a [`SessionHandle`], one pointer, instead of this 72-byte handle with its
+    /// credentials (and, before gathering, options) (what `icering serve` keeps per session). The agent stays
     /// hosted; its channels, if any, are dropped.
     pub fn into_session_handle(self) -> SessionHandle {
         SessionHandle {
@@ -436,19 +433,19 @@ async fn stats(handle: &Handle) -> Result<ConnStats, ApiError> {
 }
 
 /// A connected agent's datagram path (pion: `ice.Conn`). Datagrams are not framed: each
-/// `send` is one UDP datagram on the selected pair.
+/// `send` is one UDP datagram on the selected pair. Two pointers: the agent's command
+/// address and its link (state, received data).
 #[derive(Debug)]
 pub struct Conn {
     handle: Arc<Handle>,
-    state: watch::Receiver<ConnectionState>,
-    data: mpsc::Receiver<Bytes>,
+    data: DataRx,
 }
 
 impl Conn {
     /// Sends one datagram on the selected pair. Like UDP, delivery is not guaranteed; a
     /// datagram with no selected pair or no free send slot is dropped and counted.
     pub async fn send(&self, data: Bytes) -> Result<(), ApiError> {
-        match *self.state.borrow() {
+        match self.state() {
             ConnectionState::Closed => return Err(ApiError::Closed),
             ConnectionState::Failed => return Err(ApiError::Failed),
             _ => {}
@@ -468,8 +465,19 @@ impl Conn {
     /// copied once instead ([`IceStats::data_lent`](crate::IceStats::data_lent) /
     /// [`data_copied`](crate::IceStats::data_copied)). Sub-slices keep the whole receive
     /// buffer (with GRO: the whole burst) lent.
+    ///
+    /// Datagrams wait in a queue of at most `[ice] recv_queue` (a full queue drops, counted
+    /// in [`IceStats::drop_app_full`](crate::IceStats::drop_app_full)); it allocates
+    /// nothing before the first datagram and then only as much as the backlog needs.
+    /// Dropping the `Conn` drops what is queued (and stops the queuing).
     pub async fn recv(&mut self) -> Result<Bytes, ApiError> {
         self.data.recv().await.ok_or(ApiError::Closed)
+    }
+
+    /// Slots the receive queue has allocated (0 until the first datagram). For tests.
+    #[doc(hidden)]
+    pub fn recv_queue_slots(&self) -> usize {
+        self.data.slots()
     }
 
     /// Bytes and packets each way, RTT, selected pair.
@@ -479,7 +487,7 @@ impl Conn {
 
     /// Current connection state.
     pub fn state(&self) -> ConnectionState {
-        *self.state.borrow()
+        self.data.link().state()
     }
 
     /// Closes the agent (same as [`Agent::close`]).

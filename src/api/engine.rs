@@ -5,17 +5,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
-use tokio::sync::{mpsc, watch};
 
 use super::agent::{Agent, Handle};
+use super::link::Link;
 use super::{AgentOptions, ApiError, DataMode, IceStats};
 use crate::config::{Config, IceSection};
 use crate::ice::rng::ICE_CHARS;
-use crate::ice::{ConnectionState, IceConfig, IceUrl};
+use crate::ice::{IceConfig, IceUrl};
 use crate::io::Waker;
 use crate::net::Protocol;
 use crate::shard::gather::{InterfaceAddr, interface_addrs};
-use crate::shard::{AppLink, Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime};
+use crate::shard::{Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime};
 
 pub(crate) struct Inner {
     runtime: Mutex<Option<Runtime>>,
@@ -87,6 +87,12 @@ pub(crate) fn secure_random(buf: &mut [u8]) {
     use rand::RngCore;
     rand::rng().fill_bytes(buf);
 }
+
+/// Length of the ufrags the engine makes: the shard's character and 7 random ones (the mux
+/// demux packs a ufrag into a `u64`).
+pub(crate) const UFRAG_LEN: usize = 8;
+/// Length of the passwords the engine makes (RFC 8445 §5.3: at least 22 ice-chars).
+pub(crate) const PWD_LEN: usize = 24;
 
 fn ice_string(first: Option<u8>, random: &[u8]) -> String {
     first
@@ -212,11 +218,13 @@ impl Engine {
         let n = self.inner.links.len().min(MAX_ICE_SHARDS);
         let shard = self.inner.next_shard.fetch_add(1, Relaxed) % n;
         let key = self.inner.next_key.fetch_add(1, Relaxed);
-        let mut rnd = [0u8; 7 + 24 + 8];
+        let mut rnd = [0u8; UFRAG_LEN - 1 + PWD_LEN + 8];
         secure_random(&mut rnd);
-        let ufrag = ice_string(Some(ICE_CHARS[shard]), &rnd[..7]);
-        let pwd = ice_string(None, &rnd[7..31]);
-        let seed = u64::from_le_bytes(rnd[31..].try_into().expect("8 bytes"));
+        let (u, rest) = rnd.split_at(UFRAG_LEN - 1);
+        let (p, s) = rest.split_at(PWD_LEN);
+        let ufrag = ice_string(Some(ICE_CHARS[shard]), u);
+        let pwd = ice_string(None, p);
+        let seed = u64::from_le_bytes(s.try_into().expect("8 bytes"));
         let config = IceConfig {
             lite: opts.lite,
             seed,
@@ -228,18 +236,9 @@ impl Engine {
             failed_timeout: opts.failed_timeout,
             ..IceConfig::default()
         };
-        let (link, chans) = if opts.data == DataMode::App {
-            let (ev_tx, ev_rx) = super::events::queue();
-            let (st_tx, st_rx) = watch::channel(ConnectionState::New);
-            let (d_tx, d_rx) = mpsc::channel(self.inner.ice.recv_queue.max(1));
-            (
-                Some(AppLink {
-                    events: ev_tx,
-                    state: st_tx,
-                    data: d_tx,
-                }),
-                Some((ev_rx, st_rx, d_rx)),
-            )
+        let (link, app) = if opts.data == DataMode::App {
+            let (tx, link) = Link::new(self.inner.ice.recv_queue);
+            (Some(tx), Some(link))
         } else {
             (None, None)
         };
@@ -254,10 +253,10 @@ impl Engine {
         Ok(Agent::new(
             self.inner.clone(),
             Arc::new(handle),
-            (ufrag, pwd),
+            (&ufrag, &pwd),
             opts,
             servers,
-            chans,
+            app,
         ))
     }
 

@@ -3,15 +3,16 @@
 //!
 //! An [`Engine`] owns the shards. [`Engine::agent`] creates an [`Agent`] on one shard
 //! (round robin); the handle talks to that shard over its control channel (never a lock,
-//! never blocking the shard) and hears back through an [`Events`] queue of candidate and
-//! state [`AgentEvent`]s, a tokio `watch` of the connection state, and a bounded tokio
-//! queue of received datagrams (full = counted drop, like a UDP socket buffer).
+//! never blocking the shard) and hears back through one shared link per agent (`link`):
+//! an [`Events`] queue of candidate and state [`AgentEvent`]s, a [`StateWatch`] of the
+//! connection state, and a bounded lock-free queue of received datagrams (full = counted
+//! drop, like a UDP socket buffer) that allocates nothing before the first datagram.
 //!
 //! The flow is pion/ice's: create, take the event receiver, exchange credentials and
 //! candidates through your signalling (any order, trickled), then [`Agent::dial`]
 //! (controlling) or [`Agent::accept`] (controlled), which resolve to a [`Conn`] once
 //! connected. Agents whose data the shard handles itself ([`DataMode::Echo`] /
-//! [`DataMode::Sink`]) have no channels at all and start with [`Agent::start`].
+//! [`DataMode::Sink`]) have no link at all and start with [`Agent::start`].
 //!
 //! Host candidates come from dedicated sockets (one per interface address, bound from a
 //! port range, registered with the owning shard's io backend) or, with
@@ -73,7 +74,7 @@
 
 mod agent;
 mod engine;
-mod events;
+mod link;
 mod netmon;
 mod options;
 
@@ -83,8 +84,8 @@ use std::time::Duration;
 pub use agent::{Agent, Conn, SessionHandle};
 pub(crate) use engine::secure_random;
 pub use engine::{Engine, EngineStats};
-pub(crate) use events::EventSender;
-pub use events::Events;
+pub(crate) use link::LinkTx;
+pub use link::{Events, StateWatch};
 pub use options::{
     AgentOptions, CandidateTypes, DataMode, InterfaceFilter, IpFilter, NetworkType, ServerUrl,
 };
@@ -186,4 +187,6 @@ const _: fn() = || {
     send_sync::<Engine>();
     send_sync::<Agent>();
     send_sync::<Conn>();
+    send_sync::<Events>();
+    send_sync::<StateWatch>();
 };

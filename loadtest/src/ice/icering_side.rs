@@ -243,11 +243,11 @@ async fn one_pair(
 ) -> Result<Pair, String> {
     let mut lane = lane.lock().await;
     lane.set_stage("agent");
-    let a = engine
+    let mut a = engine
         .agent(options(false, ports, ip))
         .map_err(|e| format!("agent: {e}"))?;
     // A mux agent's candidate is the engine's mux address (127.0.0.1), not `ip`.
-    let b = engine
+    let mut b = engine
         .agent(options(mux, ports, if mux { None } else { ip }))
         .map_err(|e| format!("agent: {e}"))?;
     lane.set_stage("gather");
@@ -261,6 +261,14 @@ async fn one_pair(
     let (da, db) = tokio::join!(a.dial(&ub, &pb), b.accept(&ua, &pa));
     let da = da.map_err(|e| format!("dial: {e}"))?;
     let db = db.map_err(|e| format!("accept: {e}"))?;
+    // Signalling used the gathered candidates and the state is read from the `Conn`s:
+    // read the events queued meanwhile, then stop listening (as the webrtc-ice side's
+    // callbacks consume theirs), so they do not sit unread in each agent's queue.
+    for agent in [&mut a, &mut b] {
+        if let Some(mut events) = agent.take_events() {
+            while events.try_recv().is_some() {}
+        }
+    }
     Ok((a, b, da, db))
 }
 

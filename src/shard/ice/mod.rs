@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 use hashbrown::HashMap;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::timers::Timers;
 use super::{Control, ShardCounters};
-use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode, EventSender};
+use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode, LinkTx};
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
 use crate::io::{Backend, IoStats, Lend, SendQueue, SocketId, StreamId, StreamSet, Waker};
 use crate::net::{Protocol, Received};
@@ -45,21 +45,14 @@ pub const MAX_ICE_SHARDS: usize = 64;
 /// How long an agent starved of send slots waits before it tries again.
 const STARVED_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// The application's side of an app-owned agent: events, state, received data.
-#[derive(Debug)]
-pub(crate) struct AppLink {
-    pub events: EventSender,
-    pub state: watch::Sender<ConnectionState>,
-    pub data: mpsc::Sender<Bytes>,
-}
-
 /// A new agent for the shard to host.
 #[derive(Debug)]
 pub(crate) struct NewAgent {
     pub key: u64,
     pub config: IceConfig,
     pub mode: DataMode,
-    pub link: Option<AppLink>,
+    /// The shard's end of an app-owned agent's link (events, state, received data).
+    pub link: Option<LinkTx>,
 }
 
 /// Requests from the application handles and from the other shards.
@@ -199,7 +192,8 @@ ice_stats!(
     drop_malformed,
     /// Datagrams the owning agent refused (unvalidated source, bad integrity, closed).
     drop_agent,
-    /// Received data dropped because the application's queue was full.
+    /// Received data dropped because the application's queue was full (`[ice]
+    /// recv_queue`), or its `Conn` is gone.
     drop_app_full,
     /// Handoffs dropped: no such shard, or the datagram came back a second time.
     drop_handoff,
@@ -559,8 +553,7 @@ impl IceHost {
                     DataMode::App => {
                         // Room in the application's queue first: nothing is lent (or
                         // copied) for a datagram that would be dropped.
-                        let Some(permit) = h.link.as_ref().and_then(|l| l.data.try_reserve().ok())
-                        else {
+                        let Some(link) = h.link.as_mut().filter(|l| l.has_room()) else {
                             self.stats.drop_app_full += 1;
                             return;
                         };
@@ -576,7 +569,11 @@ impl IceHost {
                                 Bytes::copy_from_slice(data)
                             }
                         };
-                        permit.send(bytes);
+                        // Room was checked and only this thread queues: a refusal
+                        // here means the receiver went in between (the buffer goes back).
+                        if link.push(bytes).is_err() {
+                            self.stats.drop_app_full += 1;
+                        }
                     }
                 }
             }
@@ -592,7 +589,7 @@ impl IceHost {
         };
         // Server answers first: new candidates and the end of gathering reach the agent.
         if let Some(sv) = h.servers.as_mut() {
-            sv.events(&mut h.agent, h.link.as_deref());
+            sv.events(&mut h.agent, h.link.as_ref());
             for (sock, server, mapped) in sv.take_learned() {
                 self.mux_mapped.insert((sock, server), (mapped, now));
             }
@@ -641,7 +638,7 @@ impl IceHost {
                         }
                     }
                     if let Some(l) = &h.link {
-                        l.state.send_replace(s);
+                        l.set_state(s);
                     }
                     Some(AgentEvent::State(s))
                 }
@@ -689,7 +686,7 @@ impl IceHost {
                 IceEvent::RoleChanged { .. } => None,
             };
             if let (Some(ev), Some(l)) = (app, &h.link) {
-                l.events.send(ev);
+                l.event(ev);
             }
         }
         if let Some(sv) = h.servers.as_mut()
@@ -1022,8 +1019,8 @@ impl IceHost {
             self.stats.connected -= 1;
         }
         if let Some(l) = &h.link {
-            l.state.send_replace(ConnectionState::Closed);
-            l.events.send(AgentEvent::State(ConnectionState::Closed));
+            l.set_state(ConnectionState::Closed);
+            l.event(AgentEvent::State(ConnectionState::Closed));
         }
         for (_, id, mux) in &h.socks {
             if !mux {

@@ -28,7 +28,7 @@ use crate::turn::client::{
     bind_selected, permit_everywhere,
 };
 
-use super::AppLink;
+use crate::api::LinkTx;
 
 /// One STUN/TURN server as the application handle resolved it (DNS runs on the caller's
 /// thread, never on the shard).
@@ -516,11 +516,11 @@ impl Servers {
 
     /// Client outcomes: new local candidates go to the agent, failures to the application
     /// (and the log); once every client is done, the agent's end of gathering.
-    pub fn events(&mut self, agent: &mut IceAgent, link: Option<&AppLink>) {
+    pub fn events(&mut self, agent: &mut IceAgent, link: Option<&LinkTx>) {
         let report = |url: &IceUrl, e: String| {
             tracing::warn!(%url, "gathering: {e}");
             if let Some(l) = link {
-                l.events.send(AgentEvent::GatherError {
+                l.event(AgentEvent::GatherError {
                     url: url.to_string(),
                     error: e,
                 });
@@ -529,7 +529,7 @@ impl Servers {
         for (url, e) in self.errors.drain(..) {
             tracing::warn!(%url, "gathering: {e}");
             if let Some(l) = link {
-                l.events.send(AgentEvent::GatherError { url, error: e });
+                l.event(AgentEvent::GatherError { url, error: e });
             }
         }
         let redundant = |a: &SocketAddr| self.types.host && self.hosts.contains(a);

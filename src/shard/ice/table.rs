@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
-use super::AppLink;
 use super::servers::Servers;
-use crate::api::{ConnStats, DataMode};
+use crate::api::{ConnStats, DataMode, LinkTx};
 use crate::ice::IceAgent;
 use crate::io::SocketId;
 
@@ -21,8 +20,8 @@ pub(crate) struct Hosted {
     pub ufrag: u64,
     pub agent: IceAgent,
     pub mode: DataMode,
-    /// Channels of an app-owned agent (boxed: 8 bytes for sessions, which have none).
-    pub link: Option<Box<AppLink>>,
+    /// The shard's end of an app-owned agent's link (one pointer; `None` for sessions).
+    pub link: Option<LinkTx>,
     /// (candidate base, socket, is a mux socket).
     pub socks: Vec<(SocketAddr, SocketId, bool)>,
     /// Mux routes announced for this agent, withdrawn on close.
@@ -43,7 +42,7 @@ pub(crate) struct Hosted {
 }
 
 impl Hosted {
-    pub fn new(key: u64, agent: IceAgent, mode: DataMode, link: Option<AppLink>) -> Self {
+    pub fn new(key: u64, agent: IceAgent, mode: DataMode, link: Option<LinkTx>) -> Self {
         let ufrag = ufrag_key(agent.local_credentials().0.as_bytes());
         Hosted {
             key,
@@ -51,7 +50,7 @@ impl Hosted {
             started: agent.is_lite(),
             agent,
             mode,
-            link: link.map(Box::new),
+            link,
             socks: Vec::new(),
             routes: Vec::new(),
             selected_sock: None,
