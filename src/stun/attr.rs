@@ -681,3 +681,37 @@ impl<'a> Attribute<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ascii` (overlapping 8- and 16-byte loads for 8..=32 bytes) against the standard
+    /// library, for every length across its cases and a high bit at every position, at
+    /// every alignment of the value in a larger buffer.
+    #[test]
+    fn ascii_agrees_with_is_ascii() {
+        let mut buf = [b'a'; 120];
+        for start in 0..16 {
+            for len in 0..=80 {
+                let v = &mut buf[start..start + len];
+                assert!(ascii(v), "start {start}, len {len}");
+                for i in 0..len {
+                    for high in [0x80, 0xC3, 0xFF] {
+                        v[i] = high;
+                        assert!(!ascii(v), "start {start}, len {len}, 0x{high:02x} at {i}");
+                        assert_eq!(ascii(v), v.is_ascii());
+                        v[i] = b'a';
+                    }
+                }
+            }
+        }
+        // Bytes just outside the value are not read into the answer.
+        buf.fill(0xFF);
+        for len in 0..=80 {
+            buf[20..20 + len].fill(b'z');
+            assert!(ascii(&buf[20..20 + len]), "len {len}");
+            buf[20..20 + len].fill(0xFF);
+        }
+    }
+}

@@ -26,15 +26,21 @@ pub struct Message<'a> {
     /// A visible comprehension-required attribute is unknown to this codec.
     has_unknown_required: bool,
     /// Offsets of the TLV headers of the first visible USERNAME, PRIORITY,
-    /// ICE-CONTROLLING, ICE-CONTROLLED and USE-CANDIDATE, or 0: the ICE
+    /// ICE-CONTROLLING, ICE-CONTROLLED and USE-CANDIDATE, or [`ABSENT`]: the ICE
     /// connectivity-check fast path reads these without scanning the attributes again.
     ///
-    /// Invariant (the getters' `unsafe` reads rely on it): a nonzero slot `at` is the
-    /// offset of an attribute `parse` has bounds-checked, so `at + 4 + vlen <= buf.len()`
-    /// where `vlen` is the big-endian length at `at + 2`. Only `parse` writes the slots
-    /// (the fields are private; `Hot::view` is the one constructor).
+    /// Invariant (the getters' `unsafe` reads rely on it): a slot is either [`ABSENT`]
+    /// (4, where the magic cookie is) or the offset `at` of an attribute `parse` has
+    /// bounds-checked, so `at + 4 + vlen <= buf.len()` where `vlen` is the big-endian
+    /// length at `at + 2`. Either way 4 bytes at the slot lie within `buf`. Only `parse`
+    /// writes the slots (the fields are private; `Hot::view` is the one constructor).
     hot: [u32; HOT],
 }
+
+/// A hot slot with no attribute: the offset of the magic cookie, 4 bytes every parsed
+/// message has. Read as a TLV header it is type 0x2112, no hot type, so a getter that
+/// compares the header word at its slot needs no separate presence test.
+const ABSENT: u32 = 4;
 
 /// Number of attribute types whose first visible value `parse` records.
 const HOT: usize = 5;
@@ -94,13 +100,21 @@ fn header_error(buf: &[u8]) -> StunError {
 }
 
 /// What the walk over the visible attributes records.
-#[derive(Default)]
 struct Hot {
     slots: [u32; HOT],
     unknown: bool,
 }
 
 impl Hot {
+    /// Nothing found yet.
+    #[inline(always)]
+    fn new() -> Self {
+        Hot {
+            slots: [ABSENT; HOT],
+            unknown: false,
+        }
+    }
+
     /// Notes the attribute at `at`; true when it closes the visible window
     /// (MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 or FINGERPRINT).
     #[inline(always)]
@@ -140,10 +154,10 @@ impl Hot {
     }
 
     /// Records the first occurrence only: `at` is the offset of a bounds-checked TLV
-    /// header (at least `HEADER_LEN`, so never 0; see `Message::hot`).
+    /// header (at least `HEADER_LEN`, so never [`ABSENT`]; see `Message::hot`).
     #[inline(always)]
     fn note(&mut self, k: usize, at: usize) {
-        if self.slots[k] == 0 {
+        if self.slots[k] == ABSENT {
             self.slots[k] = at as u32;
         }
     }
@@ -161,6 +175,10 @@ const W_MESSAGE_INTEGRITY: u32 = wire(attr::MESSAGE_INTEGRITY, 20);
 const W_FINGERPRINT: u32 = wire(attr::FINGERPRINT, 4);
 /// The magic cookie as a native-order read of header bytes 4..8 gives it.
 const W_COOKIE: u32 = u32::from_ne_bytes(MAGIC_COOKIE.to_be_bytes());
+// What lets `hot_array` skip the presence test (see `ABSENT`).
+const _: () = assert!(
+    W_PRIORITY != W_COOKIE && W_ICE_CONTROLLING != W_COOKIE && W_ICE_CONTROLLED != W_COOKIE
+);
 
 /// The 4 bytes at `at` in native order (compare with [`wire`] constants); `at + 4` must
 /// be within `buf` (the callers have checked it), else this panics.
@@ -183,7 +201,7 @@ fn word(buf: &[u8], at: usize) -> u32 {
 /// walk does not land exactly on `limit`, or meets an integrity or fingerprint attribute.
 #[inline(always)]
 fn walk_signed(buf: &[u8], limit: usize) -> Option<Hot> {
-    let mut hot = Hot::default();
+    let mut hot = Hot::new();
     let mut at = HEADER_LEN;
     // ICE agents put USERNAME first: that one is taken without the dispatch.
     if at < limit {
@@ -280,7 +298,7 @@ impl<'a> Message<'a> {
             (m.mi, m.fp) = ((end - 32) as u32, (end - 8) as u32);
             return Ok(m);
         }
-        let mut hot = Hot::default();
+        let mut hot = Hot::new();
         let mut at = HEADER_LEN;
         // Window open: every attribute is visible until MESSAGE-INTEGRITY(-SHA256).
         // `at` and `end` are multiples of 4 (the header length is), so the 4-byte read
@@ -448,11 +466,12 @@ impl<'a> Message<'a> {
     /// Value of the first visible attribute recorded in `hot[k]`.
     #[inline(always)]
     fn hot_value(&self, k: usize) -> Option<&'a [u8]> {
-        let at = self.hot[k] as usize;
-        if at == 0 {
+        let at = self.hot[k];
+        if at == ABSENT {
             return None;
         }
-        // SAFETY: a nonzero slot is the offset of a TLV `parse` has bounds-checked
+        let at = at as usize;
+        // SAFETY: a slot other than `ABSENT` is the offset of a TLV `parse` has bounds-checked
         // (`Message::hot`): its 4-byte header and `vlen` value bytes lie within `buf`.
         unsafe {
             let h = self.buf.get_unchecked(at..at + 4);
@@ -462,17 +481,16 @@ impl<'a> Message<'a> {
     }
 
     /// Value of the first visible attribute recorded in `hot[k]` if its TLV header is
-    /// `header` (the type and an `N`-byte length, as [`wire`] lays them out): one compare
-    /// tests both the slot's length and, redundantly, its type.
+    /// `header` (a hot type and an `N`-byte length, as [`wire`] lays them out): one
+    /// compare tests presence (an [`ABSENT`] slot reads the magic cookie, which never
+    /// matches), the length and, redundantly, the type.
     #[inline(always)]
     fn hot_array<const N: usize>(&self, k: usize, header: u32) -> Option<&'a [u8; N]> {
         let at = self.hot[k] as usize;
-        if at == 0 {
-            return None;
-        }
-        // SAFETY: a nonzero slot is the offset of a TLV `parse` has bounds-checked
-        // (`Message::hot`), so its 4-byte header lies within `buf`; when that header says
-        // the value is `N` bytes long, those `N` bytes follow it within `buf` too.
+        // SAFETY: 4 bytes at any slot lie within `buf` (`Message::hot`). A slot whose
+        // header word is `header` is not `ABSENT` (the cookie is not a hot TLV header), so
+        // it is a TLV `parse` has bounds-checked whose value is `N` bytes: those follow
+        // the header within `buf`.
         unsafe {
             let p = self.buf.as_ptr().add(at);
             if p.cast::<[u8; 4]>().read() != header.to_ne_bytes() {
@@ -548,7 +566,7 @@ impl<'a> Message<'a> {
     /// Whether USE-CANDIDATE is present.
     #[inline]
     pub fn use_candidate(&self) -> bool {
-        self.hot[HOT_USE_CANDIDATE] != 0
+        self.hot[HOT_USE_CANDIDATE] != ABSENT
     }
 
     /// NOMINATION value (renomination), if present.
