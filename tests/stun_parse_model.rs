@@ -260,3 +260,35 @@ fn header_lookalikes_are_no_attributes() {
         agree(&m);
     }
 }
+
+/// A datagram ending in MESSAGE-INTEGRITY + FINGERPRINT whose length is not a multiple of
+/// 4: the signed fast path runs before the alignment rule is tested, and must hand such a
+/// message over so that it gets `UnalignedLength` like any other.
+#[test]
+fn unaligned_signed_messages_are_refused() {
+    let mut tail = vec![0x00, 0x08, 0x00, 0x14];
+    tail.extend_from_slice(&[0x5A; 20]);
+    tail.extend_from_slice(&[0x80, 0x28, 0x00, 0x04, 1, 2, 3, 4]);
+    for extra in 1..=11usize {
+        for first in [attr::USERNAME, attr::PRIORITY, 0x7ABC] {
+            for vlen in [0u16, 1, 2, 3, 4, 5, 8] {
+                let mut body = first.to_be_bytes().to_vec();
+                body.extend_from_slice(&vlen.to_be_bytes());
+                body.resize(4 + extra, 0x61);
+                body.extend_from_slice(&tail);
+                let mut m = vec![0x00, 0x01];
+                m.extend_from_slice(&(body.len() as u16).to_be_bytes());
+                m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+                m.extend_from_slice(&[7; 12]);
+                m.extend_from_slice(&body);
+                if !extra.is_multiple_of(4) {
+                    assert!(matches!(
+                        icering::stun::Message::parse(&m),
+                        Err(icering::stun::StunError::UnalignedLength(_))
+                    ));
+                }
+                agree(&m);
+            }
+        }
+    }
+}

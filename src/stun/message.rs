@@ -203,15 +203,16 @@ fn word(buf: &[u8], at: usize) -> u32 {
 fn walk_signed(buf: &[u8], limit: usize) -> Option<Hot> {
     let mut hot = Hot::new();
     let mut at = HEADER_LEN;
-    // ICE agents put USERNAME first: that one is taken without the dispatch.
-    if at < limit {
-        let [t0, t1, l0, l1] = word(buf, at).to_ne_bytes();
-        if [t0, t1] == attr::USERNAME.to_be_bytes() {
-            hot.slots[HOT_USERNAME] = at as u32;
-            at = (at + usize::from(u16::from_be_bytes([l0, l1])) + 7) & !3;
-        }
+    // ICE agents put USERNAME first: that one is taken without the dispatch. (When
+    // `limit == HEADER_LEN` this reads MESSAGE-INTEGRITY's header, which is no USERNAME.)
+    let [t0, t1, l0, l1] = word(buf, at).to_ne_bytes();
+    if [t0, t1] == attr::USERNAME.to_be_bytes() {
+        hot.slots[HOT_USERNAME] = at as u32;
+        at = (at + usize::from(u16::from_be_bytes([l0, l1])) + 7) & !3;
     }
-    // `at` and `limit` are multiples of 4, so `at < limit` means `at + 4 <= limit`.
+    // `at` is a multiple of 4 below `limit`, and `limit + 32 == buf.len()`: the 4-byte
+    // read is in bounds. (`limit` itself is a multiple of 4 only if the message is
+    // well-formed; if it is not, the walk cannot land on it.)
     while at < limit {
         let w = word(buf, at);
         at = match w {
@@ -271,8 +272,10 @@ impl<'a> Message<'a> {
         let end = buf.len();
         // The header rules (RFC 8489 §5, §6.3), each one test on the bytes in place: the two
         // leading bits zero, the magic cookie, the length field equal to the rest of the
-        // datagram (which also proves `end >= HEADER_LEN`) and, once it is, a multiple of 4
-        // exactly when `end` is.
+        // datagram (which also proves `end >= HEADER_LEN`). The last rule, a length that is
+        // a multiple of 4 (once equal to the rest, exactly when `end` is), comes after the
+        // fast path: that one only succeeds on a walk from `HEADER_LEN` in whole words that
+        // lands on `end - 32`, which proves it.
         let Some(hdr) = buf.first_chunk::<8>() else {
             return Err(header_error(buf));
         };
@@ -280,7 +283,6 @@ impl<'a> Message<'a> {
         if hdr[0] & 0xC0 != 0
             || u32::from_ne_bytes([cookie[0], cookie[1], cookie[2], cookie[3]]) != W_COOKIE
             || usize::from(u16::from_be_bytes([hdr[2], hdr[3]])) + HEADER_LEN != end
-            || !end.is_multiple_of(4)
         {
             return Err(header_error(buf));
         }
@@ -297,6 +299,9 @@ impl<'a> Message<'a> {
             let mut m = hot.view(buf, end - 8);
             (m.mi, m.fp) = ((end - 32) as u32, (end - 8) as u32);
             return Ok(m);
+        }
+        if !end.is_multiple_of(4) {
+            return Err(header_error(buf));
         }
         let mut hot = Hot::new();
         let mut at = HEADER_LEN;
