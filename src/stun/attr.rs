@@ -395,7 +395,7 @@ pub(crate) fn text(typ: u16, v: &[u8], max: usize) -> Result<&str, StunError> {
 /// `ufrag:ufrag`, 9 to 513 bytes, usually 9 to 33) take two overlapping loads, the first
 /// and the last 8 or 16 bytes, and one test; the rest go to `<[u8]>::is_ascii`.
 #[inline(always)]
-pub(crate) fn ascii(v: &[u8]) -> bool {
+fn ascii(v: &[u8]) -> bool {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let n = v.len();
     if n.wrapping_sub(16) <= 16 {

@@ -170,6 +170,8 @@ const fn wire(typ: u16, vlen: u16) -> u32 {
 }
 
 const W_PRIORITY: u32 = wire(attr::PRIORITY, 4);
+const W_ICE_CONTROLLING: u32 = wire(attr::ICE_CONTROLLING, 8);
+const W_ICE_CONTROLLED: u32 = wire(attr::ICE_CONTROLLED, 8);
 const W_USE_CANDIDATE: u32 = wire(attr::USE_CANDIDATE, 0);
 const W_MESSAGE_INTEGRITY: u32 = wire(attr::MESSAGE_INTEGRITY, 20);
 const W_FINGERPRINT: u32 = wire(attr::FINGERPRINT, 4);
@@ -192,7 +194,8 @@ fn word(buf: &[u8], at: usize) -> u32 {
 }
 
 /// The walk over the attributes before a trailing MESSAGE-INTEGRITY (20 bytes) and
-/// FINGERPRINT, `HEADER_LEN..limit`, `limit = buf.len() - 32`: all of them are visible.
+/// FINGERPRINT, `HEADER_LEN..limit`, `limit = buf.len() - 32`: all of them are visible
+/// (RFC 8489 §14.5, §14.7).
 /// The hot fixed-size ICE attributes are recognised by their whole TLV header word (type
 /// and the one valid length), so they skip the byte swap, the length arithmetic and the
 /// type switch; anything else takes the general step. Bounds are checked once, at the
@@ -243,11 +246,10 @@ fn walk_signed(buf: &[u8], limit: usize) -> Option<Hot> {
             }
         };
     }
-    // Every slot noted lies before `at`; landing on `limit` proves them all in bounds.
+    // Every attribute noted, header and value, ends at or before `at`: landing on `limit`
+    // proves them all in bounds (the invariant of `Message::hot`).
     (at == limit).then_some(hot)
 }
-const W_ICE_CONTROLLING: u32 = wire(attr::ICE_CONTROLLING, 8);
-const W_ICE_CONTROLLED: u32 = wire(attr::ICE_CONTROLLED, 8);
 
 #[inline]
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -258,13 +260,16 @@ impl<'a> Message<'a> {
     /// Checked constructor for untrusted bytes: the whole datagram must be exactly one
     /// STUN message (UDP framing, RFC 8489 §6.3).
     ///
-    /// One pass over the TLVs checks every bound. Until MESSAGE-INTEGRITY(-SHA256) closes
-    /// the visible window the loop only records the hot ICE attributes and notes unknown
-    /// comprehension-required types; the rarer rules about what follows the window
-    /// (RFC 8489 §14.5–§14.7) live in a second loop, entered with the attribute that
-    /// closed it, after a shortcut for the usual MESSAGE-INTEGRITY + FINGERPRINT ending.
-    /// Errors are the same, for the same input, as a single loop applying every rule to
-    /// every attribute (`tests/stun_parse_model.rs` checks that against such a model).
+    /// A message ending in MESSAGE-INTEGRITY + FINGERPRINT (every signed ICE check or
+    /// TURN request) takes a fast walk up to them, see `walk_signed`. Otherwise, or if
+    /// that walk hands over, one pass over the TLVs checks every bound: until
+    /// MESSAGE-INTEGRITY(-SHA256) closes the visible window the loop only records the hot
+    /// ICE attributes and notes unknown comprehension-required types; the rarer rules about
+    /// what follows the window (RFC 8489 §14.5–§14.7) live in a second loop, entered with
+    /// the attribute that closed it, after a shortcut for the usual MESSAGE-INTEGRITY +
+    /// FINGERPRINT ending. Errors are the same, for the same input, as a single loop
+    /// applying every rule to every attribute (`tests/stun_parse_model.rs` checks that
+    /// against such a model).
     // Always inlined: the result stays in registers at the call site instead of going
     // through memory, which is a fifth of a Binding request's parse.
     #[inline(always)]
