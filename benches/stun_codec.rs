@@ -8,7 +8,10 @@
 //! group's icering closure N times through `decode_once`, for instruction counts that do
 //! not depend on the machine's load (docs/benchmarks.md):
 //! `STUN_CODEC_DECODE_LOOP=100000 valgrind --tool=callgrind --toggle-collect='*decode_once*' target/release/deps/stun_codec-*`
-//! (with `STUN_CODEC_VIEW=1` and `--toggle-collect='*view_once*'`: the view group's closure).
+//! (with `STUN_CODEC_VIEW=1` and `--toggle-collect='*view_once*'`: the view group's closure;
+//! with `STUN_CODEC_SHAPE=unsigned`: the same request without MESSAGE-INTEGRITY and
+//! FINGERPRINT, `=prio_first`: signed, PRIORITY before USERNAME, `=chrome`: signed, with
+//! libwebrtc's GOOG-NETWORK-INFO after USERNAME — other shapes through the parser).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -85,7 +88,35 @@ fn view_once(bytes: &[u8]) {
 fn decode_loop(n: u64, view: bool) {
     let key = IntegrityKey::new(PWD.as_bytes());
     let mut buf = [0u8; 256];
-    let len = ours_encode(&mut buf, &key);
+    let mut len = ours_encode(&mut buf, &key);
+    // Other shapes of the same request.
+    if let Ok(shape) = std::env::var("STUN_CODEC_SHAPE") {
+        let (prio_first, signed, net_info) = match shape.as_str() {
+            "unsigned" => (false, false, false),
+            "prio_first" => (true, true, false),
+            "chrome" => (false, true, true),
+            _ => panic!("STUN_CODEC_SHAPE is unsigned, prio_first or chrome"),
+        };
+        let typ = MessageType::new(Method::BINDING, Class::Request);
+        let mut w = MessageWriter::new(&mut buf, typ, &TID).unwrap();
+        if prio_first {
+            w.add(&Attribute::Priority(PRIORITY)).unwrap();
+        }
+        w.add(&Attribute::Username(USER)).unwrap();
+        if net_info {
+            // GOOG-NETWORK-INFO: network id 1, cost 10.
+            w.add_raw(0xC057, &[0, 1, 0, 10]).unwrap();
+        }
+        if !prio_first {
+            w.add(&Attribute::Priority(PRIORITY)).unwrap();
+        }
+        w.add(&Attribute::IceControlling(TIE)).unwrap();
+        if signed {
+            w.add_message_integrity(&key).unwrap();
+            w.add_fingerprint().unwrap();
+        }
+        len = w.finish();
+    }
     for _ in 0..n {
         if view {
             view_once(black_box(&buf[..len]));

@@ -127,6 +127,7 @@ fn window_orders_agree() {
     let fp = || tlv(attr::FINGERPRINT, 4);
     let user = || tlv(attr::USERNAME, 5);
     let unknown = || tlv(0x7ABC, 2);
+    let prio = |len| tlv(attr::PRIORITY, len);
     let orders: Vec<Vec<Vec<u8>>> = vec![
         vec![user(), mi(), fp()],
         vec![user(), mi(), mi256(), fp()],
@@ -145,6 +146,67 @@ fn window_orders_agree() {
         vec![unknown(), mi(), fp()],
         vec![tlv(attr::MESSAGE_INTEGRITY, 24), fp()],
         vec![mi256(), mi(), tlv(attr::MESSAGE_INTEGRITY, 3), fp()],
+        // ICE shapes the signed fast path takes, and near misses it must hand over to
+        // the general walk: a hot attribute with another length, a repeated one, one
+        // running into MESSAGE-INTEGRITY, USERNAME first or not.
+        vec![
+            tlv(attr::USERNAME, 17),
+            prio(4),
+            tlv(attr::ICE_CONTROLLING, 8),
+            mi(),
+            fp(),
+        ],
+        vec![
+            tlv(attr::USERNAME, 33),
+            tlv(0xC057, 4),
+            tlv(attr::ICE_CONTROLLED, 8),
+            tlv(attr::USE_CANDIDATE, 0),
+            prio(4),
+            mi(),
+            fp(),
+        ],
+        vec![
+            prio(4),
+            tlv(attr::USE_CANDIDATE, 0),
+            tlv(attr::ICE_CONTROLLING, 8),
+            user(),
+            mi(),
+            fp(),
+        ],
+        vec![
+            user(),
+            prio(8),
+            prio(4),
+            tlv(attr::ICE_CONTROLLING, 4),
+            mi(),
+            fp(),
+        ],
+        vec![
+            user(),
+            prio(4),
+            prio(4),
+            user(),
+            tlv(attr::USE_CANDIDATE, 4),
+            mi(),
+            fp(),
+        ],
+        vec![
+            user(),
+            tlv(attr::USE_CANDIDATE, 0),
+            tlv(attr::USE_CANDIDATE, 0),
+            mi(),
+            fp(),
+        ],
+        vec![
+            tlv(attr::ICE_CONTROLLED, 8),
+            tlv(attr::ICE_CONTROLLED, 8),
+            mi(),
+            fp(),
+        ],
+        vec![tlv(attr::USERNAME, 0), tlv(0x0002, 4), mi(), fp()],
+        vec![user(), mi(), mi(), fp()],
+        vec![user(), fp(), mi(), fp()],
+        vec![user(), mi256(), tlv(attr::MESSAGE_INTEGRITY, 20), fp()],
     ];
     for attrs in orders {
         let body = attrs.concat();
@@ -154,9 +216,79 @@ fn window_orders_agree() {
         m.extend_from_slice(&[9; 12]);
         m.extend_from_slice(&body);
         agree(&m);
+        // Every attribute's length one word longer or shorter (it then runs into its
+        // neighbour, or the walk lands inside it), and each 0.
+        let mut at = 20;
+        for a in &attrs {
+            let len = u16::from_be_bytes([m[at + 2], m[at + 3]]);
+            for other in [len.wrapping_add(4), len.wrapping_sub(4), 0, 1] {
+                let mut n = m.clone();
+                n[at + 2..at + 4].copy_from_slice(&other.to_be_bytes());
+                agree(&n);
+            }
+            at += a.len();
+        }
         // And with the last attribute's length pointing past the end.
         let last = m.len() - attrs.last().unwrap().len();
         m[last + 2..last + 4].copy_from_slice(&0x00FFu16.to_be_bytes());
         agree(&m);
+    }
+}
+
+/// Messages whose own header, read as a TLV header, is a hot attribute's (PRIORITY is
+/// type 0x0024 length 4; a message of type 0x0024 and length 4 is valid): the getters
+/// must not take the message header, or the magic cookie, for an attribute.
+#[test]
+fn header_lookalikes_are_no_attributes() {
+    for (typ, body) in [
+        (attr::PRIORITY, vec![0x00, 0x25, 0x00, 0x00]),
+        (attr::PRIORITY, vec![0x7A, 0xBC, 0x00, 0x00]),
+        (attr::USERNAME, vec![0x00, 0x25, 0x00, 0x00]),
+        (0x2112, vec![0x00, 0x25, 0x00, 0x00]),
+        (attr::PRIORITY, vec![]),
+    ] {
+        let mut m = typ.to_be_bytes().to_vec();
+        m.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        m.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 8]);
+        m.extend_from_slice(&body);
+        let p = icering::stun::Message::parse(&m).expect("valid");
+        assert_eq!(p.priority(), None);
+        assert_eq!(p.username(), None);
+        assert_eq!(p.ice_controlling(), None);
+        assert_eq!(p.ice_controlled(), None);
+        agree(&m);
+    }
+}
+
+/// A datagram ending in MESSAGE-INTEGRITY + FINGERPRINT whose length is not a multiple of
+/// 4: the signed fast path runs before the alignment rule is tested, and must hand such a
+/// message over so that it gets `UnalignedLength` like any other.
+#[test]
+fn unaligned_signed_messages_are_refused() {
+    let mut tail = vec![0x00, 0x08, 0x00, 0x14];
+    tail.extend_from_slice(&[0x5A; 20]);
+    tail.extend_from_slice(&[0x80, 0x28, 0x00, 0x04, 1, 2, 3, 4]);
+    for extra in 1..=11usize {
+        for first in [attr::USERNAME, attr::PRIORITY, 0x7ABC] {
+            for vlen in [0u16, 1, 2, 3, 4, 5, 8] {
+                let mut body = first.to_be_bytes().to_vec();
+                body.extend_from_slice(&vlen.to_be_bytes());
+                body.resize(4 + extra, 0x61);
+                body.extend_from_slice(&tail);
+                let mut m = vec![0x00, 0x01];
+                m.extend_from_slice(&(body.len() as u16).to_be_bytes());
+                m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+                m.extend_from_slice(&[7; 12]);
+                m.extend_from_slice(&body);
+                if !extra.is_multiple_of(4) {
+                    assert!(matches!(
+                        icering::stun::Message::parse(&m),
+                        Err(icering::stun::StunError::UnalignedLength(_))
+                    ));
+                }
+                agree(&m);
+            }
+        }
     }
 }

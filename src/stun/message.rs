@@ -25,11 +25,22 @@ pub struct Message<'a> {
     visible_end: u32,
     /// A visible comprehension-required attribute is unknown to this codec.
     has_unknown_required: bool,
-    /// Where the values of the first visible USERNAME, PRIORITY, ICE-CONTROLLING,
-    /// ICE-CONTROLLED and USE-CANDIDATE are (see [`slot`]), or 0: the ICE
+    /// Offsets of the TLV headers of the first visible USERNAME, PRIORITY,
+    /// ICE-CONTROLLING, ICE-CONTROLLED and USE-CANDIDATE, or [`ABSENT`]: the ICE
     /// connectivity-check fast path reads these without scanning the attributes again.
+    ///
+    /// Invariant (the getters' `unsafe` reads rely on it): a slot is either [`ABSENT`]
+    /// (4, where the magic cookie is) or the offset `at` of an attribute `parse` has
+    /// bounds-checked, so `at + 4 + vlen <= buf.len()` where `vlen` is the big-endian
+    /// length at `at + 2`. Either way 4 bytes at the slot lie within `buf`. Only `parse`
+    /// writes the slots (the fields are private; `Hot::view` is the one constructor).
     hot: [u32; HOT],
 }
+
+/// A hot slot with no attribute: the offset of the magic cookie, 4 bytes every parsed
+/// message has. Read as a TLV header it is type 0x2112, no hot type, so a getter that
+/// compares the header word at its slot needs no separate presence test.
+const ABSENT: u32 = 4;
 
 /// Number of attribute types whose first visible value `parse` records.
 const HOT: usize = 5;
@@ -88,33 +99,33 @@ fn header_error(buf: &[u8]) -> StunError {
     }
 }
 
-/// A hot slot for the attribute whose TLV header is at `at`: the value's offset divided by
-/// 4 (offsets are multiples of 4, at least 24 and at most 65552, so this is 6..=16388 and
-/// never 0) in the high half, the value length in the low half.
-#[inline]
-fn slot(at: usize, vlen: usize) -> u32 {
-    ((((at + 4) / 4) as u32) << 16) | vlen as u32
-}
-
 /// What the walk over the visible attributes records.
-#[derive(Default)]
 struct Hot {
     slots: [u32; HOT],
     unknown: bool,
 }
 
 impl Hot {
+    /// Nothing found yet.
+    #[inline(always)]
+    fn new() -> Self {
+        Hot {
+            slots: [ABSENT; HOT],
+            unknown: false,
+        }
+    }
+
     /// Notes the attribute at `at`; true when it closes the visible window
     /// (MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 or FINGERPRINT).
     #[inline(always)]
-    fn visit(&mut self, typ: u16, at: usize, vlen: usize) -> bool {
+    fn visit(&mut self, typ: u16, at: usize) -> bool {
         // One arm per slot with a constant index keeps the slots in registers.
         match typ {
-            attr::USERNAME => self.note(HOT_USERNAME, at, vlen),
-            attr::PRIORITY => self.note(HOT_PRIORITY, at, vlen),
-            attr::ICE_CONTROLLING => self.note(HOT_ICE_CONTROLLING, at, vlen),
-            attr::ICE_CONTROLLED => self.note(HOT_ICE_CONTROLLED, at, vlen),
-            attr::USE_CANDIDATE => self.note(HOT_USE_CANDIDATE, at, vlen),
+            attr::USERNAME => self.note(HOT_USERNAME, at),
+            attr::PRIORITY => self.note(HOT_PRIORITY, at),
+            attr::ICE_CONTROLLING => self.note(HOT_ICE_CONTROLLING, at),
+            attr::ICE_CONTROLLED => self.note(HOT_ICE_CONTROLLED, at),
+            attr::USE_CANDIDATE => self.note(HOT_USE_CANDIDATE, at),
             attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT => {
                 return true;
             }
@@ -142,13 +153,102 @@ impl Hot {
         }
     }
 
-    /// Records the first occurrence only.
+    /// Records the first occurrence only: `at` is the offset of a bounds-checked TLV
+    /// header (at least `HEADER_LEN`, so never [`ABSENT`]; see `Message::hot`).
     #[inline(always)]
-    fn note(&mut self, k: usize, at: usize, vlen: usize) {
-        if self.slots[k] == 0 {
-            self.slots[k] = slot(at, vlen);
+    fn note(&mut self, k: usize, at: usize) {
+        if self.slots[k] == ABSENT {
+            self.slots[k] = at as u32;
         }
     }
+}
+
+/// An attribute's TLV header word (type, then length, big-endian on the wire) as a
+/// native-order read of those 4 bytes gives it: one compare tests type and length.
+const fn wire(typ: u16, vlen: u16) -> u32 {
+    u32::from_ne_bytes((((typ as u32) << 16) | vlen as u32).to_be_bytes())
+}
+
+const W_PRIORITY: u32 = wire(attr::PRIORITY, 4);
+const W_ICE_CONTROLLING: u32 = wire(attr::ICE_CONTROLLING, 8);
+const W_ICE_CONTROLLED: u32 = wire(attr::ICE_CONTROLLED, 8);
+const W_USE_CANDIDATE: u32 = wire(attr::USE_CANDIDATE, 0);
+const W_MESSAGE_INTEGRITY: u32 = wire(attr::MESSAGE_INTEGRITY, 20);
+const W_FINGERPRINT: u32 = wire(attr::FINGERPRINT, 4);
+/// The magic cookie as a native-order read of header bytes 4..8 gives it.
+const W_COOKIE: u32 = u32::from_ne_bytes(MAGIC_COOKIE.to_be_bytes());
+// What lets `hot_array` skip the presence test (see `ABSENT`).
+const _: () = assert!(
+    W_PRIORITY != W_COOKIE && W_ICE_CONTROLLING != W_COOKIE && W_ICE_CONTROLLED != W_COOKIE
+);
+
+/// The 4 bytes at `at` in native order (compare with [`wire`] constants); `at + 4` must
+/// be within `buf` (the callers have checked it), else this panics.
+#[inline(always)]
+fn word(buf: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(
+        *buf[at..]
+            .first_chunk::<4>()
+            .expect("caller checked the bound"),
+    )
+}
+
+/// The walk over the attributes before a trailing MESSAGE-INTEGRITY (20 bytes) and
+/// FINGERPRINT, `HEADER_LEN..limit`, `limit = buf.len() - 32`: all of them are visible
+/// (RFC 8489 §14.5, §14.7).
+/// The hot fixed-size ICE attributes are recognised by their whole TLV header word (type
+/// and the one valid length), so they skip the byte swap, the length arithmetic and the
+/// type switch; anything else takes the general step. Bounds are checked once, at the
+/// end: an attribute that runs past `limit` makes the walk miss it. `None` (the caller
+/// then runs the general walk, which finds the same result or the exact error) when the
+/// walk does not land exactly on `limit`, or meets an integrity or fingerprint attribute.
+#[inline(always)]
+fn walk_signed(buf: &[u8], limit: usize) -> Option<Hot> {
+    let mut hot = Hot::new();
+    let mut at = HEADER_LEN;
+    // ICE agents put USERNAME first: that one is taken without the dispatch. (When
+    // `limit == HEADER_LEN` this reads MESSAGE-INTEGRITY's header, which is no USERNAME.)
+    let [t0, t1, l0, l1] = word(buf, at).to_ne_bytes();
+    if [t0, t1] == attr::USERNAME.to_be_bytes() {
+        hot.slots[HOT_USERNAME] = at as u32;
+        at = (at + usize::from(u16::from_be_bytes([l0, l1])) + 7) & !3;
+    }
+    // `at` is a multiple of 4 below `limit`, and `limit + 32 == buf.len()`: the 4-byte
+    // read is in bounds. (`limit` itself is a multiple of 4 only if the message is
+    // well-formed; if it is not, the walk cannot land on it.)
+    while at < limit {
+        let w = word(buf, at);
+        at = match w {
+            W_PRIORITY => {
+                hot.note(HOT_PRIORITY, at);
+                at + 8
+            }
+            W_ICE_CONTROLLING => {
+                hot.note(HOT_ICE_CONTROLLING, at);
+                at + 12
+            }
+            W_ICE_CONTROLLED => {
+                hot.note(HOT_ICE_CONTROLLED, at);
+                at + 12
+            }
+            W_USE_CANDIDATE => {
+                hot.note(HOT_USE_CANDIDATE, at);
+                at + 4
+            }
+            _ => {
+                let h = u32::from_be_bytes(w.to_ne_bytes());
+                let (typ, vlen) = ((h >> 16) as u16, (h & 0xFFFF) as usize);
+                if hot.visit(typ, at) {
+                    return None;
+                }
+                // `at` is a multiple of 4: this is `at + 4 + vlen` rounded up to the padding.
+                (at + vlen + 7) & !3
+            }
+        };
+    }
+    // Every attribute noted, header and value, ends at or before `at`: landing on `limit`
+    // proves them all in bounds (the invariant of `Message::hot`).
+    (at == limit).then_some(hot)
 }
 
 #[inline]
@@ -160,25 +260,34 @@ impl<'a> Message<'a> {
     /// Checked constructor for untrusted bytes: the whole datagram must be exactly one
     /// STUN message (UDP framing, RFC 8489 §6.3).
     ///
-    /// One pass over the TLVs checks every bound. Until MESSAGE-INTEGRITY(-SHA256) closes
-    /// the visible window the loop only records the hot ICE attributes and notes unknown
-    /// comprehension-required types; the rarer rules about what follows the window
-    /// (RFC 8489 §14.5–§14.7) live in a second loop, entered with the attribute that
-    /// closed it, after a shortcut for the usual MESSAGE-INTEGRITY + FINGERPRINT ending.
-    /// Errors are the same, for the same input, as a single loop applying every rule to
-    /// every attribute (`tests/stun_parse_model.rs` checks that against such a model).
+    /// A message ending in MESSAGE-INTEGRITY + FINGERPRINT (every signed ICE check or
+    /// TURN request) takes a fast walk up to them, see `walk_signed`. Otherwise, or if
+    /// that walk hands over, one pass over the TLVs checks every bound: until
+    /// MESSAGE-INTEGRITY(-SHA256) closes the visible window the loop only records the hot
+    /// ICE attributes and notes unknown comprehension-required types; the rarer rules about
+    /// what follows the window (RFC 8489 §14.5–§14.7) live in a second loop, entered with
+    /// the attribute that closed it, after a shortcut for the usual MESSAGE-INTEGRITY +
+    /// FINGERPRINT ending. Errors are the same, for the same input, as a single loop
+    /// applying every rule to every attribute (`tests/stun_parse_model.rs` checks that
+    /// against such a model).
     // Always inlined: the result stays in registers at the call site instead of going
     // through memory, which is a fifth of a Binding request's parse.
     #[inline(always)]
     pub fn parse(buf: &'a [u8]) -> Result<Self, StunError> {
-        let Some(hdr) = buf.first_chunk::<HEADER_LEN>() else {
+        let end = buf.len();
+        // The header rules (RFC 8489 §5, §6.3), each one test on the bytes in place: the two
+        // leading bits zero, the magic cookie, the length field equal to the rest of the
+        // datagram (which also proves `end >= HEADER_LEN`). The last rule, a length that is
+        // a multiple of 4 (once equal to the rest, exactly when `end` is), comes after the
+        // fast path: that one only succeeds on a walk from `HEADER_LEN` in whole words that
+        // lands on `end - 32`, which proves it.
+        let Some(hdr) = buf.first_chunk::<8>() else {
             return Err(header_error(buf));
         };
-        let w0 = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let cookie = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
-        let end = buf.len();
-        if ((w0 & 0xC000_0003) | (cookie ^ MAGIC_COOKIE)) != 0
-            || (w0 & 0xFFFF) as usize + HEADER_LEN != end
+        let cookie = &hdr[4..];
+        if hdr[0] & 0xC0 != 0
+            || u32::from_ne_bytes([cookie[0], cookie[1], cookie[2], cookie[3]]) != W_COOKIE
+            || usize::from(u16::from_be_bytes([hdr[2], hdr[3]])) + HEADER_LEN != end
         {
             return Err(header_error(buf));
         }
@@ -187,32 +296,19 @@ impl<'a> Message<'a> {
         // end, off the walk's load-to-load chain, so the walk only has to land exactly on
         // MESSAGE-INTEGRITY. Anything else (an integrity or fingerprint attribute before
         // it, an attribute running into it) takes the general walk below.
-        if let Some((body, tail)) = buf.split_last_chunk::<32>()
-            && body.len() >= HEADER_LEN
-            && tail[..4] == [0x00, 0x08, 0x00, 0x14]
-            && tail[24..28] == [0x80, 0x28, 0x00, 0x04]
+        if end >= HEADER_LEN + 32
+            && word(buf, end - 32) == W_MESSAGE_INTEGRITY
+            && word(buf, end - 8) == W_FINGERPRINT
+            && let Some(hot) = walk_signed(buf, end - 32)
         {
-            let limit = body.len();
-            let mut hot = Hot::default();
-            let mut at = HEADER_LEN;
-            // `at` is a multiple of 4 and never passes `limit`, so the 4-byte read fails
-            // exactly when the walk has landed on MESSAGE-INTEGRITY.
-            loop {
-                let Some(w) = body.get(at..at + 4) else {
-                    let mut m = hot.view(buf, end - 8);
-                    (m.mi, m.fp) = (limit as u32, (end - 8) as u32);
-                    return Ok(m);
-                };
-                let h = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
-                let (typ, vlen) = ((h >> 16) as u16, (h & 0xFFFF) as usize);
-                let next = (at + vlen + 7) & !3;
-                if next > limit || hot.visit(typ, at, vlen) {
-                    break;
-                }
-                at = next;
-            }
+            let mut m = hot.view(buf, end - 8);
+            (m.mi, m.fp) = ((end - 32) as u32, (end - 8) as u32);
+            return Ok(m);
         }
-        let mut hot = Hot::default();
+        if !end.is_multiple_of(4) {
+            return Err(header_error(buf));
+        }
+        let mut hot = Hot::new();
         let mut at = HEADER_LEN;
         // Window open: every attribute is visible until MESSAGE-INTEGRITY(-SHA256).
         // `at` and `end` are multiples of 4 (the header length is), so the 4-byte read
@@ -229,7 +325,7 @@ impl<'a> Message<'a> {
             if next > end {
                 return Err(StunError::AttributeOverrun { typ, offset: at });
             }
-            if hot.visit(typ, at, vlen) {
+            if hot.visit(typ, at) {
                 break (typ, vlen, next);
             }
             at = next;
@@ -377,26 +473,41 @@ impl<'a> Message<'a> {
         (self.fp != 0).then_some(self.fp as usize)
     }
 
-    /// Value of the first visible attribute recorded in `hot[slot]` (see [`slot`]).
-    #[inline]
-    fn hot_value(&self, slot: usize) -> Option<&'a [u8]> {
-        let s = self.hot[slot] as usize;
-        if s == 0 {
+    /// Value of the first visible attribute recorded in `hot[k]`.
+    #[inline(always)]
+    fn hot_value(&self, k: usize) -> Option<&'a [u8]> {
+        let at = self.hot[k];
+        if at == ABSENT {
             return None;
         }
-        let at = 4 * (s >> 16);
-        self.buf.get(at..at + (s & 0xFFFF))
+        let at = at as usize;
+        // SAFETY: a slot other than `ABSENT` is the offset of a TLV `parse` has bounds-checked
+        // (`Message::hot`): its 4-byte header and `vlen` value bytes lie within `buf`.
+        unsafe {
+            let h = self.buf.get_unchecked(at..at + 4);
+            let vlen = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            Some(self.buf.get_unchecked(at + 4..at + 4 + vlen))
+        }
     }
 
-    /// The first visible attribute recorded in `hot[slot]`, if its value is `N` bytes.
-    #[inline]
-    fn hot_array<const N: usize>(&self, slot: usize) -> Option<&'a [u8; N]> {
-        // An empty slot has length 0; no hot fixed-size value is empty.
-        let s = self.hot[slot] as usize;
-        if s & 0xFFFF != N {
-            return None;
+    /// Value of the first visible attribute recorded in `hot[k]` if its TLV header is
+    /// `header` (a hot type and an `N`-byte length, as [`wire`] lays them out): one
+    /// compare tests presence (an [`ABSENT`] slot reads the magic cookie, which never
+    /// matches), the length and, redundantly, the type.
+    #[inline(always)]
+    fn hot_array<const N: usize>(&self, k: usize, header: u32) -> Option<&'a [u8; N]> {
+        let at = self.hot[k] as usize;
+        // SAFETY: 4 bytes at any slot lie within `buf` (`Message::hot`). A slot whose
+        // header word is `header` is not `ABSENT` (the cookie is not a hot TLV header), so
+        // it is a TLV `parse` has bounds-checked whose value is `N` bytes: those follow
+        // the header within `buf`.
+        unsafe {
+            let p = self.buf.as_ptr().add(at);
+            if p.cast::<[u8; 4]>().read() != header.to_ne_bytes() {
+                return None;
+            }
+            Some(&*p.add(4).cast::<[u8; N]>())
         }
-        self.buf.get(4 * (s >> 16)..)?.first_chunk::<N>()
     }
 
     fn text(&self, typ: u16) -> Option<&'a str> {
@@ -441,25 +552,31 @@ impl<'a> Message<'a> {
     /// PRIORITY (RFC 8445 §7.1.1).
     #[inline]
     pub fn priority(&self) -> Option<u32> {
-        Some(u32::from_be_bytes(*self.hot_array(HOT_PRIORITY)?))
+        Some(u32::from_be_bytes(
+            *self.hot_array(HOT_PRIORITY, W_PRIORITY)?,
+        ))
     }
 
     /// ICE-CONTROLLING tie-breaker.
     #[inline]
     pub fn ice_controlling(&self) -> Option<u64> {
-        Some(u64::from_be_bytes(*self.hot_array(HOT_ICE_CONTROLLING)?))
+        Some(u64::from_be_bytes(
+            *self.hot_array(HOT_ICE_CONTROLLING, W_ICE_CONTROLLING)?,
+        ))
     }
 
     /// ICE-CONTROLLED tie-breaker.
     #[inline]
     pub fn ice_controlled(&self) -> Option<u64> {
-        Some(u64::from_be_bytes(*self.hot_array(HOT_ICE_CONTROLLED)?))
+        Some(u64::from_be_bytes(
+            *self.hot_array(HOT_ICE_CONTROLLED, W_ICE_CONTROLLED)?,
+        ))
     }
 
     /// Whether USE-CANDIDATE is present.
     #[inline]
     pub fn use_candidate(&self) -> bool {
-        self.hot[HOT_USE_CANDIDATE] != 0
+        self.hot[HOT_USE_CANDIDATE] != ABSENT
     }
 
     /// NOMINATION value (renomination), if present.
