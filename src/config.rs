@@ -74,7 +74,9 @@ pub struct IceSection {
     pub max_port: u16,
     /// Whether sessions created by `icering serve` are ICE-lite.
     pub lite: bool,
-    /// Received datagrams queued per app-owned connection before the next is dropped.
+    /// Received datagrams queued per app-owned connection before the next is dropped
+    /// (1..=65536; the queue grows to its backlog, so a connection whose reader stalls
+    /// holds at most this many).
     pub recv_queue: usize,
 }
 
@@ -341,8 +343,8 @@ impl Config {
         if i.min_port > i.max_port {
             return invalid("ice.min_port", "must be <= ice.max_port");
         }
-        if i.recv_queue == 0 {
-            return invalid("ice.recv_queue", "must be at least 1");
+        if !(1..=65536).contains(&i.recv_queue) {
+            return invalid("ice.recv_queue", "must be in 1..=65536");
         }
         let t = &self.turn;
         if t.enabled {
@@ -408,6 +410,10 @@ mod tests {
         assert!(e.to_string().contains("ice.min_port"), "{e}");
         let e = Config::from_toml("[server]\nlisten = []\n").unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
+        for q in [0, 65537] {
+            let e = Config::from_toml(&format!("[ice]\nrecv_queue = {q}\n")).unwrap_err();
+            assert!(e.to_string().contains("ice.recv_queue"), "{e}");
+        }
     }
 
     #[test]

@@ -204,3 +204,80 @@ async fn every_state_watcher_sees_connected_then_closed_then_the_end() {
     assert_eq!(b_state.get(), ConnectionState::Closed);
     engine.shutdown().unwrap();
 }
+
+/// A `dial`/`accept` cancelled before it connected (its future dropped by a timeout) gives
+/// the data receiver back: a second call connects and receives. Datagrams for an agent no
+/// `Conn` reads yet (started with `start`, never dialled) are dropped and counted instead
+/// of being queued where nothing would read them (they would pin lent io buffers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_accept_can_be_retried_and_unread_agents_queue_nothing() {
+    let engine = engine(64);
+    let opts = AgentOptions::default().loopback_only();
+    let mut a = engine.agent(opts.clone().with_mux(true)).unwrap();
+    let mut b = engine.agent(opts).unwrap();
+    let mut ea = a.take_events().unwrap();
+    let mut eb = b.take_events().unwrap();
+    a.gather_candidates().unwrap();
+    b.gather_candidates().unwrap();
+    for (events, peer) in [(&mut ea, &b), (&mut eb, &a)] {
+        while let Some(AgentEvent::Candidate(Some(c))) = events.recv().await {
+            peer.add_remote_candidate(*c).unwrap();
+        }
+        peer.end_of_remote_candidates();
+    }
+    let (ua, pa) = a.local_credentials();
+    let (ub, pb) = b.local_credentials();
+    // `a` has not dialled: `b` cannot connect, and its accept is cut short.
+    let cut = tokio::time::timeout(Duration::from_millis(20), b.accept(&ua, &pa)).await;
+    assert!(cut.is_err(), "accept cannot finish before the peer dials");
+    let (ca, cb) = tokio::join!(a.dial(&ub, &pb), b.accept(&ua, &pa));
+    let (ca, mut cb) = (ca.expect("dial"), cb.expect("accept after a cancelled one"));
+    ca.send(Bytes::from_static(b"after the retry"))
+        .await
+        .unwrap();
+    assert_eq!(&recv(&mut cb).await[..], b"after the retry");
+
+    // A second pair whose controlled agent only `start`s: connected, but no `Conn`.
+    let mut c = engine
+        .agent(AgentOptions::default().loopback_only().with_mux(true))
+        .unwrap();
+    let mut d = engine
+        .agent(AgentOptions::default().loopback_only())
+        .unwrap();
+    let mut ec = c.take_events().unwrap();
+    let mut ed = d.take_events().unwrap();
+    c.gather_candidates().unwrap();
+    d.gather_candidates().unwrap();
+    for (events, peer) in [(&mut ec, &d), (&mut ed, &c)] {
+        while let Some(AgentEvent::Candidate(Some(x))) = events.recv().await {
+            peer.add_remote_candidate(*x).unwrap();
+        }
+        peer.end_of_remote_candidates();
+    }
+    let (uc, pc) = c.local_credentials();
+    let (ud, pd) = d.local_credentials();
+    d.set_remote_credentials(&uc, &pc).unwrap();
+    d.start(false).unwrap();
+    let cc = c.dial(&ud, &pd).await.expect("dial the started agent");
+    let mut watch = d.state().unwrap();
+    while !matches!(
+        watch.get(),
+        ConnectionState::Connected | ConnectionState::Completed
+    ) {
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("d connects")
+            .unwrap();
+    }
+    let before = engine.stats().ice.drop_app_full;
+    for i in 0..5 {
+        cc.send(Bytes::from(format!("unread {i}"))).await.unwrap();
+    }
+    let s = wait_for(&engine, "unread data dropped", |s| {
+        s.drop_app_full >= before + 5
+    });
+    assert_eq!(s.drop_app_full - before, 5, "{s:?}");
+    wait_for(&engine, "no buffer lent", |s| s.lent_buffers == 0);
+    drop((cb, ca, cc));
+    engine.shutdown().unwrap();
+}

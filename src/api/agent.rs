@@ -334,7 +334,9 @@ impl Agent {
     }
 
     /// Controlling side (pion: `Dial`): sets the peer's credentials, starts checks and
-    /// resolves once Connected; fails on Failed or Closed.
+    /// resolves once Connected; fails on Failed or Closed. A call that failed or was
+    /// cancelled (its future dropped, e.g. by a timeout) can be made again; received data
+    /// is queued only while a call or its `Conn` holds the receiver.
     pub async fn dial(&self, ufrag: &str, pwd: &str) -> Result<Conn, ApiError> {
         self.connect(true, ufrag, pwd).await
     }
@@ -347,7 +349,18 @@ impl Agent {
     async fn connect(&self, controlling: bool, ufrag: &str, pwd: &str) -> Result<Conn, ApiError> {
         let link = self.link.as_ref().ok_or(ApiError::NotApp)?;
         check_credentials(ufrag, pwd)?;
-        let data = link.take_data().ok_or(ApiError::AlreadyStarted)?;
+        // Taken before the role is set so no datagram of the new connection is missed;
+        // given back if this dial fails or is cancelled (its future dropped), so a later
+        // one can take it.
+        struct Held(Option<DataRx>);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                if let Some(rx) = self.0.take() {
+                    rx.give_back();
+                }
+            }
+        }
+        let mut data = Held(Some(link.take_data().ok_or(ApiError::AlreadyStarted)?));
         let mut state = link.watch();
         self.set_remote_credentials(ufrag, pwd)?;
         self.start(controlling)?;
@@ -363,7 +376,7 @@ impl Agent {
         }
         Ok(Conn {
             handle: self.handle.clone(),
-            data,
+            data: data.0.take().expect("held until here"),
         })
     }
 

@@ -114,7 +114,7 @@ impl Link {
             data_waker: AtomicWaker::new(),
             data: Ring::new(recv_queue),
         });
-        (LinkTx(link.clone()), link)
+        (LinkTx(link.clone(), std::marker::PhantomData), link)
     }
 
     fn ctl(&self) -> MutexGuard<'_, Ctl> {
@@ -141,14 +141,18 @@ impl Link {
 
     /// The data receiver, the first time only.
     pub(crate) fn take_data(self: &Arc<Self>) -> Option<DataRx> {
-        (!self.data_taken.swap(true, Ordering::AcqRel)).then(|| DataRx { link: self.clone() })
+        (!self.data_taken.swap(true, Ordering::AcqRel)).then(|| DataRx {
+            link: self.clone(),
+            returned: false,
+        })
     }
 }
 
 /// The shard's end of a [`Link`] (kept in the agent's hosting record). Dropping it closes
 /// the link: state `Closed`, and every reader ends once it has read what was queued.
+/// Not `Sync` (one writer: `set_state` is a load then a store), still `Send`.
 #[derive(Debug)]
-pub(crate) struct LinkTx(Arc<Link>);
+pub(crate) struct LinkTx(Arc<Link>, std::marker::PhantomData<std::cell::Cell<()>>);
 
 impl LinkTx {
     /// Publishes a state change to every watcher.
@@ -177,16 +181,21 @@ impl LinkTx {
         }
     }
 
-    /// Whether a datagram would be queued now (checked before lending a buffer for it).
+    /// Whether a datagram would be queued now (checked before lending a buffer for it):
+    /// only while a `dial`/`accept` holds the receiver. Before (an agent that never
+    /// dials) and after it, nothing would read it: it is dropped and counted instead of
+    /// pinning lent receive buffers until the agent closes.
     pub(crate) fn has_room(&self) -> bool {
-        !self.0.data_gone.load(Ordering::Relaxed) && self.0.data.has_room()
+        self.0.data_taken.load(Ordering::Acquire)
+            && !self.0.data_gone.load(Ordering::Relaxed)
+            && self.0.data.has_room()
     }
 
     /// Queues a received datagram for `Conn::recv`; gives it back if the queue is full
     /// or the receiver is gone. No lock; no allocation once the queue has grown to the
     /// backlog.
     pub(crate) fn push(&mut self, data: Bytes) -> Result<(), Bytes> {
-        if self.0.data_gone.load(Ordering::Relaxed) {
+        if !self.0.data_taken.load(Ordering::Acquire) || self.0.data_gone.load(Ordering::Relaxed) {
             return Err(data);
         }
         // SAFETY: `LinkTx` is the only producer (one per link, not `Clone`) and `push`
@@ -315,6 +324,9 @@ impl Drop for Events {
 /// The receiving end of an agent's data (held by its `Conn`; one per link).
 pub(crate) struct DataRx {
     link: Arc<Link>,
+    /// Given back by a `dial`/`accept` that failed or was cancelled: the next one takes
+    /// it again, and what was queued stays queued.
+    returned: bool,
 }
 
 impl std::fmt::Debug for DataRx {
@@ -361,10 +373,20 @@ impl DataRx {
     pub(crate) fn slots(&self) -> usize {
         self.link.data.slots()
     }
+
+    /// Gives the receiver back unused, for a later `dial`/`accept` to take.
+    pub(crate) fn give_back(mut self) {
+        self.returned = true;
+    }
 }
 
 impl Drop for DataRx {
     fn drop(&mut self) {
+        if self.returned {
+            // No pop from here on: the next `take_data` makes the only consumer.
+            self.link.data_taken.store(false, Ordering::Release);
+            return;
+        }
         // The shard stops queuing; what is queued goes now (lent buffers back to the io
         // ring), not when the agent closes. A datagram the shard pushed while reading the
         // flag stays until the link is dropped.
@@ -472,9 +494,11 @@ impl<T> Ring<T> {
         self.slots.load(Ordering::Relaxed) as usize
     }
 
-    /// Whether a push would find room (may be stale towards "full").
+    /// Whether a push would find room (may be stale towards "full"). `head` is read
+    /// first: it never passes `tail`, so the difference cannot underflow from any thread.
     pub(crate) fn has_room(&self) -> bool {
-        self.tail.load(Ordering::Relaxed) - self.head.load(Ordering::Acquire) < self.bound()
+        let h = self.head.load(Ordering::Acquire);
+        self.tail.load(Ordering::Acquire) - h < self.bound()
     }
 
     fn new_seg(&self, start: usize, cap: usize) -> *mut Seg<T> {

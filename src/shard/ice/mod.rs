@@ -193,7 +193,8 @@ ice_stats!(
     /// Datagrams the owning agent refused (unvalidated source, bad integrity, closed).
     drop_agent,
     /// Received data dropped because the application's queue was full (`[ice]
-    /// recv_queue`), or its `Conn` is gone.
+    /// recv_queue`), or no `Conn` reads it (before `dial`/`accept`, or after the `Conn`
+    /// is gone).
     drop_app_full,
     /// Handoffs dropped: no such shard, or the datagram came back a second time.
     drop_handoff,
