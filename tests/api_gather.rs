@@ -10,8 +10,10 @@
 //! and an agent gathering srflx candidates only (no host candidate to be redundant with)
 //! gets the srflx candidate the server reported.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use icering::config::IoBackendChoice;
@@ -69,18 +71,7 @@ fn only(host: bool, srflx: bool, relay: bool) -> CandidateTypes {
 
 /// Polls the server's counters until `f` holds (they are published once per loop turn).
 fn wait_server(engine: &Engine, what: &str, f: impl Fn(&ServerStats) -> bool) -> ServerStats {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = engine.server_stats();
-        if f(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what}: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until(what, || engine.server_stats(), f)
 }
 
 /// What one agent's gathering produced, up to `Candidate(None)`.

@@ -5,6 +5,8 @@
 //! `Conn` with queued datagrams gives their lent io buffers back (and stops the queuing),
 //! and every state watcher sees Connected, then Closed and the end.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,8 +24,9 @@ fn engine(recv_queue: usize) -> Engine {
     Engine::start(&c).unwrap()
 }
 
-/// `a` on the mux port dials, `b` on a dedicated socket accepts.
-async fn connect(engine: &Engine) -> (Agent, Agent, Conn, Conn) {
+/// Two agents, `a` on the mux port and `b` on a dedicated socket, each with the other's
+/// candidates (gathered, signalled, end-of-candidates); no role chosen yet.
+async fn signalled(engine: &Engine) -> (Agent, Agent) {
     let opts = AgentOptions::default().loopback_only();
     let mut a = engine.agent(opts.clone().with_mux(true)).unwrap();
     let mut b = engine.agent(opts).unwrap();
@@ -37,6 +40,12 @@ async fn connect(engine: &Engine) -> (Agent, Agent, Conn, Conn) {
         }
         peer.end_of_remote_candidates();
     }
+    (a, b)
+}
+
+/// `a` on the mux port dials, `b` on a dedicated socket accepts.
+async fn connect(engine: &Engine) -> (Agent, Agent, Conn, Conn) {
+    let (a, b) = signalled(engine).await;
     let (ua, pa) = a.local_credentials();
     let (ub, pb) = b.local_credentials();
     let (ca, cb) = tokio::join!(a.dial(&ub, &pb), b.accept(&ua, &pa));
@@ -53,18 +62,7 @@ async fn recv(c: &mut Conn) -> Bytes {
 /// Waits until `f` holds for the engine's counters (the bound only keeps a broken build
 /// from hanging).
 fn wait_for(engine: &Engine, what: &str, f: impl Fn(&IceStats) -> bool) -> IceStats {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = engine.stats().ice;
-        if f(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what}: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until(what, || engine.stats().ice, f)
 }
 
 /// Waits until `conn`'s agent has received `n` datagrams (queued or dropped).
@@ -160,8 +158,9 @@ async fn every_state_watcher_sees_connected_then_closed_then_the_end() {
     let watchers: Vec<_> = (0..3)
         .map(|_| {
             let mut w = a.state().unwrap();
+            // Read here, not in the task: the task may first run after the close below.
+            let first = w.get();
             tokio::spawn(async move {
-                let first = w.get();
                 let mut seen = Vec::new();
                 let end = loop {
                     match w.changed().await {
@@ -212,19 +211,7 @@ async fn every_state_watcher_sees_connected_then_closed_then_the_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_accept_can_be_retried_and_unread_agents_queue_nothing() {
     let engine = engine(64);
-    let opts = AgentOptions::default().loopback_only();
-    let mut a = engine.agent(opts.clone().with_mux(true)).unwrap();
-    let mut b = engine.agent(opts).unwrap();
-    let mut ea = a.take_events().unwrap();
-    let mut eb = b.take_events().unwrap();
-    a.gather_candidates().unwrap();
-    b.gather_candidates().unwrap();
-    for (events, peer) in [(&mut ea, &b), (&mut eb, &a)] {
-        while let Some(AgentEvent::Candidate(Some(c))) = events.recv().await {
-            peer.add_remote_candidate(*c).unwrap();
-        }
-        peer.end_of_remote_candidates();
-    }
+    let (a, b) = signalled(&engine).await;
     let (ua, pa) = a.local_credentials();
     let (ub, pb) = b.local_credentials();
     // `a` has not dialled: `b` cannot connect, and its accept is cut short.
@@ -238,22 +225,7 @@ async fn a_cancelled_accept_can_be_retried_and_unread_agents_queue_nothing() {
     assert_eq!(&recv(&mut cb).await[..], b"after the retry");
 
     // A second pair whose controlled agent only `start`s: connected, but no `Conn`.
-    let mut c = engine
-        .agent(AgentOptions::default().loopback_only().with_mux(true))
-        .unwrap();
-    let mut d = engine
-        .agent(AgentOptions::default().loopback_only())
-        .unwrap();
-    let mut ec = c.take_events().unwrap();
-    let mut ed = d.take_events().unwrap();
-    c.gather_candidates().unwrap();
-    d.gather_candidates().unwrap();
-    for (events, peer) in [(&mut ec, &d), (&mut ed, &c)] {
-        while let Some(AgentEvent::Candidate(Some(x))) = events.recv().await {
-            peer.add_remote_candidate(*x).unwrap();
-        }
-        peer.end_of_remote_candidates();
-    }
+    let (c, d) = signalled(&engine).await;
     let (uc, pc) = c.local_credentials();
     let (ud, pd) = d.local_credentials();
     d.set_remote_credentials(&uc, &pc).unwrap();

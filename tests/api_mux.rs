@@ -3,8 +3,10 @@
 //! drops and nothing else is lost; close frees the slot and the dedicated socket;
 //! unsupported options are refused.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use icering::stun::{Class, IntegrityKey, MessageType, MessageWriter, Method, attr};
@@ -22,18 +24,7 @@ fn engine(shards: usize) -> Engine {
 }
 
 fn wait_for(engine: &Engine, what: &str, f: impl Fn(&IceStats) -> bool) -> IceStats {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = engine.stats().ice;
-        if f(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what}: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until(what, || engine.stats().ice, f)
 }
 
 async fn connect(a: &mut Agent, b: &mut Agent) -> (Conn, Conn) {

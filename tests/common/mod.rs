@@ -216,3 +216,25 @@ pub fn http(admin: SocketAddr, method: &str, path: &str, ctype: &str, body: &str
         .unwrap_or_default();
     (status, body)
 }
+
+/// Polls `read` every 10 ms until `f` holds for what it returns (the engine's counters are
+/// published once per shard loop turn) and returns that; gives up after 30 s, so a broken
+/// build fails instead of hanging.
+pub fn wait_until<S: std::fmt::Debug>(
+    what: &str,
+    read: impl Fn() -> S,
+    f: impl Fn(&S) -> bool,
+) -> S {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = read();
+        if f(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
