@@ -5,7 +5,9 @@
 //! does not stop its agent receiving (the rest are copied, counted), and dropping them
 //! gives the buffers back. With each backend, two real agents over loopback.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use icering::config::IoBackendChoice;
@@ -65,15 +67,6 @@ fn lent(engine: &Engine, b: &Bytes) -> bool {
     engine.recv_regions().iter().any(|r| r.contains(&p))
 }
 
-/// Waits until `f` holds (the bound only keeps a broken build from hanging).
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Data received through `Conn::recv` is a view into the io receive buffers, both ways:
 /// `a` sits on the mux port, `b` on a dedicated socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,11 +93,11 @@ async fn recv_points_into_the_io_receive_buffers() {
             assert_eq!(&got[..], m.as_bytes());
             assert!(lent(&engine, &got), "{backend:?}: pong {i} was copied");
         }
-        wait_for("counters", || engine.stats().ice.data_lent >= 40);
+        common::wait_for("counters", || engine.stats().ice.data_lent >= 40);
         let s = engine.stats().ice;
         assert_eq!(s.data_copied, 0, "{backend:?}: {s:?}");
         // Everything received was dropped: every buffer is back.
-        wait_for("buffers back", || engine.stats().ice.lent_buffers == 0);
+        common::wait_for("buffers back", || engine.stats().ice.lent_buffers == 0);
         engine.shutdown().unwrap();
     }
 }
@@ -136,7 +129,7 @@ async fn holding_data_past_the_cap_copies_and_dropping_returns_buffers() {
             held.push(got);
         }
         let lent_now = held.iter().filter(|b| lent(&engine, b)).count() as u64;
-        wait_for("counters", || {
+        common::wait_for("counters", || {
             let s = engine.stats().ice;
             s.data_lent + s.data_copied >= N as u64
         });
@@ -152,7 +145,7 @@ async fn holding_data_past_the_cap_copies_and_dropping_returns_buffers() {
             assert_eq!(&b[..], format!("data {i}").as_bytes(), "{backend:?}");
         }
         drop(held);
-        wait_for("buffers back", || engine.stats().ice.lent_buffers == 0);
+        common::wait_for("buffers back", || engine.stats().ice.lent_buffers == 0);
         // Lent again.
         ca.send(Bytes::from_static(b"again")).await.unwrap();
         let got = recv(&mut cb).await;

@@ -2,7 +2,9 @@
 //! per engine so datagrams cross shards: dedicated↔dedicated, mux↔dedicated, mux↔mux
 //! across two engines. Each pair exchanges data both ways through `Conn`.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use icering::{Agent, AgentEvent, AgentOptions, Config, Conn, ConnectionState, Engine};
@@ -80,16 +82,6 @@ async fn exchange(ca: &mut Conn, cb: &mut Conn, n: usize) {
     ));
 }
 
-/// Waits until `f` holds, polling the published counters (not a timing assertion: the
-/// bound only keeps a broken build from hanging).
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedicated_to_dedicated_two_shards() {
     let engine = Engine::start(&config(2, false)).unwrap();
@@ -103,7 +95,7 @@ async fn dedicated_to_dedicated_two_shards() {
     // Dedicated sockets belong to their agent's shard: nothing is ever handed off.
     assert_eq!(s.ice.handoffs_out, 0);
     drop((a, b, ca, cb));
-    wait_for("both agents closed", || engine.stats().ice.agents == 0);
+    common::wait_for("both agents closed", || engine.stats().ice.agents == 0);
     engine.shutdown().unwrap();
 }
 
@@ -126,7 +118,7 @@ async fn mux_to_dedicated_crosses_shards() {
     for (ca, cb) in &mut conns {
         exchange(ca, cb, 5).await;
     }
-    wait_for("connected gauge", || engine.stats().ice.connected == 32);
+    common::wait_for("connected gauge", || engine.stats().ice.connected == 32);
     let s = engine.stats().ice;
     eprintln!("{s:?}");
     assert!(s.handoffs_out > 0 && s.handoffs_in > 0, "{s:?}");
@@ -165,7 +157,7 @@ async fn mux_to_mux_handoff_is_forced() {
         let conns = connect(&mut a, &mut b).await;
         keep.push((a, b, conns));
     }
-    wait_for("handoff counted", || {
+    common::wait_for("handoff counted", || {
         let (s1, s2) = (e1.stats().ice, e2.stats().ice);
         s1.handoffs_in > 0 && s2.handoffs_in > 0 && s1.connected == 2 && s2.connected == 2
     });

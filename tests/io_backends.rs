@@ -72,6 +72,27 @@ fn echo(sq: &mut SendQueue, m: RecvMeta, payload: &[u8], _: &mut Lend) {
     sq.commit(m.sock, m.from, payload.len());
 }
 
+/// A backend of `kind` with one IPv4 loopback socket (4 MiB receive buffer); its address.
+fn echo_server(kind: BackendKind, cfg: &Config) -> (Backend, SocketAddr) {
+    let mut b = Backend::new(kind, cfg).unwrap();
+    let id = b
+        .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
+        .unwrap();
+    let server = b.local_addr(id);
+    (b, server)
+}
+
+/// A blocking IPv4 loopback client (4 MiB receive buffer, so it drops no replies) whose
+/// reads give up after 5 s.
+fn blocking_client() -> UdpSocket {
+    let client = bind_udp(SocketAddr::new(V4, 0), false).unwrap();
+    client.set_nonblocking(false).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client
+}
+
 /// Poll (echoing) until `want` datagrams were delivered or `limit` passes.
 fn pump(b: &mut Backend, want: usize, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
@@ -169,11 +190,7 @@ fn burst_larger_than_buffer_ring_then_still_receives() {
             gso: true,
             gro: false,
         };
-        let mut b = Backend::new(kind, &cfg).unwrap();
-        let id = b
-            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
-            .unwrap();
-        let server = b.local_addr(id);
+        let (mut b, server) = echo_server(kind, &cfg);
         let client = UdpSocket::bind(SocketAddr::new(V4, 0)).unwrap();
         // 3x the ring, all queued in the socket before the backend looks.
         for i in 0..(3 * cfg.buf_count as u32) {
@@ -227,17 +244,8 @@ fn echo_burst_with_few_send_slots() {
             gso: true,
             gro: false,
         };
-        let mut b = Backend::new(kind, &cfg).unwrap();
-        let id = b
-            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
-            .unwrap();
-        let server = b.local_addr(id);
-        // bind_udp asks for a 4 MiB receive buffer, so the client itself drops no replies.
-        let client = bind_udp(SocketAddr::new(V4, 0), false).unwrap();
-        client.set_nonblocking(false).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let (mut b, server) = echo_server(kind, &cfg);
+        let client = blocking_client();
         // More requests than send slots arrive in one poll; the echo callback must always
         // find a slot (backends push sends to the kernel mid-batch and reclaim slots).
         const N: usize = 300;
@@ -272,16 +280,8 @@ fn echo_rounds_through_a_small_ring_and_tiny_send_queue_lose_nothing() {
             gso: false,
             gro: false,
         };
-        let mut b = Backend::new(kind, &cfg).unwrap();
-        let id = b
-            .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
-            .unwrap();
-        let server = b.local_addr(id);
-        let client = bind_udp(SocketAddr::new(V4, 0), false).unwrap();
-        client.set_nonblocking(false).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let (mut b, server) = echo_server(kind, &cfg);
+        let client = blocking_client();
         let mut buf = [0u8; 2048];
         const ROUNDS: usize = 20;
         const N: usize = 400;
@@ -631,11 +631,7 @@ fn gso_echo_burst_replies_arrive_in_order() {
     for kind in kinds() {
         for gso in [true, false] {
             let cfg = Config { gso, ..small_cfg() };
-            let mut b = Backend::new(kind, &cfg).unwrap();
-            let id = b
-                .add_socket(bind_udp(SocketAddr::new(V4, 0), false).unwrap())
-                .unwrap();
-            let server = b.local_addr(id);
+            let (mut b, server) = echo_server(kind, &cfg);
             let client = gso_client(V4);
             // All requests are in the server socket before the first poll, so one poll
             // answers many of them and the equal-size replies share one destination.

@@ -222,7 +222,7 @@ pub fn http(admin: SocketAddr, method: &str, path: &str, ctype: &str, body: &str
 /// build fails instead of hanging.
 pub fn wait_until<S: std::fmt::Debug>(
     what: &str,
-    read: impl Fn() -> S,
+    mut read: impl FnMut() -> S,
     f: impl Fn(&S) -> bool,
 ) -> S {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -237,4 +237,9 @@ pub fn wait_until<S: std::fmt::Debug>(
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// [`wait_until`] for a plain condition.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    wait_until(what, &mut f, |ok| *ok);
 }
