@@ -11,7 +11,8 @@
 //! whose slots are single ticks. Deadlines round *up* to the next tick, so nothing ever
 //! expires early.
 //!
-//! No clock is read: time is the `Instant` passed in. Stale entries are the caller's
+//! No clock is read (except by `Default`, an empty wheel starting now): time is the
+//! `Instant` passed in. Stale entries are the caller's
 //! business (as with a heap): the wheel returns every key scheduled, once per schedule.
 
 use std::collections::VecDeque;

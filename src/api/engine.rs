@@ -225,17 +225,6 @@ impl Engine {
         let ufrag = ice_string(Some(ICE_CHARS[shard]), u);
         let pwd = ice_string(None, p);
         let seed = u64::from_le_bytes(s.try_into().expect("8 bytes"));
-        let config = IceConfig {
-            lite: opts.lite,
-            seed,
-            local_ufrag: Some(ufrag.clone()),
-            local_pwd: Some(pwd.clone()),
-            ta: opts.check_interval,
-            keepalive_interval: opts.keepalive_interval,
-            disconnected_timeout: opts.disconnected_timeout,
-            failed_timeout: opts.failed_timeout,
-            ..IceConfig::default()
-        };
         let (link, app) = if opts.data == DataMode::App {
             let (tx, link) = Link::new(self.inner.ice.recv_queue);
             (Some(tx), Some(link))
@@ -243,21 +232,37 @@ impl Engine {
             (None, None)
         };
         let (tx, waker) = self.inner.links[shard].clone();
-        let handle = Handle { key, tx, waker };
-        handle.send(IceCmd::Create(Box::new(NewAgent {
-            key,
-            config,
-            mode: opts.data,
-            link,
-        })))?;
-        Ok(Agent::new(
+        let handle = Arc::new(Handle { key, tx, waker });
+        let config = IceConfig {
+            lite: opts.lite,
+            seed,
+            ta: opts.check_interval,
+            keepalive_interval: opts.keepalive_interval,
+            disconnected_timeout: opts.disconnected_timeout,
+            failed_timeout: opts.failed_timeout,
+            ..IceConfig::default()
+        };
+        let mode = opts.data;
+        // The handle copies the credentials; the agent's config then takes the strings.
+        let agent = Agent::new(
             self.inner.clone(),
-            Arc::new(handle),
+            handle.clone(),
             (&ufrag, &pwd),
             opts,
             servers,
             app,
-        ))
+        );
+        handle.send(IceCmd::Create(Box::new(NewAgent {
+            key,
+            config: IceConfig {
+                local_ufrag: Some(ufrag),
+                local_pwd: Some(pwd),
+                ..config
+            },
+            mode,
+            link,
+        })))?;
+        Ok(agent)
     }
 
     /// The address ranges of the shards' io receive buffers: a `Bytes` from

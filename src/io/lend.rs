@@ -77,8 +77,6 @@ pub struct Lend {
     pool: Arc<Pool>,
     /// Most buffers out at once.
     cap: usize,
-    /// Buffers lent and not yet drained back from the return queue.
-    out: usize,
     /// The buffer being delivered (only read while the callback runs, after `begin`).
     cur: u32,
     /// The current buffer's loan, once something of it was lent.
@@ -92,7 +90,7 @@ impl fmt::Debug for Lend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lend")
             .field("cap", &self.cap)
-            .field("out", &self.out)
+            .field("out", &self.out())
             .finish_non_exhaustive()
     }
 }
@@ -111,7 +109,6 @@ impl Lend {
                 back_rx,
             }),
             cap,
-            out: 0,
             cur: 0,
             held: None,
             lends: 0,
@@ -132,7 +129,7 @@ impl Lend {
 
     /// Buffers lent now (as of the last drain of the return queue).
     pub fn out(&self) -> usize {
-        self.out
+        (self.lends - self.returns) as usize
     }
 
     /// Datagrams of buffer `buf` (a buffer of the pool, owned by user space now) are
@@ -157,11 +154,10 @@ impl Lend {
     /// The next lent buffer given back (every `Bytes` into it dropped), if any.
     #[inline]
     pub(crate) fn returned(&mut self) -> Option<u32> {
-        if self.out == 0 {
+        if self.out() == 0 {
             return None; // nothing lent: no need to look at the queue
         }
         let b = self.pool.back_rx.try_recv().ok()?;
-        self.out -= 1;
         self.returns += 1;
         Some(b)
     }
@@ -183,7 +179,7 @@ impl Lend {
             return None;
         }
         if self.held.is_none() {
-            if self.out >= self.cap {
+            if self.out() >= self.cap {
                 self.refused += 1;
                 return None;
             }
@@ -191,7 +187,6 @@ impl Lend {
                 pool: self.pool.clone(),
                 buf,
             }));
-            self.out += 1;
             self.lends += 1;
         }
         self.held.as_ref().map(|b| b.slice(at..at + part.len()))

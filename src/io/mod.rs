@@ -535,8 +535,9 @@ impl Backend {
 
     /// Flush queued sends, then wait until a datagram arrives, the [`Waker`] fires or
     /// `timeout` elapses (`None` = no timeout, `Some(ZERO)` = don't block), and hand every
-    /// received datagram to `on_recv(send_queue, meta, payload)` ([`RecvMeta`]: socket,
-    /// source, destination IP).
+    /// received datagram to `on_recv(send_queue, meta, payload, lend)` ([`RecvMeta`]:
+    /// socket, source, destination IP; [`Lend`]: turns `payload` into a `Bytes` that
+    /// keeps its receive buffer).
     ///
     /// Returns the number of datagrams delivered; it may be 0 after a wake-up, a timeout or
     /// a completion that carried no datagram (e.g. a send completion or a re-arm).
@@ -840,7 +841,7 @@ impl SendQueue {
     ///
     /// # Panics
     /// As [`commit`](Self::commit).
-    #[inline]
+    #[inline(always)]
     pub fn commit_from(
         &mut self,
         sock: SocketId,

@@ -1,4 +1,4 @@
-//! Deadlines of the sans-IO objects a shard drives: a [`TimerWheel`] of `(Instant, key)`.
+//! Deadlines of the sans-IO objects a shard drives: a [`TimerWheel`](crate::wheel::TimerWheel) of `(Instant, key)`.
 //!
 //! Protocol objects report their next deadline through `poll_timeout()`; the shard pushes
 //! it here and sleeps until the earliest one. Stale entries (an object rescheduled

@@ -388,7 +388,7 @@ fn answer(
         Some(slot) => match server.handle(now, Sock(sock.0), from, data, slot, ports) {
             Outcome::Reply(n) => sendq.commit(sock, from, n),
             Outcome::Send { sock, src, to, len } => match (as_stream(sock), streams) {
-                (None, _) => commit(sendq, sock, src, to, len),
+                (None, _) => sendq.commit_from(SocketId(sock.0), src, to, len),
                 (Some(id), Some(st)) => stream_send(st, id, &slot[..len]),
                 (Some(_), None) => {}
             },
@@ -425,20 +425,10 @@ fn relayed(
         server.handle_relayed(now, Sock(m.sock.0), to_addr, m.from, data, slot)
     {
         match (as_stream(sock), streams) {
-            (None, _) => commit(sendq, sock, src, to, len),
+            (None, _) => sendq.commit_from(SocketId(sock.0), src, to, len),
             (Some(id), Some(st)) => stream_send(st, id, &slot[..len]),
             (Some(_), None) => {}
         }
-    }
-}
-
-/// Queues a relayed datagram; the plain `commit` when no source IP is named (one socket
-/// per allocation, and every datagram to a client), so that path carries no source.
-#[inline(always)]
-fn commit(sendq: &mut SendQueue, sock: Sock, src: Option<IpAddr>, to: SocketAddr, len: usize) {
-    match src {
-        None => sendq.commit(SocketId(sock.0), to, len),
-        src => sendq.commit_from(SocketId(sock.0), src, to, len),
     }
 }
 
@@ -596,7 +586,7 @@ fn frames(
         match server.handle(now, sock, peer, frame, slot, ports) {
             Outcome::Reply(len) => stream_send(set, id, &slot[..len]),
             Outcome::Send { sock, src, to, len } => match as_stream(sock) {
-                None => commit(sendq, sock, src, to, len),
+                None => sendq.commit_from(SocketId(sock.0), src, to, len),
                 Some(other) => stream_send(set, other, &slot[..len]),
             },
             Outcome::Later => later.push((sock, peer, frame.to_vec())),

@@ -122,7 +122,6 @@ where
         next: usize,
         setup: Setup,
         kept: Vec<T>,
-        ok: u64,
         failed: u64,
     }
     let shared = Rc::new(RefCell::new(Shared {
@@ -133,7 +132,6 @@ where
             connected: 0,
         },
         kept: Vec::with_capacity(n),
-        ok: 0,
         failed: 0,
     }));
     let local = tokio::task::LocalSet::new();
@@ -166,7 +164,6 @@ where
                         g.kept.push(v);
                         g.setup.connected += 1;
                         let _ = g.setup.latency_us.record(took.as_micros().max(1) as u64);
-                        g.ok += 1;
                     }
                     Err(e) => {
                         add_failure(&mut g.setup.failures, e);
@@ -182,7 +179,8 @@ where
         loop {
             let (done, ok, failed) = {
                 let g = shared.borrow();
-                (g.ok + g.failed >= n as u64, g.ok, g.failed)
+                let ok = g.setup.connected;
+                (ok + g.failed >= n as u64, ok, g.failed)
             };
             counts.ok.fetch_add(ok - published.0, Relaxed);
             counts.failed.fetch_add(failed - published.1, Relaxed);
@@ -262,13 +260,9 @@ async fn one_pair(
     let da = da.map_err(|e| format!("dial: {e}"))?;
     let db = db.map_err(|e| format!("accept: {e}"))?;
     // Signalling used the gathered candidates and the state is read from the `Conn`s:
-    // read the events queued meanwhile, then stop listening (as the webrtc-ice side's
-    // callbacks consume theirs), so they do not sit unread in each agent's queue.
-    for agent in [&mut a, &mut b] {
-        if let Some(mut events) = agent.take_events() {
-            while events.try_recv().is_some() {}
-        }
-    }
+    // stop listening to events (as the webrtc-ice side's callbacks consume theirs). A
+    // dropped receiver frees what was queued, so nothing sits unread in either agent.
+    drop((a.take_events(), b.take_events()));
     Ok((a, b, da, db))
 }
 

@@ -822,9 +822,8 @@ impl IceHost {
                         .map(|(b, id, _)| (*b, *id))
                         .collect();
                     if again {
-                        let set = self.streams.as_mut();
+                        let mut set = self.streams.as_mut();
                         if let Some(sv) = h.servers.as_mut() {
-                            let mut set = set;
                             for (base, id, dup) in dedicated {
                                 sv.add_socket(base, id, dup, now, set.as_deref_mut());
                             }

@@ -41,8 +41,8 @@ pub struct AllocationCounters {
     pub dropped_bandwidth: u64,
 }
 
-/// A token bucket in bytes, refilled when spent: a second's worth (the burst) per whole
-/// second since the last refill.
+/// A token bucket in bytes, refilled lazily when spent: back to one full burst (a second's
+/// worth) once the relay's whole-second clock has ticked since the last refill.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bucket {
     /// Bytes per second; 0 = unlimited.

@@ -535,8 +535,8 @@ impl Server {
         let Some(r) = self.relay.as_mut() else {
             return;
         };
+        let due = r.secs(now);
         while let Some(id) = r.timers.pop_expired(now) {
-            let due = r.secs(now);
             let Some(a) = r.allocs.get_mut(id) else {
                 continue;
             };
