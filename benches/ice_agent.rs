@@ -432,11 +432,12 @@ fn bench(c: &mut Criterion) {
     let (a, b, _) = ours::establish_keeping(1, start, false, Some(&mut sent));
     let floor = floor::of([a.local_credentials().1, b.local_credentials().1], &sent);
     println!(
-        "integrity floor per established pair: {} SHA-1 blocks ({} keying 4 HMAC keys, {} for {} messages signed and verified), {} FINGERPRINTs",
+        "integrity floor per established pair: {} SHA-1 blocks ({} keying 4 HMAC keys, {} for {} messages of {:?} bytes signed and verified), {} FINGERPRINTs",
         floor.blocks.len(),
         floor.key_blocks,
         floor.blocks.len() - floor.key_blocks,
         sent.len(),
+        sent.iter().map(Vec::len).collect::<Vec<_>>(),
         2 * sent.len()
     );
 

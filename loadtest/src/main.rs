@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod floor;
 mod ice;
 mod report;
 mod stun;
@@ -36,6 +37,9 @@ enum Command {
     /// sessions; connections/s, setup latency, RSS per agent, hold with keepalives;
     /// `--baseline webrtc-ice` side by side.
     Ice(ice::Args),
+    /// The kernel and io work under `ice pairs`' setups alone: per pair one dedicated
+    /// socket and the six datagrams of a setup, no ICE (the lower bound of its CPU).
+    UdpFloor(floor::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Stun(args) => stun::run(args),
         Command::Turn(args) => turn::run(args),
         Command::Ice(args) => ice::run(args),
+        Command::UdpFloor(args) => floor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
