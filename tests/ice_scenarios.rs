@@ -191,6 +191,51 @@ fn restart_mid_session_data_continues() {
     }
 }
 
+/// After a restart the old path has no pair: the agent keeps its addresses apart. They
+/// must survive a second restart before any new selection, keep classifying the peer's
+/// data, and go (Disconnected, data dropped) when the old path's interface goes.
+#[test]
+fn old_path_survives_a_second_restart_and_goes_with_its_interface() {
+    use icering::ice::Handled;
+    use icering::net::Received;
+    for seed in 0..40u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(config(seed, true), behind(nat(seed)));
+        s.add_peer(config(seed + 3, false), behind(nat(seed + 1)));
+        s.exchange_credentials(0, 1);
+        assert_connects(&mut s, seed, Duration::from_secs(20));
+        let before = s.peers[0].agent.selected_pair();
+        let (local, remote) = before.unwrap();
+        s.peers[0].agent.restart(None, None).unwrap();
+        s.peers[1].agent.restart(None, None).unwrap();
+        s.peers[0].agent.restart(None, None).unwrap();
+        assert_eq!(s.peers[0].agent.selected_pair(), before, "seed {seed}");
+        assert!(
+            s.verify_same_pair(2),
+            "seed {seed}: data after two restarts"
+        );
+        let now = s.now;
+        let data = |a: &mut icering::ice::IceAgent| {
+            a.handle_packet(
+                now,
+                Received {
+                    source: remote,
+                    destination: local,
+                    contents: &[0x80, 7, 7],
+                },
+            )
+        };
+        assert_eq!(data(&mut s.peers[0].agent), Handled::Data, "seed {seed}");
+        assert!(
+            s.peers[0].agent.remove_local_candidates(local) > 0,
+            "seed {seed}"
+        );
+        assert_eq!(s.peers[0].agent.selected_pair(), None, "seed {seed}");
+        assert_eq!(s.state(0), ConnectionState::Disconnected, "seed {seed}");
+        assert_eq!(data(&mut s.peers[0].agent), Handled::Dropped, "seed {seed}");
+    }
+}
+
 #[test]
 fn dual_stack_multihomed_prefers_ipv6_and_agrees() {
     for seed in 0..100u64 {

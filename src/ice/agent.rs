@@ -81,15 +81,29 @@ impl Credentials {
     }
 }
 
+/// The selected path. Its addresses are not copied here: they are the pair's local base
+/// and remote address, read through the pair index (stable while selected: pairs are only
+/// appended until the check list is cleared, and candidates are only appended until the
+/// remote side is cleared, which unhooks the selection first).
 #[derive(Debug, Clone, Copy)]
 struct Selected {
-    local: SocketAddr,
-    remote: SocketAddr,
-    /// `None` after an ICE restart: the old path still carries data, unchecked.
+    /// `None` after an ICE restart (RFC 8445 §9): the old path, its addresses kept in
+    /// [`Rare::unchecked`], still carries data, unchecked.
     pair: Option<u16>,
     last_activity: Instant,
     last_consent: Instant,
     next_keepalive: Instant,
+}
+
+/// State few agents ever hold, boxed so that every other agent pays one pointer.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Bases of local candidates removed by
+    /// [`remove_local_candidates`](IceAgent::remove_local_candidates): they pair no more.
+    gone: Vec<SocketAddr>,
+    /// After an ICE restart, the old selected path `(local base, remote address)` while
+    /// `Selected::pair` is `None`.
+    unchecked: Option<(SocketAddr, SocketAddr)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -139,10 +153,8 @@ pub struct IceAgent {
     last_now: Option<Instant>,
     local_end: bool,
     remote_end: bool,
-    /// Bases of local candidates removed by
-    /// [`remove_local_candidates`](IceAgent::remove_local_candidates): they pair no more
-    /// (a boxed slice: 16 bytes in every agent, rebuilt on the rare removal).
-    gone: Box<[SocketAddr]>,
+    /// Removed interfaces and a restart's unchecked path (`None` for most agents).
+    rare: Option<Box<Rare>>,
 }
 
 impl IceAgent {
@@ -175,7 +187,7 @@ impl IceAgent {
             last_now: None,
             local_end: false,
             remote_end: false,
-            gone: Box::default(),
+            rare: None,
         })
     }
 
@@ -224,7 +236,35 @@ impl IceAgent {
     /// The selected pair as `(local base, remote address)`: send application data from the
     /// first to the second.
     pub fn selected_pair(&self) -> Option<(SocketAddr, SocketAddr)> {
-        self.selected.map(|s| (s.local, s.remote))
+        let s = self.selected.as_ref()?;
+        match s.pair {
+            Some(i) => self.pair_path(usize::from(i)),
+            None => self.rare.as_ref()?.unchecked,
+        }
+    }
+
+    /// Pair `i`'s `(local base, remote address)`: two indexed reads, no search.
+    #[inline]
+    fn pair_path(&self, i: usize) -> Option<(SocketAddr, SocketAddr)> {
+        let p = self.checklist.pairs.get(i)?;
+        let local = self.locals.get(usize::from(p.local))?.base;
+        Some((local, self.remotes.get(usize::from(p.remote))?.addr))
+    }
+
+    /// Unselects (the pair failed, its interface went, the agent closed).
+    fn unselect(&mut self) {
+        self.selected = None;
+        self.drop_unchecked();
+    }
+
+    /// Forgets a restart's unchecked path; the box goes when it holds nothing else.
+    fn drop_unchecked(&mut self) {
+        if let Some(r) = &mut self.rare {
+            r.unchecked = None;
+            if r.gone.is_empty() {
+                self.rare = None;
+            }
+        }
     }
 
     /// The selected pair's local and remote candidates. The local one is the valid pair's
@@ -281,6 +321,9 @@ impl IceAgent {
             + self.checklist.triggered.capacity() * size_of::<u16>()
             + self.pending.capacity() * size_of::<Pending>()
             + self.events.capacity() * size_of::<IceEvent>()
+            + self.rare.as_ref().map_or(0, |r| {
+                size_of::<Rare>() + r.gone.capacity() * size_of::<SocketAddr>()
+            })
     }
 
     // ------------------------------------------------------------------ signalling
@@ -383,10 +426,10 @@ impl IceAgent {
         if gone.is_empty() {
             return 0;
         }
-        if !self.gone.contains(&base) {
-            let mut g = std::mem::take(&mut self.gone).into_vec();
-            g.push(base);
-            self.gone = g.into_boxed_slice();
+        let rare = self.rare.get_or_insert_with(Box::default);
+        if !rare.gone.contains(&base) {
+            rare.gone.reserve_exact(1);
+            rare.gone.push(base);
         }
         let on_gone = |p: &Pair| gone.contains(&usize::from(p.local));
         let mut failed: Vec<u16> = Vec::new();
@@ -406,8 +449,8 @@ impl IceAgent {
         if self.nominating.is_some_and(|n| failed.contains(&n)) {
             self.nominating = None;
         }
-        if self.selected.is_some_and(|s| s.local == base) {
-            self.selected = None;
+        if self.selected_pair().is_some_and(|(local, _)| local == base) {
+            self.unselect();
             self.set_state(ConnectionState::Disconnected);
         }
         gone.len()
@@ -475,11 +518,20 @@ impl IceAgent {
     pub fn close(&mut self) {
         self.pending.clear();
         self.checklist.clear();
-        self.selected = None;
+        self.unselect();
         self.set_state(ConnectionState::Closed);
     }
 
     fn clear_remote_side(&mut self) {
+        // The selected path outlives its pair: keep its addresses before the pair goes.
+        if let Some(i) = self.selected.and_then(|s| s.pair) {
+            match self.pair_path(usize::from(i)) {
+                Some(path) => {
+                    self.rare.get_or_insert_with(Box::default).unchecked = Some(path);
+                }
+                None => self.unselect(),
+            }
+        }
         self.remotes.clear();
         self.checklist.clear();
         self.pending.clear();
@@ -519,7 +571,7 @@ impl IceAgent {
         let (l, r) = (&self.locals[li], &self.remotes[ri]);
         if l.component != r.component
             || l.addr.is_ipv4() != r.addr.is_ipv4()
-            || self.gone.contains(&l.base)
+            || self.rare.as_ref().is_some_and(|r| r.gone.contains(&l.base))
         {
             return None;
         }
@@ -591,9 +643,8 @@ impl IceAgent {
             self.tick(now);
             return handled;
         }
-        if let Some(s) = &mut self.selected
-            && s.local == pkt.destination
-            && s.remote == pkt.source
+        if self.selected_pair() == Some((pkt.destination, pkt.source))
+            && let Some(s) = &mut self.selected
         {
             s.last_activity = now;
             return Handled::Data;
@@ -622,9 +673,8 @@ impl IceAgent {
             Class::Request => self.handle_request(now, pkt, m),
             Class::Success | Class::Error => self.handle_response(now, pkt, m),
             Class::Indication => {
-                if let Some(s) = &mut self.selected
-                    && s.local == pkt.destination
-                    && s.remote == pkt.source
+                if self.selected_pair() == Some((pkt.destination, pkt.source))
+                    && let Some(s) = &mut self.selected
                 {
                     s.last_activity = now;
                 }
@@ -921,12 +971,11 @@ impl IceAgent {
         if self.selected.is_some_and(|s| s.pair == Some(pi as u16)) {
             return;
         }
-        let p = &self.checklist.pairs[pi];
-        let local = self.locals[usize::from(p.local)].base;
-        let remote = self.remotes[usize::from(p.remote)].addr;
+        let Some((local, remote)) = self.pair_path(pi) else {
+            return;
+        };
+        self.drop_unchecked();
         self.selected = Some(Selected {
-            local,
-            remote,
             pair: Some(pi as u16),
             last_activity: now,
             last_consent: now,
@@ -1114,7 +1163,7 @@ impl IceAgent {
         let no_consent = !self.cfg.lite
             && now.saturating_duration_since(s.last_consent) >= self.cfg.consent_timeout.get();
         if no_consent || idle >= self.cfg.failed_timeout.get() {
-            self.selected = None;
+            self.unselect();
             self.set_state(ConnectionState::Failed);
             return;
         }

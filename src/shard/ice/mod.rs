@@ -656,9 +656,7 @@ impl IceHost {
                         .and_then(|s| self.roles.get(s.0 as usize).copied())
                         && !h.routes.contains(&(m, remote))
                     {
-                        // Exact capacity: one route is the rule (a first push would take 4).
-                        h.routes.reserve_exact(1);
-                        h.routes.push((m, remote));
+                        h.add_route((m, remote));
                         self.routes.insert((m, remote), (me, slot));
                         broadcast(&self.peers, me, || IceCmd::Route {
                             mux: m,
@@ -789,21 +787,22 @@ impl IceHost {
                     let dup = if turn { s.try_clone().ok() } else { None };
                     if let Ok(id) = backend.add_bound_socket(s, addr) {
                         self.set_role(id, SockRole::Agent(slot));
-                        if let Some(h) = self.table.get_mut(slot) {
-                            h.socks.push((addr, id, false));
-                        }
                         dedicated.push((addr, id, dup));
                     }
                 }
                 let mux = self.mux.clone();
                 if let Some(h) = self.table.get_mut(slot) {
+                    // The socket list is rebuilt once per gathering, exact (a boxed slice:
+                    // one socket is the rule, and a first push reserves room for four).
+                    let mut socks = std::mem::take(&mut h.socks).into_vec();
+                    socks.extend(dedicated.iter().map(|(addr, id, _)| (*addr, *id, false)));
                     for c in candidates {
-                        if !h.socks.iter().any(|(b, _, _)| *b == c.base) {
+                        if !socks.iter().any(|(b, _, _)| *b == c.base) {
                             // A mux candidate: find the mux socket it lives on.
                             if let Some((id, _)) =
                                 mux.iter().find(|(_, a)| base_matches(*a, c.base))
                             {
-                                h.socks.push((c.base, *id, true));
+                                socks.push((c.base, *id, true));
                             } else {
                                 continue;
                             }
@@ -812,9 +811,7 @@ impl IceHost {
                             let _ = h.agent.add_local_candidate(c);
                         }
                     }
-                    // Gathering adds no more sockets: drop the Vec's growth slack (one
-                    // socket is the rule, and a first push reserves room for four).
-                    h.socks.shrink_to_fit();
+                    h.socks = socks.into_boxed_slice();
                     let on_mux: Vec<(SocketAddr, SocketId)> = h
                         .socks
                         .iter()
@@ -878,7 +875,12 @@ impl IceHost {
                 };
                 h.agent.remove_local_candidates(base);
                 let gone = h.socks.iter().position(|(b, _, mux)| *b == base && !mux);
-                let id = gone.map(|i| h.socks.remove(i).1);
+                let id = gone.map(|i| {
+                    let mut socks = std::mem::take(&mut h.socks).into_vec();
+                    let id = socks.remove(i).1;
+                    h.socks = socks.into_boxed_slice();
+                    id
+                });
                 if let (Some(id), Some(sv)) = (id, h.servers.as_mut()) {
                     // Relayed candidates allocated through the vanished address go too.
                     for relayed in sv.remove_socket(base, id) {
@@ -1028,7 +1030,7 @@ impl IceHost {
                 backend.remove_socket(*id);
             }
         }
-        for (m, remote) in h.routes.drain(..) {
+        for (m, remote) in std::mem::take(&mut h.routes) {
             self.routes.remove(&(m, remote));
             broadcast(&self.peers, me, || IceCmd::Unroute {
                 mux: m,

@@ -22,10 +22,12 @@ pub(crate) struct Hosted {
     pub mode: DataMode,
     /// The shard's end of an app-owned agent's link (one pointer; `None` for sessions).
     pub link: Option<LinkTx>,
-    /// (candidate base, socket, is a mux socket).
-    pub socks: Vec<(SocketAddr, SocketId, bool)>,
-    /// Mux routes announced for this agent, withdrawn on close.
-    pub routes: Vec<(u16, SocketAddr)>,
+    /// (candidate base, socket, is a mux socket). Exact (a boxed slice, 16 B): set once per
+    /// gathering, rebuilt on the rare removal.
+    pub socks: Box<[(SocketAddr, SocketId, bool)]>,
+    /// Mux routes announced for this agent, withdrawn on close. Exact (a boxed slice): one
+    /// route is the rule, pushed when a pair on a mux socket is selected.
+    pub routes: Box<[(u16, SocketAddr)]>,
     pub selected_sock: Option<SocketId>,
     /// STUN/TURN clients (agents with `urls` only; boxed: 8 bytes for the others).
     pub servers: Option<Box<Servers>>,
@@ -51,8 +53,8 @@ impl Hosted {
             agent,
             mode,
             link,
-            socks: Vec::new(),
-            routes: Vec::new(),
+            socks: Box::default(),
+            routes: Box::default(),
             selected_sock: None,
             servers: None,
             timer_at: None,
@@ -87,6 +89,14 @@ impl Hosted {
             .iter()
             .find(|(b, _, _)| *b == base)
             .map(|(_, id, _)| *id)
+    }
+
+    /// Adds a mux route (exact capacity: the list is rebuilt, which is rare).
+    pub fn add_route(&mut self, route: (u16, SocketAddr)) {
+        let mut r = std::mem::take(&mut self.routes).into_vec();
+        r.reserve_exact(1);
+        r.push(route);
+        self.routes = r.into_boxed_slice();
     }
 
     pub fn conn_stats(&self) -> ConnStats {
@@ -175,5 +185,18 @@ impl Table {
     #[inline]
     pub fn slot_of_ufrag(&self, ufrag: &[u8]) -> Option<u32> {
         self.by_ufrag.get(&ufrag_key(ufrag)).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hosted;
+
+    /// Every hosted agent is one `Box<Hosted>`: at most 640 B it lands in mimalloc's 640-B
+    /// size class (the next is 768 B, 128 B more per agent).
+    #[test]
+    fn hosted_stays_in_the_640_byte_size_class() {
+        let size = std::mem::size_of::<Hosted>();
+        assert!(size <= 640, "size_of::<Hosted>() = {size} B");
     }
 }
