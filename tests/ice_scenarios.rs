@@ -361,3 +361,70 @@ fn symmetric_nats_connect_through_relayed_candidate() {
         );
     }
 }
+
+/// Gives peer `to` the credentials of peer `from`.
+fn credentials(s: &mut Sim, from: usize, to: usize) {
+    let (u, p) = s.peers[from].agent.local_credentials();
+    let (u, p) = (u.to_owned(), p.to_owned());
+    s.peers[to].agent.set_remote_credentials(&u, &p).unwrap();
+}
+
+/// ICE PAC: the controlled agent gets none of the controlling agent's candidates (as a
+/// browser's mDNS host names reach an agent that does not resolve them), only its
+/// end-of-candidates, and has gathered all its own, before the controlling agent (which
+/// waits for the answer) sends its first check. It must not fail with its empty check
+/// list: the controlling agent's checks form a peer-reflexive candidate, and both select
+/// its pair.
+#[test]
+fn unresolvable_candidates_connect_through_a_peer_reflexive_pair() {
+    for seed in 0..50u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(config(seed, true), HostSpec::default());
+        s.add_peer(config(seed + 1000, false), HostSpec::default());
+        s.peers[0].hide_candidates = true;
+        credentials(&mut s, 0, 1);
+        s.run(Duration::from_secs(2), |_| false);
+        assert!(!s.peers[1].agent.local_candidates().is_empty());
+        credentials(&mut s, 1, 0);
+        assert_connects(&mut s, seed, Duration::from_secs(10));
+        let (_, remote) = s.peers[1].agent.selected_candidates().expect("selected");
+        assert_eq!(remote.kind, CandidateKind::PeerReflexive, "seed {seed}");
+        // Never Failed on the way (an application would have given up on it).
+        assert!(
+            !s.peers[1]
+                .events
+                .contains(&IceEvent::ConnectionState(ConnectionState::Failed)),
+            "seed {seed}: {:?}",
+            s.peers[1].events
+        );
+        assert!(s.verify_same_pair(3), "seed {seed}: pairs disagree");
+    }
+}
+
+/// ICE PAC: with nothing to check on either side and both ends signalled, an agent
+/// waits 39.5 s for the peer's checks before it reports Failed, then does.
+#[test]
+fn nothing_to_check_fails_only_after_the_pac_wait() {
+    for seed in 0..20u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(config(seed, true), HostSpec::default());
+        s.add_peer(config(seed + 1000, false), HostSpec::default());
+        s.peers[0].hide_candidates = true;
+        s.peers[1].hide_candidates = true;
+        s.exchange_credentials(0, 1);
+        assert!(
+            !s.run(Duration::from_secs(39), |s| s.any_failed()),
+            "seed {seed}: failed after {:?}",
+            s.elapsed()
+        );
+        assert!(
+            s.run(Duration::from_secs(5), |s| s.state(0)
+                == ConnectionState::Failed
+                && s.state(1) == ConnectionState::Failed),
+            "seed {seed}: {:?}/{:?} after {:?}",
+            s.state(0),
+            s.state(1),
+            s.elapsed()
+        );
+    }
+}

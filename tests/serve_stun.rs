@@ -212,6 +212,7 @@ fn bad_config_is_a_clear_error() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("io.buf_count"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");

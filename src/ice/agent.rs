@@ -104,7 +104,24 @@ struct Rare {
     /// After an ICE restart, the old selected path `(local base, remote address)` while
     /// `Selected::pair` is `None`.
     unchecked: Option<(SocketAddr, SocketAddr)>,
+    /// Not Failed before this instant, though nothing is left to check (see [`PAC_WAIT`]).
+    pac_until: Option<Instant>,
 }
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.gone.is_empty() && self.unchecked.is_none() && self.pac_until.is_none()
+    }
+}
+
+/// How long an agent waits for the peer's checks once it has nothing left to check and
+/// both sides signalled end-of-candidates, before it reports Failed: 39.5 s, the PAC
+/// timer of ICE PAC (draft-ietf-ice-pac, "Patiently Awaiting Connectivity"; RFC 8445
+/// would fail at once). The peer may still reach it through a peer-reflexive candidate:
+/// a browser's host candidates hidden behind mDNS names, which this agent does not
+/// resolve, leave the check list empty, and the browser's checks form the pair. Counted
+/// from the moment nothing was left to check, which is never earlier than PAC's start.
+const PAC_WAIT: Duration = Duration::from_millis(39_500);
 
 #[derive(Debug, Clone, Copy)]
 enum Pending {
@@ -257,11 +274,13 @@ impl IceAgent {
         self.drop_unchecked();
     }
 
-    /// Forgets a restart's unchecked path; the box goes when it holds nothing else.
+    /// Forgets a restart's unchecked path and the PAC deadline (a pair was selected, or
+    /// the selection ended); the box goes when it holds nothing else.
     fn drop_unchecked(&mut self) {
         if let Some(r) = &mut self.rare {
             r.unchecked = None;
-            if r.gone.is_empty() {
+            r.pac_until = None;
+            if r.is_empty() {
                 self.rare = None;
             }
         }
@@ -538,6 +557,12 @@ impl IceAgent {
         self.nominating = None;
         self.first_valid_at = None;
         self.remote_end = false;
+        if let Some(r) = &mut self.rare {
+            r.pac_until = None;
+            if r.is_empty() {
+                self.rare = None;
+            }
+        }
         if let Some(s) = &mut self.selected {
             s.pair = None;
         }
@@ -1063,7 +1088,7 @@ impl IceAgent {
             }
         }
         self.liveness(now);
-        self.update_state();
+        self.update_state(now);
     }
 
     fn start_transaction(&mut self, i: usize, purpose: Purpose, now: Instant) {
@@ -1175,17 +1200,25 @@ impl IceAgent {
         }
     }
 
-    fn update_state(&mut self) {
+    /// Still New or Checking with nothing left to check: no pair selected, every pair (if
+    /// any) failed, and both sides' candidates are all in. Failed once [`PAC_WAIT`] passes.
+    fn nothing_left(&self) -> bool {
+        matches!(self.state, ConnectionState::New | ConnectionState::Checking)
+            && self.selected.is_none()
+            && self.remote_end
+            && self.remote.is_some()
+            && self.checklist.all_failed()
+            && (self.local_end || !self.checklist.pairs.is_empty())
+            && !self.cfg.lite
+    }
+
+    fn update_state(&mut self, now: Instant) {
         match self.state {
-            ConnectionState::New | ConnectionState::Checking
-                if self.selected.is_none()
-                    && self.remote_end
-                    && self.remote.is_some()
-                    && self.checklist.all_failed()
-                    && (self.local_end || !self.checklist.pairs.is_empty())
-                    && !self.cfg.lite =>
-            {
-                self.set_state(ConnectionState::Failed);
+            ConnectionState::New | ConnectionState::Checking if self.nothing_left() => {
+                let rare = self.rare.get_or_insert_with(Box::default);
+                if now >= *rare.pac_until.get_or_insert(now + PAC_WAIT) {
+                    self.set_state(ConnectionState::Failed);
+                }
             }
             ConnectionState::Connected => {
                 let busy = self
@@ -1320,6 +1353,14 @@ impl IceAgent {
                 && let Some(f) = self.first_valid_at
             {
                 at(f + self.cfg.nomination_delay.get());
+            }
+            if self.nothing_left() {
+                // The PAC deadline, or now (the last `now` seen) to set it.
+                match (self.rare.as_ref().and_then(|r| r.pac_until), self.last_now) {
+                    (Some(until), _) => at(until),
+                    (None, Some(n)) => at(n),
+                    _ => {}
+                }
             }
         }
         if let Some(s) = &self.selected

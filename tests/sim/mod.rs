@@ -199,6 +199,9 @@ pub struct Peer {
     local_end_sent: bool,
     /// Withhold LocalCandidate signals until this instant (late trickle).
     pub signal_delay: Duration,
+    /// Its candidates never reach the peer, only its end-of-candidates does (as a
+    /// browser's mDNS host names reach an agent that does not resolve them).
+    pub hide_candidates: bool,
 }
 
 #[derive(Debug)]
@@ -308,6 +311,7 @@ impl Sim {
             gather_done_at: None,
             local_end_sent: false,
             signal_delay: Duration::ZERO,
+            hide_candidates: false,
         });
         i
     }
@@ -601,6 +605,7 @@ impl Sim {
             if other < self.peers.len() {
                 let lat = self.signal_latency + self.peers[i].signal_delay;
                 match &e {
+                    IceEvent::LocalCandidate(_) if self.peers[i].hide_candidates => {}
                     IceEvent::LocalCandidate(c) => {
                         // Round-trip through SDP like a real signalling channel.
                         let c = Candidate::from_sdp(&c.to_sdp()).unwrap();

@@ -1,0 +1,475 @@
+//! icering against a browser's ICE agent: headless Chromium (Debian's `chromium`) opens an
+//! `RTCPeerConnection` with a data channel and offers; an icering agent answers through
+//! the public API. The browser controls (it offers, RFC 8445 §6.1.1 / RFC 8829), icering
+//! is controlled, as a media server terminating browsers is.
+//!
+//! - The page (served by this test) posts its ufrag, pwd and trickled candidates to
+//!   `/offer`; the handler creates the agent, gathers, adds the browser's candidates and
+//!   starts `accept`, and answers with icering's credentials and candidates, which the
+//!   page turns into an SDP answer (`a=setup:passive`, a made-up DTLS fingerprint: only
+//!   ICE is under test). The page reports its ICE state and the selected pair's stats to
+//!   `/log`.
+//! - Asserted: both sides connect on the same 5-tuple; the browser's first datagram on
+//!   the selected pair (its DTLS ClientHello, RFC 7983 §7: first byte 20..=63) reaches
+//!   `Conn::recv`; datagrams icering sends reach the browser's selected pair (its
+//!   `packetsReceived`); and the browser's consent checks (RFC 7675) keep being answered
+//!   (still connected after 6 s, Chromium checks every ~5 s... at most).
+//! - Two set-ups: Chromium as it ships (host candidates hidden behind mDNS `.local`
+//!   names, which icering refuses with a typed error: the pair forms from the browser's
+//!   checks, a peer-reflexive candidate) against a full icering agent on its own socket;
+//!   and Chromium with plain host candidates against an ICE-lite agent on the engine's
+//!   shared port (the media-server set-up).
+//!
+//! Each test moves its thread into a new network namespace (`unshare(CLONE_NEWNET)`): a
+//! veth pair, 10.77.0.1/24 on one end and a default route to an address nobody holds
+//! (Chromium gathers on the default route's interface only, and never on loopback). The
+//! engine, the HTTP server and Chromium all live there, so nothing leaves the machine.
+//! Needs root, `ip` and `chromium`; without them each test prints "skipped: <reason>"
+//! and passes, except under `CI=true`, where it fails (`.ci/run` installs chromium).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use icering::{Agent, AgentOptions, Candidate, Config, Conn, ConnectionState, Engine};
+
+const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+/// The page: offer, post it, answer from icering's reply, report.
+const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><script>
+const log = (m) => fetch('/log', {method: 'POST', body: String(m)});
+(async () => {
+  const pc = new RTCPeerConnection({iceServers: []});
+  pc.createDataChannel('icering');
+  const candidates = [];
+  const gathered = new Promise((done) => {
+    pc.onicecandidate = (e) => e.candidate ? candidates.push(e.candidate.candidate) : done();
+  });
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered;
+  const sdp = pc.localDescription.sdp;
+  const attr = (name) => new RegExp('a=' + name + ':(.*)').exec(sdp)[1].trim();
+  const mid = attr('mid');
+  const reply = await fetch('/offer', {method: 'POST', body: JSON.stringify(
+      {ufrag: attr('ice-ufrag'), pwd: attr('ice-pwd'), candidates})});
+  const ans = await reply.json();
+  if (!reply.ok) throw new Error('offer refused: ' + JSON.stringify(ans));
+  const fingerprint = Array.from({length: 32}, (_, i) => (i * 7 + 16).toString(16).toUpperCase()).join(':');
+  const lines = ['v=0', 'o=- 1 1 IN IP4 0.0.0.0', 's=-', 't=0 0', 'a=group:BUNDLE ' + mid,
+    ...(ans.lite ? ['a=ice-lite'] : []),
+    'm=application 9 UDP/DTLS/SCTP webrtc-datachannel', 'c=IN IP4 0.0.0.0',
+    'a=ice-ufrag:' + ans.ufrag, 'a=ice-pwd:' + ans.pwd,
+    'a=fingerprint:sha-256 ' + fingerprint, 'a=setup:passive', 'a=mid:' + mid,
+    'a=sctp-port:5000',
+    ...ans.candidates.map((c) => 'a=candidate:' + c), 'a=end-of-candidates'];
+  pc.oniceconnectionstatechange = () => log('ice ' + pc.iceConnectionState);
+  await pc.setRemoteDescription({type: 'answer', sdp: lines.join('\r\n') + '\r\n'});
+  setInterval(async () => {
+    const stats = await pc.getStats();
+    let transport;
+    stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) transport = s; });
+    if (!transport) return;
+    const pair = stats.get(transport.selectedCandidatePairId);
+    const local = stats.get(pair.localCandidateId);
+    const remote = stats.get(pair.remoteCandidateId);
+    // The local address is hidden from stats while mDNS hides it: its port only.
+    log(['pair', pair.packetsReceived, local.port,
+         remote.address + ':' + remote.port, pc.iceConnectionState].join(' '));
+  }, 200);
+})().catch((e) => log('error ' + e));
+</script>"#;
+
+fn ip(cmd: &str) {
+    let args: Vec<&str> = cmd.split(' ').collect();
+    let out = Command::new("ip").args(&args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Moves this thread into a fresh network namespace with [`HOST`] on a veth, or says why
+/// it cannot. Returns the Chromium binary.
+fn own_netns(test: &str) -> Option<String> {
+    let chromium = std::env::var("ICERING_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    // SAFETY: geteuid has no preconditions.
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("not root (a network namespace needs CAP_SYS_ADMIN)".to_string())
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        Some("`ip` not installed (apt-get install iproute2)".to_string())
+    } else if Command::new(&chromium).arg("--version").output().is_err() {
+        Some(format!(
+            "`{chromium}` not installed (apt-get install chromium)"
+        ))
+    // SAFETY: unshare with CLONE_NEWNET only changes this thread's network namespace.
+    } else if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        Some(format!(
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ))
+    } else {
+        None
+    };
+    if let Some(r) = reason {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "{test} must run under CI, but: {r}");
+        eprintln!("skipped: {test}: {r}");
+        return None;
+    }
+    ip("link set lo up");
+    ip("link add ic0 type veth peer name ic1");
+    ip("link set ic1 up");
+    ip(&format!("addr add {HOST}/24 dev ic0"));
+    ip("link set ic0 up");
+    // The gateway is never answered for: packets to other addresses die on ic1.
+    ip("route add default via 10.77.0.2 dev ic0");
+    Some(chromium)
+}
+
+/// How the icering side is set up.
+#[derive(Clone, Copy)]
+struct Setup {
+    lite: bool,
+    mux: bool,
+    /// Chromium hides its host addresses behind mDNS names (its default).
+    mdns: bool,
+}
+
+/// The accepted connection (with its agent), or why not.
+type Accepted = Result<(Agent, Conn), String>;
+
+/// What the `/offer` handler needs and reports.
+struct Answerer {
+    rt: tokio::runtime::Handle,
+    engine: Engine,
+    setup: Setup,
+    conn: Mutex<Option<mpsc::Sender<Accepted>>>,
+    /// Browser candidates icering added, and refused as mDNS names.
+    added: Mutex<Vec<Candidate>>,
+    refused_mdns: AtomicUsize,
+}
+
+#[derive(serde::Deserialize)]
+struct Offer {
+    ufrag: String,
+    pwd: String,
+    candidates: Vec<String>,
+}
+
+impl Answerer {
+    fn offer(&self, body: &str) -> Result<String, String> {
+        let offer: Offer = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        let opts = AgentOptions::default()
+            .with_ip_filter(|ip| ip == IpAddr::V4(HOST))
+            .with_lite(self.setup.lite)
+            .with_mux(self.setup.mux);
+        let _rt = self.rt.enter();
+        let agent = self.engine.agent(opts).map_err(|e| e.to_string())?;
+        let ours = agent.gather_candidates().map_err(|e| e.to_string())?;
+        for line in &offer.candidates {
+            match Candidate::from_sdp(line) {
+                Ok(c) => {
+                    agent
+                        .add_remote_candidate(c.clone())
+                        .map_err(|e| e.to_string())?;
+                    self.added.lock().unwrap().push(c);
+                }
+                Err(icering::ice::IceError::Unsupported("mDNS")) => {
+                    self.refused_mdns.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => return Err(format!("candidate {line:?}: {e}")),
+            }
+        }
+        agent.end_of_remote_candidates();
+        let (ufrag, pwd) = agent.local_credentials();
+        let tx = self.conn.lock().unwrap().take().ok_or("a second offer")?;
+        self.rt.spawn(async move {
+            let r = agent.accept(&offer.ufrag, &offer.pwd).await;
+            let _ = tx.send(r.map(|c| (agent, c)).map_err(|e| e.to_string()));
+        });
+        Ok(serde_json::json!({
+            "ufrag": ufrag,
+            "pwd": pwd,
+            "lite": self.setup.lite,
+            "candidates": ours.iter().map(Candidate::to_sdp).collect::<Vec<_>>(),
+        })
+        .to_string())
+    }
+}
+
+/// Serves the page, `/offer` and `/log` (one request per connection).
+fn serve(listener: TcpListener, answerer: Arc<Answerer>, log: mpsc::Sender<String>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let (answerer, log) = (answerer.clone(), log.clone());
+        std::thread::spawn(move || {
+            let _ = request(stream, &answerer, &log);
+        });
+    }
+}
+
+fn request(
+    stream: TcpStream,
+    answerer: &Answerer,
+    log: &mpsc::Sender<String>,
+) -> std::io::Result<()> {
+    let mut r = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    let body = String::from_utf8_lossy(&body);
+    let (status, ctype, out) = match (method, path) {
+        ("GET", "/") => ("200 OK", "text/html", PAGE.to_string()),
+        ("POST", "/offer") => match answerer.offer(&body) {
+            Ok(json) => ("200 OK", "application/json", json),
+            Err(e) => {
+                let _ = log.send(format!("offer refused: {e}"));
+                ("400 Bad Request", "application/json", format!("{e:?}"))
+            }
+        },
+        ("POST", "/log") => {
+            let _ = log.send(body.into_owned());
+            ("200 OK", "text/plain", String::new())
+        }
+        _ => ("404 Not Found", "text/plain", String::new()),
+    };
+    let mut s = stream;
+    write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
+        out.len()
+    )
+}
+
+/// Chromium, killed (with its children: its own process group) on drop.
+struct Browser {
+    child: Child,
+    profile: std::path::PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn launch(chromium: &str, url: &str, mdns: bool, name: &str) -> Browser {
+    use std::os::unix::process::CommandExt;
+    let profile = std::env::temp_dir().join(format!("icering-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    let mut cmd = Command::new(chromium);
+    cmd.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+    ])
+    .args([
+        "--no-default-browser-check",
+        "--disable-background-networking",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    if !mdns {
+        cmd.arg("--disable-features=WebRtcHideLocalIpsWithMdns");
+    }
+    let child = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start chromium");
+    Browser { child, profile }
+}
+
+/// The browser's report lines until `f` accepts one (returned); panics on an `error`
+/// line or after `within`.
+fn wait_log(log: &mpsc::Receiver<String>, within: Duration, f: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + within;
+    let mut seen = std::collections::VecDeque::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(l) if l.starts_with("error") || l.starts_with("offer refused") => {
+                panic!("browser: {l}")
+            }
+            Ok(l) if f(&l) => return l,
+            Ok(l) => {
+                if seen.len() == 8 {
+                    seen.pop_front();
+                }
+                seen.push_back(l);
+            }
+            Err(_) => panic!("gave up waiting on the browser's report; last lines: {seen:?}"),
+        }
+    }
+}
+
+/// `pair <packetsReceived> <local port> <remote> <state>` as the page reports it.
+fn pair_report(l: &str) -> Option<(u64, u16, SocketAddr, &str)> {
+    let mut w = l.strip_prefix("pair ")?.split(' ');
+    Some((
+        w.next()?.parse().ok()?,
+        w.next()?.parse().ok()?,
+        w.next()?.parse().ok()?,
+        w.next()?,
+    ))
+}
+
+fn run(test: &str, setup: Setup) {
+    let Some(chromium) = own_netns(test) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = Config::embedded();
+    config.server.listen.clear();
+    config.server.shards = 1;
+    config.turn.enabled = false;
+    if setup.mux {
+        config.ice.listen = vec![SocketAddr::from((HOST, 0))];
+    }
+    let engine = Engine::start(&config).unwrap();
+    let (conn_tx, conn_rx) = mpsc::channel();
+    let answerer = Arc::new(Answerer {
+        rt: rt.handle().clone(),
+        engine: engine.clone(),
+        setup,
+        conn: Mutex::new(Some(conn_tx)),
+        added: Mutex::new(Vec::new()),
+        refused_mdns: AtomicUsize::new(0),
+    });
+    let listener = TcpListener::bind((HOST, 0)).unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let (log_tx, log) = mpsc::channel();
+    {
+        let answerer = answerer.clone();
+        std::thread::spawn(move || serve(listener, answerer, log_tx));
+    }
+    let browser = launch(&chromium, &url, setup.mdns, test);
+
+    // Both sides connect.
+    let (agent, mut conn) = conn_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the browser offered and icering connected")
+        .expect("accept");
+    wait_log(&log, Duration::from_secs(30), |l| {
+        l == "ice connected" || l == "ice completed"
+    });
+    let stats = rt.block_on(conn.stats()).unwrap();
+    let (local, remote) = stats.selected.expect("icering selected a pair");
+    assert_eq!(local.ip(), IpAddr::V4(HOST));
+    assert_eq!(remote.ip(), IpAddr::V4(HOST), "the browser's address");
+    let added = answerer.added.lock().unwrap().clone();
+    let mdns = answerer.refused_mdns.load(Ordering::Relaxed);
+    if setup.mdns {
+        assert!(mdns >= 1, "Chromium hid its host address behind mDNS");
+        assert!(added.is_empty(), "{added:?}");
+    } else {
+        assert_eq!(mdns, 0);
+        assert!(
+            added.iter().any(|c| c.addr == remote),
+            "the selected remote {remote} is one of the browser's candidates {added:?}"
+        );
+    }
+
+    // The browser's DTLS ClientHello (it is the DTLS client: our answer is passive)
+    // arrives on the selected pair as data.
+    let first = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), conn.recv()).await })
+        .expect("the browser sent data on the selected pair")
+        .expect("recv");
+    assert!(
+        (20..=63).contains(&first[0]),
+        "a DTLS record (RFC 7983 §7), got first byte {}",
+        first[0]
+    );
+
+    // icering's datagrams reach the browser's selected pair, the same 5-tuple.
+    let first_report = wait_log(&log, Duration::from_secs(10), |l| pair_report(l).is_some());
+    let before = pair_report(&first_report).unwrap();
+    assert_eq!(
+        (before.1, before.2),
+        (remote.port(), local),
+        "the same 5-tuple"
+    );
+    for i in 0..5u8 {
+        rt.block_on(conn.send(Bytes::from(vec![0x80, i, 0, 0])))
+            .unwrap();
+    }
+    wait_log(&log, Duration::from_secs(10), |l| {
+        pair_report(l).is_some_and(|p| p.0 >= before.0 + 5)
+    });
+
+    // Consent freshness (RFC 7675): the browser keeps checking, icering keeps answering.
+    let later = Instant::now() + Duration::from_secs(6);
+    let l = wait_log(&log, Duration::from_secs(20), |l| {
+        Instant::now() >= later && pair_report(l).is_some()
+    });
+    let (_, _, _, state) = pair_report(&l).unwrap();
+    assert!(
+        state == "connected" || state == "completed",
+        "browser after 6 s: {l}"
+    );
+    assert!(matches!(
+        conn.state(),
+        ConnectionState::Connected | ConnectionState::Completed
+    ));
+
+    drop(browser);
+    conn.close();
+    drop(agent);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn chromium_controls_a_full_agent_through_its_mdns_candidates() {
+    run(
+        "chromium-full-mdns",
+        Setup {
+            lite: false,
+            mux: false,
+            mdns: true,
+        },
+    );
+}
+
+#[test]
+fn chromium_controls_a_lite_agent_on_the_shared_port() {
+    run(
+        "chromium-lite-mux",
+        Setup {
+            lite: true,
+            mux: true,
+            mdns: false,
+        },
+    );
+}
