@@ -260,7 +260,7 @@ impl IceAgent {
         }
     }
 
-    /// Pair `i`'s `(local base, remote address)`: two indexed reads, no search.
+    /// Pair `i`'s `(local base, remote address)`: three indexed reads (the pair, its two candidates), no search.
     #[inline]
     fn pair_path(&self, i: usize) -> Option<(SocketAddr, SocketAddr)> {
         let p = self.checklist.pairs.get(i)?;
@@ -548,7 +548,12 @@ impl IceAgent {
                 Some(path) => {
                     self.rare.get_or_insert_with(Box::default).unchecked = Some(path);
                 }
-                None => self.unselect(),
+                None => {
+                    // Pairs and candidates only grow until cleared: a selected index
+                    // always resolves.
+                    debug_assert!(false, "selected pair {i} has no path");
+                    self.unselect();
+                }
             }
         }
         self.remotes.clear();
