@@ -355,22 +355,18 @@ impl IceHost {
         let me = self.demux_shards();
         let held = std::mem::take(&mut self.unrouted);
         for u in held {
-            let ready = match u.reason {
-                DropReason::NoRoute => self.routes.contains_key(&(u.mux, u.from)),
-                _ => match demux::owner(&u.data, u.mux, u.from, me, &self.table, &self.routes) {
-                    Verdict::Drop(r) => {
-                        r.count(&mut self.stats);
-                        continue;
-                    }
-                    Verdict::Owner(_) => true,
-                },
-            };
-            if ready {
-                self.on_mux(now, sendq, u.mux, u.from, &u.data, true, None);
-            } else if now >= u.until {
-                u.reason.count(&mut self.stats);
-            } else {
-                self.unrouted.push(u);
+            // One demultiplexing per held datagram: its verdict is routed as is.
+            match demux::owner(&u.data, u.mux, u.from, me, &self.table, &self.routes) {
+                Verdict::Owner(o) => self.route(now, sendq, u.mux, u.from, &u.data, o, true, None),
+                Verdict::Drop(DropReason::NoRoute)
+                    if u.reason == DropReason::NoRoute && now < u.until =>
+                {
+                    self.unrouted.push(u)
+                }
+                Verdict::Drop(DropReason::NoRoute) if u.reason == DropReason::NoRoute => {
+                    u.reason.count(&mut self.stats)
+                }
+                Verdict::Drop(r) => r.count(&mut self.stats),
             }
         }
     }
@@ -440,6 +436,23 @@ impl IceHost {
                 return;
             }
         };
+        self.route(now, sendq, m, from, data, owner, may_handoff, lend);
+    }
+
+    /// Delivers a mux datagram to its owner: an agent here, or (`may_handoff`) the shard
+    /// that hosts it.
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &mut self,
+        now: Instant,
+        sendq: &mut SendQueue,
+        m: u16,
+        from: SocketAddr,
+        data: &[u8],
+        owner: Owner,
+        may_handoff: bool,
+        lend: Option<&mut Lend>,
+    ) {
         match owner {
             Owner::Local(slot) => {
                 let sock = self.mux[usize::from(m)].0;
