@@ -14,11 +14,14 @@
 //!   `Conn::recv`; datagrams icering sends reach the browser's selected pair (its
 //!   `packetsReceived`); and the browser's consent checks (RFC 7675) keep being answered
 //!   (still connected after 6 s, Chromium checks every ~5 s... at most).
-//! - Two set-ups: Chromium as it ships (host candidates hidden behind mDNS `.local`
+//! - Three set-ups: Chromium as it ships (host candidates hidden behind mDNS `.local`
 //!   names, which icering refuses with a typed error: the pair forms from the browser's
 //!   checks, a peer-reflexive candidate) against a full icering agent on its own socket;
-//!   and Chromium with plain host candidates against an ICE-lite agent on the engine's
-//!   shared port (the media-server set-up).
+//!   Chromium with plain host candidates against an ICE-lite agent on the engine's
+//!   shared port (the media-server set-up); and Chromium gathering relayed candidates
+//!   only (`iceTransportPolicy: 'relay'`) from the engine's own TURN server (RFC 8656):
+//!   Chromium's TURN client allocates, permits and relays every check and datagram
+//!   through it, and the server's counters must show it.
 //!
 //! Each test moves its thread into a new network namespace (`unshare(CLONE_NEWNET)`): a
 //! veth pair, 10.77.0.1/24 on one end and a default route to an address nobody holds
@@ -35,6 +38,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use icering::ice::CandidateKind;
 use icering::{Agent, AgentOptions, Candidate, Config, Conn, ConnectionState, Engine};
 
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -43,7 +47,11 @@ const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><script>
 const log = (m) => fetch('/log', {method: 'POST', body: String(m)});
 (async () => {
-  const pc = new RTCPeerConnection({iceServers: []});
+  // `?turn=URL`: gather relayed candidates only, from that TURN server.
+  const turn = new URLSearchParams(location.search).get('turn');
+  const pc = new RTCPeerConnection(turn
+    ? {iceServers: [{urls: turn, username: 'web', credential: 'secret'}], iceTransportPolicy: 'relay'}
+    : {iceServers: []});
   pc.createDataChannel('icering');
   const candidates = [];
   const gathered = new Promise((done) => {
@@ -78,7 +86,7 @@ const log = (m) => fetch('/log', {method: 'POST', body: String(m)});
     const remote = stats.get(pair.remoteCandidateId);
     // The local address is hidden from stats while mDNS hides it: its port only.
     log(['pair', pair.packetsReceived, local.port,
-         remote.address + ':' + remote.port, pc.iceConnectionState].join(' '));
+         remote.address + ':' + remote.port, pc.iceConnectionState, local.candidateType].join(' '));
   }, 200);
 })().catch((e) => log('error ' + e));
 </script>"#;
@@ -138,7 +146,12 @@ struct Setup {
     mux: bool,
     /// Chromium hides its host addresses behind mDNS names (its default).
     mdns: bool,
+    /// The engine also serves TURN on [`TURN_PORT`] and Chromium gathers relayed
+    /// candidates only, from it (`iceTransportPolicy: 'relay'`).
+    relay: bool,
 }
+
+const TURN_PORT: u16 = 3478;
 
 /// The accepted connection (with its agent), or why not.
 type Accepted = Result<(Agent, Conn), String>;
@@ -222,7 +235,9 @@ fn request(
     let mut line = String::new();
     r.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let method = parts.next().unwrap_or("");
+    // The page's query (`?turn=...`) is for the page's script only.
+    let path = parts.next().unwrap_or("").split('?').next().unwrap_or("");
     let mut len = 0;
     loop {
         let mut h = String::new();
@@ -330,15 +345,25 @@ fn wait_log(log: &mpsc::Receiver<String>, within: Duration, f: impl Fn(&str) -> 
     }
 }
 
-/// `pair <packetsReceived> <local port> <remote> <state>` as the page reports it.
-fn pair_report(l: &str) -> Option<(u64, u16, SocketAddr, &str)> {
+/// What the page reports of the browser's selected pair.
+struct PairReport<'a> {
+    packets_received: u64,
+    local_port: u16,
+    remote: SocketAddr,
+    state: &'a str,
+    local_kind: &'a str,
+}
+
+/// `pair <packetsReceived> <local port> <remote> <state> <local type>`.
+fn pair_report(l: &str) -> Option<PairReport<'_>> {
     let mut w = l.strip_prefix("pair ")?.split(' ');
-    Some((
-        w.next()?.parse().ok()?,
-        w.next()?.parse().ok()?,
-        w.next()?.parse().ok()?,
-        w.next()?,
-    ))
+    Some(PairReport {
+        packets_received: w.next()?.parse().ok()?,
+        local_port: w.next()?.parse().ok()?,
+        remote: w.next()?.parse().ok()?,
+        state: w.next()?,
+        local_kind: w.next()?,
+    })
 }
 
 fn run(test: &str, setup: Setup) {
@@ -357,6 +382,14 @@ fn run(test: &str, setup: Setup) {
     if setup.mux {
         config.ice.listen = vec![SocketAddr::from((HOST, 0))];
     }
+    if setup.relay {
+        config.server.listen = vec![SocketAddr::from((HOST, TURN_PORT))];
+        config.turn.enabled = true;
+        config.turn.users = vec!["web:secret".into()];
+        config.turn.relay_ips = vec![IpAddr::V4(HOST)];
+        // The agent the browser reaches through the relay is on 10.77.0.1 (private).
+        config.turn.allow_private_peers = true;
+    }
     let engine = Engine::start(&config).unwrap();
     let (conn_tx, conn_rx) = mpsc::channel();
     let answerer = Arc::new(Answerer {
@@ -368,7 +401,10 @@ fn run(test: &str, setup: Setup) {
         refused_mdns: AtomicUsize::new(0),
     });
     let listener = TcpListener::bind((HOST, 0)).unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let mut url = format!("http://{}/", listener.local_addr().unwrap());
+    if setup.relay {
+        url += &format!("?turn=turn:{HOST}:{TURN_PORT}?transport=udp");
+    }
     let (log_tx, log) = mpsc::channel();
     {
         let answerer = answerer.clone();
@@ -377,10 +413,15 @@ fn run(test: &str, setup: Setup) {
     let browser = launch(&chromium, &url, setup.mdns, test);
 
     // Both sides connect.
-    let (agent, mut conn) = conn_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the browser offered and icering connected")
-        .expect("accept");
+    let (agent, mut conn) = match conn_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(accepted) => accepted.expect("accept"),
+        Err(_) => panic!(
+            "the browser did not offer, or icering did not connect; browser: {:?}; server: {:?}; ice: {:?}",
+            log.try_iter().collect::<Vec<_>>(),
+            engine.server_stats(),
+            engine.stats().ice
+        ),
+    };
     wait_log(&log, Duration::from_secs(30), |l| {
         l == "ice connected" || l == "ice completed"
     });
@@ -390,7 +431,18 @@ fn run(test: &str, setup: Setup) {
     assert_eq!(remote.ip(), IpAddr::V4(HOST), "the browser's address");
     let added = answerer.added.lock().unwrap().clone();
     let mdns = answerer.refused_mdns.load(Ordering::Relaxed);
-    if setup.mdns {
+    if setup.relay {
+        // Relayed candidates only, on our relay; the browser reaches us through one.
+        assert_eq!(mdns, 0);
+        assert!(
+            !added.is_empty() && added.iter().all(|c| c.kind == CandidateKind::Relayed),
+            "{added:?}"
+        );
+        assert!(
+            added.iter().any(|c| c.addr == remote),
+            "the selected remote {remote} is one of the browser's relayed candidates {added:?}"
+        );
+    } else if setup.mdns {
         assert!(mdns >= 1, "Chromium hid its host address behind mDNS");
         assert!(added.is_empty(), "{added:?}");
     } else {
@@ -417,16 +469,18 @@ fn run(test: &str, setup: Setup) {
     let first_report = wait_log(&log, Duration::from_secs(10), |l| pair_report(l).is_some());
     let before = pair_report(&first_report).unwrap();
     assert_eq!(
-        (before.1, before.2),
+        (before.local_port, before.remote),
         (remote.port(), local),
         "the same 5-tuple"
     );
+    let kind = if setup.relay { "relay" } else { "host" };
+    assert_eq!(before.local_kind, kind, "{first_report}");
     for i in 0..5u8 {
         rt.block_on(conn.send(Bytes::from(vec![0x80, i, 0, 0])))
             .unwrap();
     }
     wait_log(&log, Duration::from_secs(10), |l| {
-        pair_report(l).is_some_and(|p| p.0 >= before.0 + 5)
+        pair_report(l).is_some_and(|p| p.packets_received >= before.packets_received + 5)
     });
 
     // Consent freshness (RFC 7675): the browser keeps checking, icering keeps answering.
@@ -434,11 +488,18 @@ fn run(test: &str, setup: Setup) {
     let l = wait_log(&log, Duration::from_secs(20), |l| {
         Instant::now() >= later && pair_report(l).is_some()
     });
-    let (_, _, _, state) = pair_report(&l).unwrap();
+    let state = pair_report(&l).unwrap().state;
     assert!(
         state == "connected" || state == "completed",
         "browser after 6 s: {l}"
     );
+    if setup.relay {
+        // Our relay carried it all: the checks, the ClientHello and our datagrams.
+        let s = engine.server_stats();
+        assert!(s.allocations_created >= 1, "{s:?}");
+        assert!(s.relayed_to_peer >= 2 && s.relayed_to_client >= 7, "{s:?}");
+        assert_eq!(s.auth_failures, 0, "{s:?}");
+    }
     assert!(matches!(
         conn.state(),
         ConnectionState::Connected | ConnectionState::Completed
@@ -458,6 +519,7 @@ fn chromium_controls_a_full_agent_through_its_mdns_candidates() {
             lite: false,
             mux: false,
             mdns: true,
+            relay: false,
         },
     );
 }
@@ -470,6 +532,20 @@ fn chromium_controls_a_lite_agent_on_the_shared_port() {
             lite: true,
             mux: true,
             mdns: false,
+            relay: false,
+        },
+    );
+}
+
+#[test]
+fn chromium_reaches_a_full_agent_through_the_engines_turn_relay() {
+    run(
+        "chromium-relay",
+        Setup {
+            lite: false,
+            mux: false,
+            mdns: true,
+            relay: true,
         },
     );
 }
