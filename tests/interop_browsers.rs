@@ -1,5 +1,6 @@
-//! icering against a browser's ICE agent: headless Chromium (Debian's `chromium`) opens an
-//! `RTCPeerConnection` with a data channel and offers; an icering agent answers through
+//! icering against browsers' ICE agents, two independent implementations: headless
+//! Chromium (Debian's `chromium`: libwebrtc) and Firefox (`firefox-esr`: nICEr) open an
+//! `RTCPeerConnection` with a data channel and offer; an icering agent answers through
 //! the public API. The browser controls (it offers, RFC 8445 §6.1.1 / RFC 8829), icering
 //! is controlled, as a media server terminating browsers is.
 //!
@@ -12,23 +13,24 @@
 //! - Asserted: both sides connect on the same 5-tuple; the browser's first datagram on
 //!   the selected pair (its DTLS ClientHello, RFC 7983 §7: first byte 20..=63) reaches
 //!   `Conn::recv`; datagrams icering sends reach the browser's selected pair (its
-//!   `packetsReceived`); and the browser's consent checks (RFC 7675) keep being answered
-//!   (still connected after 6 s, Chromium checks every ~5 s... at most).
-//! - Three set-ups: Chromium as it ships (host candidates hidden behind mDNS `.local`
-//!   names, which icering refuses with a typed error: the pair forms from the browser's
-//!   checks, a peer-reflexive candidate) against a full icering agent on its own socket;
-//!   Chromium with plain host candidates against an ICE-lite agent on the engine's
-//!   shared port (the media-server set-up); and Chromium gathering relayed candidates
-//!   only (`iceTransportPolicy: 'relay'`) from the engine's own TURN server (RFC 8656):
-//!   Chromium's TURN client allocates, permits and relays every check and datagram
-//!   through it, and the server's counters must show it.
+//!   `packetsReceived`, or `bytesReceived` where that is missing); and the browser's
+//!   consent checks (RFC 7675) keep being answered (still connected after 6 s).
+//! - Set-ups: a browser as it ships (host candidates hidden behind mDNS `.local` names,
+//!   which icering refuses with a typed error: the pair forms from the browser's checks,
+//!   a peer-reflexive candidate) against a full agent on its own socket (Chromium) and
+//!   against an ICE-lite agent on the engine's shared port (Firefox, the media-server
+//!   set-up); Chromium with plain host candidates against the lite agent; and each
+//!   browser gathering relayed candidates only (`iceTransportPolicy: 'relay'`) from the
+//!   engine's own TURN server (RFC 8656): its TURN client allocates, permits and relays
+//!   every check and datagram through our relay, and the server's counters must show it.
 //!
 //! Each test moves its thread into a new network namespace (`unshare(CLONE_NEWNET)`): a
-//! veth pair, 10.77.0.1/24 on one end and a default route to an address nobody holds
-//! (Chromium gathers on the default route's interface only, and never on loopback). The
-//! engine, the HTTP server and Chromium all live there, so nothing leaves the machine.
-//! Needs root, `ip` and `chromium`; without them each test prints "skipped: <reason>"
-//! and passes, except under `CI=true`, where it fails (`.ci/run` installs chromium).
+//! veth pair with 10.77.0.1/24 on one end, and for Chromium a default route to an address
+//! nobody holds (Chromium gathers on the default route's interface only, and never on
+//! loopback). The engine, the HTTP server and the browser all live there, so nothing
+//! leaves the machine. Needs root, `ip` and the browser; without them each test prints
+//! "skipped: <reason>" and passes, except under `CI=true`, where it fails (`.ci/run`
+//! installs both browsers).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -55,7 +57,9 @@ const log = (m) => fetch('/log', {method: 'POST', body: String(m)});
   pc.createDataChannel('icering');
   const candidates = [];
   const gathered = new Promise((done) => {
-    pc.onicecandidate = (e) => e.candidate ? candidates.push(e.candidate.candidate) : done();
+    // An empty candidate string is Firefox's end-of-candidates for a generation (W3C).
+    pc.onicecandidate = (e) => !e.candidate ? done()
+      : e.candidate.candidate && candidates.push(e.candidate.candidate);
   });
   await pc.setLocalDescription(await pc.createOffer());
   await gathered;
@@ -78,14 +82,17 @@ const log = (m) => fetch('/log', {method: 'POST', body: String(m)});
   await pc.setRemoteDescription({type: 'answer', sdp: lines.join('\r\n') + '\r\n'});
   setInterval(async () => {
     const stats = await pc.getStats();
-    let transport;
-    stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) transport = s; });
-    if (!transport) return;
-    const pair = stats.get(transport.selectedCandidatePairId);
+    let pair;
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    });
+    // Firefox has no transport stats: its selected pair says so itself.
+    if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.selected) pair = s; });
+    if (!pair) return;
     const local = stats.get(pair.localCandidateId);
     const remote = stats.get(pair.remoteCandidateId);
     // The local address is hidden from stats while mDNS hides it: its port only.
-    log(['pair', pair.packetsReceived, local.port,
+    log(['pair', pair.packetsReceived ?? -1, pair.bytesReceived ?? -1, local.port,
          remote.address + ':' + remote.port, pc.iceConnectionState, local.candidateType].join(' '));
   }, 200);
 })().catch((e) => log('error ' + e));
@@ -103,16 +110,17 @@ fn ip(cmd: &str) {
 
 /// Moves this thread into a fresh network namespace with [`HOST`] on a veth, or says why
 /// it cannot. Returns the Chromium binary.
-fn own_netns(test: &str) -> Option<String> {
-    let chromium = std::env::var("ICERING_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+fn own_netns(test: &str, browser: Kind) -> Option<String> {
+    let bin = browser.binary();
     // SAFETY: geteuid has no preconditions.
     let reason = if unsafe { libc::geteuid() } != 0 {
         Some("not root (a network namespace needs CAP_SYS_ADMIN)".to_string())
     } else if Command::new("ip").arg("-V").output().is_err() {
         Some("`ip` not installed (apt-get install iproute2)".to_string())
-    } else if Command::new(&chromium).arg("--version").output().is_err() {
+    } else if Command::new(&bin).arg("--version").output().is_err() {
         Some(format!(
-            "`{chromium}` not installed (apt-get install chromium)"
+            "`{bin}` not installed ({})",
+            browser.install_hint()
         ))
     // SAFETY: unshare with CLONE_NEWNET only changes this thread's network namespace.
     } else if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -134,14 +142,45 @@ fn own_netns(test: &str) -> Option<String> {
     ip("link set ic1 up");
     ip(&format!("addr add {HOST}/24 dev ic0"));
     ip("link set ic0 up");
-    // The gateway is never answered for: packets to other addresses die on ic1.
-    ip("route add default via 10.77.0.2 dev ic0");
-    Some(chromium)
+    if browser == Kind::Chromium {
+        // Chromium gathers only on the default route's interface. The gateway is never
+        // answered for: packets to other addresses die on ic1. (Firefox gathers on every
+        // interface, and with such a route its start-up stalls.)
+        ip("route add default via 10.77.0.2 dev ic0");
+    }
+    Some(bin)
+}
+
+/// The browser under test.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Chromium's libwebrtc ICE agent.
+    Chromium,
+    /// Firefox's (nICEr, an independent ICE implementation).
+    Firefox,
+}
+
+impl Kind {
+    fn binary(self) -> String {
+        let (var, default) = match self {
+            Kind::Chromium => ("ICERING_CHROMIUM", "chromium"),
+            Kind::Firefox => ("ICERING_FIREFOX", "firefox-esr"),
+        };
+        std::env::var(var).unwrap_or_else(|_| default.into())
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Kind::Chromium => "apt-get install chromium",
+            Kind::Firefox => "apt-get install firefox-esr",
+        }
+    }
 }
 
 /// How the icering side is set up.
 #[derive(Clone, Copy)]
 struct Setup {
+    browser: Kind,
     lite: bool,
     mux: bool,
     /// Chromium hides its host addresses behind mDNS names (its default).
@@ -292,24 +331,39 @@ impl Drop for Browser {
     }
 }
 
-fn launch(chromium: &str, url: &str, mdns: bool, name: &str) -> Browser {
+fn launch(browser: Kind, bin: &str, url: &str, mdns: bool, name: &str) -> Browser {
     use std::os::unix::process::CommandExt;
     let profile = std::env::temp_dir().join(format!("icering-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
-    let mut cmd = Command::new(chromium);
-    cmd.args([
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-    ])
-    .args([
-        "--no-default-browser-check",
-        "--disable-background-networking",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    if !mdns {
-        cmd.arg("--disable-features=WebRtcHideLocalIpsWithMdns");
+    let mut cmd = Command::new(bin);
+    match browser {
+        Kind::Chromium => {
+            cmd.args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .args([
+                "--no-default-browser-check",
+                "--disable-background-networking",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()));
+            if !mdns {
+                cmd.arg("--disable-features=WebRtcHideLocalIpsWithMdns");
+            }
+        }
+        Kind::Firefox => {
+            std::fs::create_dir_all(&profile).unwrap();
+            let prefs = format!(
+                "user_pref(\"media.peerconnection.ice.obfuscate_host_addresses\", {mdns});\n\
+                 user_pref(\"datareporting.policy.dataSubmissionEnabled\", false);\n\
+                 user_pref(\"browser.shell.checkDefaultBrowser\", false);\n"
+            );
+            std::fs::write(profile.join("user.js"), prefs).unwrap();
+            cmd.args(["--headless", "--new-instance", "--profile"])
+                .arg(&profile);
+        }
     }
     let child = cmd
         .arg(url)
@@ -318,7 +372,7 @@ fn launch(chromium: &str, url: &str, mdns: bool, name: &str) -> Browser {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .expect("start chromium");
+        .expect("start the browser");
     Browser { child, profile }
 }
 
@@ -347,18 +401,21 @@ fn wait_log(log: &mpsc::Receiver<String>, within: Duration, f: impl Fn(&str) -> 
 
 /// What the page reports of the browser's selected pair.
 struct PairReport<'a> {
-    packets_received: u64,
+    /// -1 where the browser does not report it (then `bytes_received` counts).
+    packets_received: i64,
+    bytes_received: i64,
     local_port: u16,
     remote: SocketAddr,
     state: &'a str,
     local_kind: &'a str,
 }
 
-/// `pair <packetsReceived> <local port> <remote> <state> <local type>`.
+/// `pair <packetsReceived> <bytesReceived> <local port> <remote> <state> <local type>`.
 fn pair_report(l: &str) -> Option<PairReport<'_>> {
     let mut w = l.strip_prefix("pair ")?.split(' ');
     Some(PairReport {
         packets_received: w.next()?.parse().ok()?,
+        bytes_received: w.next()?.parse().ok()?,
         local_port: w.next()?.parse().ok()?,
         remote: w.next()?.parse().ok()?,
         state: w.next()?,
@@ -367,7 +424,7 @@ fn pair_report(l: &str) -> Option<PairReport<'_>> {
 }
 
 fn run(test: &str, setup: Setup) {
-    let Some(chromium) = own_netns(test) else {
+    let Some(bin) = own_netns(test, setup.browser) else {
         return;
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -410,7 +467,7 @@ fn run(test: &str, setup: Setup) {
         let answerer = answerer.clone();
         std::thread::spawn(move || serve(listener, answerer, log_tx));
     }
-    let browser = launch(&chromium, &url, setup.mdns, test);
+    let browser = launch(setup.browser, &bin, &url, setup.mdns, test);
 
     // Both sides connect.
     let (agent, mut conn) = match conn_rx.recv_timeout(Duration::from_secs(60)) {
@@ -480,7 +537,10 @@ fn run(test: &str, setup: Setup) {
             .unwrap();
     }
     wait_log(&log, Duration::from_secs(10), |l| {
-        pair_report(l).is_some_and(|p| p.packets_received >= before.packets_received + 5)
+        pair_report(l).is_some_and(|p| match p.packets_received {
+            -1 => p.bytes_received >= before.bytes_received + 20,
+            n => n >= before.packets_received + 5,
+        })
     });
 
     // Consent freshness (RFC 7675): the browser keeps checking, icering keeps answering.
@@ -516,6 +576,7 @@ fn chromium_controls_a_full_agent_through_its_mdns_candidates() {
     run(
         "chromium-full-mdns",
         Setup {
+            browser: Kind::Chromium,
             lite: false,
             mux: false,
             mdns: true,
@@ -529,6 +590,7 @@ fn chromium_controls_a_lite_agent_on_the_shared_port() {
     run(
         "chromium-lite-mux",
         Setup {
+            browser: Kind::Chromium,
             lite: true,
             mux: true,
             mdns: false,
@@ -542,6 +604,35 @@ fn chromium_reaches_a_full_agent_through_the_engines_turn_relay() {
     run(
         "chromium-relay",
         Setup {
+            browser: Kind::Chromium,
+            lite: false,
+            mux: false,
+            mdns: true,
+            relay: true,
+        },
+    );
+}
+
+#[test]
+fn firefox_controls_a_lite_agent_on_the_shared_port_through_its_mdns_candidates() {
+    run(
+        "firefox-lite-mux-mdns",
+        Setup {
+            browser: Kind::Firefox,
+            lite: true,
+            mux: true,
+            mdns: true,
+            relay: false,
+        },
+    );
+}
+
+#[test]
+fn firefox_reaches_a_full_agent_through_the_engines_turn_relay() {
+    run(
+        "firefox-relay",
+        Setup {
+            browser: Kind::Firefox,
             lite: false,
             mux: false,
             mdns: true,
