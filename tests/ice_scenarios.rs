@@ -428,3 +428,46 @@ fn nothing_to_check_fails_only_after_the_pac_wait() {
         );
     }
 }
+
+/// RFC 7675 §5.1 after an ICE restart: the old path keeps carrying data while the new
+/// checks run, but it gets no consent checks (its credentials are gone), so it is dropped
+/// once its last consent is 30 s old if no new pair was selected by then (here the peer
+/// never learns the new credentials).
+#[test]
+fn a_restarts_old_path_ends_with_its_consent() {
+    use icering::ice::Handled;
+    use icering::net::Received;
+    for seed in 0..20u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(config(seed, true), behind(nat(seed)));
+        s.add_peer(config(seed + 3, false), behind(nat(seed + 1)));
+        s.exchange_credentials(0, 1);
+        assert_connects(&mut s, seed, Duration::from_secs(20));
+        let (local, remote) = s.peers[0].agent.selected_pair().unwrap();
+        s.peers[0].agent.restart(None, None).unwrap();
+        let data = |s: &mut Sim| {
+            let now = s.now;
+            s.peers[0].agent.handle_packet(
+                now,
+                Received {
+                    source: remote,
+                    destination: local,
+                    contents: &[0x80, 7, 7],
+                },
+            )
+        };
+        // Well inside the consent timeout: still the path for data.
+        s.run(Duration::from_secs(20), |_| false);
+        assert_eq!(
+            s.peers[0].agent.selected_pair(),
+            Some((local, remote)),
+            "seed {seed}"
+        );
+        assert_eq!(data(&mut s), Handled::Data, "seed {seed}");
+        // Past it: gone, and so is the data it carried.
+        s.run(Duration::from_secs(15), |_| false);
+        assert_eq!(s.peers[0].agent.selected_pair(), None, "seed {seed}");
+        assert_eq!(s.state(0), ConnectionState::Disconnected, "seed {seed}");
+        assert_eq!(data(&mut s), Handled::Dropped, "seed {seed}");
+    }
+}

@@ -1174,7 +1174,18 @@ impl IceAgent {
 
     fn liveness(&mut self, now: Instant) {
         let Some(mut s) = self.selected else { return };
-        let Some(pi) = s.pair else { return };
+        let Some(pi) = s.pair else {
+            // The old path an ICE restart left: its credentials are gone, so it gets no
+            // consent checks and may carry data only until its last consent expires
+            // (RFC 7675 §5.1); then it goes as if its interface had.
+            if !self.cfg.lite
+                && now.saturating_duration_since(s.last_consent) >= self.cfg.consent_timeout.get()
+            {
+                self.unselect();
+                self.set_state(ConnectionState::Disconnected);
+            }
+            return;
+        };
         let pi = usize::from(pi);
         if !self.cfg.lite && self.remote.is_some() && now >= s.next_keepalive {
             let busy = self.checklist.pairs[pi]
@@ -1367,6 +1378,13 @@ impl IceAgent {
                     _ => {}
                 }
             }
+        }
+        if let Some(s) = &self.selected
+            && s.pair.is_none()
+            && !self.cfg.lite
+        {
+            // A restart's old path: until its consent expires.
+            at(s.last_consent + self.cfg.consent_timeout.get());
         }
         if let Some(s) = &self.selected
             && s.pair.is_some()
