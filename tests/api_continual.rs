@@ -15,50 +15,14 @@
 //! Needs root and `ip`; without them each test prints "skipped: <reason>" and passes,
 //! except under `CI=true`, where it fails.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use icering::ice::CandidateKind;
 use icering::{AgentEvent, AgentOptions, Candidate, Config, Conn, Engine, NetworkType};
-
-fn ip(cmd: &str) {
-    let args: Vec<&str> = cmd.split(' ').collect();
-    let out = Command::new("ip").args(&args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Moves this thread into a fresh network namespace, or says why it cannot.
-fn own_netns(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let reason = if unsafe { libc::geteuid() } != 0 {
-        Some("not root (a network namespace needs CAP_SYS_ADMIN)".to_string())
-    } else if Command::new("ip").arg("-V").output().is_err() {
-        Some("`ip` not installed (apt-get install iproute2)".to_string())
-    // SAFETY: unshare with CLONE_NEWNET only changes this thread's network namespace.
-    } else if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        Some(format!(
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        ))
-    } else {
-        None
-    };
-    match reason {
-        None => true,
-        Some(r) => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "{test} must run under CI, but: {r}");
-            eprintln!("skipped: {test}: {r}");
-            false
-        }
-    }
-}
 
 fn only(net: [u8; 2]) -> AgentOptions {
     let mut o = AgentOptions::default()
@@ -84,9 +48,9 @@ async fn deliver(from: &Conn, to: &mut Conn, m: &str, within: Duration) {
 }
 
 async fn moves(mover_controlling: bool) {
-    ip("link set lo up");
-    ip("addr add 10.0.0.1/32 dev lo");
-    ip("addr add 10.1.0.1/32 dev lo");
+    common::ip("link set lo up");
+    common::ip("addr add 10.0.0.1/32 dev lo");
+    common::ip("addr add 10.1.0.1/32 dev lo");
     let mut c = Config::embedded();
     c.server.listen.clear();
     c.server.shards = 1;
@@ -140,8 +104,8 @@ async fn moves(mover_controlling: bool) {
     deliver(&cp, &mut cm, "before back", Duration::from_secs(5)).await;
 
     // The interface's address changes.
-    ip("addr add 10.0.0.2/32 dev lo");
-    ip("addr del 10.0.0.1/32 dev lo");
+    common::ip("addr add 10.0.0.2/32 dev lo");
+    common::ip("addr del 10.0.0.1/32 dev lo");
     deliver(&cm, &mut cp, "after", Duration::from_secs(20)).await;
     deliver(&cp, &mut cm, "after back", Duration::from_secs(20)).await;
     let local: SocketAddr = cm.stats().await.unwrap().selected.unwrap().0;
@@ -159,7 +123,7 @@ async fn moves(mover_controlling: bool) {
 
 #[test]
 fn controlling_agent_follows_its_new_address() {
-    if !own_netns("controlling_agent_follows_its_new_address") {
+    if !common::own_netns("controlling_agent_follows_its_new_address", &[]) {
         return;
     }
     // The runtime's threads start after `unshare`, in this thread's namespace.
@@ -172,7 +136,7 @@ fn controlling_agent_follows_its_new_address() {
 
 #[test]
 fn controlled_agent_follows_its_new_address() {
-    if !own_netns("controlled_agent_follows_its_new_address") {
+    if !common::own_netns("controlled_agent_follows_its_new_address", &[]) {
         return;
     }
     tokio::runtime::Builder::new_current_thread()
@@ -226,7 +190,7 @@ async fn new_address_relays(srv: &Engine, turn: SocketAddr) {
     let new = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
     let first = candidate_where(&mut events, "relay via 10.0.0.1", relayed_from(old)).await;
 
-    ip("addr add 10.0.0.2/32 dev lo");
+    common::ip("addr add 10.0.0.2/32 dev lo");
     let host = |c: &Candidate| c.kind == CandidateKind::Host && c.addr.ip() == new;
     candidate_where(&mut events, "host 10.0.0.2", host).await;
     let second = candidate_where(&mut events, "relay via 10.0.0.2", relayed_from(new)).await;
@@ -250,11 +214,11 @@ async fn new_address_relays(srv: &Engine, turn: SocketAddr) {
 
 #[test]
 fn a_new_address_gets_its_own_relay() {
-    if !own_netns("a_new_address_gets_its_own_relay") {
+    if !common::own_netns("a_new_address_gets_its_own_relay", &[]) {
         return;
     }
-    ip("link set lo up");
-    ip("addr add 10.0.0.1/32 dev lo");
+    common::ip("link set lo up");
+    common::ip("addr add 10.0.0.1/32 dev lo");
     let mut c = Config::embedded();
     c.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
     c.server.shards = 1;

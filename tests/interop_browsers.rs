@@ -32,6 +32,8 @@
 //! "skipped: <reason>" and passes, except under `CI=true`, where it fails (`.ci/run`
 //! installs both browsers).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -98,55 +100,23 @@ const log = (m) => fetch('/log', {method: 'POST', body: String(m)});
 })().catch((e) => log('error ' + e));
 </script>"#;
 
-fn ip(cmd: &str) {
-    let args: Vec<&str> = cmd.split(' ').collect();
-    let out = Command::new("ip").args(&args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Moves this thread into a fresh network namespace with [`HOST`] on a veth, or says why
 /// it cannot. Returns the Chromium binary.
 fn own_netns(test: &str, browser: Kind) -> Option<String> {
     let bin = browser.binary();
-    // SAFETY: geteuid has no preconditions.
-    let reason = if unsafe { libc::geteuid() } != 0 {
-        Some("not root (a network namespace needs CAP_SYS_ADMIN)".to_string())
-    } else if Command::new("ip").arg("-V").output().is_err() {
-        Some("`ip` not installed (apt-get install iproute2)".to_string())
-    } else if Command::new(&bin).arg("--version").output().is_err() {
-        Some(format!(
-            "`{bin}` not installed ({})",
-            browser.install_hint()
-        ))
-    // SAFETY: unshare with CLONE_NEWNET only changes this thread's network namespace.
-    } else if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        Some(format!(
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        ))
-    } else {
-        None
-    };
-    if let Some(r) = reason {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "{test} must run under CI, but: {r}");
-        eprintln!("skipped: {test}: {r}");
+    if !common::own_netns(test, &[(&bin, browser.install_hint())]) {
         return None;
     }
-    ip("link set lo up");
-    ip("link add ic0 type veth peer name ic1");
-    ip("link set ic1 up");
-    ip(&format!("addr add {HOST}/24 dev ic0"));
-    ip("link set ic0 up");
+    common::ip("link set lo up");
+    common::ip("link add ic0 type veth peer name ic1");
+    common::ip("link set ic1 up");
+    common::ip(&format!("addr add {HOST}/24 dev ic0"));
+    common::ip("link set ic0 up");
     if browser == Kind::Chromium {
         // Chromium gathers only on the default route's interface. The gateway is never
         // answered for: packets to other addresses die on ic1. (Firefox gathers on every
         // interface, and with such a route its start-up stalls.)
-        ip("route add default via 10.77.0.2 dev ic0");
+        common::ip("route add default via 10.77.0.2 dev ic0");
     }
     Some(bin)
 }

@@ -243,3 +243,49 @@ pub fn wait_until<S: std::fmt::Debug>(
 pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     wait_until(what, &mut f, |ok| *ok);
 }
+
+/// Runs `ip CMD` (space-separated arguments), asserting it succeeds.
+pub fn ip(cmd: &str) {
+    let args: Vec<&str> = cmd.split(' ').collect();
+    let out = Command::new("ip").args(&args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Moves this thread (and so the threads and processes it starts) into a fresh network
+/// namespace, or says why it cannot: it needs root, `ip`, and each `(binary, how to
+/// install it)` of `needs`. Without them the test prints "skipped: <reason>" and should
+/// pass, except under `CI=true`, where this fails it.
+pub fn own_netns(test: &str, needs: &[(&str, &str)]) -> bool {
+    let missing = needs
+        .iter()
+        .find(|(bin, _)| Command::new(bin).arg("--version").output().is_err());
+    // SAFETY: geteuid has no preconditions.
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("not root (a network namespace needs CAP_SYS_ADMIN)".to_string())
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        Some("`ip` not installed (apt-get install iproute2)".to_string())
+    } else if let Some((bin, hint)) = missing {
+        Some(format!("`{bin}` not installed ({hint})"))
+    // SAFETY: unshare with CLONE_NEWNET only changes this thread's network namespace.
+    } else if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        Some(format!(
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ))
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(!ci, "{test} must run under CI, but: {r}");
+            eprintln!("skipped: {test}: {r}");
+            false
+        }
+    }
+}
