@@ -76,12 +76,18 @@ fn nat_matrix() {
                     );
                     ok += 1;
                 } else {
-                    // Both must give up, not hang.
-                    s.run(Duration::from_secs(40), |s| {
-                        s.peers
-                            .iter()
-                            .all(|p| p.agent.state() == icering::ice::ConnectionState::Failed)
-                    });
+                    // Both must give up, not hang (after the PAC wait: ICE PAC).
+                    assert!(
+                        s.run(Duration::from_secs(60), |s| {
+                            s.peers
+                                .iter()
+                                .all(|p| p.agent.state() == icering::ice::ConnectionState::Failed)
+                        }),
+                        "{na} <-> {nb} seed {seed}: still {:?}/{:?} after {:?}",
+                        s.state(0),
+                        s.state(1),
+                        s.elapsed()
+                    );
                 }
                 assert_eq!(
                     s.both_connected(),

@@ -471,3 +471,33 @@ fn a_restarts_old_path_ends_with_its_consent() {
         assert_eq!(data(&mut s), Handled::Dropped, "seed {seed}");
     }
 }
+
+/// An agent whose only path went (here its interface) is Disconnected with nothing left
+/// to check: it reports Failed after the PAC wait, not never.
+#[test]
+fn a_lost_only_path_fails_after_the_pac_wait() {
+    for seed in 0..20u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(config(seed, true), behind(None));
+        s.add_peer(config(seed + 3, false), behind(None));
+        s.exchange_credentials(0, 1);
+        assert_connects(&mut s, seed, Duration::from_secs(20));
+        let (local, _) = s.peers[0].agent.selected_pair().unwrap();
+        // The interface goes: nothing reaches its address any more.
+        s.peers[0].ifaces.retain(|(a, _)| *a != local);
+        let _ = s.peers[0].agent.remove_local_candidates(local);
+        assert_eq!(s.state(0), ConnectionState::Disconnected, "seed {seed}");
+        assert!(
+            !s.run(Duration::from_secs(39), |s| s.state(0)
+                == ConnectionState::Failed),
+            "seed {seed}: failed after {:?}",
+            s.elapsed()
+        );
+        assert!(
+            s.run(Duration::from_secs(5), |s| s.state(0)
+                == ConnectionState::Failed),
+            "seed {seed}: still {:?}",
+            s.state(0)
+        );
+    }
+}

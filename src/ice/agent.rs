@@ -121,7 +121,7 @@ impl Rare {
 /// a browser's host candidates hidden behind mDNS names, which this agent does not
 /// resolve, leave the check list empty, and the browser's checks form the pair. Counted
 /// from the moment nothing was left to check, which is never earlier than PAC's start.
-const PAC_WAIT: Duration = Duration::from_millis(39_500);
+pub const PAC_WAIT: Duration = Duration::from_millis(39_500);
 
 #[derive(Debug, Clone, Copy)]
 enum Pending {
@@ -511,8 +511,9 @@ impl IceAgent {
         Ok(())
     }
 
-    /// The peer signalled end-of-candidates (RFC 8838 §13): once every pair failed the
-    /// agent reports [`ConnectionState::Failed`].
+    /// The peer signalled end-of-candidates (RFC 8838 §13): once every pair failed (and
+    /// this agent's own gathering ended), the agent waits [`PAC_WAIT`] (39.5 s) more for
+    /// the peer's checks, then reports [`ConnectionState::Failed`].
     pub fn end_of_remote_candidates(&mut self) {
         self.remote_end = true;
     }
@@ -1219,8 +1220,12 @@ impl IceAgent {
     /// Still New or Checking with nothing left to check: no pair selected, every pair (if
     /// any) failed, and both sides' candidates are all in. Failed once [`PAC_WAIT`] passes.
     fn nothing_left(&self) -> bool {
-        matches!(self.state, ConnectionState::New | ConnectionState::Checking)
-            && self.selected.is_none()
+        // Disconnected without a selection: its path went (its interface, or a restart's
+        // old path out of consent) and no other pair took over.
+        matches!(
+            self.state,
+            ConnectionState::New | ConnectionState::Checking | ConnectionState::Disconnected
+        ) && self.selected.is_none()
             && self.remote_end
             && self.remote.is_some()
             && self.checklist.all_failed()
@@ -1230,9 +1235,13 @@ impl IceAgent {
 
     fn update_state(&mut self, now: Instant) {
         match self.state {
-            ConnectionState::New | ConnectionState::Checking if self.nothing_left() => {
+            _ if self.nothing_left() => {
                 let rare = self.rare.get_or_insert_with(Box::default);
                 if now >= *rare.pac_until.get_or_insert(now + PAC_WAIT) {
+                    rare.pac_until = None;
+                    if rare.is_empty() {
+                        self.rare = None;
+                    }
                     self.set_state(ConnectionState::Failed);
                 }
             }

@@ -77,7 +77,7 @@ pub mod url;
 
 use std::net::SocketAddr;
 
-pub use agent::IceAgent;
+pub use agent::{IceAgent, PAC_WAIT};
 pub use candidate::{
     Candidate, CandidateKind, Extensions, Foundation, TcpType, compute_foundation,
     local_preference, priority,
