@@ -20,12 +20,15 @@
 //!   which icering refuses with a typed error: the pair forms from the browser's checks,
 //!   a peer-reflexive candidate) against a full agent on its own socket (Chromium) and
 //!   against an ICE-lite agent on the engine's shared port (Firefox, the media-server
-//!   set-up); Chromium with plain host candidates against the lite agent; and each
+//!   set-up); Chromium with plain host candidates against the lite agent; each
 //!   browser gathering relayed candidates only (`iceTransportPolicy: 'relay'`) from the
 //!   engine's own TURN server (RFC 8656): its TURN client allocates, permits and relays
-//!   every check and datagram through our relay, and the server's counters must show it.
+//!   every check and datagram through our relay, and the server's counters must show it;
+//!   and Chromium on a host behind a real NAT (the NAT lab of `tests/nat/`) against the
+//!   lite agent on a public address.
 //!
-//! Each test moves its thread into a new network namespace (`unshare(CLONE_NEWNET)`): a
+//! Each test but the NAT one moves its thread into a new network namespace
+//! (`unshare(CLONE_NEWNET)`): a
 //! veth pair with 10.77.0.1/24 on one end, and for Chromium a default route to an address
 //! nobody holds (Chromium gathers on the default route's interface only, and never on
 //! loopback). The engine, the HTTP server and the browser all live there, so nothing
@@ -34,6 +37,7 @@
 //! installs both browsers).
 
 mod common;
+mod nat;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -171,6 +175,8 @@ struct Answerer {
     rt: tokio::runtime::Handle,
     engine: Engine,
     setup: Setup,
+    /// The engine's address: agents gather on it only.
+    here: Ipv4Addr,
     conn: Mutex<Option<mpsc::Sender<Accepted>>>,
     /// Browser candidates icering added, and refused as mDNS names.
     added: Mutex<Vec<Candidate>>,
@@ -188,7 +194,10 @@ impl Answerer {
     fn offer(&self, body: &str) -> Result<String, String> {
         let offer: Offer = serde_json::from_str(body).map_err(|e| e.to_string())?;
         let opts = AgentOptions::default()
-            .with_ip_filter(|ip| ip == IpAddr::V4(HOST))
+            .with_ip_filter({
+                let here = IpAddr::V4(self.here);
+                move |ip| ip == here
+            })
             .with_lite(self.setup.lite)
             .with_mux(self.setup.mux);
         let _rt = self.rt.enter();
@@ -303,11 +312,26 @@ impl Drop for Browser {
     }
 }
 
-fn launch(browser: Kind, bin: &str, url: &str, mdns: bool, name: &str) -> Browser {
+fn launch(
+    browser: Kind,
+    bin: &str,
+    ns: Option<&str>,
+    url: &str,
+    mdns: bool,
+    name: &str,
+) -> Browser {
     use std::os::unix::process::CommandExt;
     let profile = std::env::temp_dir().join(format!("icering-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
-    let mut cmd = Command::new(bin);
+    // In another namespace: `ip netns exec` execs the browser, keeping its pid.
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
     match browser {
         Kind::Chromium => {
             cmd.args([
@@ -404,10 +428,31 @@ fn pair_report(l: &str) -> Option<PairReport<'_>> {
     })
 }
 
+/// Where the two sides are.
+struct Net {
+    /// The engine's address (and the signalling server's).
+    here: Ipv4Addr,
+    /// The browser's address as the engine sees it (its NAT's, behind one).
+    browser_seen: Ipv4Addr,
+    /// The namespace to start the browser in (`ip netns exec`); `None`: this thread's.
+    browser_ns: Option<String>,
+}
+
+/// Both sides in this thread's own namespace, on [`HOST`].
 fn run(test: &str, setup: Setup) {
     let Some(bin) = own_netns(test, setup.browser) else {
         return;
     };
+    let net = Net {
+        here: HOST,
+        browser_seen: HOST,
+        browser_ns: None,
+    };
+    run_in(test, setup, &bin, &net);
+}
+
+fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
+    let here = net.here;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -418,13 +463,13 @@ fn run(test: &str, setup: Setup) {
     config.server.shards = 1;
     config.turn.enabled = false;
     if setup.mux {
-        config.ice.listen = vec![SocketAddr::from((HOST, 0))];
+        config.ice.listen = vec![SocketAddr::from((here, 0))];
     }
     if setup.relay {
-        config.server.listen = vec![SocketAddr::from((HOST, TURN_PORT))];
+        config.server.listen = vec![SocketAddr::from((here, TURN_PORT))];
         config.turn.enabled = true;
         config.turn.users = vec!["web:secret".into()];
-        config.turn.relay_ips = vec![IpAddr::V4(HOST)];
+        config.turn.relay_ips = vec![IpAddr::V4(here)];
         // The agent the browser reaches through the relay is on 10.77.0.1 (private).
         config.turn.allow_private_peers = true;
     }
@@ -434,21 +479,29 @@ fn run(test: &str, setup: Setup) {
         rt: rt.handle().clone(),
         engine: engine.clone(),
         setup,
+        here,
         conn: Mutex::new(Some(conn_tx)),
         added: Mutex::new(Vec::new()),
         refused_mdns: AtomicUsize::new(0),
     });
-    let listener = TcpListener::bind((HOST, 0)).unwrap();
+    let listener = TcpListener::bind((here, 0)).unwrap();
     let mut url = format!("http://{}/", listener.local_addr().unwrap());
     if setup.relay {
-        url += &format!("?turn=turn:{HOST}:{TURN_PORT}?transport=udp");
+        url += &format!("?turn=turn:{here}:{TURN_PORT}?transport=udp");
     }
     let (log_tx, log) = mpsc::channel();
     {
         let answerer = answerer.clone();
         std::thread::spawn(move || serve(listener, answerer, log_tx));
     }
-    let browser = launch(setup.browser, &bin, &url, setup.mdns, test);
+    let browser = launch(
+        setup.browser,
+        bin,
+        net.browser_ns.as_deref(),
+        &url,
+        setup.mdns,
+        test,
+    );
 
     // Both sides connect.
     let (agent, mut conn) = match conn_rx.recv_timeout(Duration::from_secs(60)) {
@@ -465,8 +518,12 @@ fn run(test: &str, setup: Setup) {
     });
     let stats = rt.block_on(conn.stats()).unwrap();
     let (local, remote) = stats.selected.expect("icering selected a pair");
-    assert_eq!(local.ip(), IpAddr::V4(HOST));
-    assert_eq!(remote.ip(), IpAddr::V4(HOST), "the browser's address");
+    assert_eq!(local.ip(), IpAddr::V4(here));
+    assert_eq!(
+        remote.ip(),
+        IpAddr::V4(if setup.relay { here } else { net.browser_seen }),
+        "the browser's address (its relayed one, through a relay)"
+    );
     let added = answerer.added.lock().unwrap().clone();
     let mdns = answerer.refused_mdns.load(Ordering::Relaxed);
     if setup.relay {
@@ -506,12 +563,18 @@ fn run(test: &str, setup: Setup) {
     // icering's datagrams reach the browser's selected pair, the same 5-tuple.
     let first_report = wait_log(&log, Duration::from_secs(10), |l| pair_report(l).is_some());
     let before = pair_report(&first_report).unwrap();
-    assert_eq!(
-        (before.local_port, before.remote),
-        (remote.port(), local),
-        "the same 5-tuple"
-    );
-    let kind = if setup.relay { "relay" } else { "host" };
+    assert_eq!(before.remote, local, "the same 5-tuple");
+    if net.browser_ns.is_none() {
+        // No NAT between them: the browser's port is the one icering sees.
+        assert_eq!(before.local_port, remote.port(), "the same 5-tuple");
+    }
+    // Behind a NAT the browser's local candidate is the NAT's mapping it learnt from our
+    // answers' XOR-MAPPED-ADDRESS: peer-reflexive.
+    let kind = match (setup.relay, &net.browser_ns) {
+        (true, _) => "relay",
+        (false, Some(_)) => "prflx",
+        (false, None) => "host",
+    };
     assert_eq!(before.local_kind, kind, "{first_report}");
     // 1000 bytes each (an RTP-first-byte 0x80): more than the consent traffic of the
     // same seconds, so a browser that counts bytes only cannot pass on STUN alone.
@@ -624,4 +687,40 @@ fn firefox_reaches_a_full_agent_through_the_engines_turn_relay() {
             relay: true,
         },
     );
+}
+
+/// The media-server case: Chromium as it ships on a host behind a NAT (the NAT lab's
+/// host A, endpoint-independent `MASQUERADE`), an ICE-lite agent on the engine's shared
+/// port on a public address (the lab's public namespace). The browser's host candidates
+/// are mDNS names; the pair forms from its checks, which arrive from the NAT's public
+/// address: the peer-reflexive candidate icering selects. The page and signalling also
+/// cross the NAT.
+#[test]
+fn chromium_behind_a_nat_reaches_a_lite_agent_on_a_public_address() {
+    let test = "chromium_behind_a_nat_reaches_a_lite_agent_on_a_public_address";
+    let browser = Kind::Chromium;
+    let bin = browser.binary();
+    if !nat::lab_or_skip(test) || !nat::tool_or_skip(test, &bin) {
+        return;
+    }
+    let lab = nat::Lab::new(&nat::Spec {
+        nat_a: nat::Nat::EndpointIndependent,
+        nat_b: nat::Nat::EndpointIndependent,
+        impair_a: None,
+        block_udp_port: None,
+    })
+    .unwrap();
+    let setup = Setup {
+        browser,
+        lite: true,
+        mux: true,
+        mdns: true,
+        relay: false,
+    };
+    let net = Net {
+        here: nat::SERVER,
+        browser_seen: nat::ROUTER_A_WAN,
+        browser_ns: Some(lab.host_a.clone()),
+    };
+    nat::in_ns(&lab.public, || run_in(test, setup, &bin, &net)).unwrap();
 }
