@@ -24,8 +24,8 @@
 //!   browser gathering relayed candidates only (`iceTransportPolicy: 'relay'`) from the
 //!   engine's own TURN server (RFC 8656): its TURN client allocates, permits and relays
 //!   every check and datagram through our relay, and the server's counters must show it;
-//!   and Chromium on a host behind a real NAT (the NAT lab of `tests/nat/`) against the
-//!   lite agent on a public address.
+//!   and Chromium on a host behind a real NAT (the NAT lab of `tests/nat/`,
+//!   endpoint-independent and symmetric) against the lite agent on a public address.
 //!
 //! Each test but the NAT one moves its thread into a new network namespace
 //! (`unshare(CLONE_NEWNET)`): a
@@ -689,22 +689,19 @@ fn firefox_reaches_a_full_agent_through_the_engines_turn_relay() {
     );
 }
 
-/// The media-server case: Chromium as it ships on a host behind a NAT (the NAT lab's
-/// host A, endpoint-independent `MASQUERADE`), an ICE-lite agent on the engine's shared
-/// port on a public address (the lab's public namespace). The browser's host candidates
-/// are mDNS names; the pair forms from its checks, which arrive from the NAT's public
-/// address: the peer-reflexive candidate icering selects. The page and signalling also
-/// cross the NAT.
-#[test]
-fn chromium_behind_a_nat_reaches_a_lite_agent_on_a_public_address() {
-    let test = "chromium_behind_a_nat_reaches_a_lite_agent_on_a_public_address";
+/// The media-server case: Chromium as it ships on a host behind a NAT of kind `nat` (the
+/// NAT lab's host A), an ICE-lite agent on the engine's shared port on a public address
+/// (the lab's public namespace). The browser's host candidates are mDNS names; the pair
+/// forms from its checks, which arrive from the NAT's public address: the peer-reflexive
+/// candidate icering selects. The page and signalling also cross the NAT.
+fn behind_nat(test: &str, nat: nat::Nat) {
     let browser = Kind::Chromium;
     let bin = browser.binary();
     if !nat::lab_or_skip(test) || !nat::tool_or_skip(test, &bin) {
         return;
     }
     let lab = nat::Lab::new(&nat::Spec {
-        nat_a: nat::Nat::EndpointIndependent,
+        nat_a: nat,
         nat_b: nat::Nat::EndpointIndependent,
         impair_a: None,
         block_udp_port: None,
@@ -723,4 +720,24 @@ fn chromium_behind_a_nat_reaches_a_lite_agent_on_a_public_address() {
         browser_ns: Some(lab.host_a.clone()),
     };
     nat::in_ns(&lab.public, || run_in(test, setup, &bin, &net)).unwrap();
+}
+
+/// Behind an endpoint-independent NAT (`MASQUERADE`).
+#[test]
+fn chromium_behind_a_nat_reaches_a_lite_agent_on_a_public_address() {
+    behind_nat(
+        "chromium_behind_a_nat_reaches_a_lite_agent_on_a_public_address",
+        nat::Nat::EndpointIndependent,
+    );
+}
+
+/// Behind a symmetric NAT (`MASQUERADE --random-fully`: a new mapping per destination, as
+/// many mobile carriers do): a lite agent on a public address still needs no relay, since
+/// it only answers the browser's checks, on the mapping they came from.
+#[test]
+fn chromium_behind_a_symmetric_nat_reaches_a_lite_agent_on_a_public_address() {
+    behind_nat(
+        "chromium_behind_a_symmetric_nat_reaches_a_lite_agent_on_a_public_address",
+        nat::Nat::Symmetric,
+    );
 }
