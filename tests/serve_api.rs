@@ -167,9 +167,11 @@ fn sessions_over_http_connect_echo_report_and_close() {
             &form,
         );
         assert_eq!(st, 204, "{b}");
-        // Candidates as plain lines: the first without the `candidate:` prefix (pion's
-        // marshal format), the rest with it, then end-of-candidates.
-        let mut text = String::new();
+        // Candidates as plain lines: a browser's mDNS host name first (ignored and
+        // reported, the rest still taken), then ours, the first without the `candidate:`
+        // prefix (pion's marshal format), the rest with it, then end-of-candidates.
+        let mdns = "candidate:1 1 udp 2113937151 3f4a9c1e-7d2b-4e8f-9a61-0c5d2e7b8f90.local 54321 typ host";
+        let mut text = format!("{mdns}\n");
         for (i, c) in mine.iter().enumerate() {
             if i > 0 {
                 text.push_str("candidate:");
@@ -179,7 +181,8 @@ fn sessions_over_http_connect_echo_report_and_close() {
         }
         text.push_str("a=end-of-candidates\n");
         let (st, b) = common::http(admin, "POST", &path, "text/plain", &text);
-        assert_eq!(st, 204, "{b}");
+        assert_eq!(st, 200, "{b}");
+        assert_eq!(json(&b)["ignored"], serde_json::json!([mdns]), "{b}");
 
         for c in server_cands {
             agent.add_remote_candidate(c).unwrap();

@@ -365,7 +365,11 @@ async fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
             if c.end {
                 s.agent.end_of_remote_candidates();
             }
-            Ok((204, None))
+            if c.ignored.is_empty() {
+                Ok((204, None))
+            } else {
+                Ok((200, Some(json!({ "ignored": c.ignored }))))
+            }
         }
         Route::Delete(id) => {
             let s = parse_id(&id)

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ice::Candidate;
+use crate::ice::{Candidate, IceError};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -97,6 +97,10 @@ pub struct RemoteCandidates {
     pub candidates: Vec<Candidate>,
     /// The peer has no more candidates (RFC 8838 end-of-candidates).
     pub end: bool,
+    /// Lines that are valid candidates of a kind the agent does not use, skipped: the
+    /// mDNS `.local` host names browsers send (the agent does not resolve them; the
+    /// browser's checks still reach it, as peer-reflexive candidates).
+    pub ignored: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +116,26 @@ struct CandidatesJson {
 /// Parses one candidate line (with or without `candidate:` / `a=candidate:`).
 pub fn parse_candidate(line: &str) -> Result<Candidate, HttpError> {
     Candidate::from_sdp(line).map_err(|e| HttpError::bad(format!("candidate `{line}`: {e}")))
+}
+
+impl RemoteCandidates {
+    /// Takes one posted candidate line: a candidate, an empty line (W3C's end of
+    /// candidates: an `RTCIceCandidate` whose `candidate` is `""`), or a valid line of a
+    /// kind the agent does not use (ignored, reported back). Anything else is a 400.
+    fn take(&mut self, line: &str) -> Result<(), HttpError> {
+        let bare = line.trim();
+        let bare = bare.strip_prefix("a=").unwrap_or(bare);
+        if bare.is_empty() || bare == "candidate:" {
+            self.end = true;
+            return Ok(());
+        }
+        match Candidate::from_sdp(line) {
+            Ok(c) => self.candidates.push(c),
+            Err(IceError::Unsupported(_)) => self.ignored.push(line.to_owned()),
+            Err(e) => return Err(HttpError::bad(format!("candidate `{line}`: {e}"))),
+        }
+        Ok(())
+    }
 }
 
 /// Parses the body of `remote-candidates`, whatever its Content-Type says (curl sends
@@ -133,27 +157,27 @@ pub fn parse_candidates(body: &[u8]) -> Result<RemoteCandidates, HttpError> {
         let j: CandidatesJson =
             serde_json::from_str(text).map_err(|e| HttpError::bad(format!("JSON: {e}")))?;
         for l in j.candidate.iter().chain(&j.candidates) {
-            out.candidates.push(parse_candidate(l)?);
+            out.take(l)?;
         }
-        out.end = j.end_of_candidates;
+        out.end |= j.end_of_candidates;
     } else if lines().all(|l| !bare(l).contains('=')) {
         for line in lines() {
             if is_end(line) {
                 out.end = true;
             } else {
-                out.candidates.push(parse_candidate(line)?);
+                out.take(line)?;
             }
         }
     } else {
         for (k, v) in form_decode(text)? {
             match k.as_str() {
-                "candidate" => out.candidates.push(parse_candidate(&v)?),
+                "candidate" => out.take(&v)?,
                 "end_of_candidates" | "end-of-candidates" => out.end = true,
                 _ => return Err(HttpError::bad(format!("unknown form field `{k}`"))),
             }
         }
     }
-    if out.candidates.is_empty() && !out.end {
+    if out.candidates.is_empty() && out.ignored.is_empty() && !out.end {
         return Err(HttpError::bad("no candidate and no end-of-candidates"));
     }
     Ok(out)
@@ -281,6 +305,24 @@ mod tests {
         let form = "candidate=candidate%3A1234+1+udp+2130706431+127.0.0.1+5000+typ+host";
         let r = parse_candidates(form.as_bytes()).unwrap();
         assert_eq!(r.candidates, plain.candidates);
+    }
+
+    /// What browsers post: mDNS host names (valid lines the agent does not resolve) are
+    /// skipped and reported, not a 400 that would lose the batch's other candidates; an
+    /// empty candidate (W3C's end of candidates, Firefox's end of a generation) ends.
+    #[test]
+    fn browsers_mdns_names_are_ignored_and_an_empty_candidate_ends() {
+        let mdns = "candidate:1 1 udp 2113937151 3f4a9c1e-7d2b-4e8f-9a61-0c5d2e7b8f90.local 54321 typ host";
+        let json = format!(r#"{{"candidates":["{mdns}","candidate:{LINE}"]}}"#);
+        let r = parse_candidates(json.as_bytes()).unwrap();
+        assert_eq!((r.candidates.len(), r.end), (1, false));
+        assert_eq!(r.ignored, [mdns]);
+        let r = parse_candidates(format!("{mdns}\n").as_bytes()).unwrap();
+        assert_eq!((r.candidates.len(), r.ignored.len()), (0, 1));
+        let r = parse_candidates(br#"{"candidate": ""}"#).unwrap();
+        assert_eq!((r.candidates.len(), r.ignored.len(), r.end), (0, 0, true));
+        // Still a 400: a line that is no candidate at all.
+        assert!(parse_candidates(b"candidate:1 1 udp 1 nowhere").is_err());
     }
 
     #[test]
