@@ -288,6 +288,21 @@ impl Default for IoSection {
     }
 }
 
+impl IoSection {
+    /// A shard's io backend sized by this section: one send slot per receive buffer (at
+    /// least one batch).
+    pub fn backend_config(&self) -> crate::io::Config {
+        crate::io::Config {
+            batch: self.batch,
+            buf_size: self.buf_size,
+            buf_count: self.buf_count,
+            send_slots: self.buf_count.max(self.batch),
+            gso: self.gso,
+            gro: self.gro,
+        }
+    }
+}
+
 impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {

@@ -66,15 +66,7 @@ pub fn run(args: Args) -> Result<(), String> {
         return Err("--n and --concurrency must be positive".into());
     }
     let kind = backend(&args.io, args.json)?;
-    let c = icering::config::Config::embedded().io;
-    let cfg = io::Config {
-        batch: c.batch,
-        buf_size: c.buf_size,
-        buf_count: c.buf_count,
-        send_slots: c.buf_count.max(c.batch),
-        gso: c.gso,
-        gro: c.gro,
-    };
+    let cfg = icering::config::Config::embedded().io.backend_config();
     let mut b = Backend::new(kind, &cfg).map_err(|e| e.to_string())?;
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let shared = io::bind_udp(loopback, false).map_err(|e| e.to_string())?;

@@ -275,11 +275,18 @@ impl IceAgent {
     }
 
     /// Forgets a restart's unchecked path and the PAC deadline (a pair was selected, or
-    /// the selection ended); the box goes when it holds nothing else.
+    /// the selection ended).
     fn drop_unchecked(&mut self) {
-        if let Some(r) = &mut self.rare {
+        self.shed_rare(|r| {
             r.unchecked = None;
             r.pac_until = None;
+        });
+    }
+
+    /// Changes the rare state, if any; the box goes when it holds nothing any more.
+    fn shed_rare(&mut self, f: impl FnOnce(&mut Rare)) {
+        if let Some(r) = &mut self.rare {
+            f(r);
             if r.is_empty() {
                 self.rare = None;
             }
@@ -563,12 +570,7 @@ impl IceAgent {
         self.nominating = None;
         self.first_valid_at = None;
         self.remote_end = false;
-        if let Some(r) = &mut self.rare {
-            r.pac_until = None;
-            if r.is_empty() {
-                self.rare = None;
-            }
-        }
+        self.shed_rare(|r| r.pac_until = None);
         if let Some(s) = &mut self.selected {
             s.pair = None;
         }
@@ -1217,8 +1219,9 @@ impl IceAgent {
         }
     }
 
-    /// Still New or Checking with nothing left to check: no pair selected, every pair (if
-    /// any) failed, and both sides' candidates are all in. Failed once [`PAC_WAIT`] passes.
+    /// Not connected (New, Checking, or Disconnected without a path) with nothing left to
+    /// check: no pair selected, every pair (if any) failed, and both sides' candidates are
+    /// all in. Failed once [`PAC_WAIT`] passes.
     fn nothing_left(&self) -> bool {
         // Disconnected without a selection: its path went (its interface, or a restart's
         // old path out of consent) and no other pair took over.
@@ -1238,10 +1241,7 @@ impl IceAgent {
             _ if self.nothing_left() => {
                 let rare = self.rare.get_or_insert_with(Box::default);
                 if now >= *rare.pac_until.get_or_insert(now + PAC_WAIT) {
-                    rare.pac_until = None;
-                    if rare.is_empty() {
-                        self.rare = None;
-                    }
+                    self.shed_rare(|r| r.pac_until = None);
                     self.set_state(ConnectionState::Failed);
                 }
             }

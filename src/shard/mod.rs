@@ -120,14 +120,7 @@ impl Runtime {
             }
         }
 
-        let io_config = io::Config {
-            batch: config.io.batch,
-            buf_size: config.io.buf_size,
-            buf_count: config.io.buf_count,
-            send_slots: config.io.buf_count.max(config.io.batch),
-            gso: config.io.gso,
-            gro: config.io.gro,
-        };
+        let io_config = config.io.backend_config();
         if config.turn.enabled && config.turn.relay_socket == RelaySocket::SharedPort {
             check_local(&config.turn.relay_ips)?;
         }

@@ -161,6 +161,14 @@ impl Hot {
             self.slots[k] = at as u32;
         }
     }
+
+    /// [`note`](Self::note)s a fixed-size hot attribute of `tlv_len` bytes (header and
+    /// value) at `at`; the offset of the next attribute.
+    #[inline(always)]
+    fn fixed(&mut self, k: usize, at: usize, tlv_len: usize) -> usize {
+        self.note(k, at);
+        at + tlv_len
+    }
 }
 
 /// An attribute's TLV header word (type, then length, big-endian on the wire) as a
@@ -219,22 +227,10 @@ fn walk_signed(buf: &[u8], limit: usize) -> Option<Hot> {
     while at < limit {
         let w = word(buf, at);
         at = match w {
-            W_PRIORITY => {
-                hot.note(HOT_PRIORITY, at);
-                at + 8
-            }
-            W_ICE_CONTROLLING => {
-                hot.note(HOT_ICE_CONTROLLING, at);
-                at + 12
-            }
-            W_ICE_CONTROLLED => {
-                hot.note(HOT_ICE_CONTROLLED, at);
-                at + 12
-            }
-            W_USE_CANDIDATE => {
-                hot.note(HOT_USE_CANDIDATE, at);
-                at + 4
-            }
+            W_PRIORITY => hot.fixed(HOT_PRIORITY, at, 8),
+            W_ICE_CONTROLLING => hot.fixed(HOT_ICE_CONTROLLING, at, 12),
+            W_ICE_CONTROLLED => hot.fixed(HOT_ICE_CONTROLLED, at, 12),
+            W_USE_CANDIDATE => hot.fixed(HOT_USE_CANDIDATE, at, 4),
             _ => {
                 let h = u32::from_be_bytes(w.to_ne_bytes());
                 let (typ, vlen) = ((h >> 16) as u16, (h & 0xFFFF) as usize);

@@ -358,13 +358,13 @@ impl IceHost {
             // One demultiplexing per held datagram: its verdict is routed as is.
             match demux::owner(&u.data, u.mux, u.from, me, &self.table, &self.routes) {
                 Verdict::Owner(o) => self.route(now, sendq, u.mux, u.from, &u.data, o, true, None),
-                Verdict::Drop(DropReason::NoRoute)
-                    if u.reason == DropReason::NoRoute && now < u.until =>
-                {
-                    self.unrouted.push(u)
-                }
+                // Data whose route has not arrived yet waits, up to its deadline.
                 Verdict::Drop(DropReason::NoRoute) if u.reason == DropReason::NoRoute => {
-                    u.reason.count(&mut self.stats)
+                    if now < u.until {
+                        self.unrouted.push(u);
+                    } else {
+                        u.reason.count(&mut self.stats);
+                    }
                 }
                 Verdict::Drop(r) => r.count(&mut self.stats),
             }
@@ -805,26 +805,27 @@ impl IceHost {
                 }
                 let mux = self.mux.clone();
                 if let Some(h) = self.table.get_mut(slot) {
-                    // The socket list is rebuilt once per gathering, exact (a boxed slice:
-                    // one socket is the rule, and a first push reserves room for four).
-                    let mut socks = std::mem::take(&mut h.socks).into_vec();
-                    socks.extend(dedicated.iter().map(|(addr, id, _)| (*addr, *id, false)));
-                    for c in candidates {
-                        if !socks.iter().any(|(b, _, _)| *b == c.base) {
-                            // A mux candidate: find the mux socket it lives on.
-                            if let Some((id, _)) =
-                                mux.iter().find(|(_, a)| base_matches(*a, c.base))
-                            {
-                                socks.push((c.base, *id, true));
-                            } else {
-                                continue;
+                    // The socket list is rebuilt once per gathering, exact (one socket is
+                    // the rule, and a first push reserves room for four).
+                    let agent = &mut h.agent;
+                    table::rebuild(&mut h.socks, |socks| {
+                        socks.extend(dedicated.iter().map(|(addr, id, _)| (*addr, *id, false)));
+                        for c in candidates {
+                            if !socks.iter().any(|(b, _, _)| *b == c.base) {
+                                // A mux candidate: find the mux socket it lives on.
+                                if let Some((id, _)) =
+                                    mux.iter().find(|(_, a)| base_matches(*a, c.base))
+                                {
+                                    socks.push((c.base, *id, true));
+                                } else {
+                                    continue;
+                                }
+                            }
+                            if types.host {
+                                let _ = agent.add_local_candidate(c);
                             }
                         }
-                        if types.host {
-                            let _ = h.agent.add_local_candidate(c);
-                        }
-                    }
-                    h.socks = socks.into_boxed_slice();
+                    });
                     let on_mux: Vec<(SocketAddr, SocketId)> = h
                         .socks
                         .iter()
@@ -888,12 +889,7 @@ impl IceHost {
                 };
                 h.agent.remove_local_candidates(base);
                 let gone = h.socks.iter().position(|(b, _, mux)| *b == base && !mux);
-                let id = gone.map(|i| {
-                    let mut socks = std::mem::take(&mut h.socks).into_vec();
-                    let id = socks.remove(i).1;
-                    h.socks = socks.into_boxed_slice();
-                    id
-                });
+                let id = gone.map(|i| table::rebuild(&mut h.socks, |socks| socks.remove(i).1));
                 if let (Some(id), Some(sv)) = (id, h.servers.as_mut()) {
                     // Relayed candidates allocated through the vanished address go too.
                     for relayed in sv.remove_socket(base, id) {

@@ -93,10 +93,10 @@ impl Hosted {
 
     /// Adds a mux route (exact capacity: the list is rebuilt, which is rare).
     pub fn add_route(&mut self, route: (u16, SocketAddr)) {
-        let mut r = std::mem::take(&mut self.routes).into_vec();
-        r.reserve_exact(1);
-        r.push(route);
-        self.routes = r.into_boxed_slice();
+        rebuild(&mut self.routes, |r| {
+            r.reserve_exact(1);
+            r.push(route);
+        });
     }
 
     pub fn conn_stats(&self) -> ConnStats {
@@ -186,6 +186,15 @@ impl Table {
     pub fn slot_of_ufrag(&self, ufrag: &[u8]) -> Option<u32> {
         self.by_ufrag.get(&ufrag_key(ufrag)).copied()
     }
+}
+
+/// Edits an exact list (a boxed slice, no growth slack) through a `Vec`, then makes it exact
+/// again: for the hosting's lists, which change rarely.
+pub(crate) fn rebuild<T, R>(list: &mut Box<[T]>, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+    let mut v = std::mem::take(list).into_vec();
+    let r = f(&mut v);
+    *list = v.into_boxed_slice();
+    r
 }
 
 #[cfg(test)]
