@@ -236,8 +236,15 @@ pub struct ServerSection {
     pub listen: Vec<SocketAddr>,
     /// Also accept STUN/TURN over TCP on the same addresses (RFC 8656 §3.1).
     pub tcp: bool,
-    /// Shards; 0 = one per available core.
+    /// Shards; 0 = one per core of `cores`, or of the process's affinity mask.
     pub shards: usize,
+    /// Pin each shard thread to one core (thread-per-core). `false`: the OS schedules
+    /// them (several processes sharing cores, CPU quotas).
+    pub pin: bool,
+    /// Cores the shards are pinned to, in order: shard `i` on `cores[i % len]`. Empty:
+    /// the cores of the process's affinity mask, ascending (two processes on one host
+    /// then both start at the same core: give each its own list).
+    pub cores: Vec<usize>,
     /// SOFTWARE attribute value ("" to omit).
     pub software: String,
     /// HTTP session API of `icering serve` (docs/serve-api.md); absent = off. Sessions
@@ -251,6 +258,8 @@ impl Default for ServerSection {
             listen: vec!["127.0.0.1:3478".parse().expect("literal")],
             tcp: true,
             shards: 0,
+            pin: true,
+            cores: Vec::new(),
             software: "icering".into(),
             admin: None,
         }
@@ -341,6 +350,12 @@ impl Config {
         }
         if self.server.shards > 1024 {
             return invalid("server.shards", "at most 1024");
+        }
+        if self.server.cores.iter().any(|&c| c >= 1024) {
+            return invalid("server.cores", "core ids are below 1024 (CPU_SETSIZE)");
+        }
+        if !self.server.pin && !self.server.cores.is_empty() {
+            return invalid("server.cores", "set, but `server.pin = false`");
         }
         if self.server.software.len() > 127 {
             return invalid("server.software", "at most 127 bytes (RFC 8489 §14.14)");
@@ -502,5 +517,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen") || e.contains("address"), "{e}");
+        for (toml, why) in [
+            ("[server]\ncores = [1024]\n", "below 1024"),
+            ("[server]\npin = false\ncores = [1]\n", "pin = false"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains("server.cores") && e.contains(why), "{e}");
+        }
+        let c = Config::from_toml("[server]\ncores = [3, 1]\n").expect("valid");
+        assert_eq!((c.server.pin, &c.server.cores[..]), (true, &[3, 1][..]));
     }
 }

@@ -159,6 +159,12 @@ struct ServeArgs {
     /// Number of shards (0 = one per core).
     #[arg(long)]
     shards: Option<usize>,
+    /// Cores to pin the shards to, in order (`server.cores`), e.g. `--cores 2,3`.
+    #[arg(long, value_name = "CORE,..", value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// Do not pin the shard threads to cores (`server.pin = false`).
+    #[arg(long, conflicts_with = "cores")]
+    no_pin: bool,
     /// io backend.
     #[arg(long = "io", value_enum)]
     io: Option<IoArg>,
@@ -219,6 +225,12 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(n) = args.shards {
         config.server.shards = n;
+    }
+    if !args.cores.is_empty() {
+        config.server.cores = args.cores.clone();
+    }
+    if args.no_pin {
+        (config.server.pin, config.server.cores) = (false, Vec::new());
     }
     if args.admin.is_some() {
         config.server.admin = args.admin;

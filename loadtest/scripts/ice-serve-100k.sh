@@ -52,7 +52,12 @@ echo "netns: lo = $(ip -4 -o addr show lo | awk '{print $4}' | tr '\n' ' ')," \
   "UDP hash buckets $(cat /proc/sys/net/ipv4/udp_hash_entries) (negative: the machine's, shared)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); output in $OUT"
 
-"$BIN/icering" serve --no-turn --shards 1 --listen 127.0.0.1:0 --ice-listen 127.0.0.1:0 \
+# The server's shard on the first core, the client workers' shards on the others.
+CORES=$(python3 -c 'import os; print(",".join(map(str, sorted(os.sched_getaffinity(0)))))')
+FIRST=${CORES%%,*}
+REST=${CORES#*,}
+[ "$REST" = "$CORES" ] && REST=$FIRST
+"$BIN/icering" serve --no-turn --shards 1 --cores "$FIRST" --listen 127.0.0.1:0 --ice-listen 127.0.0.1:0 \
   --admin "$ADMIN" >"$OUT/serve.log" 2>&1 &
 SPID=$!
 for _ in $(seq 100); do grep -q "session API on" "$OUT/serve.log" && break; sleep 0.1; done
@@ -81,7 +86,7 @@ TICK=$(getconf CLK_TCK)
 
 PROCS=$(( (N + PER - 1) / PER ))
 set +e
-"$BIN/icering-loadtest" ice serve --n "$N" --procs "$PROCS" --client-ips "$CLIENT_IPS" \
+"$BIN/icering-loadtest" ice serve --n "$N" --procs "$PROCS" --client-ips "$CLIENT_IPS" --cores "$REST" \
   --ports 1024:60999 --hold "$HOLD" --admin "$ADMIN" --server-pid "$SPID" \
   --concurrency "$CONC" --timeout 30 --json >"$OUT/serve.json" 2>"$OUT/loadtest.err"
 RC=$?

@@ -27,7 +27,13 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$BIN/icering-loadtest" ice pairs --n "$N" --procs "$K" --concurrency 1024 \
   --baseline webrtc-ice --json >"$OUT/pairs1024.json"
 
-"$BIN/icering" serve --no-turn --shards 1 --listen 127.0.0.1:0 --ice-listen 127.0.0.1:0 \
+# The server's shard on the first core, the client workers' shards on the others (each
+# would otherwise pin its shard to the first core of its mask, all on the same core).
+CORES=$(python3 -c 'import os; print(",".join(map(str, sorted(os.sched_getaffinity(0)))))')
+FIRST=${CORES%%,*}
+REST=${CORES#*,}
+[ "$REST" = "$CORES" ] && REST=$FIRST
+"$BIN/icering" serve --no-turn --shards 1 --cores "$FIRST" --listen 127.0.0.1:0 --ice-listen 127.0.0.1:0 \
   --admin 127.0.0.1:38471 >"$OUT/serve.log" 2>&1 &
 SPID=$!
 for _ in $(seq 100); do grep -q "session API on" "$OUT/serve.log" && break; sleep 0.1; done
@@ -35,7 +41,7 @@ for _ in $(seq 100); do grep -q "session API on" "$OUT/serve.log" && break; slee
 # ephemeral range alone holds ~28k sockets).
 "$BIN/icering-loadtest" ice serve --n "$M" --procs "$(( (M + 4999) / 5000 ))" \
   --ports 1024:60999 --hold "$HOLD" --admin 127.0.0.1:38471 --server-pid "$SPID" \
-  --concurrency 32 --json >"$OUT/serve.json"
+  --concurrency 32 --cores "$REST" --json >"$OUT/serve.json"
 kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 

@@ -20,17 +20,43 @@ pub fn pin_current_thread(core: usize) -> Result<(), IoError> {
     Ok(())
 }
 
-/// Number of cores this process may run on (its affinity mask), at least 1.
-pub fn available_cores() -> usize {
+/// The CPU ids this thread may run on (its affinity mask, inherited from the process), in
+/// ascending order; never empty (on error: `0..available_parallelism`).
+pub fn allowed_cores() -> Vec<usize> {
     // SAFETY: as above.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: pid 0 = calling thread; `set` is valid for writes of its size.
     let rc =
         unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc == 0 {
-        // SAFETY: `set` was filled in by the kernel.
-        (unsafe { libc::CPU_COUNT(&set) } as usize).max(1)
+    let cores: Vec<usize> = if rc == 0 {
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `set` was filled in by the kernel; every index is < CPU_SETSIZE.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
     } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        Vec::new()
+    };
+    if cores.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        cores
+    }
+}
+
+/// Number of cores this process may run on (its affinity mask), at least 1.
+pub fn available_cores() -> usize {
+    allowed_cores().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_cores_are_the_mask_in_order() {
+        let cores = allowed_cores();
+        assert!(!cores.is_empty());
+        assert!(cores.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(available_cores(), cores.len());
     }
 }

@@ -149,7 +149,7 @@ use std::ptr::NonNull;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use affinity::{available_cores, pin_current_thread};
+pub use affinity::{allowed_cores, available_cores, pin_current_thread};
 pub use lend::Lend;
 pub use portable::PortableBackend;
 pub use socket::{bind_tcp_listener, bind_udp};

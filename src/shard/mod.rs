@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
-use crate::config::{Config, IoBackendChoice, RelaySocket};
+use crate::config::{Config, IoBackendChoice, RelaySocket, ServerSection};
 use crate::io::{self, BackendChoice, BackendKind, IoError, Waker};
 use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
@@ -77,6 +77,24 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// The core each of `n` shards is pinned to: `server.cores` in turn, else the process's
+/// `allowed` cores in turn (only when there is a choice: more than one shard or core);
+/// none with `server.pin = false`.
+fn shard_cores(server: &ServerSection, n: usize, allowed: &[usize]) -> Vec<Option<usize>> {
+    let cores = if !server.pin {
+        &[][..]
+    } else if !server.cores.is_empty() {
+        &server.cores[..]
+    } else if n > 1 || allowed.len() > 1 {
+        allowed
+    } else {
+        &[][..]
+    };
+    (0..n)
+        .map(|i| (!cores.is_empty()).then(|| cores[i % cores.len()]))
+        .collect()
+}
+
 impl Runtime {
     /// Selects the io backend, binds the listen addresses on every shard and starts the
     /// shard threads. Returns once every shard is ready to receive.
@@ -87,12 +105,21 @@ impl Runtime {
             IoBackendChoice::Portable => BackendChoice::Portable,
         };
         let (backend, backend_reason) = io::select_backend(choice)?;
-        let cores = io::available_cores();
-        let n = if config.server.shards == 0 {
-            cores
-        } else {
-            config.server.shards
+        let allowed = io::allowed_cores();
+        let n = match (config.server.shards, config.server.cores.len()) {
+            (0, 0) => allowed.len(),
+            (0, listed) => listed,
+            (n, _) => n,
         };
+        let pinned = shard_cores(&config.server, n, &allowed);
+        if pinned.iter().any(Option::is_some) {
+            let cores: Vec<usize> = pinned.iter().flatten().copied().collect();
+            tracing::info!(
+                shards = n,
+                ?cores,
+                "shard threads pinned to cores (server.cores)"
+            );
+        }
 
         // Bind every address once per shard. Port 0 is resolved by the first bind so all
         // shards share one port.
@@ -140,7 +167,7 @@ impl Runtime {
             let counters = Arc::new(ShardCounters::default());
             let params = worker::Params {
                 index,
-                core: (n > 1 || cores > 1).then_some(index % cores),
+                core: pinned[index],
                 backend,
                 io: io_config,
                 server: server_config.clone(),
@@ -398,6 +425,27 @@ impl Drop for Runtime {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::ServerSection;
+
+    #[test]
+    fn shards_pin_to_listed_or_allowed_cores_in_turn() {
+        let cores = |pin, listed: &[usize], n, allowed: &[usize]| {
+            let s = ServerSection {
+                pin,
+                cores: listed.to_vec(),
+                ..ServerSection::default()
+            };
+            super::shard_cores(&s, n, allowed)
+        };
+        // The affinity mask, not 0..n: a process started under `taskset -c 2,3`.
+        assert_eq!(cores(true, &[], 3, &[2, 3]), [Some(2), Some(3), Some(2)]);
+        assert_eq!(cores(true, &[1], 2, &[0, 1]), [Some(1), Some(1)]);
+        assert_eq!(cores(false, &[], 2, &[0, 1]), [None, None]);
+        // One shard on a one-core process: nothing to choose.
+        assert_eq!(cores(true, &[], 1, &[5]), [None]);
+        assert_eq!(cores(true, &[], 1, &[0, 1]), [Some(0)]);
+    }
+
     #[test]
     fn shard_port_slices_cover_the_range_without_overlap() {
         for (lo, hi, n) in [

@@ -186,7 +186,11 @@ pub(super) fn run(
     if let Some(core) = p.core
         && let Err(e) = io::pin_current_thread(core)
     {
-        tracing::warn!(shard = p.index, core, "cannot pin shard thread: {e}");
+        tracing::warn!(
+            shard = p.index,
+            core,
+            "cannot pin shard thread, it runs unpinned: {e}"
+        );
     }
     let sockets = std::mem::take(&mut p.sockets);
     let ice_sockets = std::mem::take(&mut p.ice_sockets);

@@ -22,6 +22,8 @@ fn engine(args: &Args, mux: bool) -> Result<Engine, String> {
     let mut config = Config::embedded();
     config.server.listen.clear();
     config.server.shards = args.shards;
+    config.server.cores = args.cores.clone();
+    config.server.pin = !args.no_pin;
     config.turn.enabled = false;
     if mux {
         config.ice.listen = vec!["127.0.0.1:0".parse().expect("literal")];

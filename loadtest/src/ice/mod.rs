@@ -101,6 +101,14 @@ pub struct Args {
     /// Shards per icering worker (0 = one per core).
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// Cores for the icering workers' shards (`server.cores`), dealt out in turn: worker k's
+    /// shards start at the (k × shards)-th. Default: this process's affinity mask, so two
+    /// one-shard workers on two cores get one core each instead of both pinning core 0.
+    #[arg(long, value_name = "CORE,..", value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// Leave the icering workers' shard threads unpinned (`server.pin = false`).
+    #[arg(long, conflicts_with = "cores")]
+    no_pin: bool,
     /// The same pairs load on another implementation, in the same run, side by side.
     #[arg(long, value_enum)]
     baseline: Option<Imp>,
@@ -150,6 +158,26 @@ fn worker_ip_ports(
         (a as u16, (a + span.max(1) - 1).min(u32::from(hi)) as u16)
     });
     (ip, ports)
+}
+
+/// The cores of worker `k`'s `shards` shards (0 = one per core): the next ones of `cores`
+/// (default: this process's affinity mask) after those of workers `0..k`, wrapping.
+fn worker_cores(cores: &[usize], shards: usize, k: usize) -> Vec<usize> {
+    let all = if cores.is_empty() {
+        icering::io::allowed_cores()
+    } else {
+        cores.to_vec()
+    };
+    let per = if shards == 0 { all.len() } else { shards };
+    (0..per).map(|j| all[(k * per + j) % all.len()]).collect()
+}
+
+fn join(cores: &[usize]) -> String {
+    cores
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_ports(s: &str) -> Result<(u16, u16), String> {
@@ -326,6 +354,7 @@ impl Worker {
         n: usize,
         ports: Option<(u16, u16)>,
         ip: Option<IpAddr>,
+        cores: &[usize],
     ) -> Result<Worker, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
@@ -346,6 +375,8 @@ impl Worker {
                 },
             ])
             .args(["--shards", &args.shards.to_string()])
+            .args((!cores.is_empty()).then(|| format!("--cores={}", join(cores))))
+            .args(args.no_pin.then_some("--no-pin"))
             .args(["--admin", &args.admin.to_string()])
             .args(["--worker", imp.name()])
             .args(ports.map(|(lo, hi)| format!("--ports={lo}:{hi}")))
@@ -436,7 +467,12 @@ fn run_imp(args: &Args, imp: Imp) -> Result<ImpReport, String> {
     for k in 0..procs {
         let n = args.n / procs + usize::from(k < args.n % procs);
         let (ip, ports) = worker_ip_ports(&args.client_ips, args.ports, procs, k);
-        workers.push(Worker::spawn(args, imp, n, ports, ip)?);
+        let cores = if args.no_pin {
+            Vec::new()
+        } else {
+            worker_cores(&args.cores, args.shards, k)
+        };
+        workers.push(Worker::spawn(args, imp, n, ports, ip, &cores)?);
     }
     let mut progress = vec![(0u64, 0u64); procs];
     let long = Duration::from_secs(120);
@@ -715,6 +751,15 @@ pub fn run(args: Args) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_take_cores_in_turn() {
+        assert_eq!(worker_cores(&[0, 1], 1, 0), [0]);
+        assert_eq!(worker_cores(&[0, 1], 1, 1), [1]);
+        assert_eq!(worker_cores(&[0, 1], 1, 2), [0]);
+        assert_eq!(worker_cores(&[4, 5, 6], 2, 1), [6, 4]);
+        assert_eq!(worker_cores(&[2, 3], 0, 1), [2, 3]);
+    }
 
     #[test]
     fn workers_split_ports_per_client_ip() {
