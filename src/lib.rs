@@ -68,7 +68,7 @@ pub mod wheel;
 
 pub use api::{
     Agent, AgentEvent, AgentOptions, ApiError, Candidate, CandidateTypes, Conn, ConnStats,
-    ConnectionState, DataMode, Engine, EngineStats, Events, IceStats, NetworkType, ServerUrl,
-    StateWatch,
+    ConnectionState, DataMode, Engine, EngineStats, Events, IceStats, NetworkType, Restarted,
+    ServerUrl, SessionHandle, StateWatch,
 };
 pub use config::Config;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use icering::stun::{Class, IntegrityKey, MessageType, MessageWriter, Method, attr};
 use icering::{
-    Agent, AgentEvent, AgentOptions, ApiError, Config, Conn, ConnectionState, Engine, IceStats,
-    NetworkType,
+    Agent, AgentEvent, AgentOptions, ApiError, Candidate, Config, Conn, ConnectionState, Engine,
+    Events, IceStats, NetworkType,
 };
 
 fn engine(shards: usize) -> Engine {
@@ -288,4 +288,115 @@ async fn a_full_receive_queue_drops_and_counts_like_udp() {
     assert_eq!(&cb.recv().await.unwrap()[..], &[0x80, 99]);
     assert_eq!(cb.stats().await.unwrap().packets_received, 51);
     engine.shutdown().unwrap();
+}
+
+/// Forwards `from`'s candidates to `to` until its end of gathering (other events are
+/// skipped) and returns them.
+async fn signal(from: &mut Events, to: &Agent) -> Vec<Candidate> {
+    let mut sent = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), from.recv())
+            .await
+            .expect("an event")
+            .expect("the agent is alive");
+        match ev {
+            AgentEvent::Candidate(Some(c)) => {
+                to.add_remote_candidate((*c).clone()).unwrap();
+                sent.push(*c);
+            }
+            AgentEvent::Candidate(None) => break,
+            _ => {}
+        }
+    }
+    to.end_of_remote_candidates();
+    sent
+}
+
+async fn until_up(agent: &Agent) {
+    let mut w = agent.state().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !matches!(
+            w.get(),
+            ConnectionState::Connected | ConnectionState::Completed
+        ) {
+            w.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("connected again");
+}
+
+/// ICE restart through the API (RFC 8445 §9), on a dedicated agent against a mux one:
+/// new credentials whose ufrag still names the shard, the candidates announced again,
+/// data on the old path meanwhile, a new selection over the same `Conn`s once both
+/// sides have the other's new credentials, and a mux port that no longer knows the old
+/// ufrag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_renews_credentials_and_reconnects_over_the_same_conns() {
+    let engine = engine(1);
+    let mux = engine.mux_addrs()[0];
+    let opts = |mux| {
+        AgentOptions::default()
+            .loopback_only()
+            .with_network_types(&[NetworkType::Udp4])
+            .with_mux(mux)
+    };
+    let mut a = engine.agent(opts(false)).unwrap();
+    let mut b = engine.agent(opts(true)).unwrap();
+    let (mut ea, mut eb) = (a.take_events().unwrap(), b.take_events().unwrap());
+    a.gather_candidates().unwrap();
+    b.gather_candidates().unwrap();
+    let first_a = signal(&mut ea, &b).await;
+    let first_b = signal(&mut eb, &a).await;
+    let (ua, pa) = a.local_credentials();
+    let (ub, pb) = b.local_credentials();
+    let (ca, cb) = tokio::join!(a.dial(&ub, &pb), b.accept(&ua, &pa));
+    let (mut ca, mut cb) = (ca.unwrap(), cb.unwrap());
+    round_trips(&ca, &mut cb, 2).await;
+    round_trips(&cb, &mut ca, 2).await;
+
+    let ra = a.restart().await.unwrap();
+    let rb = b.restart().await.unwrap();
+    for (r, old, agent) in [(&ra, &ua, &a), (&rb, &ub, &b)] {
+        assert_ne!(&r.ufrag, old);
+        assert_eq!(
+            r.ufrag.as_bytes()[0],
+            old.as_bytes()[0],
+            "the shard's character"
+        );
+        assert_eq!(agent.local_credentials(), (r.ufrag.clone(), r.pwd.clone()));
+        assert_eq!(agent.state().unwrap().get(), ConnectionState::Checking);
+    }
+    assert_ne!((&ra.pwd, &rb.pwd), (&pa, &pb));
+    assert_eq!((&ra.candidates, &rb.candidates), (&first_a, &first_b));
+    // The old path carries data until a new pair is selected.
+    round_trips(&ca, &mut cb, 2).await;
+    round_trips(&cb, &mut ca, 2).await;
+
+    // The mux port forgot the old ufrag: a check for it is an unknown ufrag now.
+    let before = engine.stats().ice;
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .send_to(&binding_request(&format!("{ub}:x"), [7; 12]), mux)
+        .unwrap();
+    wait_for(&engine, "the old ufrag dropped", |s| {
+        s.drop_unknown_ufrag > before.drop_unknown_ufrag
+    });
+
+    // Re-signal: the candidates come again as events, then the new credentials.
+    assert_eq!(signal(&mut eb, &a).await, rb.candidates);
+    assert_eq!(signal(&mut ea, &b).await, ra.candidates);
+    a.set_remote_credentials(&rb.ufrag, &rb.pwd).unwrap();
+    b.set_remote_credentials(&ra.ufrag, &ra.pwd).unwrap();
+    until_up(&a).await;
+    until_up(&b).await;
+    let s = a.stats().await.unwrap();
+    assert!(s.selected.is_some() && s.rtt > Duration::ZERO, "{s:?}");
+    round_trips(&ca, &mut cb, 3).await;
+    round_trips(&cb, &mut ca, 3).await;
+    assert_eq!(
+        engine.stats().ice.drop_unknown_ufrag,
+        before.drop_unknown_ufrag + 1,
+        "the new ufrag is known"
+    );
 }

@@ -321,3 +321,46 @@ fn remote_prflx_foundation_hashes_its_address() {
         assert_eq!(r.foundation.as_str(), want.to_string(), "{source}");
     }
 }
+
+/// A restart announces the kept local candidates again (RFC 8839 §4.4.3.1.1), not those
+/// of a removed interface, then the end of gathering if gathering had ended.
+#[test]
+fn restart_announces_the_live_candidates_again() {
+    use icering::ice::IceEvent;
+    let mut a = IceAgent::new(IceConfig {
+        seed: 3,
+        ..Default::default()
+    })
+    .unwrap();
+    let (kept, gone) = (
+        "10.0.0.1:5000".parse().unwrap(),
+        "10.0.0.9:5001".parse().unwrap(),
+    );
+    a.add_local_candidate(Candidate::host(kept)).unwrap();
+    a.add_local_candidate(Candidate::host(gone)).unwrap();
+    let announced = |a: &mut IceAgent| {
+        let mut seen = Vec::new();
+        while let Some(e) = a.poll_event() {
+            match e {
+                IceEvent::LocalCandidate(c) => seen.push(Some(c.addr)),
+                IceEvent::GatheringComplete => seen.push(None),
+                _ => {}
+            }
+        }
+        seen
+    };
+    assert_eq!(announced(&mut a), [Some(kept), Some(gone)]);
+    a.restart(None, None).unwrap();
+    assert_eq!(
+        announced(&mut a),
+        [Some(kept), Some(gone)],
+        "still gathering"
+    );
+    a.end_of_local_candidates();
+    assert_eq!(a.remove_local_candidates(gone), 1);
+    let _ = announced(&mut a);
+    let old = a.local_credentials().0.to_owned();
+    a.restart(None, None).unwrap();
+    assert_ne!(a.local_credentials().0, old);
+    assert_eq!(announced(&mut a), [Some(kept), None]);
+}

@@ -143,7 +143,7 @@ fn sessions_over_http_connect_echo_report_and_close() {
             400,
         );
 
-        let agent = engine
+        let mut agent = engine
             .agent(
                 AgentOptions::default()
                     .loopback_only()
@@ -189,18 +189,22 @@ fn sessions_over_http_connect_echo_report_and_close() {
         }
         agent.end_of_remote_candidates();
         let payload = format!("hello session {id}");
-        let echoed = rt.block_on(async {
-            let mut conn = tokio::time::timeout(Duration::from_secs(20), agent.dial(ufrag, pwd))
+        let mut conn = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), agent.dial(ufrag, pwd))
                 .await
                 .expect("dial in time")
-                .expect("connected");
-            conn.send(Bytes::from(payload.clone())).await.unwrap();
-            tokio::time::timeout(Duration::from_secs(10), conn.recv())
-                .await
-                .expect("echo in time")
-                .expect("echo")
+                .expect("connected")
         });
-        assert_eq!(&echoed[..], payload.as_bytes());
+        let echo = |conn: &mut icering::Conn, payload: &str| {
+            rt.block_on(async {
+                conn.send(Bytes::from(payload.to_string())).await.unwrap();
+                tokio::time::timeout(Duration::from_secs(10), conn.recv())
+                    .await
+                    .expect("echo in time")
+                    .expect("echo")
+            })
+        };
+        assert_eq!(&echo(&mut conn, &payload)[..], payload.as_bytes());
 
         // The session's view: connected, the pair we used, our bytes counted both ways.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -222,6 +226,51 @@ fn sessions_over_http_connect_echo_report_and_close() {
         let remote = state["selected_pair"]["remote"].as_str().expect("pair");
         let remote: SocketAddr = remote.parse().unwrap();
         assert!(mine.iter().any(|c| c.addr == remote), "{state}");
+
+        // ICE restart of both sides (RFC 8445 §9): the session's new credentials and its
+        // candidates from `restart`, the client's posted as before; a new selection over
+        // the same `Conn`, and the echo still works.
+        let (st, b) = common::http(admin, "POST", &format!("/sessions/{id}/restart"), "", "");
+        assert_eq!(st, 200, "{b}");
+        let r = json(&b);
+        let (ufrag2, pwd2) = (r["ufrag"].as_str().unwrap(), r["pwd"].as_str().unwrap());
+        assert_ne!((ufrag2, pwd2), (ufrag, pwd), "{b}");
+        assert_eq!(
+            ufrag2.as_bytes()[0],
+            ufrag.as_bytes()[0],
+            "the shard's character"
+        );
+        assert_eq!(r["candidates"], s["candidates"], "{b}");
+        let mine2 = rt.block_on(agent.restart()).expect("client restart");
+        let body = serde_json::json!({"ufrag": mine2.ufrag, "pwd": mine2.pwd}).to_string();
+        let cred_path = format!("/sessions/{id}/remote-credentials");
+        let (st, b) = common::http(admin, "POST", &cred_path, "application/json", &body);
+        assert_eq!(st, 204, "{b}");
+        let lines: Vec<String> = mine2.candidates.iter().map(|c| c.to_sdp()).collect();
+        let body = serde_json::json!({"candidates": lines, "end_of_candidates": true});
+        let (st, b) = common::http(admin, "POST", &path, "application/json", &body.to_string());
+        assert_eq!(st, 204, "{b}");
+        agent.set_remote_credentials(ufrag2, pwd2).unwrap();
+        for c in r["candidates"].as_array().unwrap() {
+            let c = Candidate::from_sdp(c.as_str().unwrap()).unwrap();
+            agent.add_remote_candidate(c).unwrap();
+        }
+        agent.end_of_remote_candidates();
+        let mut watch = agent.state().unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while !matches!(
+                    watch.get(),
+                    icering::ConnectionState::Connected | icering::ConnectionState::Completed
+                ) {
+                    watch.changed().await.unwrap();
+                }
+            })
+            .await
+            .expect("connected again after the restart")
+        });
+        let again = format!("after restart {id}");
+        assert_eq!(&echo(&mut conn, &again)[..], again.as_bytes());
 
         let (st, _) = common::http(admin, "DELETE", &format!("/sessions/{id}"), "", "");
         assert_eq!(st, 204);

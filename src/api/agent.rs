@@ -65,6 +65,16 @@ impl Handle {
     fn end_of_remote_candidates(&self) {
         let _ = self.send(IceCmd::EndOfRemoteCandidates { key: self.key });
     }
+
+    /// The shard makes the new credentials: the ufrag's first character must name it.
+    async fn restart(&self) -> Result<Restarted, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(IceCmd::Restart {
+            key: self.key,
+            reply,
+        })?;
+        rx.await.map_err(|_| ApiError::Closed)
+    }
 }
 
 impl Drop for Handle {
@@ -380,6 +390,21 @@ impl Agent {
         })
     }
 
+    /// ICE restart (RFC 8445 §9; pion: `Restart`): returns new local credentials and the
+    /// local candidates, to signal. The peer's credentials and candidates are forgotten: give its new ones
+    /// with [`set_remote_credentials`](Self::set_remote_credentials) and
+    /// [`add_remote_candidate`](Self::add_remote_candidate). The local candidates are kept
+    /// and announced again as events, `Candidate(Some(..))` each, then `Candidate(None)`
+    /// once gathering has ended (pion asks for a new `GatherCandidates` instead). The state
+    /// turns Checking and the role is kept; data keeps flowing on the selected pair until
+    /// the checks select a new one, and an existing [`Conn`] carries on over it.
+    pub async fn restart(&mut self) -> Result<Restarted, ApiError> {
+        let r = self.handle.restart().await?;
+        self.creds[..UFRAG_LEN].copy_from_slice(r.ufrag.as_bytes());
+        self.creds[UFRAG_LEN..].copy_from_slice(r.pwd.as_bytes());
+        Ok(r)
+    }
+
     /// Connection counters (works for every data mode).
     pub async fn stats(&self) -> Result<ConnStats, ApiError> {
         stats(&self.handle).await
@@ -399,6 +424,17 @@ impl Agent {
             handle: self.handle,
         }
     }
+}
+
+/// What an ICE restart gives to signal to the peer ([`Agent::restart`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restarted {
+    /// The new local ufrag.
+    pub ufrag: String,
+    /// The new local pwd.
+    pub pwd: String,
+    /// The local candidates, kept from before (host, server-reflexive, relayed).
+    pub candidates: Vec<Candidate>,
 }
 
 /// The signalling half of an [`Agent`] (from [`Agent::into_session_handle`]): remote
@@ -423,6 +459,11 @@ impl SessionHandle {
     /// See [`Agent::end_of_remote_candidates`].
     pub fn end_of_remote_candidates(&self) {
         self.handle.end_of_remote_candidates();
+    }
+
+    /// See [`Agent::restart`].
+    pub async fn restart(&self) -> Result<Restarted, ApiError> {
+        self.handle.restart().await
     }
 
     /// See [`Agent::stats`].

@@ -94,6 +94,16 @@ pub(crate) const UFRAG_LEN: usize = 8;
 /// Length of the passwords the engine makes (RFC 8445 §5.3: at least 22 ice-chars).
 pub(crate) const PWD_LEN: usize = 24;
 
+/// New local credentials of an agent on `shard` (RFC 8445 §5.3): a ufrag whose first
+/// character names the shard (the mux demux routes Binding requests by it) and a pwd,
+/// from the CSPRNG.
+pub(crate) fn fresh_credentials(shard: usize) -> (String, String) {
+    let mut rnd = [0u8; UFRAG_LEN - 1 + PWD_LEN];
+    secure_random(&mut rnd);
+    let (u, p) = rnd.split_at(UFRAG_LEN - 1);
+    (ice_string(Some(ICE_CHARS[shard]), u), ice_string(None, p))
+}
+
 fn ice_string(first: Option<u8>, random: &[u8]) -> String {
     first
         .into_iter()
@@ -218,13 +228,10 @@ impl Engine {
         let n = self.inner.links.len().min(MAX_ICE_SHARDS);
         let shard = self.inner.next_shard.fetch_add(1, Relaxed) % n;
         let key = self.inner.next_key.fetch_add(1, Relaxed);
-        let mut rnd = [0u8; UFRAG_LEN - 1 + PWD_LEN + 8];
-        secure_random(&mut rnd);
-        let (u, rest) = rnd.split_at(UFRAG_LEN - 1);
-        let (p, s) = rest.split_at(PWD_LEN);
-        let ufrag = ice_string(Some(ICE_CHARS[shard]), u);
-        let pwd = ice_string(None, p);
-        let seed = u64::from_le_bytes(s.try_into().expect("8 bytes"));
+        let (ufrag, pwd) = fresh_credentials(shard);
+        let mut s = [0u8; 8];
+        secure_random(&mut s);
+        let seed = u64::from_le_bytes(s);
         let (link, app) = if opts.data == DataMode::App {
             let (tx, link) = Link::new(self.inner.ice.recv_queue);
             (Some(tx), Some(link))

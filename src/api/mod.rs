@@ -81,9 +81,9 @@ mod options;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use agent::{Agent, Conn, SessionHandle};
-pub(crate) use engine::secure_random;
+pub use agent::{Agent, Conn, Restarted, SessionHandle};
 pub use engine::{Engine, EngineStats};
+pub(crate) use engine::{fresh_credentials, secure_random};
 pub(crate) use link::LinkTx;
 pub use link::{Events, StateWatch};
 pub use options::{

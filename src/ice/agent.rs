@@ -245,6 +245,15 @@ impl IceAgent {
         &self.locals
     }
 
+    /// The local candidates to signal: host, server-reflexive and relayed ones whose
+    /// interface is still there (what [`restart`](Self::restart) announces again).
+    pub fn signalled_candidates(&self) -> impl Iterator<Item = &Candidate> {
+        let gone = self.rare.as_ref().map_or(&[][..], |r| &r.gone[..]);
+        self.locals
+            .iter()
+            .filter(move |c| c.kind != CandidateKind::PeerReflexive && !gone.contains(&c.base))
+    }
+
     /// Remote candidates (including peer-reflexive ones learnt from checks).
     pub fn remote_candidates(&self) -> &[Candidate] {
         &self.remotes
@@ -527,14 +536,25 @@ impl IceAgent {
 
     /// ICE restart (RFC 8445 §9): new local credentials (generated when `None`), remote
     /// credentials and candidates forgotten, check list emptied. Host, server-reflexive
-    /// and relayed local candidates are kept (not re-announced). The old selected pair keeps
-    /// carrying data until a new pair is selected.
+    /// and relayed local candidates are kept and announced again, as the new generation
+    /// the peer must be told (RFC 8839 §4.4.3.1.1): an [`IceEvent::LocalCandidate`] each
+    /// (not those of removed interfaces), then [`IceEvent::GatheringComplete`] if
+    /// gathering had ended (else when it ends). The old selected pair keeps carrying data
+    /// until a new pair is selected.
     pub fn restart(&mut self, ufrag: Option<String>, pwd: Option<String>) -> Result<(), IceError> {
         self.local = Credentials::local(&mut self.rng, ufrag, pwd)?;
         self.remote = None;
         self.clear_remote_side();
         self.locals
             .retain(|l| l.kind != CandidateKind::PeerReflexive);
+        let again: Vec<IceEvent> = self
+            .signalled_candidates()
+            .map(|c| IceEvent::LocalCandidate(c.clone()))
+            .collect();
+        self.events.extend(again);
+        if self.local_end {
+            self.events.push_back(IceEvent::GatheringComplete);
+        }
         if self.state != ConnectionState::Closed {
             self.set_state(ConnectionState::Checking);
         }

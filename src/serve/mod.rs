@@ -11,6 +11,7 @@
 //! | `POST /sessions` `{"lite"?: bool, "data"?: "echo"\|"sink"}` | 201 `{id, ufrag, pwd, candidates, lite, data}` |
 //! | `POST /sessions/{id}/remote-credentials` `{"ufrag","pwd"}` (or form fields) | 204 |
 //! | `POST /sessions/{id}/remote-candidates` candidate lines / JSON / form, end-of-candidates | 204 |
+//! | `POST /sessions/{id}/restart` (ICE restart) | 200 `{id, ufrag, pwd, candidates}` |
 //! | `GET /sessions/{id}` | 200 `{id, state, selected_pair, bytes_*, packets_*, rtt_ms}` |
 //! | `DELETE /sessions/{id}` | 204 (the agent is closed) |
 //! | `GET /sessions`, `GET /stats` | counts, engine counters |
@@ -38,7 +39,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::api::{ApiError, DataMode, Engine, SessionHandle};
-use crate::ice::ConnectionState;
+use crate::ice::{Candidate, ConnectionState};
 use routes::{Data, HttpError, Route};
 
 /// Errors starting the admin server.
@@ -371,6 +372,19 @@ async fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
                 Ok((200, Some(json!({ "ignored": c.ignored }))))
             }
         }
+        Route::Restart(id) => {
+            let s = shared.session(&id)?;
+            let r = s.agent.restart().await.map_err(api_error)?;
+            Ok((
+                200,
+                Some(json!({
+                    "id": id,
+                    "ufrag": r.ufrag,
+                    "pwd": r.pwd,
+                    "candidates": candidate_lines(&r.candidates),
+                })),
+            ))
+        }
         Route::Delete(id) => {
             let s = parse_id(&id)
                 .and_then(|k| shared.table().remove(&k))
@@ -407,7 +421,7 @@ fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> 
         "id": id_string(id),
         "ufrag": ufrag,
         "pwd": pwd,
-        "candidates": candidates.iter().map(|c| format!("candidate:{}", c.to_sdp())).collect::<Vec<_>>(),
+        "candidates": candidate_lines(&candidates),
         "lite": lite,
         "data": data,
     });
@@ -416,6 +430,13 @@ fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> 
     let agent = agent.into_session_handle();
     shared.table().insert(id, Session { agent, lite, data });
     Ok((201, Some(body)))
+}
+
+/// Candidates as the API gives them: `candidate:` lines (RFC 8839 §5.1).
+fn candidate_lines(c: &[Candidate]) -> Vec<String> {
+    c.iter()
+        .map(|c| format!("candidate:{}", c.to_sdp()))
+        .collect()
 }
 
 /// 128 unpredictable bits (CSPRNG, shown as 32 hex digits): ids are capabilities, not

@@ -50,6 +50,8 @@ pub enum Route {
     RemoteCredentials(String, RemoteCredentials),
     /// `POST /sessions/{id}/remote-candidates`.
     RemoteCandidates(String, RemoteCandidates),
+    /// `POST /sessions/{id}/restart`: ICE restart (RFC 8445 §9).
+    Restart(String),
     /// `DELETE /sessions/{id}`.
     Delete(String),
     /// `GET /stats`: engine counters.
@@ -275,6 +277,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Route, HttpError> 
         ("POST", ["sessions", s, "remote-candidates"]) => {
             Ok(Route::RemoteCandidates(id(s)?, parse_candidates(body)?))
         }
+        ("POST", ["sessions", s, "restart"]) => Ok(Route::Restart(id(s)?)),
         (_, ["sessions"] | ["stats"] | ["sessions", _] | ["sessions", _, _]) => Err(HttpError {
             status: 405,
             message: format!("{method} not allowed on {path}"),
@@ -381,6 +384,16 @@ mod tests {
                     pwd: "c/d e".into()
                 }
             )
+        );
+        assert_eq!(
+            route("POST", "/sessions/s1/restart", b"").unwrap(),
+            Route::Restart("s1".into())
+        );
+        assert_eq!(
+            route("GET", "/sessions/s1/restart", b"")
+                .unwrap_err()
+                .status,
+            405
         );
         assert_eq!(route("PUT", "/sessions", b"").unwrap_err().status, 405);
         assert_eq!(route("GET", "/nothing", b"").unwrap_err().status, 404);

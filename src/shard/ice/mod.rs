@@ -31,7 +31,9 @@ use tokio::sync::oneshot;
 
 use super::timers::Timers;
 use super::{Control, ShardCounters};
-use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode, LinkTx};
+use crate::api::{
+    AgentEvent, CandidateTypes, ConnStats, DataMode, LinkTx, Restarted, fresh_credentials,
+};
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
 use crate::io::{Backend, IoStats, Lend, SendQueue, SocketId, StreamId, StreamSet, Waker};
 use crate::net::{Protocol, Received};
@@ -93,6 +95,11 @@ pub(crate) enum IceCmd {
     },
     EndOfRemoteCandidates {
         key: u64,
+    },
+    /// ICE restart with new local credentials made here (the ufrag names this shard).
+    Restart {
+        key: u64,
+        reply: oneshot::Sender<Restarted>,
     },
     /// Choose the role and let checks start (dial: controlling, accept: controlled).
     Start {
@@ -925,6 +932,32 @@ impl IceHost {
             }
             IceCmd::EndOfRemoteCandidates { key } => {
                 self.with(now, backend, key, |h| h.agent.end_of_remote_candidates());
+            }
+            IceCmd::Restart { key, reply } => {
+                let Some(slot) = self.table.slot_of(key) else {
+                    return;
+                };
+                let (ufrag, pwd) = fresh_credentials(usize::from(self.shard));
+                let Some(h) = self.table.get_mut(slot) else {
+                    return;
+                };
+                if h.agent
+                    .restart(Some(ufrag.clone()), Some(pwd.clone()))
+                    .is_err()
+                {
+                    return;
+                }
+                // Credentials held back for a role not chosen yet belong to the old session.
+                h.pending_remote = None;
+                h.agent.handle_timeout(now);
+                let candidates = h.agent.signalled_candidates().cloned().collect();
+                self.table.set_ufrag(slot, &ufrag);
+                self.drive(now, backend.send_queue(), slot);
+                let _ = reply.send(Restarted {
+                    ufrag,
+                    pwd,
+                    candidates,
+                });
             }
             IceCmd::Start { key, controlling } => {
                 self.with(now, backend, key, |h| {

@@ -182,6 +182,24 @@ impl Table {
         self.by_key.get(&key).copied()
     }
 
+    /// The agent in `slot` now answers to `ufrag` (ICE restart): Binding requests for the
+    /// old one are unknown from now on.
+    pub fn set_ufrag(&mut self, slot: u32, ufrag: &str) {
+        let Some(h) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(Option::as_deref_mut)
+        else {
+            return;
+        };
+        let (old, new) = (h.ufrag, ufrag_key(ufrag.as_bytes()));
+        h.ufrag = new;
+        if self.by_ufrag.get(&old) == Some(&slot) {
+            self.by_ufrag.remove(&old);
+        }
+        self.by_ufrag.insert(new, slot);
+    }
+
     #[inline]
     pub fn slot_of_ufrag(&self, ufrag: &[u8]) -> Option<u32> {
         self.by_ufrag.get(&ufrag_key(ufrag)).copied()
