@@ -243,7 +243,8 @@ pub struct ServerSection {
     pub pin: bool,
     /// Cores the shards are pinned to, in order: shard `i` on `cores[i % len]`. Empty:
     /// the cores of the process's affinity mask, ascending (two processes on one host
-    /// then both start at the same core: give each its own list).
+    /// with fewer shards than cores then both start at the same core: give each its own
+    /// list).
     pub cores: Vec<usize>,
     /// SOFTWARE attribute value ("" to omit).
     pub software: String,
@@ -350,6 +351,9 @@ impl Config {
         }
         if self.server.shards > 1024 {
             return invalid("server.shards", "at most 1024");
+        }
+        if self.server.cores.len() > 1024 {
+            return invalid("server.cores", "at most 1024 (one shard each)");
         }
         if self.server.cores.iter().any(|&c| c >= 1024) {
             return invalid("server.cores", "core ids are below 1024 (CPU_SETSIZE)");

@@ -156,7 +156,7 @@ struct ServeArgs {
     /// UDP address to listen on (repeatable; IPv4 or IPv6); replaces `server.listen`.
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
-    /// Number of shards (0 = one per core).
+    /// Number of shards (0 = one per core of `--cores`, or of the affinity mask).
     #[arg(long)]
     shards: Option<usize>,
     /// Cores to pin the shards to, in order (`server.cores`), e.g. `--cores 2,3`.
@@ -227,7 +227,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
         config.server.shards = n;
     }
     if !args.cores.is_empty() {
-        config.server.cores = args.cores.clone();
+        (config.server.pin, config.server.cores) = (true, args.cores.clone());
     }
     if args.no_pin {
         (config.server.pin, config.server.cores) = (false, Vec::new());

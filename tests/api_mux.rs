@@ -399,4 +399,30 @@ async fn restart_renews_credentials_and_reconnects_over_the_same_conns() {
         before.drop_unknown_ufrag + 1,
         "the new ufrag is known"
     );
+
+    // A restart whose caller stops waiting once the command is out (its future polled
+    // once, then dropped): the handle shows the credentials the shard now uses.
+    let (u2, _) = b.local_credentials();
+    {
+        let mut once = std::pin::pin!(b.restart());
+        let _ = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(once.as_mut(), cx))
+        })
+        .await;
+    }
+    let (u3, _) = b.local_credentials();
+    assert_ne!(u3, u2);
+    // The agent answers a check for it (a 401: signed with another key); the demux would
+    // have dropped a check for an unknown ufrag without a word.
+    probe
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    probe
+        .send_to(&binding_request(&format!("{u3}:x"), [8; 12]), mux)
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = probe.recv_from(&mut buf).expect("the agent answers");
+    assert_eq!(from, mux);
+    let m = icering::stun::Message::parse(&buf[..n]).unwrap();
+    assert_eq!(m.transaction_id(), &[8; 12]);
 }

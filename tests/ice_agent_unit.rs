@@ -322,8 +322,10 @@ fn remote_prflx_foundation_hashes_its_address() {
     }
 }
 
-/// A restart announces the kept local candidates again (RFC 8839 §4.4.3.1.1), not those
-/// of a removed interface, then the end of gathering if gathering had ended.
+/// A restart announces the kept local candidates again (the peer forgets them with the old
+/// credentials, RFC 8445 §9), not those of a removed interface, then the end of gathering
+/// if gathering had ended. An agent that could not check yet stays New; a closed one
+/// refuses.
 #[test]
 fn restart_announces_the_live_candidates_again() {
     use icering::ice::IceEvent;
@@ -363,4 +365,59 @@ fn restart_announces_the_live_candidates_again() {
     a.restart(None, None).unwrap();
     assert_ne!(a.local_credentials().0, old);
     assert_eq!(announced(&mut a), [Some(kept), None]);
+    assert_eq!(a.state(), icering::ice::ConnectionState::New);
+    a.close();
+    assert!(matches!(
+        a.restart(None, None),
+        Err(icering::ice::IceError::Closed)
+    ));
+    assert!(announced(&mut a).is_empty());
+}
+
+/// A lite agent's old path after a restart goes once the peer has been silent on it for
+/// `failed_timeout` (a lite agent sends nothing that could end it otherwise), and the
+/// agent fails: it does not wait forever in Checking.
+#[test]
+fn a_restarted_lite_agent_fails_when_the_peer_never_checks_again() {
+    use icering::ice::ConnectionState;
+    let mut a = IceAgent::new(IceConfig {
+        controlling: true,
+        seed: 5,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut b = IceAgent::new(IceConfig {
+        lite: true,
+        seed: 6,
+        ..Default::default()
+    })
+    .unwrap();
+    a.add_local_candidate(Candidate::host("10.0.0.1:5000".parse().unwrap()))
+        .unwrap();
+    b.add_local_candidate(Candidate::host("10.0.0.2:6000".parse().unwrap()))
+        .unwrap();
+    let (u, p) = b.local_credentials();
+    let (u, p) = (u.to_owned(), p.to_owned());
+    a.set_remote_credentials(&u, &p).unwrap();
+    let (u, p) = a.local_credentials();
+    let (u, p) = (u.to_owned(), p.to_owned());
+    b.set_remote_credentials(&u, &p).unwrap();
+    for c in b.local_candidates().to_vec() {
+        a.add_remote_candidate(c).unwrap();
+    }
+    let mut now = Instant::now();
+    for _ in 0..100 {
+        pump(now, &mut a, &mut b);
+        pump(now, &mut b, &mut a);
+        now += Duration::from_millis(10);
+    }
+    assert_eq!(b.state(), ConnectionState::Connected);
+    b.restart(None, None).unwrap();
+    assert_eq!(b.state(), ConnectionState::Checking);
+    assert!(b.selected_pair().is_some(), "the old path carries data");
+    let deadline = b.poll_timeout().expect("a deadline for the old path");
+    assert!(deadline > now);
+    b.handle_timeout(deadline);
+    assert_eq!(b.state(), ConnectionState::Failed);
+    assert_eq!(b.selected_pair(), None);
 }

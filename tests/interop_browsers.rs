@@ -87,6 +87,31 @@ const log = (m) => fetch('/log', {method: 'POST', body: String(m)});
     ...ans.candidates.map((c) => 'a=candidate:' + c), 'a=end-of-candidates'];
   pc.oniceconnectionstatechange = () => log('ice ' + pc.iceConnectionState);
   await pc.setRemoteDescription({type: 'answer', sdp: lines.join('\r\n') + '\r\n'});
+  // `?restart=1`: an ICE restart (RFC 8445 §9, W3C restartIce) once the test says so:
+  // a new offer with new credentials and candidates, answered from `/restart`.
+  if (new URLSearchParams(location.search).get('restart')) (async () => {
+    while ((await (await fetch('/go')).text()) !== '1') await new Promise((r) => setTimeout(r, 200));
+    candidates.length = 0;
+    const again = new Promise((done) => {
+      pc.onicecandidate = (e) => !e.candidate ? done()
+        : e.candidate.candidate && candidates.push(e.candidate.candidate);
+    });
+    pc.restartIce();
+    await pc.setLocalDescription(await pc.createOffer());
+    await again;
+    const sdp2 = pc.localDescription.sdp;
+    const attr2 = (name) => new RegExp('a=' + name + ':(.*)').exec(sdp2)[1].trim();
+    const r = await fetch('/restart', {method: 'POST', body: JSON.stringify(
+        {ufrag: attr2('ice-ufrag'), pwd: attr2('ice-pwd'), candidates})});
+    const a2 = await r.json();
+    if (!r.ok) throw new Error('restart refused: ' + JSON.stringify(a2));
+    const lines2 = lines.filter((l) => !/^a=(ice-ufrag|ice-pwd|candidate|end-of-candidates):?/.test(l));
+    const at = lines2.indexOf('a=fingerprint:sha-256 ' + fingerprint);
+    lines2.splice(at, 0, 'a=ice-ufrag:' + a2.ufrag, 'a=ice-pwd:' + a2.pwd);
+    lines2.push(...a2.candidates.map((c) => 'a=candidate:' + c), 'a=end-of-candidates');
+    await pc.setRemoteDescription({type: 'answer', sdp: lines2.join('\r\n') + '\r\n'});
+    log('restarted ' + attr('ice-ufrag') + ' ' + attr2('ice-ufrag'));
+  })().catch((e) => log('error ' + e));
   setInterval(async () => {
     const stats = await pc.getStats();
     let pair;
@@ -100,7 +125,8 @@ const log = (m) => fetch('/log', {method: 'POST', body: String(m)});
     const remote = stats.get(pair.remoteCandidateId);
     // The local address is hidden from stats while mDNS hides it: its port only.
     log(['pair', pair.packetsReceived ?? -1, pair.bytesReceived ?? -1, local.port,
-         remote.address + ':' + remote.port, pc.iceConnectionState, local.candidateType].join(' '));
+         remote.address + ':' + remote.port, pc.iceConnectionState, local.candidateType,
+         pair.id].join(' '));
   }, 200);
 })().catch((e) => log('error ' + e));
 </script>"#;
@@ -163,12 +189,19 @@ struct Setup {
     /// The engine also serves TURN on [`TURN_PORT`] and the browser gathers relayed
     /// candidates only, from it (`iceTransportPolicy: 'relay'`).
     relay: bool,
+    /// Once connected, the browser restarts ICE (`restartIce`, a new offer) and icering's
+    /// agent restarts to answer it ([`Agent::restart`]).
+    restart: bool,
 }
 
 const TURN_PORT: u16 = 3478;
 
-/// The accepted connection (with its agent), or why not.
-type Accepted = Result<(Agent, Conn), String>;
+/// The accepted connection, or why not. The agent stays with the task that accepted,
+/// which serves the restart (`Setup::restart`).
+type Accepted = Result<Conn, String>;
+
+/// A restart offer and where its answer goes.
+type RestartOffer = (Offer, tokio::sync::oneshot::Sender<Result<String, String>>);
 
 /// What the `/offer` handler needs and reports.
 struct Answerer {
@@ -181,9 +214,15 @@ struct Answerer {
     /// Browser candidates icering added, and refused as mDNS names.
     added: Mutex<Vec<Candidate>>,
     refused_mdns: AtomicUsize,
+    /// Set by the test: the page's `/go` then says to restart.
+    go: std::sync::atomic::AtomicBool,
+    /// To the task that owns the agent: restart offers.
+    restarts: Mutex<Option<tokio::sync::mpsc::Sender<RestartOffer>>>,
+    /// icering's agent is up again after a restart (the task reports it).
+    reconnected: Mutex<Option<mpsc::Sender<ConnectionState>>>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Debug)]
 struct Offer {
     ufrag: String,
     pwd: String,
@@ -201,9 +240,48 @@ impl Answerer {
             .with_lite(self.setup.lite)
             .with_mux(self.setup.mux);
         let _rt = self.rt.enter();
-        let agent = self.engine.agent(opts).map_err(|e| e.to_string())?;
+        let mut agent = self.engine.agent(opts).map_err(|e| e.to_string())?;
         let ours = agent.gather_candidates().map_err(|e| e.to_string())?;
-        for line in &offer.candidates {
+        self.add_remote(&agent, &offer.candidates)?;
+        let (ufrag, pwd) = agent.local_credentials();
+        let tx = self.conn.lock().unwrap().take().ok_or("a second offer")?;
+        let (restart_tx, mut restarts) = tokio::sync::mpsc::channel::<RestartOffer>(1);
+        *self.restarts.lock().unwrap() = Some(restart_tx);
+        let me = self.clone_for_task();
+        self.rt.spawn(async move {
+            let r = agent.accept(&offer.ufrag, &offer.pwd).await;
+            let up = r.is_ok();
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+            // Restart offers, answered by this agent's restart.
+            while let Some((offer, reply)) = restarts.recv().await {
+                if up {
+                    let _ = reply.send(me.restart(&mut agent, offer).await);
+                }
+            }
+        });
+        Ok(answer(&ufrag, &pwd, self.setup.lite, &ours))
+    }
+
+    /// `/restart`: the browser's restart offer, answered by the accepting task.
+    fn restart(&self, body: &str) -> Result<String, String> {
+        let offer: Offer = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        let to = self
+            .restarts
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or("no agent yet")?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        to.blocking_send((offer, reply))
+            .map_err(|_| "the agent's task is gone")?;
+        answer
+            .blocking_recv()
+            .map_err(|_| "no answer".to_string())?
+    }
+
+    /// The browser's candidates of an offer: added, or counted when refused as mDNS.
+    fn add_remote(&self, agent: &Agent, lines: &[String]) -> Result<(), String> {
+        for line in lines {
             match Candidate::from_sdp(line) {
                 Ok(c) => {
                     agent
@@ -218,20 +296,66 @@ impl Answerer {
             }
         }
         agent.end_of_remote_candidates();
-        let (ufrag, pwd) = agent.local_credentials();
-        let tx = self.conn.lock().unwrap().take().ok_or("a second offer")?;
-        self.rt.spawn(async move {
-            let r = agent.accept(&offer.ufrag, &offer.pwd).await;
-            let _ = tx.send(r.map(|c| (agent, c)).map_err(|e| e.to_string()));
-        });
-        Ok(serde_json::json!({
-            "ufrag": ufrag,
-            "pwd": pwd,
-            "lite": self.setup.lite,
-            "candidates": ours.iter().map(Candidate::to_sdp).collect::<Vec<_>>(),
-        })
-        .to_string())
+        Ok(())
     }
+
+    /// What the accepting task keeps of the answerer.
+    fn clone_for_task(&self) -> Arc<Restarter> {
+        Arc::new(Restarter {
+            lite: self.setup.lite,
+            reconnected: self.reconnected.lock().unwrap().clone(),
+        })
+    }
+}
+
+/// The accepting task's side of a restart.
+struct Restarter {
+    lite: bool,
+    reconnected: Option<mpsc::Sender<ConnectionState>>,
+}
+
+impl Restarter {
+    /// RFC 8445 §9: new local credentials and the candidates again for the answer, the
+    /// browser's new ones in; reports once the agent is up again.
+    async fn restart(&self, agent: &mut Agent, offer: Offer) -> Result<String, String> {
+        let r = agent.restart().await.map_err(|e| e.to_string())?;
+        let mut state = agent.state().ok_or("an App agent")?;
+        agent
+            .set_remote_credentials(&offer.ufrag, &offer.pwd)
+            .map_err(|e| e.to_string())?;
+        for line in &offer.candidates {
+            match Candidate::from_sdp(line) {
+                Ok(c) => agent.add_remote_candidate(c).map_err(|e| e.to_string())?,
+                Err(icering::ice::IceError::Unsupported("mDNS")) => {}
+                Err(e) => return Err(format!("candidate {line:?}: {e}")),
+            }
+        }
+        agent.end_of_remote_candidates();
+        let seen = state.get();
+        if let Some(tx) = self.reconnected.clone() {
+            tokio::spawn(async move {
+                let mut s = seen;
+                while !matches!(s, ConnectionState::Connected | ConnectionState::Completed) {
+                    match state.changed().await {
+                        Ok(n) => s = n,
+                        Err(_) => return,
+                    }
+                }
+                let _ = tx.send(s);
+            });
+        }
+        Ok(answer(&r.ufrag, &r.pwd, self.lite, &r.candidates))
+    }
+}
+
+fn answer(ufrag: &str, pwd: &str, lite: bool, ours: &[Candidate]) -> String {
+    serde_json::json!({
+        "ufrag": ufrag,
+        "pwd": pwd,
+        "lite": lite,
+        "candidates": ours.iter().map(Candidate::to_sdp).collect::<Vec<_>>(),
+    })
+    .to_string()
 }
 
 /// Serves the page, `/offer` and `/log` (one request per connection).
@@ -279,6 +403,21 @@ fn request(
             Ok(json) => ("200 OK", "application/json", json),
             Err(e) => {
                 let _ = log.send(format!("offer refused: {e}"));
+                ("400 Bad Request", "application/json", format!("{e:?}"))
+            }
+        },
+        ("GET", "/go") => {
+            let go = answerer.go.load(Ordering::Relaxed);
+            (
+                "200 OK",
+                "text/plain",
+                if go { "1" } else { "0" }.to_string(),
+            )
+        }
+        ("POST", "/restart") => match answerer.restart(&body) {
+            Ok(json) => ("200 OK", "application/json", json),
+            Err(e) => {
+                let _ = log.send(format!("offer refused: restart: {e}"));
                 ("400 Bad Request", "application/json", format!("{e:?}"))
             }
         },
@@ -413,9 +552,11 @@ struct PairReport<'a> {
     remote: SocketAddr,
     state: &'a str,
     local_kind: &'a str,
+    /// The browser's id of the pair (a new generation's pairs have new ids).
+    id: &'a str,
 }
 
-/// `pair <packetsReceived> <bytesReceived> <local port> <remote> <state> <local type>`.
+/// `pair <packetsReceived> <bytesReceived> <local port> <remote> <state> <local type> <id>`.
 fn pair_report(l: &str) -> Option<PairReport<'_>> {
     let mut w = l.strip_prefix("pair ")?.split(' ');
     Some(PairReport {
@@ -425,6 +566,7 @@ fn pair_report(l: &str) -> Option<PairReport<'_>> {
         remote: w.next()?.parse().ok()?,
         state: w.next()?,
         local_kind: w.next()?,
+        id: w.next()?,
     })
 }
 
@@ -475,6 +617,7 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
     }
     let engine = Engine::start(&config).unwrap();
     let (conn_tx, conn_rx) = mpsc::channel();
+    let (up_tx, reconnected) = mpsc::channel();
     let answerer = Arc::new(Answerer {
         rt: rt.handle().clone(),
         engine: engine.clone(),
@@ -483,11 +626,16 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
         conn: Mutex::new(Some(conn_tx)),
         added: Mutex::new(Vec::new()),
         refused_mdns: AtomicUsize::new(0),
+        go: Default::default(),
+        restarts: Mutex::new(None),
+        reconnected: Mutex::new(Some(up_tx)),
     });
     let listener = TcpListener::bind((here, 0)).unwrap();
     let mut url = format!("http://{}/", listener.local_addr().unwrap());
     if setup.relay {
         url += &format!("?turn=turn:{here}:{TURN_PORT}?transport=udp");
+    } else if setup.restart {
+        url += "?restart=1";
     }
     let (log_tx, log) = mpsc::channel();
     {
@@ -504,7 +652,7 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
     );
 
     // Both sides connect.
-    let (agent, mut conn) = match conn_rx.recv_timeout(Duration::from_secs(60)) {
+    let mut conn = match conn_rx.recv_timeout(Duration::from_secs(60)) {
         Ok(accepted) => accepted.expect("accept"),
         Err(_) => panic!(
             "the browser did not offer, or icering did not connect; browser: {:?}; server: {:?}; ice: {:?}",
@@ -583,12 +731,46 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
         (d[0], d[1]) = (0x80, i);
         rt.block_on(conn.send(Bytes::from(d))).unwrap();
     }
-    wait_log(&log, Duration::from_secs(10), |l| {
-        pair_report(l).is_some_and(|p| match p.packets_received {
-            -1 => p.bytes_received >= before.bytes_received + 5000,
-            n => n >= before.packets_received + 5,
+    let got_five = |before: &PairReport<'_>, l: &str| {
+        pair_report(l).is_some_and(|p| {
+            p.id == before.id
+                && match p.packets_received {
+                    -1 => p.bytes_received >= before.bytes_received + 5000,
+                    n => n >= before.packets_received + 5,
+                }
         })
-    });
+    };
+    wait_log(&log, Duration::from_secs(10), |l| got_five(&before, l));
+
+    if setup.restart {
+        // ICE restart, browser first (a new offer): both sides change credentials, the
+        // browser's checks with the new ones select a pair of the new generation, and
+        // icering's datagrams reach the browser on it.
+        answerer.go.store(true, Ordering::Relaxed);
+        let l = wait_log(&log, Duration::from_secs(30), |l| {
+            l.starts_with("restarted ")
+        });
+        let ufrags: Vec<&str> = l.split(' ').skip(1).collect();
+        assert!(ufrags.len() == 2 && ufrags[0] != ufrags[1], "{l}");
+        let up = reconnected
+            .recv_timeout(Duration::from_secs(30))
+            .expect("icering's agent connected again with the new credentials");
+        assert!(matches!(
+            up,
+            ConnectionState::Connected | ConnectionState::Completed
+        ));
+        let next = wait_log(&log, Duration::from_secs(30), |l| {
+            pair_report(l).is_some_and(|p| p.id != before.id && p.state == "connected")
+        });
+        let after = pair_report(&next).unwrap();
+        assert_eq!(after.remote, local, "the same 5-tuple after the restart");
+        for i in 0..5u8 {
+            let mut d = vec![0u8; 1000];
+            (d[0], d[1]) = (0x80, 10 + i);
+            rt.block_on(conn.send(Bytes::from(d))).unwrap();
+        }
+        wait_log(&log, Duration::from_secs(10), |l| got_five(&after, l));
+    }
 
     // Consent freshness (RFC 7675 §5.1): a browser drops a pair whose consent checks go
     // unanswered for 30 s; 35 s later it is still connected.
@@ -615,7 +797,6 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
 
     drop(browser);
     conn.close();
-    drop(agent);
     engine.shutdown().unwrap();
 }
 
@@ -629,12 +810,15 @@ fn chromium_controls_a_full_agent_through_its_mdns_candidates() {
             mux: false,
             mdns: true,
             relay: false,
+            restart: false,
         },
     );
 }
 
+/// Also an ICE restart the browser starts (`restartIce`), answered by
+/// [`Agent::restart`]: the mux port must route the new ufrag.
 #[test]
-fn chromium_controls_a_lite_agent_on_the_shared_port() {
+fn chromium_controls_a_lite_agent_on_the_shared_port_and_restarts_ice() {
     run(
         "chromium-lite-mux",
         Setup {
@@ -643,6 +827,7 @@ fn chromium_controls_a_lite_agent_on_the_shared_port() {
             mux: true,
             mdns: false,
             relay: false,
+            restart: true,
         },
     );
 }
@@ -657,6 +842,7 @@ fn chromium_reaches_a_full_agent_through_the_engines_turn_relay() {
             mux: false,
             mdns: true,
             relay: true,
+            restart: false,
         },
     );
 }
@@ -671,6 +857,7 @@ fn firefox_controls_a_lite_agent_on_the_shared_port_through_its_mdns_candidates(
             mux: true,
             mdns: true,
             relay: false,
+            restart: false,
         },
     );
 }
@@ -685,6 +872,7 @@ fn firefox_reaches_a_full_agent_through_the_engines_turn_relay() {
             mux: false,
             mdns: true,
             relay: true,
+            restart: false,
         },
     );
 }
@@ -713,6 +901,7 @@ fn behind_nat(test: &str, nat: nat::Nat) {
         mux: true,
         mdns: true,
         relay: false,
+        restart: false,
     };
     let net = Net {
         here: nat::SERVER,

@@ -143,7 +143,7 @@ fn sessions_over_http_connect_echo_report_and_close() {
             400,
         );
 
-        let mut agent = engine
+        let agent = engine
             .agent(
                 AgentOptions::default()
                     .loopback_only()
@@ -271,6 +271,25 @@ fn sessions_over_http_connect_echo_report_and_close() {
         });
         let again = format!("after restart {id}");
         assert_eq!(&echo(&mut conn, &again)[..], again.as_bytes());
+        // The session itself is connected again: only a nomination checked with the new
+        // credentials moves it out of Checking (the old path carried the echo meanwhile).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let state = loop {
+            let (st, b) = common::http(admin, "GET", &format!("/sessions/{id}"), "", "");
+            assert_eq!(st, 200, "{b}");
+            let v = json(&b);
+            if matches!(v["state"].as_str(), Some("connected" | "completed"))
+                || Instant::now() > deadline
+            {
+                break v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            matches!(state["state"].as_str(), Some("connected" | "completed")),
+            "{state}"
+        );
+        assert!(state["selected_pair"]["remote"].is_string(), "{state}");
 
         let (st, _) = common::http(admin, "DELETE", &format!("/sessions/{id}"), "", "");
         assert_eq!(st, 204);

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
-use super::engine::{Inner, PWD_LEN, UFRAG_LEN, secure_random};
+use super::engine::{Inner, PWD_LEN, UFRAG_LEN, fresh_credentials, secure_random};
 use super::link::{DataRx, Link};
 use super::netmon::Watch;
 use super::{AgentEvent, AgentOptions, ApiError, ConnStats, Events, StateWatch};
@@ -24,6 +24,8 @@ pub(crate) struct Handle {
     pub key: u64,
     pub tx: Sender<Control>,
     pub waker: Waker,
+    /// The hosting shard's index: the first character of every ufrag the agent gets.
+    pub shard: u8,
 }
 
 impl Handle {
@@ -66,14 +68,23 @@ impl Handle {
         let _ = self.send(IceCmd::EndOfRemoteCandidates { key: self.key });
     }
 
-    /// The shard makes the new credentials: the ufrag's first character must name it.
-    async fn restart(&self) -> Result<Restarted, ApiError> {
+    /// Sends the restart with new credentials (the ufrag's first character keeps naming
+    /// the shard) and gives them to `keep` at once, so a caller that stops waiting for
+    /// the candidates still has the credentials the shard now uses.
+    fn restart(
+        &self,
+        keep: impl FnOnce(&str, &str),
+    ) -> Result<oneshot::Receiver<Restarted>, ApiError> {
+        let (ufrag, pwd) = fresh_credentials(usize::from(self.shard));
         let (reply, rx) = oneshot::channel();
         self.send(IceCmd::Restart {
             key: self.key,
+            ufrag: ufrag.clone(),
+            pwd: pwd.clone(),
             reply,
         })?;
-        rx.await.map_err(|_| ApiError::Closed)
+        keep(&ufrag, &pwd);
+        Ok(rx)
     }
 }
 
@@ -95,8 +106,8 @@ struct Gather {
 pub struct Agent {
     handle: Arc<Handle>,
     /// ufrag then pwd, inline: the engine makes them [`UFRAG_LEN`] and [`PWD_LEN`]
-    /// ice-chars long (no allocation of their own).
-    creds: [u8; UFRAG_LEN + PWD_LEN],
+    /// ice-chars long (no allocation of their own); replaced by [`restart`](Self::restart).
+    creds: Mutex<[u8; UFRAG_LEN + PWD_LEN]>,
     /// Until [`gather_candidates`](Self::gather_candidates), which takes it (boxed: one
     /// pointer, not ~250 B of options, in every handle).
     gather: Mutex<Option<Box<Gather>>>,
@@ -180,7 +191,7 @@ impl Agent {
         creds[UFRAG_LEN..].copy_from_slice(pwd.as_bytes());
         Agent {
             handle,
-            creds,
+            creds: Mutex::new(creds),
             gather: Mutex::new(Some(Box::new(Gather {
                 engine,
                 opts,
@@ -194,7 +205,8 @@ impl Agent {
     /// Local `(ufrag, pwd)` to signal to the peer.
     pub fn local_credentials(&self) -> (String, String) {
         let s = |b: &[u8]| b.iter().map(|&c| char::from(c)).collect();
-        (s(&self.creds[..UFRAG_LEN]), s(&self.creds[UFRAG_LEN..]))
+        let c = *self.creds.lock().unwrap_or_else(|e| e.into_inner());
+        (s(&c[..UFRAG_LEN]), s(&c[UFRAG_LEN..]))
     }
 
     /// The peer's credentials. Checks start once a role is chosen too
@@ -391,18 +403,25 @@ impl Agent {
     }
 
     /// ICE restart (RFC 8445 §9; pion: `Restart`): returns new local credentials and the
-    /// local candidates, to signal. The peer's credentials and candidates are forgotten: give its new ones
-    /// with [`set_remote_credentials`](Self::set_remote_credentials) and
-    /// [`add_remote_candidate`](Self::add_remote_candidate). The local candidates are kept
-    /// and announced again as events, `Candidate(Some(..))` each, then `Candidate(None)`
-    /// once gathering has ended (pion asks for a new `GatherCandidates` instead). The state
-    /// turns Checking and the role is kept; data keeps flowing on the selected pair until
-    /// the checks select a new one, and an existing [`Conn`] carries on over it.
-    pub async fn restart(&mut self) -> Result<Restarted, ApiError> {
-        let r = self.handle.restart().await?;
-        self.creds[..UFRAG_LEN].copy_from_slice(r.ufrag.as_bytes());
-        self.creds[UFRAG_LEN..].copy_from_slice(r.pwd.as_bytes());
-        Ok(r)
+    /// local candidates, to signal. The peer's credentials and candidates are forgotten,
+    /// so give its new ones *after* this call, with
+    /// [`set_remote_credentials`](Self::set_remote_credentials) and
+    /// [`add_remote_candidate`](Self::add_remote_candidate) (when the peer restarted first,
+    /// keep its offer until then). The local candidates are kept and announced again as
+    /// events, `Candidate(Some(..))` each, then `Candidate(None)` once gathering has ended
+    /// (pion asks for a new `GatherCandidates` instead). The state turns Checking and the
+    /// role is kept; data keeps flowing on the selected pair until the checks select a
+    /// new one, and an existing [`Conn`] carries on over it. The new credentials take
+    /// effect (and [`local_credentials`](Self::local_credentials) shows them) as soon as
+    /// the call starts, even if its future is dropped before the candidates come back.
+    /// See docs/agents.md ("ICE restart").
+    pub async fn restart(&self) -> Result<Restarted, ApiError> {
+        let rx = self.handle.restart(|u, p| {
+            let mut c = self.creds.lock().unwrap_or_else(|e| e.into_inner());
+            c[..UFRAG_LEN].copy_from_slice(u.as_bytes());
+            c[UFRAG_LEN..].copy_from_slice(p.as_bytes());
+        })?;
+        rx.await.map_err(|_| ApiError::Closed)
     }
 
     /// Connection counters (works for every data mode).
@@ -435,6 +454,9 @@ pub struct Restarted {
     pub pwd: String,
     /// The local candidates, kept from before (host, server-reflexive, relayed).
     pub candidates: Vec<Candidate>,
+    /// Gathering had ended: `candidates` are all there will be (else more follow as
+    /// events, as they come).
+    pub complete: bool,
 }
 
 /// The signalling half of an [`Agent`] (from [`Agent::into_session_handle`]): remote
@@ -463,7 +485,8 @@ impl SessionHandle {
 
     /// See [`Agent::restart`].
     pub async fn restart(&self) -> Result<Restarted, ApiError> {
-        self.handle.restart().await
+        let rx = self.handle.restart(|_, _| {})?;
+        rx.await.map_err(|_| ApiError::Closed)
     }
 
     /// See [`Agent::stats`].

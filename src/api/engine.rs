@@ -239,7 +239,12 @@ impl Engine {
             (None, None)
         };
         let (tx, waker) = self.inner.links[shard].clone();
-        let handle = Arc::new(Handle { key, tx, waker });
+        let handle = Arc::new(Handle {
+            key,
+            tx,
+            waker,
+            shard: shard as u8,
+        });
         let config = IceConfig {
             lite: opts.lite,
             seed,

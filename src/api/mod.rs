@@ -82,8 +82,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use agent::{Agent, Conn, Restarted, SessionHandle};
+pub(crate) use engine::secure_random;
 pub use engine::{Engine, EngineStats};
-pub(crate) use engine::{fresh_credentials, secure_random};
 pub(crate) use link::LinkTx;
 pub use link::{Events, StateWatch};
 pub use options::{

@@ -245,6 +245,11 @@ impl IceAgent {
         &self.locals
     }
 
+    /// Gathering has ended ([`end_of_local_candidates`](Self::end_of_local_candidates)).
+    pub fn gathering_complete(&self) -> bool {
+        self.local_end
+    }
+
     /// The local candidates to signal: host, server-reflexive and relayed ones whose
     /// interface is still there (what [`restart`](Self::restart) announces again).
     pub fn signalled_candidates(&self) -> impl Iterator<Item = &Candidate> {
@@ -534,14 +539,18 @@ impl IceAgent {
         self.remote_end = true;
     }
 
-    /// ICE restart (RFC 8445 §9): new local credentials (generated when `None`), remote
-    /// credentials and candidates forgotten, check list emptied. Host, server-reflexive
-    /// and relayed local candidates are kept and announced again, as the new generation
-    /// the peer must be told (RFC 8839 §4.4.3.1.1): an [`IceEvent::LocalCandidate`] each
-    /// (not those of removed interfaces), then [`IceEvent::GatheringComplete`] if
-    /// gathering had ended (else when it ends). The old selected pair keeps carrying data
-    /// until a new pair is selected.
+    /// ICE restart (RFC 8445 §9): new local credentials (generated when `None`); the
+    /// peer's credentials and candidates, the check list and the nomination counts start
+    /// again (the role stays). Host, server-reflexive and relayed local candidates are kept
+    /// and announced again, since the peer forgets them with the old credentials: an
+    /// [`IceEvent::LocalCandidate`] each (not those of removed interfaces), then
+    /// [`IceEvent::GatheringComplete`] if gathering had ended (else when it ends). The
+    /// state turns Checking (New stays New); the old selected pair keeps carrying data
+    /// until a new pair is selected. [`IceError::Closed`] on a closed agent.
     pub fn restart(&mut self, ufrag: Option<String>, pwd: Option<String>) -> Result<(), IceError> {
+        if self.state == ConnectionState::Closed {
+            return Err(IceError::Closed);
+        }
         self.local = Credentials::local(&mut self.rng, ufrag, pwd)?;
         self.remote = None;
         self.clear_remote_side();
@@ -555,7 +564,8 @@ impl IceAgent {
         if self.local_end {
             self.events.push_back(IceEvent::GatheringComplete);
         }
-        if self.state != ConnectionState::Closed {
+        // Nothing could check yet (no peer credentials before, none now): still New.
+        if self.state != ConnectionState::New {
             self.set_state(ConnectionState::Checking);
         }
         Ok(())
@@ -590,6 +600,11 @@ impl IceAgent {
         self.nominating = None;
         self.first_valid_at = None;
         self.remote_end = false;
+        // §9: everything but the roles starts again; a peer that restarted counts its
+        // renominations (and paces its checks) from the start too.
+        self.nomination_sent = 0;
+        self.nomination_seen = 0;
+        self.next_check_at = None;
         self.shed_rare(|r| r.pac_until = None);
         if let Some(s) = &mut self.selected {
             s.pair = None;
@@ -1200,12 +1215,19 @@ impl IceAgent {
         let Some(pi) = s.pair else {
             // The old path an ICE restart left: its credentials are gone, so it gets no
             // consent checks and may carry data only until its last consent expires
-            // (RFC 7675 §5.1); then it goes as if its interface had.
+            // (RFC 7675 §5.1); then it goes as if its interface had. A lite agent checks
+            // nothing: its old path goes once the peer has been silent on it for
+            // `failed_timeout` (and with it the agent, which only a peer's checks revive).
             if !self.cfg.lite
                 && now.saturating_duration_since(s.last_consent) >= self.cfg.consent_timeout.get()
             {
                 self.unselect();
                 self.set_state(ConnectionState::Disconnected);
+            } else if self.cfg.lite
+                && now.saturating_duration_since(s.last_activity) >= self.cfg.failed_timeout.get()
+            {
+                self.unselect();
+                self.set_state(ConnectionState::Failed);
             }
             return;
         };
@@ -1410,10 +1432,14 @@ impl IceAgent {
         }
         if let Some(s) = &self.selected
             && s.pair.is_none()
-            && !self.cfg.lite
         {
-            // A restart's old path: until its consent expires.
-            at(s.last_consent + self.cfg.consent_timeout.get());
+            // A restart's old path: until its consent expires (lite: until the peer has
+            // been silent on it for `failed_timeout`).
+            if self.cfg.lite {
+                at(s.last_activity + self.cfg.failed_timeout.get());
+            } else {
+                at(s.last_consent + self.cfg.consent_timeout.get());
+            }
         }
         if let Some(s) = &self.selected
             && s.pair.is_some()

@@ -20,7 +20,7 @@
 //! itself is gone). HTTP/1.1 (keep-alive) is hyper on one thread with a current-thread
 //! tokio runtime: any number of connections, each request handled in its connection's
 //! task (no handler blocks: commands to a shard are channel sends, and the one that waits
-//! for a shard's answer, `GET /sessions/{id}`, awaits it). The session table is a mutex held only to
+//! for a shard's answer, `GET /sessions/{id}` and `restart`, await it). The session table is a mutex held only to
 //! insert, look up or remove (never across a shard round trip). See docs/serve-api.md for
 //! curl examples.
 

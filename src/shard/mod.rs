@@ -77,6 +77,16 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// How many shards: `server.shards`, or with 0 one per core of `server.cores`, else one
+/// per `allowed` core.
+fn shard_count(server: &ServerSection, allowed: &[usize]) -> usize {
+    match (server.shards, server.cores.len()) {
+        (0, 0) => allowed.len(),
+        (0, listed) => listed,
+        (n, _) => n,
+    }
+}
+
 /// The core each of `n` shards is pinned to: `server.cores` in turn, else the process's
 /// `allowed` cores in turn (only when there is a choice: more than one shard or core);
 /// none with `server.pin = false`.
@@ -106,18 +116,19 @@ impl Runtime {
         };
         let (backend, backend_reason) = io::select_backend(choice)?;
         let allowed = io::allowed_cores();
-        let n = match (config.server.shards, config.server.cores.len()) {
-            (0, 0) => allowed.len(),
-            (0, listed) => listed,
-            (n, _) => n,
-        };
+        let n = shard_count(&config.server, &allowed);
         let pinned = shard_cores(&config.server, n, &allowed);
         if pinned.iter().any(Option::is_some) {
             let cores: Vec<usize> = pinned.iter().flatten().copied().collect();
+            let from = if config.server.cores.is_empty() {
+                "the affinity mask"
+            } else {
+                "server.cores"
+            };
             tracing::info!(
                 shards = n,
                 ?cores,
-                "shard threads pinned to cores (server.cores)"
+                "shard threads pinned to cores of {from}"
             );
         }
 
@@ -444,6 +455,17 @@ mod tests {
         // One shard on a one-core process: nothing to choose.
         assert_eq!(cores(true, &[], 1, &[5]), [None]);
         assert_eq!(cores(true, &[], 1, &[0, 1]), [Some(0)]);
+        let count = |shards, listed: &[usize], allowed: &[usize]| {
+            let s = ServerSection {
+                shards,
+                cores: listed.to_vec(),
+                ..ServerSection::default()
+            };
+            super::shard_count(&s, allowed)
+        };
+        assert_eq!(count(0, &[], &[2, 3, 4]), 3);
+        assert_eq!(count(0, &[7, 9], &[0, 1, 2, 3]), 2);
+        assert_eq!(count(5, &[1], &[0, 1]), 5);
     }
 
     #[test]

@@ -31,9 +31,7 @@ use tokio::sync::oneshot;
 
 use super::timers::Timers;
 use super::{Control, ShardCounters};
-use crate::api::{
-    AgentEvent, CandidateTypes, ConnStats, DataMode, LinkTx, Restarted, fresh_credentials,
-};
+use crate::api::{AgentEvent, CandidateTypes, ConnStats, DataMode, LinkTx, Restarted};
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
 use crate::io::{Backend, IoStats, Lend, SendQueue, SocketId, StreamId, StreamSet, Waker};
 use crate::net::{Protocol, Received};
@@ -96,9 +94,11 @@ pub(crate) enum IceCmd {
     EndOfRemoteCandidates {
         key: u64,
     },
-    /// ICE restart with new local credentials made here (the ufrag names this shard).
+    /// ICE restart with these new local credentials (the ufrag names this shard).
     Restart {
         key: u64,
+        ufrag: String,
+        pwd: String,
         reply: oneshot::Sender<Restarted>,
     },
     /// Choose the role and let checks start (dial: controlling, accept: controlled).
@@ -933,11 +933,20 @@ impl IceHost {
             IceCmd::EndOfRemoteCandidates { key } => {
                 self.with(now, backend, key, |h| h.agent.end_of_remote_candidates());
             }
-            IceCmd::Restart { key, reply } => {
+            IceCmd::Restart {
+                key,
+                ufrag,
+                pwd,
+                reply,
+            } => {
+                debug_assert_eq!(
+                    demux::shard_of_ufrag(ufrag.as_bytes()),
+                    Some(self.shard),
+                    "a restart's ufrag names its shard"
+                );
                 let Some(slot) = self.table.slot_of(key) else {
                     return;
                 };
-                let (ufrag, pwd) = fresh_credentials(usize::from(self.shard));
                 let Some(h) = self.table.get_mut(slot) else {
                     return;
                 };
@@ -950,14 +959,17 @@ impl IceHost {
                 // Credentials held back for a role not chosen yet belong to the old session.
                 h.pending_remote = None;
                 h.agent.handle_timeout(now);
-                let candidates = h.agent.signalled_candidates().cloned().collect();
                 self.table.set_ufrag(slot, &ufrag);
+                // Server answers of this turn reach the agent in `drive`: read after it.
                 self.drive(now, backend.send_queue(), slot);
-                let _ = reply.send(Restarted {
-                    ufrag,
-                    pwd,
-                    candidates,
-                });
+                if let Some(h) = self.table.get_mut(slot) {
+                    let _ = reply.send(Restarted {
+                        ufrag,
+                        pwd,
+                        candidates: h.agent.signalled_candidates().cloned().collect(),
+                        complete: h.agent.gathering_complete(),
+                    });
+                }
             }
             IceCmd::Start { key, controlling } => {
                 self.with(now, backend, key, |h| {
