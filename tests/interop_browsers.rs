@@ -24,8 +24,11 @@
 //!   browser gathering relayed candidates only (`iceTransportPolicy: 'relay'`) from the
 //!   engine's own TURN server (RFC 8656): its TURN client allocates, permits and relays
 //!   every check and datagram through our relay, and the server's counters must show it;
-//!   and Chromium on a host behind a real NAT (the NAT lab of `tests/nat/`,
-//!   endpoint-independent and symmetric) against the lite agent on a public address.
+//!   Chromium on a host behind a real NAT (the NAT lab of `tests/nat/`,
+//!   endpoint-independent and symmetric) against the lite agent on a public address; and
+//!   an ICE restart Chromium starts (`restartIce()`, a new offer with new credentials)
+//!   against the lite agent on the shared port, answered by `Agent::restart`: the browser
+//!   must select a pair of the new generation and receive icering's datagrams on it.
 //!
 //! Each test but the NAT one moves its thread into a new network namespace
 //! (`unshare(CLONE_NEWNET)`): a
