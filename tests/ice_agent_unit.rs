@@ -417,6 +417,19 @@ fn a_restarted_lite_agent_fails_when_the_peer_never_checks_again() {
     assert!(b.selected_pair().is_some(), "the old path carries data");
     let deadline = b.poll_timeout().expect("a deadline for the old path");
     assert!(deadline > now);
+    // The peer's data on the old path keeps it (and pushes the deadline back).
+    let (local, remote) = b.selected_pair().unwrap();
+    let later = deadline - Duration::from_secs(1);
+    let data = Received {
+        source: remote,
+        destination: local,
+        contents: &[0x80, 1, 2],
+    };
+    assert_eq!(b.handle_packet(later, data), Handled::Data);
+    b.handle_timeout(deadline);
+    assert_eq!(b.state(), ConnectionState::Checking);
+    let deadline = b.poll_timeout().expect("a later deadline");
+    assert!(deadline > later);
     b.handle_timeout(deadline);
     assert_eq!(b.state(), ConnectionState::Failed);
     assert_eq!(b.selected_pair(), None);

@@ -634,12 +634,18 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
         reconnected: Mutex::new(Some(up_tx)),
     });
     let listener = TcpListener::bind((here, 0)).unwrap();
-    let mut url = format!("http://{}/", listener.local_addr().unwrap());
+    let mut query = Vec::new();
     if setup.relay {
-        url += &format!("?turn=turn:{here}:{TURN_PORT}?transport=udp");
-    } else if setup.restart {
-        url += "?restart=1";
+        query.push(format!("turn=turn:{here}:{TURN_PORT}?transport=udp"));
     }
+    if setup.restart {
+        query.push("restart=1".to_string());
+    }
+    let url = format!(
+        "http://{}/?{}",
+        listener.local_addr().unwrap(),
+        query.join("&")
+    );
     let (log_tx, log) = mpsc::channel();
     {
         let answerer = answerer.clone();

@@ -409,18 +409,24 @@ impl Agent {
     /// [`add_remote_candidate`](Self::add_remote_candidate) (when the peer restarted first,
     /// keep its offer until then). The local candidates are kept and announced again as
     /// events, `Candidate(Some(..))` each, then `Candidate(None)` once gathering has ended
-    /// (pion asks for a new `GatherCandidates` instead). The state turns Checking and the
-    /// role is kept; data keeps flowing on the selected pair until the checks select a
-    /// new one, and an existing [`Conn`] carries on over it. The new credentials take
-    /// effect (and [`local_credentials`](Self::local_credentials) shows them) as soon as
-    /// the call starts, even if its future is dropped before the candidates come back.
+    /// (pion asks for a new `GatherCandidates` instead). The state turns Checking (New
+    /// stays New) and the role is kept; data keeps flowing on the selected pair until the
+    /// checks select a new one, and an existing [`Conn`] carries on over it. The new
+    /// credentials take effect (and [`local_credentials`](Self::local_credentials) shows
+    /// them) as soon as the call starts, even if its future is dropped before the
+    /// candidates come back. On an agent already closed the call ends in
+    /// [`ApiError::Closed`], and `local_credentials` then shows credentials never used.
     /// See docs/agents.md ("ICE restart").
     pub async fn restart(&self) -> Result<Restarted, ApiError> {
-        let rx = self.handle.restart(|u, p| {
+        let rx = {
+            // Held across send and store: concurrent restarts reach the shard in the
+            // order their credentials are stored, so the last one stored is the one used.
             let mut c = self.creds.lock().unwrap_or_else(|e| e.into_inner());
-            c[..UFRAG_LEN].copy_from_slice(u.as_bytes());
-            c[UFRAG_LEN..].copy_from_slice(p.as_bytes());
-        })?;
+            self.handle.restart(|u, p| {
+                c[..UFRAG_LEN].copy_from_slice(u.as_bytes());
+                c[UFRAG_LEN..].copy_from_slice(p.as_bytes());
+            })?
+        };
         rx.await.map_err(|_| ApiError::Closed)
     }
 
