@@ -4,7 +4,8 @@
 #     shards through the public API, controlled side on the shard's shared port) and
 #     webrtc-rs's webrtc-ice (controlled side on one UDPMuxDefault per worker), then a hold
 #     of S seconds with keepalives/consent running; then again, both, with 1024 setups in
-#     flight per worker instead of 256 (no hold), since at 256 a worker is latency-bound;
+#     flight per worker instead of 256 (no hold), since at 256 an icering worker is
+#     latency-bound, and with 128 (webrtc-ice's best in a scan of 64–512);
 #  2. serve: M full icering agents (workers of 5,000) against ICE-lite echo sessions of `icering serve`
 #     (one shard, one UDP port), sessions created over its HTTP API; server RSS and CPU.
 # A process may hold at most 20,000 descriptors here, so the load is split over K workers.
@@ -26,6 +27,10 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   --baseline webrtc-ice --json >"$OUT/pairs.json"
 "$BIN/icering-loadtest" ice pairs --n "$N" --procs "$K" --concurrency 1024 \
   --baseline webrtc-ice --json >"$OUT/pairs1024.json"
+# webrtc-ice is CPU-bound from ~64 in flight; its best rate was at 128 in one scan
+# (64–512), so that setting runs too, for both.
+"$BIN/icering-loadtest" ice pairs --n "$N" --procs "$K" --concurrency 128 \
+  --baseline webrtc-ice --json >"$OUT/pairs128.json"
 
 # The server's shard on the first core, the client workers' shards on the others (each
 # would otherwise pin its shard to the first core of its mask, all on the same core).
@@ -49,9 +54,11 @@ python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 p256, p1024 = json.load(open(f"{out}/pairs.json")), json.load(open(f"{out}/pairs1024.json"))
+p128 = json.load(open(f"{out}/pairs128.json"))
 for r in p256: r["inflight"] = 256
 for r in p1024: r["inflight"] = 1024
-rows = p256 + p1024 + json.load(open(f"{out}/serve.json"))
+for r in p128: r["inflight"] = 128
+rows = p128 + p256 + p1024 + json.load(open(f"{out}/serve.json"))
 print("| implementation | load | in flight/worker | connected | conn/s | CPU us/conn | p50 ms | p90 ms | p99 ms | max ms "
       "| RSS B/agent | hold CPU % | hold RSS B/agent | alive after hold | server B/session | server hold CPU % | failures |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -76,7 +83,8 @@ print(f"icering / webrtc-ice (pairs, 1024 in flight): connections/s ×{ratio(a2[
 # Each at its better setting; a setting where an implementation lost setups does not count
 # for it (a timed-out setup's retries inflate or deflate its rate).
 best = lambda rs: max((r for r in rs if r['failed'] == 0), key=lambda r: r['connections_per_s'], default=None)
-ba, bb = best([a, a2]), best([b, b2])
+a3, b3 = p128
+ba, bb = best([a, a2, a3]), best([b, b2, b3])
 if ba and bb:
     print(f"best without failures: icering {ba['connections_per_s']:.0f}/s ({ba['inflight']} in flight), "
           f"webrtc-ice {bb['connections_per_s']:.0f}/s ({bb['inflight']} in flight): ×{ratio(ba['connections_per_s'], bb['connections_per_s']):.1f}")

@@ -112,6 +112,10 @@ pub struct Args {
     /// The same pairs load on another implementation, in the same run, side by side.
     #[arg(long, value_enum)]
     baseline: Option<Imp>,
+    /// Setups in flight per worker for the baseline (default: `--concurrency`), so each
+    /// implementation can run at its own best setting in one invocation.
+    #[arg(long)]
+    baseline_concurrency: Option<usize>,
     /// serve mode: the `icering serve` admin (HTTP) address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     admin: SocketAddr,
@@ -721,7 +725,9 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     let mut reports = vec![run_imp(&args, Imp::Icering)?];
     if let Some(b) = args.baseline {
-        reports.push(run_imp(&args, b)?);
+        let mut base = args.clone();
+        base.concurrency = args.baseline_concurrency.unwrap_or(args.concurrency).max(1);
+        reports.push(run_imp(&base, b)?);
     }
     if args.json {
         println!(
