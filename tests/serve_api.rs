@@ -299,5 +299,71 @@ fn sessions_over_http_connect_echo_report_and_close() {
     }
     let (st, b) = common::http(admin, "GET", "/sessions", "", "");
     assert_eq!((st, json(&b)["sessions"].as_u64()), (200, Some(0)));
+
+    // One exchange (as WHIP): the client's offer in the create, the answer in its reply.
+    let agent = engine
+        .agent(
+            AgentOptions::default()
+                .loopback_only()
+                .with_network_types(&[NetworkType::Udp4]),
+        )
+        .expect("client agent");
+    let mine = agent.gather_candidates().expect("gather");
+    let (my_ufrag, my_pwd) = agent.local_credentials();
+    let mdns =
+        "candidate:1 1 udp 2113937151 3f4a9c1e-7d2b-4e8f-9a61-0c5d2e7b8f90.local 54321 typ host";
+    let mut lines = vec![mdns.to_string()];
+    lines.extend(mine.iter().map(|c| c.to_sdp()));
+    // A bad line is a 400 and no session.
+    let bad = serde_json::json!({"remote": {"ufrag": my_ufrag, "pwd": my_pwd,
+        "candidates": ["candidate:1 1 udp"]}});
+    assert_json_error(admin, "POST", "/sessions", &bad.to_string(), 400);
+    let (_, b) = common::http(admin, "GET", "/sessions", "", "");
+    assert_eq!(json(&b)["sessions"].as_u64(), Some(0), "{b}");
+    let offer = serde_json::json!({"data": "echo", "remote": {"ufrag": my_ufrag, "pwd": my_pwd,
+        "candidates": lines, "end_of_candidates": true}});
+    let (status, body) = common::http(
+        admin,
+        "POST",
+        "/sessions",
+        "application/json",
+        &offer.to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let s = json(&body);
+    assert_eq!(s["ignored"], serde_json::json!([mdns]), "{body}");
+    let id = s["id"].as_str().unwrap().to_string();
+    for c in s["candidates"].as_array().unwrap() {
+        agent
+            .add_remote_candidate(Candidate::from_sdp(c.as_str().unwrap()).unwrap())
+            .unwrap();
+    }
+    agent.end_of_remote_candidates();
+    let (ufrag, pwd) = (s["ufrag"].as_str().unwrap(), s["pwd"].as_str().unwrap());
+    let echoed = rt.block_on(async {
+        let mut conn = tokio::time::timeout(Duration::from_secs(20), agent.dial(ufrag, pwd))
+            .await
+            .expect("dial in time")
+            .expect("connected");
+        conn.send(Bytes::from_static(b"one exchange"))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), conn.recv())
+            .await
+            .expect("echo in time")
+            .expect("echo")
+    });
+    assert_eq!(&echoed[..], b"one exchange");
+    let (st, b) = common::http(admin, "GET", &format!("/sessions/{id}"), "", "");
+    assert_eq!(st, 200, "{b}");
+    let remote: SocketAddr = json(&b)["selected_pair"]["remote"]
+        .as_str()
+        .expect("a pair")
+        .parse()
+        .unwrap();
+    assert!(mine.iter().any(|c| c.addr == remote), "{b}");
+    let (st, _) = common::http(admin, "DELETE", &format!("/sessions/{id}"), "", "");
+    assert_eq!(st, 204);
+    agent.close();
     engine.shutdown().unwrap();
 }

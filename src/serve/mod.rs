@@ -8,7 +8,7 @@
 //!
 //! | request | answer |
 //! |---------|--------|
-//! | `POST /sessions` `{"lite"?: bool, "data"?: "echo"\|"sink"}` | 201 `{id, ufrag, pwd, candidates, lite, data}` |
+//! | `POST /sessions` `{"lite"?: bool, "data"?: "echo"\|"sink", "remote"?: {ufrag, pwd, candidates?, end_of_candidates?}}` | 201 `{id, ufrag, pwd, candidates, lite, data, ignored?}` |
 //! | `POST /sessions/{id}/remote-credentials` `{"ufrag","pwd"}` (or form fields) | 204 |
 //! | `POST /sessions/{id}/remote-candidates` candidate lines / JSON / form, end-of-candidates | 204 |
 //! | `POST /sessions/{id}/restart` (ICE restart) | 200 `{id, ufrag, pwd, candidates}` |
@@ -40,7 +40,7 @@ use serde_json::json;
 
 use crate::api::{ApiError, DataMode, Engine, SessionHandle};
 use crate::ice::{Candidate, ConnectionState};
-use routes::{Data, HttpError, Route};
+use routes::{Data, HttpError, RemoteCandidates, RemoteOffer, Route};
 
 /// Errors starting the admin server.
 #[derive(Debug, thiserror::Error)]
@@ -308,7 +308,12 @@ type Answer = (u16, Option<serde_json::Value>);
 /// it waits for is awaited.
 async fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
     match route {
-        Route::Create(c) => create(shared, c.lite.unwrap_or(shared.default_lite), c.data),
+        Route::Create(c) => create(
+            shared,
+            c.lite.unwrap_or(shared.default_lite),
+            c.data,
+            c.remote,
+        ),
         Route::List => Ok((200, Some(json!({ "sessions": shared.table().len() })))),
         Route::Stats => {
             let s = shared.engine.stats();
@@ -395,7 +400,19 @@ async fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
     }
 }
 
-fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> {
+fn create(
+    shared: &Shared,
+    lite: bool,
+    data: Data,
+    remote: Option<RemoteOffer>,
+) -> Result<Answer, HttpError> {
+    // A bad candidate line is a 400 before any session exists.
+    let remote = remote
+        .map(|r| {
+            RemoteCandidates::from_lines(&r.candidates, r.end_of_candidates)
+                .map(|c| (r.ufrag, r.pwd, c))
+        })
+        .transpose()?;
     let opts = shared
         .engine
         .session_options(match data {
@@ -404,9 +421,20 @@ fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> 
         })
         .with_lite(lite);
     let agent = shared.engine.agent(opts).map_err(api_error)?;
+    let mut ignored = Vec::new();
     let candidates = match agent.gather_candidates().and_then(|c| {
         // Controlled: the session's peer dials (a lite agent is always controlled).
         agent.start(false)?;
+        if let Some((ufrag, pwd, theirs)) = remote {
+            agent.set_remote_credentials(&ufrag, &pwd)?;
+            for cand in theirs.candidates {
+                agent.add_remote_candidate(cand)?;
+            }
+            if theirs.end {
+                agent.end_of_remote_candidates();
+            }
+            ignored = theirs.ignored;
+        }
         Ok(c)
     }) {
         Ok(c) => c,
@@ -417,7 +445,7 @@ fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> 
     };
     let (ufrag, pwd) = agent.local_credentials();
     let id = session_id();
-    let body = json!({
+    let mut body = json!({
         "id": id_string(id),
         "ufrag": ufrag,
         "pwd": pwd,
@@ -425,6 +453,9 @@ fn create(shared: &Shared, lite: bool, data: Data) -> Result<Answer, HttpError> 
         "lite": lite,
         "data": data,
     });
+    if !ignored.is_empty() {
+        body["ignored"] = json!(ignored);
+    }
     // The table keeps only the signalling handle: the `Agent` (options, credentials) is
     // dropped here, and the agent stays hosted on its shard.
     let agent = agent.into_session_handle();

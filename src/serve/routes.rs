@@ -78,6 +78,26 @@ pub struct CreateSession {
     /// `echo` (default) or `sink`.
     #[serde(default)]
     pub data: Data,
+    /// The peer's offer, answered in the same exchange (one request per session, as
+    /// WHIP does): its credentials and candidates are applied as the two `POST`s below
+    /// would apply them.
+    pub remote: Option<RemoteOffer>,
+}
+
+/// The peer's side in `POST /sessions` (`remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteOffer {
+    /// Remote username fragment.
+    pub ufrag: String,
+    /// Remote password.
+    pub pwd: String,
+    /// Candidate lines, as `remote-candidates` takes them.
+    #[serde(default)]
+    pub candidates: Vec<String>,
+    /// The peer has no more candidates (RFC 8838).
+    #[serde(default)]
+    pub end_of_candidates: bool,
 }
 
 /// `POST /sessions/{id}/remote-credentials` body: JSON `{"ufrag", "pwd"}` or the form
@@ -121,6 +141,18 @@ pub fn parse_candidate(line: &str) -> Result<Candidate, HttpError> {
 }
 
 impl RemoteCandidates {
+    /// Candidate lines given as a list (JSON), each taken as [`take`](Self::take) does.
+    pub fn from_lines(lines: &[String], end: bool) -> Result<Self, HttpError> {
+        let mut out = RemoteCandidates {
+            end,
+            ..Default::default()
+        };
+        for l in lines {
+            out.take(l)?;
+        }
+        Ok(out)
+    }
+
     /// Takes one posted candidate line: a candidate, an empty line (W3C's end of
     /// candidates: an `RTCIceCandidate` whose `candidate` is `""`), or a valid line of a
     /// kind the agent does not use (ignored, reported back). Anything else is a 400.
@@ -363,8 +395,24 @@ mod tests {
             route("POST", "/sessions", br#"{"lite":false,"data":"sink"}"#).unwrap(),
             Route::Create(CreateSession {
                 lite: Some(false),
-                data: Data::Sink
+                data: Data::Sink,
+                remote: None,
             })
+        );
+        let offer = br#"{"remote":{"ufrag":"abcd","pwd":"0123456789012345678901","candidates":["1 1 udp 1 127.0.0.1 9 typ host"]}}"#;
+        let Route::Create(c) = route("POST", "/sessions", offer).unwrap() else {
+            panic!("a create");
+        };
+        let r = c.remote.expect("the offer");
+        assert_eq!(
+            (r.ufrag.as_str(), r.candidates.len(), r.end_of_candidates),
+            ("abcd", 1, false)
+        );
+        assert_eq!(
+            route("POST", "/sessions", br#"{"remote":{"ufrag":"abcd"}}"#)
+                .unwrap_err()
+                .status,
+            400
         );
         assert_eq!(
             route("GET", "/sessions/ab12", b"").unwrap(),

@@ -444,6 +444,7 @@ pub struct Serve {
     rt: tokio::runtime::Runtime,
     engine: Engine,
     admin: SocketAddr,
+    one_exchange: bool,
     ports: Option<(u16, u16)>,
     ip: Option<IpAddr>,
     concurrency: usize,
@@ -457,6 +458,7 @@ impl Serve {
             rt: runtime()?,
             engine: engine(args, false)?,
             admin: args.admin,
+            one_exchange: args.one_exchange,
             ports: args.ports,
             ip: args.client_ips.first().copied(),
             concurrency: args.concurrency,
@@ -470,18 +472,37 @@ async fn one_session(
     engine: Engine,
     ports: Option<(u16, u16)>,
     ip: Option<IpAddr>,
+    one_exchange: bool,
     http: Arc<tokio::sync::Mutex<Http>>,
 ) -> Result<Client, String> {
     let mut http = http.lock().await;
+    // One exchange: the client's offer goes with the create (the agent first).
+    let early = if one_exchange {
+        http.set_stage("agent");
+        let agent = engine
+            .agent(options(false, ports, ip))
+            .map_err(|e| format!("agent: {e}"))?;
+        let mine = lines(
+            &agent
+                .gather_candidates()
+                .map_err(|e| format!("gather: {e}"))?,
+        );
+        Some((agent, mine))
+    } else {
+        None
+    };
     http.set_stage("create");
+    let create = match &early {
+        Some((agent, mine)) => {
+            let (u, p) = agent.local_credentials();
+            serde_json::json!({"data": "echo", "remote": {"ufrag": u, "pwd": p,
+                "candidates": mine, "end_of_candidates": true}})
+        }
+        None => serde_json::json!({"data": "echo"}),
+    };
     let s = expect_status(
         "create",
-        http.call(
-            "POST",
-            "/sessions",
-            Some(&serde_json::json!({"data": "echo"})),
-        )
-        .await?,
+        http.call("POST", "/sessions", Some(&create)).await?,
         201,
     )?
     .ok_or("create: no body")?;
@@ -501,32 +522,38 @@ async fn one_session(
                 .collect()
         })
         .unwrap_or_default();
-    http.set_stage("agent");
-    let agent = engine
-        .agent(options(false, ports, ip))
-        .map_err(|e| format!("agent: {e}"))?;
-    let mine = lines(
-        &agent
-            .gather_candidates()
-            .map_err(|e| format!("gather: {e}"))?,
-    );
-    let (u, p) = agent.local_credentials();
-    http.set_stage("credentials");
-    let path = format!("/sessions/{id}/remote-credentials");
-    let body = serde_json::json!({"ufrag": u, "pwd": p});
-    expect_status(
-        "credentials",
-        http.call("POST", &path, Some(&body)).await?,
-        204,
-    )?;
-    http.set_stage("candidates");
-    let path = format!("/sessions/{id}/remote-candidates");
-    let body = serde_json::json!({"candidates": mine, "end_of_candidates": true});
-    expect_status(
-        "candidates",
-        http.call("POST", &path, Some(&body)).await?,
-        204,
-    )?;
+    let agent = match early {
+        Some((agent, _)) => agent,
+        None => {
+            http.set_stage("agent");
+            let agent = engine
+                .agent(options(false, ports, ip))
+                .map_err(|e| format!("agent: {e}"))?;
+            let mine = lines(
+                &agent
+                    .gather_candidates()
+                    .map_err(|e| format!("gather: {e}"))?,
+            );
+            let (u, p) = agent.local_credentials();
+            http.set_stage("credentials");
+            let path = format!("/sessions/{id}/remote-credentials");
+            let body = serde_json::json!({"ufrag": u, "pwd": p});
+            expect_status(
+                "credentials",
+                http.call("POST", &path, Some(&body)).await?,
+                204,
+            )?;
+            http.set_stage("candidates");
+            let path = format!("/sessions/{id}/remote-candidates");
+            let body = serde_json::json!({"candidates": mine, "end_of_candidates": true});
+            expect_status(
+                "candidates",
+                http.call("POST", &path, Some(&body)).await?,
+                204,
+            )?;
+            agent
+        }
+    };
     add_lines(&agent, &remote)?;
     http.set_stage("dial");
     let mut conn = agent
@@ -556,7 +583,7 @@ async fn one_session(
 impl Load for Serve {
     fn connect(&mut self, n: usize, counts: &Counts) -> Setup {
         let engine = self.engine.clone();
-        let (admin, ports, ip) = (self.admin, self.ports, self.ip);
+        let (admin, ports, ip, one) = (self.admin, self.ports, self.ip, self.one_exchange);
         let (setup, kept) = lanes(
             &self.rt,
             n,
@@ -568,7 +595,7 @@ impl Load for Serve {
                 conn: None,
                 stage: "start",
             },
-            move |http| one_session(engine.clone(), ports, ip, http),
+            move |http| one_session(engine.clone(), ports, ip, one, http),
         );
         self.clients = kept;
         setup

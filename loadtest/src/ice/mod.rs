@@ -119,6 +119,10 @@ pub struct Args {
     /// serve mode: the `icering serve` admin (HTTP) address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     admin: SocketAddr,
+    /// serve mode: one HTTP exchange per session (the client's offer in `POST /sessions`,
+    /// as WHIP does) instead of three (create, credentials, candidates).
+    #[arg(long)]
+    one_exchange: bool,
     /// serve mode: PID of the `icering serve` process, for its RSS and CPU per agent.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -382,6 +386,7 @@ impl Worker {
             .args((!cores.is_empty()).then(|| format!("--cores={}", join(cores))))
             .args(args.no_pin.then_some("--no-pin"))
             .args(["--admin", &args.admin.to_string()])
+            .args(args.one_exchange.then_some("--one-exchange"))
             .args(["--worker", imp.name()])
             .args(ports.map(|(lo, hi)| format!("--ports={lo}:{hi}")))
             .args(ip.map(|ip| format!("--client-ips={ip}")))
