@@ -26,9 +26,10 @@
 //!   every check and datagram through our relay, and the server's counters must show it;
 //!   Chromium on a host behind a real NAT (the NAT lab of `tests/nat/`,
 //!   endpoint-independent and symmetric) against the lite agent on a public address; and
-//!   an ICE restart Chromium starts (`restartIce()`, a new offer with new credentials)
-//!   against the lite agent on the shared port, answered by `Agent::restart`: the browser
-//!   must select a pair of the new generation and receive icering's datagrams on it.
+//!   an ICE restart each browser starts (`restartIce()`, a new offer with new
+//!   credentials) against the lite agent on the shared port, answered by
+//!   `Agent::restart`: the browser must select a pair of the new generation and receive
+//!   icering's datagrams on it.
 //!
 //! Each test but the NAT one moves its thread into a new network namespace
 //! (`unshare(CLONE_NEWNET)`): a
@@ -856,8 +857,9 @@ fn chromium_reaches_a_full_agent_through_the_engines_turn_relay() {
     );
 }
 
+/// Also an ICE restart Firefox starts, answered by [`Agent::restart`].
 #[test]
-fn firefox_controls_a_lite_agent_on_the_shared_port_through_its_mdns_candidates() {
+fn firefox_controls_a_lite_agent_on_the_shared_port_through_its_mdns_candidates_and_restarts_ice() {
     run(
         "firefox-lite-mux-mdns",
         Setup {
@@ -866,7 +868,7 @@ fn firefox_controls_a_lite_agent_on_the_shared_port_through_its_mdns_candidates(
             mux: true,
             mdns: true,
             relay: false,
-            restart: false,
+            restart: true,
         },
     );
 }
