@@ -312,20 +312,6 @@ async fn signal(from: &mut Events, to: &Agent) -> Vec<Candidate> {
     sent
 }
 
-async fn until_up(agent: &Agent) {
-    let mut w = agent.state().unwrap();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !matches!(
-            w.get(),
-            ConnectionState::Connected | ConnectionState::Completed
-        ) {
-            w.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("connected again");
-}
-
 /// ICE restart through the API (RFC 8445 §9), on a dedicated agent against a mux one:
 /// new credentials whose ufrag still names the shard, the candidates announced again,
 /// data on the old path meanwhile, a new selection over the same `Conn`s once both
@@ -388,8 +374,8 @@ async fn restart_renews_credentials_and_reconnects_over_the_same_conns() {
     assert_eq!(signal(&mut ea, &b).await, ra.candidates);
     a.set_remote_credentials(&rb.ufrag, &rb.pwd).unwrap();
     b.set_remote_credentials(&ra.ufrag, &ra.pwd).unwrap();
-    until_up(&a).await;
-    until_up(&b).await;
+    common::until_up(&a).await;
+    common::until_up(&b).await;
     let s = a.stats().await.unwrap();
     assert!(s.selected.is_some() && s.rtt > Duration::ZERO, "{s:?}");
     round_trips(&ca, &mut cb, 3).await;

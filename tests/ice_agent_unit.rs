@@ -20,17 +20,21 @@ fn pump(now: Instant, x: &mut IceAgent, y: &mut IceAgent) {
 }
 
 fn connected_pair() -> (IceAgent, IceAgent, Instant) {
+    connected_to(IceConfig {
+        seed: 2,
+        ..Default::default()
+    })
+}
+
+/// A controlling full agent connected to one made from `b` (controlled, or lite).
+fn connected_to(b: IceConfig) -> (IceAgent, IceAgent, Instant) {
     let mut a = IceAgent::new(IceConfig {
         controlling: true,
         seed: 1,
         ..Default::default()
     })
     .unwrap();
-    let mut b = IceAgent::new(IceConfig {
-        seed: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    let mut b = IceAgent::new(b).unwrap();
     a.add_local_candidate(Candidate::host("10.0.0.1:5000".parse().unwrap()))
         .unwrap();
     b.add_local_candidate(Candidate::host("10.0.0.2:6000".parse().unwrap()))
@@ -380,37 +384,11 @@ fn restart_announces_the_live_candidates_again() {
 #[test]
 fn a_restarted_lite_agent_fails_when_the_peer_never_checks_again() {
     use icering::ice::ConnectionState;
-    let mut a = IceAgent::new(IceConfig {
-        controlling: true,
-        seed: 5,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut b = IceAgent::new(IceConfig {
+    let (_a, mut b, now) = connected_to(IceConfig {
         lite: true,
         seed: 6,
         ..Default::default()
-    })
-    .unwrap();
-    a.add_local_candidate(Candidate::host("10.0.0.1:5000".parse().unwrap()))
-        .unwrap();
-    b.add_local_candidate(Candidate::host("10.0.0.2:6000".parse().unwrap()))
-        .unwrap();
-    let (u, p) = b.local_credentials();
-    let (u, p) = (u.to_owned(), p.to_owned());
-    a.set_remote_credentials(&u, &p).unwrap();
-    let (u, p) = a.local_credentials();
-    let (u, p) = (u.to_owned(), p.to_owned());
-    b.set_remote_credentials(&u, &p).unwrap();
-    for c in b.local_candidates().to_vec() {
-        a.add_remote_candidate(c).unwrap();
-    }
-    let mut now = Instant::now();
-    for _ in 0..100 {
-        pump(now, &mut a, &mut b);
-        pump(now, &mut b, &mut a);
-        now += Duration::from_millis(10);
-    }
+    });
     assert_eq!(b.state(), ConnectionState::Connected);
     b.restart(None, None).unwrap();
     assert_eq!(b.state(), ConnectionState::Checking);

@@ -244,7 +244,7 @@ impl Answerer {
             .with_lite(self.setup.lite)
             .with_mux(self.setup.mux);
         let _rt = self.rt.enter();
-        let mut agent = self.engine.agent(opts).map_err(|e| e.to_string())?;
+        let agent = self.engine.agent(opts).map_err(|e| e.to_string())?;
         let ours = agent.gather_candidates().map_err(|e| e.to_string())?;
         self.add_remote(&agent, &offer.candidates)?;
         let (ufrag, pwd) = agent.local_credentials();
@@ -259,7 +259,7 @@ impl Answerer {
             // Restart offers, answered by this agent's restart.
             while let Some((offer, reply)) = restarts.recv().await {
                 if up {
-                    let _ = reply.send(me.restart(&mut agent, offer).await);
+                    let _ = reply.send(me.restart(&agent, offer).await);
                 }
             }
         });
@@ -283,23 +283,12 @@ impl Answerer {
             .map_err(|_| "no answer".to_string())?
     }
 
-    /// The browser's candidates of an offer: added, or counted when refused as mDNS.
+    /// The browser's candidates of an offer: added (and kept), or counted when refused as
+    /// mDNS.
     fn add_remote(&self, agent: &Agent, lines: &[String]) -> Result<(), String> {
-        for line in lines {
-            match Candidate::from_sdp(line) {
-                Ok(c) => {
-                    agent
-                        .add_remote_candidate(c.clone())
-                        .map_err(|e| e.to_string())?;
-                    self.added.lock().unwrap().push(c);
-                }
-                Err(icering::ice::IceError::Unsupported("mDNS")) => {
-                    self.refused_mdns.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => return Err(format!("candidate {line:?}: {e}")),
-            }
-        }
-        agent.end_of_remote_candidates();
+        let (added, mdns) = add_offer_candidates(agent, lines)?;
+        self.added.lock().unwrap().extend(added);
+        self.refused_mdns.fetch_add(mdns, Ordering::Relaxed);
         Ok(())
     }
 
@@ -321,35 +310,46 @@ struct Restarter {
 impl Restarter {
     /// RFC 8445 §9: new local credentials and the candidates again for the answer, the
     /// browser's new ones in; reports once the agent is up again.
-    async fn restart(&self, agent: &mut Agent, offer: Offer) -> Result<String, String> {
+    async fn restart(&self, agent: &Agent, offer: Offer) -> Result<String, String> {
         let r = agent.restart().await.map_err(|e| e.to_string())?;
         let mut state = agent.state().ok_or("an App agent")?;
         agent
             .set_remote_credentials(&offer.ufrag, &offer.pwd)
             .map_err(|e| e.to_string())?;
-        for line in &offer.candidates {
-            match Candidate::from_sdp(line) {
-                Ok(c) => agent.add_remote_candidate(c).map_err(|e| e.to_string())?,
-                Err(icering::ice::IceError::Unsupported("mDNS")) => {}
-                Err(e) => return Err(format!("candidate {line:?}: {e}")),
-            }
-        }
-        agent.end_of_remote_candidates();
-        let seen = state.get();
+        add_offer_candidates(agent, &offer.candidates)?;
         if let Some(tx) = self.reconnected.clone() {
             tokio::spawn(async move {
-                let mut s = seen;
-                while !matches!(s, ConnectionState::Connected | ConnectionState::Completed) {
-                    match state.changed().await {
-                        Ok(n) => s = n,
-                        Err(_) => return,
-                    }
+                if let Ok(s) = common::up(&mut state).await {
+                    let _ = tx.send(s);
                 }
-                let _ = tx.send(s);
             });
         }
         Ok(answer(&r.ufrag, &r.pwd, self.lite, &r.candidates))
     }
+}
+
+/// Adds an offer's candidate lines to `agent`, then the end of them; mDNS names (which
+/// icering refuses with a typed error) are skipped. The candidates added, and how many
+/// were mDNS names.
+fn add_offer_candidates(
+    agent: &Agent,
+    lines: &[String],
+) -> Result<(Vec<Candidate>, usize), String> {
+    let (mut added, mut mdns) = (Vec::new(), 0);
+    for line in lines {
+        match Candidate::from_sdp(line) {
+            Ok(c) => {
+                agent
+                    .add_remote_candidate(c.clone())
+                    .map_err(|e| e.to_string())?;
+                added.push(c);
+            }
+            Err(icering::ice::IceError::Unsupported("mDNS")) => mdns += 1,
+            Err(e) => return Err(format!("candidate {line:?}: {e}")),
+        }
+    }
+    agent.end_of_remote_candidates();
+    Ok((added, mdns))
 }
 
 fn answer(ufrag: &str, pwd: &str, lite: bool, ours: &[Candidate]) -> String {

@@ -81,6 +81,20 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
+/// `GET /sessions/{id}` until `done` accepts it or 10 s passed: the last answer.
+fn session_state(admin: SocketAddr, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, b) = common::http(admin, "GET", &format!("/sessions/{id}"), "", "");
+        assert_eq!(st, 200, "{b}");
+        let v = json(&b);
+        if done(&v) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn assert_json_error(admin: SocketAddr, method: &str, path: &str, body: &str, status: u16) {
     let (got, b) = common::http(admin, method, path, "application/json", body);
     assert_eq!(got, status, "{method} {path} {body:?} → {b}");
@@ -207,16 +221,9 @@ fn sessions_over_http_connect_echo_report_and_close() {
         assert_eq!(&echo(&mut conn, &payload)[..], payload.as_bytes());
 
         // The session's view: connected, the pair we used, our bytes counted both ways.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let state = loop {
-            let (st, b) = common::http(admin, "GET", &format!("/sessions/{id}"), "", "");
-            assert_eq!(st, 200, "{b}");
-            let v = json(&b);
-            if v["bytes_sent"].as_u64() >= Some(payload.len() as u64) || Instant::now() > deadline {
-                break v;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let state = session_state(admin, &id, |v| {
+            v["bytes_sent"].as_u64() >= Some(payload.len() as u64)
+        });
         assert!(
             matches!(state["state"].as_str(), Some("connected" | "completed")),
             "{state}"
@@ -256,35 +263,14 @@ fn sessions_over_http_connect_echo_report_and_close() {
             agent.add_remote_candidate(c).unwrap();
         }
         agent.end_of_remote_candidates();
-        let mut watch = agent.state().unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), async {
-                while !matches!(
-                    watch.get(),
-                    icering::ConnectionState::Connected | icering::ConnectionState::Completed
-                ) {
-                    watch.changed().await.unwrap();
-                }
-            })
-            .await
-            .expect("connected again after the restart")
-        });
+        rt.block_on(common::until_up(&agent));
         let again = format!("after restart {id}");
         assert_eq!(&echo(&mut conn, &again)[..], again.as_bytes());
         // The session itself is connected again: only a nomination checked with the new
         // credentials moves it out of Checking (the old path carried the echo meanwhile).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let state = loop {
-            let (st, b) = common::http(admin, "GET", &format!("/sessions/{id}"), "", "");
-            assert_eq!(st, 200, "{b}");
-            let v = json(&b);
-            if matches!(v["state"].as_str(), Some("connected" | "completed"))
-                || Instant::now() > deadline
-            {
-                break v;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let state = session_state(admin, &id, |v| {
+            matches!(v["state"].as_str(), Some("connected" | "completed"))
+        });
         assert!(
             matches!(state["state"].as_str(), Some("connected" | "completed")),
             "{state}"

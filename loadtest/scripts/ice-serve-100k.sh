@@ -53,10 +53,7 @@ echo "netns: lo = $(ip -4 -o addr show lo | awk '{print $4}' | tr '\n' ' ')," \
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); output in $OUT"
 
 # The server's shard on the first core, the client workers' shards on the others.
-CORES=$(python3 -c 'import os; print(",".join(map(str, sorted(os.sched_getaffinity(0)))))')
-FIRST=${CORES%%,*}
-REST=${CORES#*,}
-[ "$REST" = "$CORES" ] && REST=$FIRST
+. loadtest/scripts/server-cores.sh
 "$BIN/icering" serve --no-turn --shards 1 --cores "$FIRST" --listen 127.0.0.1:0 --ice-listen 127.0.0.1:0 \
   --admin "$ADMIN" >"$OUT/serve.log" 2>&1 &
 SPID=$!

@@ -34,10 +34,7 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The server's shard on the first core, the client workers' shards on the others (each
 # would otherwise pin its shard to the first core of its mask, all on the same core).
-CORES=$(python3 -c 'import os; print(",".join(map(str, sorted(os.sched_getaffinity(0)))))')
-FIRST=${CORES%%,*}
-REST=${CORES#*,}
-[ "$REST" = "$CORES" ] && REST=$FIRST
+. loadtest/scripts/server-cores.sh
 "$BIN/icering" serve --no-turn --shards 1 --cores "$FIRST" --listen 127.0.0.1:0 --ice-listen 127.0.0.1:0 \
   --admin 127.0.0.1:38471 >"$OUT/serve.log" 2>&1 &
 SPID=$!

@@ -253,10 +253,14 @@ impl IceAgent {
     /// The local candidates to signal: host, server-reflexive and relayed ones whose
     /// interface is still there (what [`restart`](Self::restart) announces again).
     pub fn signalled_candidates(&self) -> impl Iterator<Item = &Candidate> {
-        let gone = self.rare.as_ref().map_or(&[][..], |r| &r.gone[..]);
         self.locals
             .iter()
-            .filter(move |c| c.kind != CandidateKind::PeerReflexive && !gone.contains(&c.base))
+            .filter(|c| c.kind != CandidateKind::PeerReflexive && !self.is_gone(c.base))
+    }
+
+    /// `base` was removed ([`remove_local_candidates`](Self::remove_local_candidates)).
+    fn is_gone(&self, base: SocketAddr) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.gone.contains(&base))
     }
 
     /// Remote candidates (including peer-reflexive ones learnt from checks).
@@ -639,7 +643,7 @@ impl IceAgent {
         let (l, r) = (&self.locals[li], &self.remotes[ri]);
         if l.component != r.component
             || l.addr.is_ipv4() != r.addr.is_ipv4()
-            || self.rare.as_ref().is_some_and(|r| r.gone.contains(&l.base))
+            || self.is_gone(l.base)
         {
             return None;
         }

@@ -19,7 +19,7 @@
 //! Every error is a JSON `{"error": "..."}` with a 4xx status (5xx only when the engine
 //! itself is gone). HTTP/1.1 (keep-alive) is hyper on one thread with a current-thread
 //! tokio runtime: any number of connections, each request handled in its connection's
-//! task (no handler blocks: commands to a shard are channel sends, and the one that waits
+//! task (no handler blocks: commands to a shard are channel sends, and the two that wait
 //! for a shard's answer, `GET /sessions/{id}` and `restart`, await it). The session table is a mutex held only to
 //! insert, look up or remove (never across a shard round trip). See docs/serve-api.md for
 //! curl examples.
@@ -365,16 +365,11 @@ async fn dispatch(shared: &Shared, route: Route) -> Result<Answer, HttpError> {
         }
         Route::RemoteCandidates(id, c) => {
             let s = shared.session(&id)?;
-            for cand in c.candidates {
-                s.agent.add_remote_candidate(cand).map_err(api_error)?;
-            }
-            if c.end {
-                s.agent.end_of_remote_candidates();
-            }
-            if c.ignored.is_empty() {
+            let ignored = add_candidates(&s.agent, c).map_err(api_error)?;
+            if ignored.is_empty() {
                 Ok((204, None))
             } else {
-                Ok((200, Some(json!({ "ignored": c.ignored }))))
+                Ok((200, Some(json!({ "ignored": ignored }))))
             }
         }
         Route::Restart(id) => {
@@ -421,29 +416,32 @@ fn create(
         })
         .with_lite(lite);
     let agent = shared.engine.agent(opts).map_err(api_error)?;
-    let mut ignored = Vec::new();
-    let candidates = match agent.gather_candidates().and_then(|c| {
+    let (ufrag, pwd) = agent.local_credentials();
+    let gathered = agent.gather_candidates().and_then(|c| {
         // Controlled: the session's peer dials (a lite agent is always controlled).
         agent.start(false)?;
-        if let Some((ufrag, pwd, theirs)) = remote {
-            agent.set_remote_credentials(&ufrag, &pwd)?;
-            for cand in theirs.candidates {
-                agent.add_remote_candidate(cand)?;
-            }
-            if theirs.end {
-                agent.end_of_remote_candidates();
-            }
-            ignored = theirs.ignored;
-        }
         Ok(c)
-    }) {
-        Ok(c) => c,
+    });
+    // The table keeps only the signalling handle: the `Agent` (options, credentials) is
+    // dropped here, and the agent stays hosted on its shard.
+    let session = agent.into_session_handle();
+    let answered = gathered.and_then(|c| {
+        let ignored = match remote {
+            Some((ufrag, pwd, theirs)) => {
+                session.set_remote_credentials(&ufrag, &pwd)?;
+                add_candidates(&session, theirs)?
+            }
+            None => Vec::new(),
+        };
+        Ok((c, ignored))
+    });
+    let (candidates, ignored) = match answered {
+        Ok(a) => a,
         Err(e) => {
-            agent.close();
+            session.close();
             return Err(api_error(e));
         }
     };
-    let (ufrag, pwd) = agent.local_credentials();
     let id = session_id();
     let mut body = json!({
         "id": id_string(id),
@@ -456,11 +454,27 @@ fn create(
     if !ignored.is_empty() {
         body["ignored"] = json!(ignored);
     }
-    // The table keeps only the signalling handle: the `Agent` (options, credentials) is
-    // dropped here, and the agent stays hosted on its shard.
-    let agent = agent.into_session_handle();
-    shared.table().insert(id, Session { agent, lite, data });
+    shared.table().insert(
+        id,
+        Session {
+            agent: session,
+            lite,
+            data,
+        },
+    );
     Ok((201, Some(body)))
+}
+
+/// Gives a session the peer's candidates (a `remote-candidates` post, or the offer of a
+/// create) and, if it says so, the end of them; the lines it skipped.
+fn add_candidates(s: &SessionHandle, c: RemoteCandidates) -> Result<Vec<String>, ApiError> {
+    for cand in c.candidates {
+        s.add_remote_candidate(cand)?;
+    }
+    if c.end {
+        s.end_of_remote_candidates();
+    }
+    Ok(c.ignored)
 }
 
 /// Candidates as the API gives them: `candidate:` lines (RFC 8839 §5.1).

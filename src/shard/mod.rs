@@ -438,15 +438,19 @@ impl Drop for Runtime {
 mod tests {
     use crate::config::ServerSection;
 
+    fn section(shards: usize, pin: bool, listed: &[usize]) -> ServerSection {
+        ServerSection {
+            shards,
+            pin,
+            cores: listed.to_vec(),
+            ..ServerSection::default()
+        }
+    }
+
     #[test]
     fn shards_pin_to_listed_or_allowed_cores_in_turn() {
         let cores = |pin, listed: &[usize], n, allowed: &[usize]| {
-            let s = ServerSection {
-                pin,
-                cores: listed.to_vec(),
-                ..ServerSection::default()
-            };
-            super::shard_cores(&s, n, allowed)
+            super::shard_cores(&section(0, pin, listed), n, allowed)
         };
         // The affinity mask, not 0..n: a process started under `taskset -c 2,3`.
         assert_eq!(cores(true, &[], 3, &[2, 3]), [Some(2), Some(3), Some(2)]);
@@ -456,12 +460,7 @@ mod tests {
         assert_eq!(cores(true, &[], 1, &[5]), [None]);
         assert_eq!(cores(true, &[], 1, &[0, 1]), [Some(0)]);
         let count = |shards, listed: &[usize], allowed: &[usize]| {
-            let s = ServerSection {
-                shards,
-                cores: listed.to_vec(),
-                ..ServerSection::default()
-            };
-            super::shard_count(&s, allowed)
+            super::shard_count(&section(shards, true, listed), allowed)
         };
         assert_eq!(count(0, &[], &[2, 3, 4]), 3);
         assert_eq!(count(0, &[7, 9], &[0, 1, 2, 3]), 2);

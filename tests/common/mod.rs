@@ -289,3 +289,27 @@ pub fn own_netns(test: &str, needs: &[(&str, &str)]) -> bool {
         }
     }
 }
+
+/// Waits (no limit) until `w` shows Connected or Completed; that state, or the watch's
+/// error (the agent is gone).
+pub async fn up(
+    w: &mut icering::StateWatch,
+) -> Result<icering::ConnectionState, icering::ApiError> {
+    use icering::ConnectionState::{Completed, Connected};
+    loop {
+        let s = w.get();
+        if matches!(s, Connected | Completed) {
+            return Ok(s);
+        }
+        w.changed().await?;
+    }
+}
+
+/// `agent` (an App agent) is connected, again after a restart, within 20 s.
+pub async fn until_up(agent: &icering::Agent) {
+    let mut w = agent.state().expect("an App agent");
+    tokio::time::timeout(Duration::from_secs(20), up(&mut w))
+        .await
+        .expect("connected within 20 s")
+        .expect("the agent is alive");
+}

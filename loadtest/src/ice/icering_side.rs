@@ -477,17 +477,19 @@ async fn one_session(
 ) -> Result<Client, String> {
     let mut http = http.lock().await;
     // One exchange: the client's offer goes with the create (the agent first).
-    let early = if one_exchange {
+    // A full client agent on a dedicated socket, gathered: its candidate lines.
+    let client = |http: &mut Http| -> Result<(Agent, Vec<String>), String> {
         http.set_stage("agent");
         let agent = engine
             .agent(options(false, ports, ip))
             .map_err(|e| format!("agent: {e}"))?;
-        let mine = lines(
-            &agent
-                .gather_candidates()
-                .map_err(|e| format!("gather: {e}"))?,
-        );
-        Some((agent, mine))
+        let gathered = agent
+            .gather_candidates()
+            .map_err(|e| format!("gather: {e}"))?;
+        Ok((agent, lines(&gathered)))
+    };
+    let early = if one_exchange {
+        Some(client(&mut http)?)
     } else {
         None
     };
@@ -525,15 +527,7 @@ async fn one_session(
     let agent = match early {
         Some((agent, _)) => agent,
         None => {
-            http.set_stage("agent");
-            let agent = engine
-                .agent(options(false, ports, ip))
-                .map_err(|e| format!("agent: {e}"))?;
-            let mine = lines(
-                &agent
-                    .gather_candidates()
-                    .map_err(|e| format!("gather: {e}"))?,
-            );
+            let (agent, mine) = client(&mut http)?;
             let (u, p) = agent.local_credentials();
             http.set_stage("credentials");
             let path = format!("/sessions/{id}/remote-credentials");
