@@ -81,6 +81,21 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
+/// A full client agent on loopback (controlling, through `dial`), gathered: its host
+/// candidates.
+fn client(engine: &Engine) -> (icering::Agent, Vec<Candidate>) {
+    let agent = engine
+        .agent(
+            AgentOptions::default()
+                .loopback_only()
+                .with_network_types(&[NetworkType::Udp4]),
+        )
+        .expect("client agent");
+    let mine = agent.gather_candidates().expect("gather");
+    assert!(!mine.is_empty());
+    (agent, mine)
+}
+
 /// `GET /sessions/{id}` until `done` accepts it or 10 s passed: the last answer.
 fn session_state(admin: SocketAddr, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -157,15 +172,7 @@ fn sessions_over_http_connect_echo_report_and_close() {
             400,
         );
 
-        let agent = engine
-            .agent(
-                AgentOptions::default()
-                    .loopback_only()
-                    .with_network_types(&[NetworkType::Udp4]),
-            )
-            .expect("client agent");
-        let mine = agent.gather_candidates().expect("gather");
-        assert!(!mine.is_empty());
+        let (agent, mine) = client(&engine);
         let (my_ufrag, my_pwd) = agent.local_credentials();
         // Credentials form-encoded, as pion's ping-pong posts them.
         let form = format!(
@@ -287,14 +294,7 @@ fn sessions_over_http_connect_echo_report_and_close() {
     assert_eq!((st, json(&b)["sessions"].as_u64()), (200, Some(0)));
 
     // One exchange (as WHIP): the client's offer in the create, the answer in its reply.
-    let agent = engine
-        .agent(
-            AgentOptions::default()
-                .loopback_only()
-                .with_network_types(&[NetworkType::Udp4]),
-        )
-        .expect("client agent");
-    let mine = agent.gather_candidates().expect("gather");
+    let (agent, mine) = client(&engine);
     let (my_ufrag, my_pwd) = agent.local_credentials();
     let mdns =
         "candidate:1 1 udp 2113937151 3f4a9c1e-7d2b-4e8f-9a61-0c5d2e7b8f90.local 54321 typ host";
