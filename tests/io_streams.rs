@@ -108,6 +108,26 @@ fn refused_connect_is_an_error_or_a_closed_stream() {
     assert_eq!(set.open(), 0);
 }
 
+/// A closed stream's id is not given to a new stream before `take_closed` reported the
+/// close: a report never names a live stream (the ICE shard once ended a new agent's TURN
+/// relay on the stale close of an old one's).
+#[test]
+fn a_closed_id_waits_for_its_report_before_reuse() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = listener.local_addr().unwrap();
+    let mut set = StreamSet::new(4, 1 << 20, 4096).unwrap();
+    let old = set.connect(at).unwrap();
+    set.close(old);
+    let new = set.connect(at).unwrap();
+    assert_ne!(new, old);
+    let mut closed = Vec::new();
+    set.take_closed(&mut closed);
+    assert_eq!(closed, vec![(old, at)]);
+    // Reported: the id may serve again.
+    assert_eq!(set.connect(at).unwrap(), old);
+    assert_eq!(set.open(), 2);
+}
+
 fn kinds() -> Vec<BackendKind> {
     let mut v = vec![BackendKind::Portable];
     if let Ok((k, _)) = select_backend(BackendChoice::Uring) {

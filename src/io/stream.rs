@@ -19,7 +19,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// The read callback of [`StreamSet::poll`]: `(set, stream, peer, bytes)`.
 pub type OnData<'a> = dyn FnMut(&mut StreamSet, StreamId, SocketAddr, &[u8]) + 'a;
 
-/// A connection of a [`StreamSet`]. Ids are reused after the stream closes.
+/// A connection of a [`StreamSet`]. Ids are reused once [`StreamSet::take_closed`] has
+/// reported the stream closed, so a reported close never names a newer stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId(pub u32);
 
@@ -463,14 +464,16 @@ impl StreamSet {
         );
         let g = &mut self.generations[id.0 as usize];
         *g = g.wrapping_add(1);
-        self.free.push(id.0);
+        // The id is free once `take_closed` has reported it.
         self.open -= 1;
         self.stats.closed += 1;
         self.closed.push((id, s.peer));
     }
 
-    /// Streams closed since the last call, with their peers, appended to `out`.
+    /// Streams closed since the last call, with their peers, appended to `out`. Their ids
+    /// are free for new streams from now on (call this after every [`poll`](Self::poll)).
     pub fn take_closed(&mut self, out: &mut Vec<(StreamId, SocketAddr)>) {
+        self.free.extend(self.closed.iter().map(|(id, _)| id.0));
         out.append(&mut self.closed);
     }
 }
