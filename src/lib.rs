@@ -69,6 +69,6 @@ pub mod wheel;
 pub use api::{
     Agent, AgentEvent, AgentOptions, ApiError, Candidate, CandidateTypes, Conn, ConnStats,
     ConnectionState, DataMode, Engine, EngineStats, Events, IceStats, NetworkType, Restarted,
-    ServerUrl, SessionHandle, StateWatch,
+    ServerUrl, SessionHandle, StateWatch, TlsRoots,
 };
 pub use config::Config;

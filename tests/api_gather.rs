@@ -9,6 +9,9 @@
 //! the Binding client is a timeout or an error response), the server counts the answer,
 //! and an agent gathering srflx candidates only (no host candidate to be redundant with)
 //! gets the srflx candidate the server reported.
+//!
+//! TURN over TLS (`turns:`) runs against coturn's TLS listener (our server has none), with
+//! a CA and a server certificate made by the test.
 
 mod common;
 
@@ -425,8 +428,20 @@ fn unsupported_or_invalid_urls_are_refused() {
         Err(ApiError::Unsupported(_))
     ));
     assert!(engine.agent(tcp).is_ok());
+    // TURN over TLS is accepted; STUN over TLS is not; PEM roots without a certificate
+    // are refused when the agent is made.
     let tls = AgentOptions::default().with_turn("turns:127.0.0.1", "u", "p");
-    assert!(matches!(engine.agent(tls), Err(ApiError::Unsupported(_))));
+    assert!(
+        engine
+            .agent(tls.clone().with_tls_roots_pem(&Pki::new().ca))
+            .is_ok()
+    );
+    assert!(matches!(
+        engine.agent(tls.with_tls_roots_pem("not PEM")),
+        Err(ApiError::Invalid(_))
+    ));
+    let stuns = AgentOptions::default().with_urls(&["stuns:127.0.0.1"]);
+    assert!(matches!(engine.agent(stuns), Err(ApiError::Unsupported(_))));
     let no_user = AgentOptions::default().with_urls(&["turn:127.0.0.1"]);
     assert!(matches!(engine.agent(no_user), Err(ApiError::Invalid(_))));
     let bad = AgentOptions::default().with_urls(&["stun://127.0.0.1"]);
@@ -546,4 +561,121 @@ async fn refused_tcp_relay_is_reported_and_gathering_ends() {
     assert_eq!(g.errors[0].0, turn_tcp_url(at));
     assert!(g.errors[0].1.contains("TCP"), "{g:?}");
     engine.shutdown().unwrap();
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 (IP subjectAltName only),
+/// as PEM.
+struct Pki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "icering test CA");
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap().pem();
+        Pki {
+            ca: ca_pem,
+            cert,
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+/// TURN over TLS (`turns:`, RFC 7065; RFC 8656 §3.1) to coturn's TLS listener: a
+/// relay-only agent connects to a host agent through the relay with data both ways; a CA
+/// the server's chain does not lead to, and a name the certificate does not hold, are
+/// each a `GatherError` naming the certificate, while gathering still ends with the host
+/// candidate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_tls_through_coturn_and_certificates_checked() {
+    let pki = Pki::new();
+    let dir = std::env::temp_dir().join(format!("icering-turns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &pki.cert).unwrap();
+    std::fs::write(&key, &pki.key).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let coturn = common::coturn(
+        "the TURN-over-TLS test",
+        port,
+        (46500, 46599),
+        &[
+            &format!("--tls-listening-port={port}"),
+            &format!("--cert={}", cert.display()),
+            &format!("--pkey={}", key.display()),
+            "--no-udp",
+            "--no-tcp",
+            "--no-dtls",
+        ],
+    );
+    let Some(_coturn) = coturn else {
+        return;
+    };
+    let url = format!("turns:127.0.0.1:{port}");
+    let engine = agents();
+
+    let relay_only = base_opts()
+        .with_turn(&url, "alice", "secret")
+        .with_tls_roots_pem(&pki.ca)
+        .with_candidate_types(only(false, false, true));
+    let mut a = engine.agent(relay_only).unwrap();
+    let mut b = engine.agent(base_opts()).unwrap();
+    let ga = gather(&mut a, Some(&b)).await;
+    let gb = gather(&mut b, Some(&a)).await;
+    assert!(ga.errors.is_empty(), "{ga:?}");
+    assert_eq!(ga.candidates.len(), 1, "{ga:?}");
+    let relayed = ga.candidates[0].clone();
+    assert_eq!(relayed.kind, CandidateKind::Relayed);
+    // coturn relays on 127.0.0.1 from the range given it.
+    assert!(
+        (46500..=46599).contains(&relayed.addr.port()),
+        "{relayed:?}"
+    );
+    let (mut ca, mut cb) = connect(&a, &b).await;
+    let (sa, sb) = (ca.stats().await.unwrap(), cb.stats().await.unwrap());
+    assert_eq!(sa.selected.expect("a selected").0, relayed.addr);
+    assert_eq!(sb.selected.expect("b selected").1, relayed.addr);
+    assert_eq!(gb.of(CandidateKind::Host).len(), 1, "{gb:?}");
+    exchange(&mut ca, &mut cb, 5).await;
+    a.close();
+    b.close();
+
+    let other_ca = Pki::new().ca;
+    let wrong_name = format!("turns:localhost:{port}");
+    for (url, roots, why) in [
+        // Same CA name, other key: rustls reports BadSignature.
+        (url.as_str(), other_ca.as_str(), "invalid peer certificate"),
+        (wrong_name.as_str(), pki.ca.as_str(), "not valid for name"),
+    ] {
+        let opts = base_opts()
+            .with_turn(url, "alice", "secret")
+            .with_tls_roots_pem(roots)
+            .with_candidate_types(only(true, false, true));
+        let mut c = engine.agent(opts).unwrap();
+        let g = gather(&mut c, None).await;
+        assert_eq!(g.errors.len(), 1, "{g:?}");
+        assert!(g.errors[0].0.starts_with(url), "{g:?}");
+        assert!(g.errors[0].1.contains("certificate"), "{g:?}");
+        assert!(g.errors[0].1.contains(why), "{g:?}");
+        assert!(g.of(CandidateKind::Relayed).is_empty(), "{g:?}");
+        assert_eq!(g.of(CandidateKind::Host).len(), 1, "{g:?}");
+        c.close();
+    }
+    engine.shutdown().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,6 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use common::spawn_serve;
 
@@ -195,63 +194,19 @@ fn bad_turn_credentials_leave_host_candidates_working() {
     assert!(selected(&ta).contains("(host) -> "), "{ta}");
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// coturn's `turnserver` on loopback (TCP listener only: no UDP client listener), killed
-/// on drop.
-struct Coturn(Child);
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn coturn_tcp_only(port: u16, relay_ports: (u16, u16)) -> Option<Coturn> {
-    if !have("turnserver") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the coturn TCP test: turnserver not installed"
-        );
-        eprintln!("SKIPPED: turnserver not installed (apt-get install coturn)");
-        return None;
-    }
-    let child = Command::new("turnserver")
-        .args([
-            "-n",
-            "--listening-ip=127.0.0.1",
+/// coturn's `turnserver` on loopback with its TCP listener only (no UDP client listener).
+fn coturn_tcp_only(port: u16, relay_ports: (u16, u16)) -> Option<common::Coturn> {
+    common::coturn(
+        "the coturn TCP test",
+        port,
+        relay_ports,
+        &[
             &format!("--listening-port={port}"),
-            "--relay-ip=127.0.0.1",
-            &format!("--min-port={}", relay_ports.0),
-            &format!("--max-port={}", relay_ports.1),
-            "--user=alice:secret",
-            "--realm=coturn.test",
-            "--lt-cred-mech",
-            "--allow-loopback-peers",
-            "--no-cli",
             "--no-tls",
             "--no-dtls",
             "--no-udp",
-            "--log-file=stdout",
-            "--simple-log",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("turnserver starts");
-    let c = Coturn(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "turnserver did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(c)
+        ],
+    )
 }
 
 #[test]

@@ -6,30 +6,15 @@
 //!
 //! Skipped, saying so, when coturn is not installed; under `CI` that is a failure.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use icering::net::Protocol;
 use icering::turn::client::stream::StreamDecoder;
 use icering::turn::client::{Client, ClientConfig, ClientEvent, Handled};
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-struct Coturn(Child);
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -41,46 +26,19 @@ fn free_port() -> u16 {
 
 const RELAY_PORTS: (u16, u16) = (46400, 46499);
 
-fn coturn(port: u16) -> Option<Coturn> {
-    if !have("turnserver") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the coturn client interop: turnserver not installed"
-        );
-        eprintln!("SKIPPED: turnserver not installed (apt-get install coturn)");
-        return None;
-    }
-    let child = Command::new("turnserver")
-        .args([
-            "-n",
-            "--listening-ip=127.0.0.1",
+fn coturn(port: u16) -> Option<common::Coturn> {
+    common::coturn(
+        "the coturn client interop",
+        port,
+        RELAY_PORTS,
+        &[
             &format!("--listening-port={port}"),
-            "--relay-ip=127.0.0.1",
-            &format!("--min-port={}", RELAY_PORTS.0),
-            &format!("--max-port={}", RELAY_PORTS.1),
-            "--user=alice:secret",
-            "--realm=coturn.test",
-            "--lt-cred-mech",
-            "--allow-loopback-peers",
             "--max-allocate-lifetime=5",
             "--stale-nonce=3",
-            "--no-cli",
             "--no-tls",
             "--no-dtls",
-            "--log-file=stdout",
-            "--simple-log",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("turnserver starts");
-    let c = Coturn(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "turnserver did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(c)
+        ],
+    )
 }
 
 enum Link {

@@ -7,11 +7,11 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
-use super::engine::{Inner, PWD_LEN, UFRAG_LEN, fresh_credentials, secure_random};
+use super::engine::{Inner, PWD_LEN, UFRAG_LEN, UrlSpec, fresh_credentials, secure_random};
 use super::link::{DataRx, Link};
 use super::netmon::Watch;
 use super::{AgentEvent, AgentOptions, ApiError, ConnStats, Events, StateWatch};
-use crate::ice::{Candidate, ConnectionState, IceUrl};
+use crate::ice::{Candidate, ConnectionState};
 use crate::io::Waker;
 use crate::shard::ServerSpec;
 use crate::shard::gather::usable;
@@ -98,8 +98,8 @@ impl Drop for Handle {
 struct Gather {
     engine: Arc<Inner>,
     opts: AgentOptions,
-    /// Parsed [`AgentOptions::urls`]: (url, username, credential).
-    servers: Vec<(IceUrl, String, String)>,
+    /// Parsed [`AgentOptions::urls`].
+    servers: Vec<UrlSpec>,
 }
 
 /// One ICE agent hosted on a shard (pion/ice's `Agent`).
@@ -183,7 +183,7 @@ impl Agent {
         handle: Arc<Handle>,
         (ufrag, pwd): (&str, &str),
         opts: AgentOptions,
-        servers: Vec<(IceUrl, String, String)>,
+        servers: Vec<UrlSpec>,
         link: Option<Arc<Link>>,
     ) -> Self {
         let mut creds = [0u8; UFRAG_LEN + PWD_LEN];
@@ -286,15 +286,17 @@ impl Agent {
         }
         let servers = servers
             .iter()
-            .map(|(url, user, cred)| ServerSpec {
-                url: url.clone(),
-                addrs: url
+            .map(|s| ServerSpec {
+                url: s.url.clone(),
+                addrs: s
+                    .url
                     .host_port()
                     .to_socket_addrs()
                     .map(Iterator::collect)
                     .map_err(|e| format!("cannot resolve: {e}")),
-                username: user.clone(),
-                password: cred.clone(),
+                username: s.username.clone(),
+                password: s.credential.clone(),
+                tls: s.tls.clone(),
             })
             .collect();
         let candidates: Vec<Candidate> = bases.iter().map(|b| host_candidate(o, *b)).collect();

@@ -8,14 +8,16 @@ use crossbeam_channel::Sender;
 
 use super::agent::{Agent, Handle};
 use super::link::Link;
-use super::{AgentOptions, ApiError, DataMode, IceStats};
+use super::{AgentOptions, ApiError, DataMode, IceStats, TlsRoots};
 use crate::config::{Config, IceSection};
 use crate::ice::rng::ICE_CHARS;
-use crate::ice::{IceConfig, IceUrl};
+use crate::ice::{IceConfig, IceUrl, Scheme};
 use crate::io::Waker;
 use crate::net::Protocol;
 use crate::shard::gather::{InterfaceAddr, interface_addrs};
-use crate::shard::{Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime};
+use crate::shard::{
+    Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime, TlsTarget, pem_config, platform_config,
+};
 
 pub(crate) struct Inner {
     runtime: Mutex<Option<Runtime>>,
@@ -112,20 +114,30 @@ fn ice_string(first: Option<u8>, random: &[u8]) -> String {
         .collect()
 }
 
-/// Parses and checks [`AgentOptions::urls`]: `(url, username, credential)`.
-fn parse_urls(opts: &AgentOptions) -> Result<Vec<(IceUrl, String, String)>, ApiError> {
+/// A checked [`AgentOptions::urls`] entry.
+#[derive(Debug, Clone)]
+pub(crate) struct UrlSpec {
+    pub url: IceUrl,
+    pub username: String,
+    pub credential: String,
+    /// `turns:`: what the server's certificate is verified against.
+    pub tls: Option<TlsTarget>,
+}
+
+/// Parses and checks [`AgentOptions::urls`], with the TLS configuration of `turns:` ones
+/// (the platform's store is read once per process; PEM roots once per agent).
+fn parse_urls(opts: &AgentOptions) -> Result<Vec<UrlSpec>, ApiError> {
     if opts.urls.is_empty() {
         return Ok(Vec::new());
     }
+    let mut tls_config = None;
     opts.urls
         .iter()
         .map(|u| {
             let url = IceUrl::parse(&u.url)
                 .map_err(|e| ApiError::Invalid(format!("{:?}: {e}", u.url)))?;
-            if url.scheme.is_secure() {
-                return Err(ApiError::Unsupported(
-                    "stuns:/turns: (TLS) URLs on the shards",
-                ));
+            if url.scheme == Scheme::Stuns {
+                return Err(ApiError::Unsupported("stuns: (STUN over TLS) URLs"));
             }
             if url.transport != Protocol::Udp && !url.scheme.is_turn() {
                 return Err(ApiError::Unsupported("STUN over TCP from the shards"));
@@ -142,7 +154,27 @@ fn parse_urls(opts: &AgentOptions) -> Result<Vec<(IceUrl, String, String)>, ApiE
                     "{url}: a TURN URL needs a username and credential"
                 )));
             }
-            Ok((url, u.username.clone(), u.credential.clone()))
+            let tls = if url.scheme.is_secure() {
+                if tls_config.is_none() {
+                    let config = match &opts.tls_roots {
+                        TlsRoots::Platform => platform_config(),
+                        TlsRoots::Pem(pem) => pem_config(pem),
+                    };
+                    tls_config = Some(config.map_err(ApiError::Invalid)?);
+                }
+                let config = tls_config.clone().expect("set above");
+                let target = TlsTarget::new(config, &url.host)
+                    .map_err(|e| ApiError::Invalid(format!("{url}: {e}")))?;
+                Some(target)
+            } else {
+                None
+            };
+            Ok(UrlSpec {
+                url,
+                username: u.username.clone(),
+                credential: u.credential.clone(),
+                tls,
+            })
         })
         .collect()
 }

@@ -88,6 +88,7 @@ pub(crate) use link::LinkTx;
 pub use link::{Events, StateWatch};
 pub use options::{
     AgentOptions, CandidateTypes, DataMode, InterfaceFilter, IpFilter, NetworkType, ServerUrl,
+    TlsRoots,
 };
 
 pub use crate::ice::{Candidate, ConnectionState};

@@ -75,6 +75,17 @@ impl std::str::FromStr for CandidateTypes {
     }
 }
 
+/// Who vouches for the certificates of `turns:` servers (TURN over TLS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TlsRoots {
+    /// The platform's trust store (as Go's TLS in pion), read once per process on the
+    /// first `turns:` URL.
+    #[default]
+    Platform,
+    /// Only the CA certificates in this PEM text (a private CA, a self-signed server).
+    Pem(String),
+}
+
 /// A STUN or TURN server (pion: a `stun.URI` in `Urls`, with `Username`/`Password`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerUrl {
@@ -148,9 +159,11 @@ pub struct AgentOptions {
     pub nat_1to1_ips: Vec<IpAddr>,
     /// STUN/TURN servers for server-reflexive and relayed candidates. Mux agents take
     /// STUN URLs (srflx on the shared port); [`Engine::agent`](super::Engine::agent)
-    /// refuses TURN URLs with `mux`. TURN over UDP or TCP (`?transport=tcp`); `turns:`
-    /// (TLS) is refused.
+    /// refuses TURN URLs with `mux`. TURN over UDP, TCP (`?transport=tcp`) or TLS
+    /// (`turns:`, verified against [`tls_roots`](Self::tls_roots)); `stuns:` is refused.
     pub urls: Vec<ServerUrl>,
+    /// Trust anchors for `turns:` servers. Default: the platform's store.
+    pub tls_roots: TlsRoots,
     /// Candidate types to gather (e.g. relay only, to force the relay).
     pub candidate_types: CandidateTypes,
     /// Pacing interval Ta between checks (RFC 8445 §14.2). Default 50 ms.
@@ -190,6 +203,7 @@ impl Default for AgentOptions {
             include_loopback: false,
             nat_1to1_ips: Vec::new(),
             urls: Vec::new(),
+            tls_roots: TlsRoots::Platform,
             candidate_types: CandidateTypes::default(),
             check_interval: ice.ta,
             keepalive_interval: ice.keepalive_interval,
@@ -270,6 +284,12 @@ impl AgentOptions {
     /// Adds a TURN URL with its credentials to [`urls`](Self::urls).
     pub fn with_turn(mut self, url: &str, username: &str, credential: &str) -> Self {
         self.urls.push(ServerUrl::turn(url, username, credential));
+        self
+    }
+    /// Trusts only the CA certificates in `pem` for `turns:` servers
+    /// ([`tls_roots`](Self::tls_roots)).
+    pub fn with_tls_roots_pem(mut self, pem: &str) -> Self {
+        self.tls_roots = TlsRoots::Pem(pem.into());
         self
     }
     /// Sets [`candidate_types`](Self::candidate_types).

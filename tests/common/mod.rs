@@ -313,3 +313,66 @@ pub async fn until_up(agent: &icering::Agent) {
         .expect("connected within 20 s")
         .expect("the agent is alive");
 }
+
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// coturn's `turnserver` on loopback, killed on drop.
+pub struct Coturn(Child);
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `turnserver` on 127.0.0.1 (user `alice:secret`, realm `coturn.test`, relays on
+/// 127.0.0.1 in `relay_ports`, loopback peers allowed) with `args` on top, and waits until
+/// it accepts TCP on `port`. `None`, saying so, when coturn is not installed; under `CI`
+/// that is a failure (`test` names what would not run).
+pub fn coturn(test: &str, port: u16, relay_ports: (u16, u16), args: &[&str]) -> Option<Coturn> {
+    if !have("turnserver") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run {test}: turnserver not installed"
+        );
+        eprintln!("SKIPPED {test}: turnserver not installed (apt-get install coturn)");
+        return None;
+    }
+    let child = Command::new("turnserver")
+        .args([
+            "-n",
+            "--listening-ip=127.0.0.1",
+            "--relay-ip=127.0.0.1",
+            &format!("--min-port={}", relay_ports.0),
+            &format!("--max-port={}", relay_ports.1),
+            "--user=alice:secret",
+            "--realm=coturn.test",
+            "--lt-cred-mech",
+            "--allow-loopback-peers",
+            "--no-cli",
+            "--log-file=stdout",
+            "--simple-log",
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("turnserver starts");
+    let c = Coturn(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "turnserver did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(c)
+}

@@ -16,8 +16,10 @@ pub(crate) mod demux;
 pub mod gather;
 mod servers;
 mod table;
+mod tls;
 
 pub(crate) use servers::ServerSpec;
+pub(crate) use tls::{TlsTarget, pem_config, platform_config};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -1120,7 +1122,7 @@ impl IceHost {
                 continue;
             };
             if let Some(sv) = self.table.get_mut(slot).and_then(|h| h.servers.as_mut()) {
-                sv.stream_closed(id, "closed");
+                sv.stream_closed(id, "TCP stream to the server closed");
             }
             self.drive(now, sendq, slot);
         }
@@ -1145,8 +1147,10 @@ impl IceHost {
         else {
             return false;
         };
-        dec.push(bytes);
-        let mut ok = true;
+        let mut ok = match self.table.get_mut(slot).and_then(|h| h.servers.as_mut()) {
+            Some(sv) => sv.stream_input(stream, bytes, &mut dec).is_ok(),
+            None => false,
+        };
         while let Some(frame) = dec.next_frame() {
             let frame = match frame {
                 Ok(f) => f,

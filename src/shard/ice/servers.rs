@@ -14,6 +14,9 @@
 //! the stream at the end of the turn ([`Servers::flush_streams`]); received bytes are cut
 //! into frames by a [`StreamDecoder`] and fed to the client as from the server. A closed
 //! stream ends the relay (a `GatherError` while it had no allocation yet).
+//!
+//! TURN over TLS (`turns:`): the same, with a [`TlsLink`] between the client's frames
+//! and the stream (the handshake runs as the first bytes flow).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
@@ -28,6 +31,7 @@ use crate::turn::client::{
     bind_selected, permit_everywhere,
 };
 
+use super::tls::{TlsLink, TlsTarget};
 use crate::api::LinkTx;
 
 /// One STUN/TURN server as the application handle resolved it (DNS runs on the caller's
@@ -39,6 +43,8 @@ pub(crate) struct ServerSpec {
     pub addrs: Result<Vec<SocketAddr>, String>,
     pub username: String,
     pub password: String,
+    /// `turns:`: the trust anchors and the name the certificate must carry.
+    pub tls: Option<TlsTarget>,
 }
 
 #[derive(Debug)]
@@ -61,14 +67,18 @@ struct Relay {
     tcp: Option<TcpLink>,
 }
 
-/// The stream of a TURN-over-TCP relay.
+/// The stream of a TURN-over-TCP (or TLS) relay.
 #[derive(Debug)]
 struct TcpLink {
     stream: StreamId,
     /// Frames cut from the bytes received.
     decoder: StreamDecoder,
-    /// Bytes to write to the stream at the end of the turn.
+    /// Frames to write to the stream at the end of the turn.
     tx: Vec<u8>,
+    /// `turns:`: the TLS session the frames go through (boxed: ~1 KB, rare).
+    tls: Option<Box<TlsLink>>,
+    /// TLS records to write (reused).
+    records: Vec<u8>,
 }
 
 /// Where a wrapped relay transmit goes.
@@ -329,6 +339,13 @@ impl Servers {
         let mut local = base;
         let mut tcp = None;
         if spec.url.transport == Protocol::Tcp {
+            let tls = match spec.tls.as_ref().map(TlsLink::new).transpose() {
+                Ok(tls) => tls.map(Box::new),
+                Err(e) => {
+                    self.errors.push((spec.url.to_string(), e));
+                    return;
+                }
+            };
             let opened = match streams {
                 Some(set) => set.connect(server).map(|id| (id, set.local_addr(id))),
                 None => Err(std::io::Error::other("no TCP stream set")),
@@ -340,6 +357,8 @@ impl Servers {
                         stream,
                         decoder: StreamDecoder::default(),
                         tx: Vec::new(),
+                        tls,
+                        records: Vec::new(),
                     });
                 }
                 Err(e) => {
@@ -435,15 +454,54 @@ impl Servers {
             .filter_map(|r| r.tcp.as_ref().map(|l| l.stream))
     }
 
-    /// Writes what the TCP relays queued to their streams.
+    /// Writes what the TCP relays queued to their streams (through TLS for `turns:`,
+    /// with the handshake's own records).
     pub fn flush_streams(&mut self, set: &mut StreamSet) {
-        for l in self.relays.iter_mut().filter_map(|r| r.tcp.as_mut()) {
-            if !l.tx.is_empty() {
+        for r in &mut self.relays {
+            let Some(l) = r.tcp.as_mut() else {
+                continue;
+            };
+            let out = match l.tls.as_mut() {
+                Some(tls) => {
+                    let lost = tls.output(&l.tx, &mut l.records);
+                    if lost > 0 {
+                        tracing::debug!(url = %r.url, "TLS buffer full: {lost} bytes lost");
+                    }
+                    l.tx.clear();
+                    &mut l.records
+                }
+                None => &mut l.tx,
+            };
+            if !out.is_empty() {
                 // A failed write closes the stream: `take_closed` reports it.
-                set.send(l.stream, &[&l.tx]);
-                l.tx.clear();
+                set.send(l.stream, &[out]);
+                out.clear();
             }
         }
+    }
+
+    /// Bytes read from `stream`, into its relay's `decoder` (taken out by
+    /// [`take_decoder`](Self::take_decoder)): decrypted first for `turns:`. An error
+    /// ends the relay as [`stream_closed`](Self::stream_closed) does; the caller closes
+    /// the stream.
+    pub fn stream_input(
+        &mut self,
+        stream: StreamId,
+        bytes: &[u8],
+        decoder: &mut StreamDecoder,
+    ) -> Result<(), ()> {
+        let tls = self
+            .relays
+            .iter_mut()
+            .find_map(|r| r.tcp.as_mut().filter(|l| l.stream == stream))
+            .and_then(|l| l.tls.as_mut());
+        let Some(tls) = tls else {
+            decoder.push(bytes);
+            return Ok(());
+        };
+        tls.input(bytes, decoder).map_err(|e| {
+            self.stream_closed(stream, &e);
+        })
     }
 
     /// Takes the decoder of `stream` out (to lend its frames while the clients are
@@ -496,8 +554,8 @@ impl Servers {
         }
     }
 
-    /// `stream` closed (by the server, an error, or a framing error): its relay ends; a
-    /// gathering failure if it had no allocation yet.
+    /// `stream` ended (`why`: closed by the server, an error, a framing or TLS error):
+    /// its relay ends; a gathering failure if it had no allocation yet.
     pub fn stream_closed(&mut self, stream: StreamId, why: &str) {
         for r in &mut self.relays {
             if r.tcp.as_ref().is_none_or(|l| l.stream != stream) {
@@ -505,11 +563,10 @@ impl Servers {
             }
             r.tcp = None;
             if r.done {
-                tracing::warn!(url = %r.url, "relay lost: TCP stream {why}");
+                tracing::warn!(url = %r.url, "relay lost: {why}");
             } else {
                 r.done = true;
-                self.errors
-                    .push((r.url.to_string(), format!("TCP stream to the server {why}")));
+                self.errors.push((r.url.to_string(), why.to_owned()));
             }
         }
     }
