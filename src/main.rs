@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use icering::Engine;
 use icering::config::{Config, IoBackendChoice, RelaySocket};
 use icering::ice::IceUrl;
-use icering::ping::{CandidateTypes, PingConfig, Servers};
+use icering::ping::{CandidateTypes, PingConfig, Servers, TlsRoots};
 use icering::serve::AdminServer;
 use icering::shard::Runtime;
 
@@ -74,8 +74,8 @@ struct PingArgs {
     /// STUN server URL (`stun:host[:port]`) for a server-reflexive candidate (repeatable).
     #[arg(long, value_name = "URL")]
     stun: Vec<String>,
-    /// TURN server URL (`turn:host[:port][?transport=udp|tcp]`) for a relayed candidate
-    /// (repeatable; needs --turn-user and --turn-pass).
+    /// TURN server URL (`turn:host[:port][?transport=udp|tcp]`, or `turns:host[:port]`
+    /// over TLS) for a relayed candidate (repeatable; needs --turn-user and --turn-pass).
     #[arg(long, value_name = "URL")]
     turn: Vec<String>,
     /// TURN long-term credential user name.
@@ -84,6 +84,10 @@ struct PingArgs {
     /// TURN long-term credential password.
     #[arg(long, value_name = "PASS")]
     turn_pass: Option<String>,
+    /// PEM file of the CA certificates `turns:` servers are checked against (default: the
+    /// platform's trust store).
+    #[arg(long, value_name = "FILE")]
+    turn_ca: Option<std::path::PathBuf>,
     /// Local candidate types to gather, comma-separated: host,srflx,relay.
     #[arg(long, value_name = "TYPES", default_value = "host,srflx,relay")]
     candidate_types: String,
@@ -116,6 +120,13 @@ fn ping(args: PingArgs) -> Result<(), String> {
         (None, None) if turn.is_empty() => (String::new(), String::new()),
         _ => return Err("--turn needs both --turn-user and --turn-pass".into()),
     };
+    let tls_roots = match &args.turn_ca {
+        Some(path) => TlsRoots::Pem(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--turn-ca {}: {e}", path.display()))?,
+        ),
+        None => TlsRoots::Platform,
+    };
     let candidate_types: CandidateTypes = args
         .candidate_types
         .parse()
@@ -135,6 +146,7 @@ fn ping(args: PingArgs) -> Result<(), String> {
             turn,
             user,
             pass,
+            tls_roots,
         },
         candidate_types,
     };

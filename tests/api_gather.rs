@@ -433,7 +433,7 @@ fn unsupported_or_invalid_urls_are_refused() {
     let tls = AgentOptions::default().with_turn("turns:127.0.0.1", "u", "p");
     assert!(
         engine
-            .agent(tls.clone().with_tls_roots_pem(&Pki::new().ca))
+            .agent(tls.clone().with_tls_roots_pem(&common::Pki::new().ca))
             .is_ok()
     );
     assert!(matches!(
@@ -563,35 +563,6 @@ async fn refused_tcp_relay_is_reported_and_gathering_ends() {
     engine.shutdown().unwrap();
 }
 
-/// A test CA and a server certificate it signed for 127.0.0.1 (IP subjectAltName only),
-/// as PEM.
-struct Pki {
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "icering test CA");
-        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        let cert = leaf.signed_by(&key, &issuer).unwrap().pem();
-        Pki {
-            ca: ca_pem,
-            cert,
-            key: key.serialize_pem(),
-        }
-    }
-}
-
 /// TURN over TLS (`turns:`, RFC 7065; RFC 8656 §3.1) to coturn's TLS listener: a
 /// relay-only agent connects to a host agent through the relay with data both ways; a CA
 /// the server's chain does not lead to, and a name the certificate does not hold, are
@@ -599,30 +570,13 @@ impl Pki {
 /// candidate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_over_tls_through_coturn_and_certificates_checked() {
-    let pki = Pki::new();
-    let dir = std::env::temp_dir().join(format!("icering-turns-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, &pki.cert).unwrap();
-    std::fs::write(&key, &pki.key).unwrap();
+    let pki = common::Pki::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let coturn = common::coturn(
-        "the TURN-over-TLS test",
-        port,
-        (46500, 46599),
-        &[
-            &format!("--tls-listening-port={port}"),
-            &format!("--cert={}", cert.display()),
-            &format!("--pkey={}", key.display()),
-            "--no-udp",
-            "--no-tcp",
-            "--no-dtls",
-        ],
-    );
+    let coturn = common::coturn_tls("the TURN-over-TLS test", port, (46500, 46599), &pki);
     let Some(_coturn) = coturn else {
         return;
     };
@@ -655,7 +609,7 @@ async fn relay_over_tls_through_coturn_and_certificates_checked() {
     a.close();
     b.close();
 
-    let other_ca = Pki::new().ca;
+    let other_ca = common::Pki::new().ca;
     let wrong_name = format!("turns:localhost:{port}");
     for (url, roots, why) in [
         // Same CA name, other key: rustls reports BadSignature.
@@ -677,5 +631,4 @@ async fn relay_over_tls_through_coturn_and_certificates_checked() {
         c.close();
     }
     engine.shutdown().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -234,3 +234,59 @@ fn turn_over_tcp_against_coturn_gives_a_relay_pair() {
     assert!(sa.contains(" (relay) -> 127.0.0.1:"), "{sa}");
     assert!(selected(&tb).ends_with("(relay)"), "{tb}");
 }
+
+/// `turns:` (TURN over TLS) to coturn's TLS listener, its certificate checked against the
+/// test CA given by `--turn-ca`; under a name the certificate does not hold, the ping says
+/// so and connects over its host candidate.
+#[test]
+fn turn_over_tls_against_coturn_gives_a_relay_pair() {
+    let port = free_port();
+    let pki = common::Pki::new();
+    let Some(_coturn) = common::coturn_tls("the coturn TLS test", port, (46600, 46699), &pki)
+    else {
+        return;
+    };
+    let ca = std::env::temp_dir().join(format!("icering-ping-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, &pki.ca).unwrap();
+    let turn = format!("turns:127.0.0.1:{port}");
+    let ca_arg = ca.display().to_string();
+    let (ta, tb) = pair(
+        &[
+            "--turn",
+            &turn,
+            "--turn-ca",
+            &ca_arg,
+            "--turn-user",
+            "alice",
+            "--turn-pass",
+            "secret",
+            "--candidate-types",
+            "relay",
+        ],
+        &[],
+    );
+    assert!(ta.contains("typ relay raddr 127.0.0.1 rport "), "{ta}");
+    let sa = selected(&ta);
+    assert!(sa.contains(" (relay) -> 127.0.0.1:"), "{sa}");
+    assert!(selected(&tb).ends_with("(relay)"), "{tb}");
+
+    let wrong_name = format!("turns:localhost:{port}");
+    let (ta, _) = pair(
+        &[
+            "--turn",
+            &wrong_name,
+            "--turn-ca",
+            &ca_arg,
+            "--turn-user",
+            "alice",
+            "--turn-pass",
+            "secret",
+            "--candidate-types",
+            "host,relay",
+        ],
+        &[],
+    );
+    let _ = std::fs::remove_file(&ca);
+    assert!(ta.contains("certificate not valid for name"), "{ta}");
+    assert!(!ta.contains("typ relay"), "{ta}");
+}

@@ -1,6 +1,6 @@
 //! Server-reflexive and relayed gathering for `icering ping`: one [`BindingClient`] per
 //! `--stun` URL and one TURN [`Client`] per `--turn` URL, all on the ping's UDP socket
-//! (TURN over TCP on its own stream), driven with the same clock as the agent.
+//! (TURN over TCP or TLS on its own stream), driven with the same clock as the agent.
 //!
 //! Relaying is transparent to the agent: a transmit whose source is a relayed address is
 //! wrapped by that TURN client (Send indication, ChannelData once bound), and data the
@@ -9,17 +9,19 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::ice::{Candidate, IceUrl};
 use crate::net::Protocol;
+use crate::shard::{TlsLink, TlsTarget, pem_config, platform_config};
 use crate::turn::client::stream::StreamDecoder;
 use crate::turn::client::{
     BindingClient, BindingEvent, Client, ClientConfig, ClientEvent, Handled, Retransmit,
     bind_selected, permit_everywhere,
 };
 
-pub use crate::api::CandidateTypes;
+pub use crate::api::{CandidateTypes, TlsRoots};
 
 /// TURN credentials and the servers to use.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +34,8 @@ pub struct Servers {
     pub user: String,
     /// Password for every TURN server.
     pub pass: String,
+    /// Trust anchors for `turns:` servers.
+    pub tls_roots: TlsRoots,
 }
 
 /// Resolves a URL's host to an address of `local`'s family.
@@ -43,18 +47,42 @@ fn resolve(url: &IceUrl, local: SocketAddr) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{url}: no address of the socket's family"))
 }
 
-/// A TURN-over-TCP connection: the write half here, a reader thread cutting frames.
+/// A TURN-over-TCP (or TLS) connection: the write half here, a reader thread cutting
+/// frames. With TLS both halves go through one session behind a mutex (the reader also
+/// writes the handshake's answers).
 struct TcpLink {
     stream: TcpStream,
+    tls: Option<Arc<Mutex<TlsLink>>>,
     frames: Receiver<io::Result<Vec<u8>>>,
 }
 
+/// Encrypts `frames` (may be empty: the handshake's own records) and writes the records.
+fn write_tls(tls: &Mutex<TlsLink>, mut stream: &TcpStream, frames: &[u8]) -> io::Result<()> {
+    let mut out = Vec::new();
+    let lost = tls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .output(frames, &mut out);
+    if lost > 0 {
+        return Err(io::Error::other("TLS buffer full"));
+    }
+    stream.write_all(&out)
+}
+
 impl TcpLink {
-    fn connect(server: SocketAddr) -> io::Result<(TcpLink, SocketAddr)> {
+    fn connect(server: SocketAddr, tls: Option<&TlsTarget>) -> io::Result<(TcpLink, SocketAddr)> {
+        let tls = match tls.map(TlsLink::new).transpose() {
+            Ok(t) => t.map(|t| Arc::new(Mutex::new(t))),
+            Err(e) => return Err(io::Error::other(e)),
+        };
         let stream = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;
+        if let Some(t) = &tls {
+            write_tls(t, &stream, &[])?; // the ClientHello
+        }
         let mut reader = stream.try_clone()?;
+        let session = tls.clone();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("ping-turn-tcp".into())
@@ -68,7 +96,19 @@ impl TcpLink {
                             return;
                         }
                         Ok(n) => {
-                            dec.push(&buf[..n]);
+                            if let Some(t) = &session {
+                                let fed = t
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .input(&buf[..n], &mut dec)
+                                    .map_err(io::Error::other);
+                                if let Err(e) = fed.and_then(|()| write_tls(t, &reader, &[])) {
+                                    let _ = tx.send(Err(e));
+                                    return;
+                                }
+                            } else {
+                                dec.push(&buf[..n]);
+                            }
                             while let Some(f) = dec.next_frame() {
                                 let msg = f
                                     .map(<[u8]>::to_vec)
@@ -87,7 +127,19 @@ impl TcpLink {
                     }
                 }
             })?;
-        Ok((TcpLink { stream, frames: rx }, local))
+        let link = TcpLink {
+            stream,
+            tls,
+            frames: rx,
+        };
+        Ok((link, local))
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &self.tls {
+            Some(t) => write_tls(t, &self.stream, bytes),
+            None => self.stream.write_all(bytes),
+        }
     }
 }
 
@@ -194,14 +246,20 @@ impl Gatherer {
         seed: u64,
         now: Instant,
     ) -> Result<Relay, String> {
-        if url.scheme.is_secure() {
-            return Err("turns: (TLS) is not supported".into());
-        }
+        let tls = if url.scheme.is_secure() {
+            let config = match &servers.tls_roots {
+                TlsRoots::Platform => platform_config(),
+                TlsRoots::Pem(pem) => pem_config(pem),
+            }?;
+            Some(TlsTarget::new(config, &url.host)?)
+        } else {
+            None
+        };
         let server = resolve(url, local)?;
         let (tcp, client_local) = match url.transport {
             Protocol::Udp => (None, local),
             Protocol::Tcp => {
-                let (link, l) = TcpLink::connect(server)
+                let (link, l) = TcpLink::connect(server, tls.as_ref())
                     .map_err(|e| format!("cannot connect over TCP to {server}: {e}"))?;
                 (Some(link), l)
             }
@@ -447,7 +505,7 @@ fn consume(
 
 fn send(socket: &UdpSocket, tcp: Option<&mut TcpLink>, to: SocketAddr, bytes: &[u8]) {
     let r = match tcp {
-        Some(link) => link.stream.write_all(bytes),
+        Some(link) => link.send(bytes),
         None => socket.send_to(bytes, to).map(|_| ()),
     };
     if let Err(e) = r {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::ice::{Candidate, ConnectionState, Handled, IceAgent, IceConfig, IceEvent};
 use crate::net::Received;
-pub use gather::{CandidateTypes, Servers};
+pub use gather::{CandidateTypes, Servers, TlsRoots};
 use gather::{Gatherer, Relayed};
 use signal::{Remote, Signal};
 

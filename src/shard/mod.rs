@@ -27,7 +27,9 @@ use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
 pub use counters::ShardCounters;
 pub use ice::gather;
-pub(crate) use ice::{IceCmd, NewAgent, ServerSpec, TlsTarget, pem_config, platform_config};
+pub(crate) use ice::{
+    IceCmd, NewAgent, ServerSpec, TlsLink, TlsTarget, pem_config, platform_config,
+};
 pub use ice::{IceCounters, IceStats, MAX_ICE_SHARDS};
 pub use shared_ports::MAX_SHARED_IPS;
 

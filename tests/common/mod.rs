@@ -376,3 +376,59 @@ pub fn coturn(test: &str, port: u16, relay_ports: (u16, u16), args: &[&str]) -> 
     }
     Some(c)
 }
+
+/// A test CA and a server certificate it signed for 127.0.0.1 (IP subjectAltName only),
+/// as PEM.
+pub struct Pki {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "icering test CA");
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap().pem();
+        Pki {
+            ca: ca_pem,
+            cert,
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+/// coturn with only a TLS listener on `port`, serving `pki`'s certificate (files in a
+/// directory removed when the returned guard drops).
+pub fn coturn_tls(test: &str, port: u16, relay_ports: (u16, u16), pki: &Pki) -> Option<Coturn> {
+    let dir =
+        std::env::temp_dir().join(format!("icering-coturn-tls-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &pki.cert).unwrap();
+    std::fs::write(&key, &pki.key).unwrap();
+    let c = coturn(
+        test,
+        port,
+        relay_ports,
+        &[
+            &format!("--tls-listening-port={port}"),
+            &format!("--cert={}", cert.display()),
+            &format!("--pkey={}", key.display()),
+            "--no-udp",
+            "--no-tcp",
+            "--no-dtls",
+        ],
+    );
+    // coturn has read the files once it listens.
+    let _ = std::fs::remove_dir_all(&dir);
+    c
+}

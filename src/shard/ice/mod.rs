@@ -19,7 +19,7 @@ mod table;
 mod tls;
 
 pub(crate) use servers::ServerSpec;
-pub(crate) use tls::{TlsTarget, pem_config, platform_config};
+pub(crate) use tls::{TlsLink, TlsTarget, pem_config, platform_config};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
