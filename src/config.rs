@@ -236,6 +236,13 @@ pub struct ServerSection {
     pub listen: Vec<SocketAddr>,
     /// Also accept STUN/TURN over TCP on the same addresses (RFC 8656 §3.1).
     pub tcp: bool,
+    /// TCP addresses to accept STUN/TURN over TLS on (RFC 8656 §3.1, `turns:`; 5349 by
+    /// custom, 443 to pass firewalls); needs `tls_cert` and `tls_key`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM file of the TLS certificate chain (server certificate first).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM file of the TLS private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<std::path::PathBuf>,
     /// Shards; 0 = one per core of `cores`, or of the process's affinity mask.
     pub shards: usize,
     /// Pin each shard thread to one core (thread-per-core). `false`: the OS schedules
@@ -258,6 +265,9 @@ impl Default for ServerSection {
         ServerSection {
             listen: vec!["127.0.0.1:3478".parse().expect("literal")],
             tcp: true,
+            tls_listen: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             shards: 0,
             pin: true,
             cores: Vec::new(),
@@ -348,6 +358,14 @@ impl Config {
                 "server.listen",
                 "needs at least one address (or ICE sessions on `ice.listen`)",
             );
+        }
+        if !self.server.tls_listen.is_empty() {
+            if self.server.tls_cert.is_none() {
+                return invalid("server.tls_cert", "needed by server.tls_listen");
+            }
+            if self.server.tls_key.is_none() {
+                return invalid("server.tls_key", "needed by server.tls_listen");
+            }
         }
         if self.server.shards > 1024 {
             return invalid("server.shards", "at most 1024");

@@ -218,6 +218,16 @@ struct ServeArgs {
     /// Listen on UDP only, no STUN/TURN over TCP (`server.tcp = false`; coturn: --no-tcp).
     #[arg(long)]
     no_tcp: bool,
+    /// TCP address for STUN/TURN over TLS (repeatable; replaces `server.tls_listen`; needs
+    /// --cert and --pkey).
+    #[arg(long = "tls-listen", value_name = "ADDR")]
+    tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for --tls-listen (`server.tls_cert`; coturn: --cert).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// PEM private key for --tls-listen (`server.tls_key`; coturn: --pkey).
+    #[arg(long, value_name = "FILE")]
+    pkey: Option<PathBuf>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -284,6 +294,15 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if args.no_tcp {
         config.server.tcp = false;
+    }
+    if !args.tls_listen.is_empty() {
+        config.server.tls_listen = args.tls_listen.clone();
+    }
+    if args.cert.is_some() {
+        config.server.tls_cert = args.cert.clone();
+    }
+    if args.pkey.is_some() {
+        config.server.tls_key = args.pkey.clone();
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -404,6 +423,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             "listening on {addr}/{transports} ({what})"
         );
     }
+    for addr in runtime.tls_addrs() {
+        tracing::info!(
+            shards = runtime.shards(),
+            "listening on {addr}/tls ({what} over TLS)"
+        );
+    }
     if config.turn.enabled {
         let t = &config.turn;
         tracing::info!(
@@ -515,6 +540,12 @@ fn serve_sessions(
     };
     for addr in engine.server_addrs() {
         tracing::info!(shards = engine.shards(), "listening on {addr}/udp ({what})");
+    }
+    for addr in engine.server_tls_addrs() {
+        tracing::info!(
+            shards = engine.shards(),
+            "listening on {addr}/tls ({what} over TLS)"
+        );
     }
     for addr in engine.mux_addrs() {
         tracing::info!(

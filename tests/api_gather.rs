@@ -632,3 +632,76 @@ async fn relay_over_tls_through_coturn_and_certificates_checked() {
     }
     engine.shutdown().unwrap();
 }
+
+/// STUN/TURN over TLS on our own server (`[server] tls_listen`): a relay-only agent
+/// connects through it with data both ways; a client that speaks plain STUN to the TLS
+/// port is cut off and counted as malformed, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_tls_through_our_own_tls_listener() {
+    use std::io::{Read, Write};
+    let pki = common::Pki::new();
+    let dir = std::env::temp_dir().join(format!("icering-tls-listen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &pki.cert).unwrap();
+    std::fs::write(&key, &pki.key).unwrap();
+    let mut c = Config::embedded();
+    c.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.server.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.server.tls_cert = Some(cert);
+    c.server.tls_key = Some(key);
+    c.server.shards = 2;
+    c.turn.users = vec!["alice:secret".into()];
+    c.turn.allow_loopback_peers = true;
+    let srv = Engine::start(&c).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let at = srv.server_tls_addrs()[0];
+
+    // Plain STUN on the TLS port: not a ClientHello, the stream is closed.
+    let mut plain = std::net::TcpStream::connect(at).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut req = [0u8; 64];
+    let n = common::binding_request([7; 12], &mut req);
+    plain.write_all(&req[..n]).unwrap();
+    let mut buf = [0u8; 512];
+    let mut got = Vec::new();
+    loop {
+        match plain.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+        }
+    }
+    // At most a TLS alert record (content type 21), never a STUN answer.
+    assert!(got.is_empty() || got[0] == 21, "{got:02x?}");
+    wait_server(&srv, "the plain client counted", |s| {
+        s.dropped_malformed >= 1
+    });
+
+    let engine = agents();
+    let url = format!("turns:{at}");
+    let relay_only = base_opts()
+        .with_turn(&url, "alice", "secret")
+        .with_tls_roots_pem(&pki.ca)
+        .with_candidate_types(only(false, false, true));
+    let mut a = engine.agent(relay_only).unwrap();
+    let mut b = engine.agent(base_opts()).unwrap();
+    let ga = gather(&mut a, Some(&b)).await;
+    gather(&mut b, Some(&a)).await;
+    assert!(ga.errors.is_empty(), "{ga:?}");
+    assert_eq!(ga.of(CandidateKind::Relayed).len(), 1, "{ga:?}");
+    let relayed = ga.candidates[0].addr;
+    let (mut ca, mut cb) = connect(&a, &b).await;
+    assert_eq!(ca.stats().await.unwrap().selected.expect("a").0, relayed);
+    exchange(&mut ca, &mut cb, 5).await;
+    wait_server(&srv, "relayed both ways over TLS", |s| {
+        s.allocations() == 1 && s.relayed_to_peer >= 5 && s.relayed_to_client >= 5
+    });
+    // Closing the agent closes the TLS stream: the allocation ends with it.
+    a.close();
+    b.close();
+    wait_server(&srv, "allocation deleted", |s| s.allocations() == 0);
+    engine.shutdown().unwrap();
+    srv.shutdown().unwrap();
+}

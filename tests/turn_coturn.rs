@@ -15,16 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::spawn_serve;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn coturn_tools() -> bool {
-    let ok = have("turnutils_uclient") && have("turnutils_peer");
+    let ok = common::have("turnutils_uclient") && common::have("turnutils_peer");
     if !ok {
         // CI installs coturn (.ci/run): there a missing tool is a failure, not a skip.
         assert!(
@@ -264,4 +256,77 @@ fn turnutils_uclient_against_shared_port_relay() {
     args.extend(base);
     args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
     assert_complete(&uclient(&args), 400);
+}
+
+/// coturn's client over TLS (`-t -S`: TURN over TLS, OpenSSL) against `icering serve
+/// --tls-listen` with a certificate made here: channels, then Send indications; every
+/// message comes back through the relay.
+#[test]
+fn turnutils_uclient_over_tls() {
+    if !coturn_tools() {
+        return;
+    }
+    let pki = common::Pki::new();
+    let dir = std::env::temp_dir().join(format!("icering-uclient-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &pki.cert).unwrap();
+    std::fs::write(&key, &pki.key).unwrap();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let _server = serve_with(
+        "48200-48399",
+        &[
+            "--tls-listen",
+            &tls_listen,
+            "--cert",
+            &cert_arg,
+            "--pkey",
+            &key_arg,
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = tls_port.to_string();
+    let peer_port = free_udp_port().to_string();
+    let _peer = Killed(
+        Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &peer_port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnutils_peer starts"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let base = [
+        "-t",
+        "-S",
+        "-n",
+        "100",
+        "-m",
+        "2",
+        "-l",
+        "120",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port,
+        "-p",
+        &port,
+        "-u",
+        "user",
+        "-w",
+        "pass",
+    ];
+    let mut args: Vec<&str> = base.to_vec();
+    args.push("127.0.0.1");
+    assert_complete(&uclient(&args), 200);
+    let mut args: Vec<&str> = vec!["-s"];
+    args.extend(base);
+    args.push("127.0.0.1");
+    assert_complete(&uclient(&args), 200);
 }

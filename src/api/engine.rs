@@ -8,22 +8,21 @@ use crossbeam_channel::Sender;
 
 use super::agent::{Agent, Handle};
 use super::link::Link;
-use super::{AgentOptions, ApiError, DataMode, IceStats, TlsRoots};
+use super::{AgentOptions, ApiError, DataMode, IceStats};
 use crate::config::{Config, IceSection};
 use crate::ice::rng::ICE_CHARS;
 use crate::ice::{IceConfig, IceUrl, Scheme};
 use crate::io::Waker;
 use crate::net::Protocol;
 use crate::shard::gather::{InterfaceAddr, interface_addrs};
-use crate::shard::{
-    Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime, TlsTarget, pem_config, platform_config,
-};
+use crate::shard::{Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime, TlsTarget};
 
 pub(crate) struct Inner {
     runtime: Mutex<Option<Runtime>>,
     pub(crate) links: Vec<(Sender<Control>, Waker)>,
     pub(crate) mux_addrs: Vec<SocketAddr>,
     server_addrs: Vec<SocketAddr>,
+    server_tls_addrs: Vec<SocketAddr>,
     backend_reason: String,
     pub(crate) ice: IceSection,
     next_key: AtomicU64,
@@ -156,10 +155,7 @@ fn parse_urls(opts: &AgentOptions) -> Result<Vec<UrlSpec>, ApiError> {
             }
             let tls = if url.scheme.is_secure() {
                 if tls_config.is_none() {
-                    let config = match &opts.tls_roots {
-                        TlsRoots::Platform => platform_config(),
-                        TlsRoots::Pem(pem) => pem_config(pem),
-                    };
+                    let config = opts.tls_roots.client_config();
                     tls_config = Some(config.map_err(ApiError::Invalid)?);
                 }
                 let config = tls_config.clone().expect("set above");
@@ -187,6 +183,7 @@ impl Engine {
         let links = runtime.links();
         let mux_addrs = runtime.ice_addrs().to_vec();
         let server_addrs = runtime.local_addrs().to_vec();
+        let server_tls_addrs = runtime.tls_addrs().to_vec();
         let backend_reason = runtime.backend_reason().to_owned();
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -194,6 +191,7 @@ impl Engine {
                 links,
                 mux_addrs,
                 server_addrs,
+                server_tls_addrs,
                 backend_reason,
                 ice: config.ice.clone(),
                 next_key: AtomicU64::new(1),
@@ -212,6 +210,11 @@ impl Engine {
     /// The STUN/TURN server addresses (`[server] listen`, port 0 resolved).
     pub fn server_addrs(&self) -> &[SocketAddr] {
         &self.inner.server_addrs
+    }
+
+    /// The STUN/TURN-over-TLS addresses (`[server] tls_listen`, port 0 resolved).
+    pub fn server_tls_addrs(&self) -> &[SocketAddr] {
+        &self.inner.server_tls_addrs
     }
 
     /// Which io backend runs and why (for a start-up log line).

@@ -77,6 +77,7 @@ impl std::str::FromStr for CandidateTypes {
 
 /// Who vouches for the certificates of `turns:` servers (TURN over TLS).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TlsRoots {
     /// The platform's trust store (as Go's TLS in pion), read once per process on the
     /// first `turns:` URL.
@@ -84,6 +85,16 @@ pub enum TlsRoots {
     Platform,
     /// Only the CA certificates in this PEM text (a private CA, a self-signed server).
     Pem(String),
+}
+
+impl TlsRoots {
+    /// The rustls client configuration these roots make.
+    pub(crate) fn client_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+        match self {
+            TlsRoots::Platform => crate::shard::platform_config(),
+            TlsRoots::Pem(pem) => crate::shard::pem_config(pem),
+        }
+    }
 }
 
 /// A STUN or TURN server (pion: a `stun.URI` in `Urls`, with `Username`/`Password`).

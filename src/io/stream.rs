@@ -58,7 +58,11 @@ struct Stream {
     want_write: bool,
     /// An outgoing connect has not completed yet: sends go to the backlog.
     connecting: bool,
+    /// Index of the listener that accepted it (`NOT_ACCEPTED` for outgoing streams).
+    listener: u32,
 }
+
+const NOT_ACCEPTED: u32 = u32::MAX;
 
 /// TCP listeners and their accepted streams on one epoll set; see the module docs.
 pub struct StreamSet {
@@ -158,6 +162,13 @@ impl StreamSet {
         self.get(id)?.sock.local_addr().ok()
     }
 
+    /// Which listener accepted stream `id` (in [`add_listener`](Self::add_listener)
+    /// order); `None` for an outgoing stream or one not open. No syscall.
+    pub fn listener_of(&self, id: StreamId) -> Option<usize> {
+        let s = self.get(id)?;
+        (s.listener != NOT_ACCEPTED).then_some(s.listener as usize)
+    }
+
     /// Remote address of stream `id`, if open.
     pub fn peer_addr(&self, id: StreamId) -> Option<SocketAddr> {
         self.get(id).map(|s| s.peer)
@@ -233,7 +244,7 @@ impl StreamSet {
                 continue; // dropping `sock` closes it
             }
             let _ = sock.set_nodelay(true);
-            if self.insert(sock, peer, false).is_err() {
+            if self.insert(sock, peer, false, listener as u32).is_err() {
                 self.stats.refused += 1;
                 continue;
             }
@@ -247,6 +258,7 @@ impl StreamSet {
         sock: TcpStream,
         peer: SocketAddr,
         connecting: bool,
+        listener: u32,
     ) -> io::Result<StreamId> {
         let idx = match self.free.pop() {
             Some(i) => i,
@@ -279,6 +291,7 @@ impl StreamSet {
             backlog: Vec::new(),
             want_write: connecting,
             connecting,
+            listener,
         });
         self.open += 1;
         Ok(StreamId(idx))
@@ -302,7 +315,7 @@ impl StreamSet {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
             Err(e) => return Err(e),
         };
-        self.insert(TcpStream::from(sock), addr, connecting)
+        self.insert(TcpStream::from(sock), addr, connecting, NOT_ACCEPTED)
     }
 
     /// A pending connect's stream became writable: whether it is connected now (else it

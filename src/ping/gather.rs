@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::ice::{Candidate, IceUrl};
 use crate::net::Protocol;
-use crate::shard::{TlsLink, TlsTarget, pem_config, platform_config};
+use crate::shard::{TlsLink, TlsTarget};
 use crate::turn::client::stream::StreamDecoder;
 use crate::turn::client::{
     BindingClient, BindingEvent, Client, ClientConfig, ClientEvent, Handled, Retransmit,
@@ -48,8 +48,10 @@ fn resolve(url: &IceUrl, local: SocketAddr) -> Result<SocketAddr, String> {
 }
 
 /// A TURN-over-TCP (or TLS) connection: the write half here, a reader thread cutting
-/// frames. With TLS both halves go through one session behind a mutex (the reader also
-/// writes the handshake's answers).
+/// frames. With TLS the reader decrypts through the shared session and never writes: only
+/// this thread seals and writes records (the handshake's answers when it polls the link),
+/// so records reach the stream in the order they were sealed and no lock is held across
+/// a blocking write.
 struct TcpLink {
     stream: TcpStream,
     tls: Option<Arc<Mutex<TlsLink>>>,
@@ -59,12 +61,11 @@ struct TcpLink {
 /// Encrypts `frames` (may be empty: the handshake's own records) and writes the records.
 fn write_tls(tls: &Mutex<TlsLink>, mut stream: &TcpStream, frames: &[u8]) -> io::Result<()> {
     let mut out = Vec::new();
-    let lost = tls
-        .lock()
+    tls.lock()
         .unwrap_or_else(|e| e.into_inner())
         .output(frames, &mut out);
-    if lost > 0 {
-        return Err(io::Error::other("TLS buffer full"));
+    if out.is_empty() {
+        return Ok(());
     }
     stream.write_all(&out)
 }
@@ -100,10 +101,9 @@ impl TcpLink {
                                 let fed = t
                                     .lock()
                                     .unwrap_or_else(|e| e.into_inner())
-                                    .input(&buf[..n], &mut dec)
-                                    .map_err(io::Error::other);
-                                if let Err(e) = fed.and_then(|()| write_tls(t, &reader, &[])) {
-                                    let _ = tx.send(Err(e));
+                                    .input(&buf[..n], &mut dec);
+                                if let Err(e) = fed {
+                                    let _ = tx.send(Err(io::Error::other(e)));
                                     return;
                                 }
                             } else {
@@ -247,10 +247,7 @@ impl Gatherer {
         now: Instant,
     ) -> Result<Relay, String> {
         let tls = if url.scheme.is_secure() {
-            let config = match &servers.tls_roots {
-                TlsRoots::Platform => platform_config(),
-                TlsRoots::Pem(pem) => pem_config(pem),
-            }?;
+            let config = servers.tls_roots.client_config()?;
             Some(TlsTarget::new(config, &url.host)?)
         } else {
             None
@@ -426,9 +423,19 @@ impl Gatherer {
         false
     }
 
-    /// Drains frames received on TURN TCP connections.
+    /// Writes the TLS sessions' handshake records, then drains frames received on TURN TCP
+    /// connections.
     pub fn poll_tcp(&mut self, now: Instant, out: &mut Vec<Relayed>) {
         for r in &mut self.relays {
+            if let Some(Err(e)) = r.tcp.as_ref().and_then(|l| {
+                let tls = l.tls.as_ref()?;
+                Some(write_tls(tls, &l.stream, &[]))
+            }) {
+                say(format_args!("turn {}: TLS write failed: {e}", r.url));
+                r.tcp = None;
+                r.done = true;
+                continue;
+            }
             while let Some(link) = &r.tcp {
                 match link.frames.try_recv() {
                     Ok(Ok(frame)) => {

@@ -13,6 +13,7 @@ mod counters;
 pub(crate) mod ice;
 mod shared_ports;
 pub mod timers;
+mod tls;
 mod worker;
 
 use std::net::SocketAddr;
@@ -27,11 +28,10 @@ use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
 pub use counters::ShardCounters;
 pub use ice::gather;
-pub(crate) use ice::{
-    IceCmd, NewAgent, ServerSpec, TlsLink, TlsTarget, pem_config, platform_config,
-};
+pub(crate) use ice::{IceCmd, NewAgent, ServerSpec};
 pub use ice::{IceCounters, IceStats, MAX_ICE_SHARDS};
 pub use shared_ports::MAX_SHARED_IPS;
+pub(crate) use tls::{TlsLink, TlsTarget, pem_config, platform_config};
 
 /// Errors starting or running the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,9 @@ pub enum ShardError {
     /// A shard thread could not be spawned or died.
     #[error("shard {0}: {1}")]
     Thread(usize, String),
+    /// The TLS certificate or key (`[server] tls_cert`, `tls_key`) could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Messages from the control side to a shard.
@@ -64,6 +67,7 @@ struct Shard {
 pub struct Runtime {
     shards: Vec<Shard>,
     local_addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     ice_addrs: Vec<SocketAddr>,
     backend: BackendKind,
     backend_reason: String,
@@ -149,6 +153,30 @@ impl Runtime {
                 per_shard.push(l);
             }
         }
+        // STUN/TURN over TLS (`[server] tls_listen`): TCP listeners only.
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) if !config.server.tls_listen.is_empty() => {
+                Some(tls::server_config(cert, key).map_err(ShardError::Tls)?)
+            }
+            _ if !config.server.tls_listen.is_empty() => {
+                return Err(ShardError::Tls(
+                    "server.tls_listen needs server.tls_cert and server.tls_key".into(),
+                ));
+            }
+            _ => None,
+        };
+        let mut tls_addrs = Vec::with_capacity(config.server.tls_listen.len());
+        let mut tls_listeners: Vec<Vec<std::net::TcpListener>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for &addr in &config.server.tls_listen {
+            let first = io::bind_tcp_listener(addr, true)?;
+            let resolved = first.local_addr().map_err(IoError::Io)?;
+            tls_addrs.push(resolved);
+            tls_listeners[0].push(first);
+            for per_shard in tls_listeners.iter_mut().skip(1) {
+                per_shard.push(io::bind_tcp_listener(resolved, true)?);
+            }
+        }
         // The same for the ICE mux sockets (`[ice] listen`).
         let mut ice_addrs = Vec::with_capacity(config.ice.listen.len());
         let mut ice_sockets: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
@@ -173,8 +201,12 @@ impl Runtime {
 
         let mut shards = Vec::with_capacity(n);
         let mut ready = Vec::with_capacity(n);
-        let shard_sockets = sockets.into_iter().zip(ice_sockets).zip(tcp);
-        for (index, ((socks, ice_socks), tcp)) in shard_sockets.enumerate() {
+        let shard_sockets = sockets
+            .into_iter()
+            .zip(ice_sockets)
+            .zip(tcp)
+            .zip(tls_listeners);
+        for (index, (((socks, ice_socks), tcp), tls_listeners)) in shard_sockets.enumerate() {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let counters = Arc::new(ShardCounters::default());
@@ -190,6 +222,8 @@ impl Runtime {
                 sockets: socks,
                 ice_sockets: ice_socks,
                 tcp,
+                tls_listeners,
+                tls: tls.clone(),
                 parked: parked.clone(),
                 control: control_rx,
                 counters: counters.clone(),
@@ -228,6 +262,7 @@ impl Runtime {
         let mut runtime = Runtime {
             shards: started,
             local_addrs,
+            tls_addrs,
             ice_addrs,
             backend,
             backend_reason,
@@ -270,6 +305,11 @@ impl Runtime {
     /// The addresses actually bound (port 0 resolved), in `server.listen` order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The STUN/TURN-over-TLS listen addresses (`[server] tls_listen`, port 0 resolved).
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// The io backend in use.

@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::ice::IceHost;
 use super::shared_ports::SharedPorts;
+use super::tls::ServerSession;
 use super::{Control, ShardCounters, ShardError};
 use crate::io::{
     self, Backend, BackendKind, RecvMeta, SendQueue, SocketId, StreamId, StreamSet, Waker,
@@ -43,6 +44,10 @@ pub(super) struct Params {
     pub ice_sockets: Vec<UdpSocket>,
     /// TCP listeners (STUN/TURN over TCP), one per `server.listen` address when enabled.
     pub tcp: Vec<TcpListener>,
+    /// TLS listeners (STUN/TURN over TLS), one per `server.tls_listen` address.
+    pub tls_listeners: Vec<TcpListener>,
+    /// The TLS configuration when `tls_listeners` is not empty.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub parked: Parked,
     pub control: Receiver<Control>,
     pub counters: Arc<ShardCounters>,
@@ -214,7 +219,11 @@ pub(super) fn run(
 
     let mut server = Server::new(p.server.clone());
     let mut ice = IceHost::new(p.index, mux, p.counters.clone());
-    let mut tcp = match Tcp::new(std::mem::take(&mut p.tcp), p.io.buf_size, &mut backend) {
+    let listeners = (
+        std::mem::take(&mut p.tcp),
+        std::mem::take(&mut p.tls_listeners),
+    );
+    let mut tcp = match Tcp::new(listeners, p.tls.take(), p.io.buf_size, &mut backend) {
         Ok(t) => t,
         Err(e) => return Err(ShardError::Thread(p.index, format!("tcp listeners: {e}"))),
     };
@@ -268,7 +277,7 @@ pub(super) fn run(
                 return;
             }
             if let Some(port) = shared.as_ref().and_then(|sp| sp.port_of(sock)) {
-                relayed(&mut server, now, sendq, m, port, data, tcp.streams.as_mut());
+                relayed(&mut server, now, sendq, m, port, data, tcp.out());
                 return;
             }
             let mut ports = Deferred {
@@ -284,7 +293,7 @@ pub(super) fn run(
                 data,
                 &mut ports,
                 &mut later,
-                tcp.streams.as_mut(),
+                tcp.out(),
             )
         })?;
         if backend.take_watch_ready() {
@@ -337,24 +346,10 @@ pub(super) fn run(
             for (sock, from, data) in later.drain(..) {
                 match server.handle(now, sock, from, &data, &mut scratch, &mut ports) {
                     Outcome::Reply(n) => {
-                        emit(
-                            ports.backend,
-                            tcp.streams.as_mut(),
-                            sock,
-                            None,
-                            from,
-                            &scratch[..n],
-                        );
+                        emit(ports.backend, tcp.out(), sock, None, from, &scratch[..n]);
                     }
                     Outcome::Send { sock, src, to, len } => {
-                        emit(
-                            ports.backend,
-                            tcp.streams.as_mut(),
-                            sock,
-                            src,
-                            to,
-                            &scratch[..len],
-                        );
+                        emit(ports.backend, tcp.out(), sock, src, to, &scratch[..len]);
                     }
                     Outcome::Later | Outcome::Drop(_) => {}
                 }
@@ -386,14 +381,14 @@ fn answer(
     data: &[u8],
     ports: &mut Deferred<'_>,
     later: &mut Vec<(Sock, SocketAddr, Vec<u8>)>,
-    streams: Option<&mut StreamSet>,
+    streams: Option<TcpOut<'_>>,
 ) {
     match sendq.slot() {
         Some(slot) => match server.handle(now, Sock(sock.0), from, data, slot, ports) {
             Outcome::Reply(n) => sendq.commit(sock, from, n),
             Outcome::Send { sock, src, to, len } => match (as_stream(sock), streams) {
                 (None, _) => sendq.commit_from(SocketId(sock.0), src, to, len),
-                (Some(id), Some(st)) => stream_send(st, id, &slot[..len]),
+                (Some(id), Some(mut st)) => st.send(id, &slot[..len]),
                 (Some(_), None) => {}
             },
             Outcome::Later => later.push((Sock(sock.0), from, data.to_vec())),
@@ -414,7 +409,7 @@ fn relayed(
     m: RecvMeta,
     port: u16,
     data: &[u8],
-    streams: Option<&mut StreamSet>,
+    streams: Option<TcpOut<'_>>,
 ) {
     let Some(dst) = m.dst else {
         server.note_drop(DropReason::NotRelayed);
@@ -430,7 +425,7 @@ fn relayed(
     {
         match (as_stream(sock), streams) {
             (None, _) => sendq.commit_from(SocketId(sock.0), src, to, len),
-            (Some(id), Some(st)) => stream_send(st, id, &slot[..len]),
+            (Some(id), Some(mut st)) => st.send(id, &slot[..len]),
             (Some(_), None) => {}
         }
     }
@@ -455,16 +450,39 @@ fn as_stream(sock: Sock) -> Option<StreamId> {
     (sock.0 & STREAM_BIT != 0).then_some(StreamId(sock.0 & !STREAM_BIT))
 }
 
-/// Writes one frame to a stream, zero-padded to a multiple of 4 (RFC 8656 §12.5).
-fn stream_send(streams: &mut StreamSet, id: StreamId, frame: &[u8]) {
-    const ZEROS: [u8; 3] = [0; 3];
-    streams.send(id, &[frame, &ZEROS[..padding(frame.len())]]);
+/// The streams side of a send: the stream set and the TLS sessions of its TLS streams.
+struct TcpOut<'a> {
+    set: &'a mut StreamSet,
+    sessions: &'a mut HashMap<u32, Box<ServerSession>>,
+    /// TLS records being written (reused).
+    records: &'a mut Vec<u8>,
+}
+
+impl TcpOut<'_> {
+    /// Writes one frame to a stream, zero-padded to a multiple of 4 (RFC 8656 §12.5),
+    /// through its TLS session if it has one.
+    fn send(&mut self, id: StreamId, frame: &[u8]) {
+        const ZEROS: [u8; 3] = [0; 3];
+        let pad = &ZEROS[..padding(frame.len())];
+        match self.sessions.get_mut(&id.0) {
+            None => {
+                self.set.send(id, &[frame, pad]);
+            }
+            Some(tls) => {
+                self.records.clear();
+                tls.output(&[frame, pad], self.records);
+                if !self.records.is_empty() {
+                    self.set.send(id, &[self.records]);
+                }
+            }
+        }
+    }
 }
 
 /// Sends `bytes` on a UDP socket or a TCP stream.
 fn emit(
     backend: &mut Backend,
-    streams: Option<&mut StreamSet>,
+    streams: Option<TcpOut<'_>>,
     sock: Sock,
     src: Option<IpAddr>,
     to: SocketAddr,
@@ -474,19 +492,28 @@ fn emit(
         (None, _) => {
             let _ = backend.send_from(SocketId(sock.0), src, to, bytes);
         }
-        (Some(id), Some(st)) => stream_send(st, id, bytes),
+        (Some(id), Some(mut st)) => st.send(id, bytes),
         (Some(_), None) => {}
     }
 }
 
-/// STUN/TURN over TCP (RFC 8656 §3.1, RFC 8489 §6.2.2): the listeners and streams of one
-/// shard, and the bytes of frames split across reads.
+/// STUN/TURN over TCP and TLS (RFC 8656 §3.1, RFC 8489 §6.2.2): the listeners and streams
+/// of one shard, the bytes of frames split across reads, and the TLS sessions of streams
+/// accepted on a TLS listener.
 struct Tcp {
     streams: Option<StreamSet>,
     /// Bytes of an incomplete frame per stream (only while one is pending).
     partial: HashMap<u32, Vec<u8>>,
     /// Streams closed since the last turn: their allocations end.
     closed: Vec<(StreamId, SocketAddr)>,
+    /// Listeners from this index on are TLS listeners.
+    tls_from: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    sessions: HashMap<u32, Box<ServerSession>>,
+    /// Decrypted bytes of one read (reused).
+    plain: Vec<u8>,
+    /// TLS records being written (reused).
+    records: Vec<u8>,
 }
 
 /// Open TCP connections per shard, and unsent bytes kept per connection.
@@ -495,15 +522,17 @@ const MAX_BACKLOG: usize = 256 * 1024;
 
 impl Tcp {
     fn new(
-        listeners: Vec<TcpListener>,
+        (listeners, tls_listeners): (Vec<TcpListener>, Vec<TcpListener>),
+        tls: Option<Arc<rustls::ServerConfig>>,
         buf_size: usize,
         backend: &mut Backend,
     ) -> Result<Self, crate::io::IoError> {
-        let streams = if listeners.is_empty() {
+        let tls_from = listeners.len();
+        let streams = if listeners.is_empty() && tls_listeners.is_empty() {
             None
         } else {
             let mut set = StreamSet::new(MAX_STREAMS, MAX_BACKLOG, 16 * buf_size)?;
-            for l in listeners {
+            for l in listeners.into_iter().chain(tls_listeners) {
                 set.add_listener(l)?;
             }
             backend.watch_fd(set.fd())?;
@@ -513,10 +542,25 @@ impl Tcp {
             streams,
             partial: HashMap::new(),
             closed: Vec::new(),
+            tls_from,
+            tls,
+            sessions: HashMap::new(),
+            plain: Vec::new(),
+            records: Vec::new(),
         })
     }
 
-    /// Reads every ready stream, cuts the bytes into frames and hands each to the server.
+    /// The streams side of a send, if there are streams.
+    fn out(&mut self) -> Option<TcpOut<'_>> {
+        Some(TcpOut {
+            set: self.streams.as_mut()?,
+            sessions: &mut self.sessions,
+            records: &mut self.records,
+        })
+    }
+
+    /// Reads every ready stream, cuts the bytes (decrypted first on a TLS stream) into
+    /// frames and hands each to the server.
     fn poll(
         &mut self,
         server: &mut Server,
@@ -528,21 +572,63 @@ impl Tcp {
         let Some(streams) = self.streams.as_mut() else {
             return;
         };
-        let partial = &mut self.partial;
-        streams.poll(&mut |set, id, peer, bytes| match partial.remove(&id.0) {
-            Some(mut pending) => {
-                pending.extend_from_slice(bytes);
-                frames(
-                    server, now, sendq, ports, later, set, partial, id, peer, &pending,
-                );
+        let (partial, sessions) = (&mut self.partial, &mut self.sessions);
+        let (plain, records) = (&mut self.plain, &mut self.records);
+        let (tls, tls_from) = (&self.tls, self.tls_from);
+        streams.poll(&mut |set, id, peer, bytes| {
+            let mut bytes = bytes;
+            let on_tls = tls.as_ref().filter(|_| {
+                sessions.contains_key(&id.0) || set.listener_of(id).is_some_and(|l| l >= tls_from)
+            });
+            if let Some(config) = on_tls {
+                let session = match sessions.entry(id.0) {
+                    hashbrown::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    hashbrown::hash_map::Entry::Vacant(e) => match ServerSession::new(config) {
+                        Ok(s) => e.insert(Box::new(s)),
+                        Err(err) => {
+                            tracing::debug!(peer = %peer, "closing TLS stream: {err}");
+                            set.close(id);
+                            return;
+                        }
+                    },
+                };
+                plain.clear();
+                let fed = session.input(bytes, plain);
+                // The handshake's answers (or the alert of a failure).
+                records.clear();
+                session.output(&[], records);
+                if !records.is_empty() {
+                    set.send(id, &[records]);
+                }
+                if let Err(err) = fed {
+                    tracing::debug!(peer = %peer, "closing TLS stream: {err}");
+                    server.note_drop(DropReason::Malformed);
+                    set.close(id);
+                    return;
+                }
+                bytes = plain;
             }
-            None => frames(
-                server, now, sendq, ports, later, set, partial, id, peer, bytes,
-            ),
+            let mut out = TcpOut {
+                set,
+                sessions,
+                records,
+            };
+            match partial.remove(&id.0) {
+                Some(mut pending) => {
+                    pending.extend_from_slice(bytes);
+                    frames(
+                        server, now, sendq, ports, later, &mut out, partial, id, peer, &pending,
+                    );
+                }
+                None => frames(
+                    server, now, sendq, ports, later, &mut out, partial, id, peer, bytes,
+                ),
+            }
         });
         streams.take_closed(&mut self.closed);
         for (id, _) in &self.closed {
             self.partial.remove(&id.0);
+            self.sessions.remove(&id.0);
         }
     }
 }
@@ -556,7 +642,7 @@ fn frames(
     sendq: &mut SendQueue,
     ports: &mut Deferred<'_>,
     later: &mut Vec<(Sock, SocketAddr, Vec<u8>)>,
-    set: &mut StreamSet,
+    out: &mut TcpOut<'_>,
     partial: &mut HashMap<u32, Vec<u8>>,
     id: StreamId,
     peer: SocketAddr,
@@ -577,7 +663,7 @@ fn frames(
                     &buf[..buf.len().min(24)]
                 );
                 server.note_drop(DropReason::Malformed);
-                set.close(id);
+                out.set.close(id);
                 return;
             }
         };
@@ -588,10 +674,10 @@ fn frames(
             continue;
         };
         match server.handle(now, sock, peer, frame, slot, ports) {
-            Outcome::Reply(len) => stream_send(set, id, &slot[..len]),
+            Outcome::Reply(len) => out.send(id, &slot[..len]),
             Outcome::Send { sock, src, to, len } => match as_stream(sock) {
                 None => sendq.commit_from(SocketId(sock.0), src, to, len),
-                Some(other) => stream_send(set, other, &slot[..len]),
+                Some(other) => out.send(other, &slot[..len]),
             },
             Outcome::Later => later.push((sock, peer, frame.to_vec())),
             Outcome::Drop(_) => {}

@@ -16,10 +16,8 @@ pub(crate) mod demux;
 pub mod gather;
 mod servers;
 mod table;
-mod tls;
 
 pub(crate) use servers::ServerSpec;
-pub(crate) use tls::{TlsLink, TlsTarget, pem_config, platform_config};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

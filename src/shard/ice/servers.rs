@@ -31,8 +31,8 @@ use crate::turn::client::{
     bind_selected, permit_everywhere,
 };
 
-use super::tls::{TlsLink, TlsTarget};
 use crate::api::LinkTx;
+use crate::shard::tls::{TlsLink, TlsTarget};
 
 /// One STUN/TURN server as the application handle resolved it (DNS runs on the caller's
 /// thread, never on the shard).
@@ -339,8 +339,14 @@ impl Servers {
         let mut local = base;
         let mut tcp = None;
         if spec.url.transport == Protocol::Tcp {
-            let tls = match spec.tls.as_ref().map(TlsLink::new).transpose() {
-                Ok(tls) => tls.map(Box::new),
+            let tls = match (&spec.tls, spec.url.scheme.is_secure()) {
+                (Some(target), _) => TlsLink::new(target).map(|t| Some(Box::new(t))),
+                // Never plain TCP for a turns: URL.
+                (None, true) => Err("TLS: no trust anchors for a turns: URL".into()),
+                (None, false) => Ok(None),
+            };
+            let tls = match tls {
+                Ok(tls) => tls,
                 Err(e) => {
                     self.errors.push((spec.url.to_string(), e));
                     return;
@@ -455,28 +461,31 @@ impl Servers {
     }
 
     /// Writes what the TCP relays queued to their streams (through TLS for `turns:`,
-    /// with the handshake's own records).
+    /// with the handshake's own records). A stream the set refuses (backlog full, write
+    /// error) ends its relay at once.
     pub fn flush_streams(&mut self, set: &mut StreamSet) {
+        let mut failed = Vec::new();
         for r in &mut self.relays {
             let Some(l) = r.tcp.as_mut() else {
                 continue;
             };
             let out = match l.tls.as_mut() {
                 Some(tls) => {
-                    let lost = tls.output(&l.tx, &mut l.records);
-                    if lost > 0 {
-                        tracing::debug!(url = %r.url, "TLS buffer full: {lost} bytes lost");
-                    }
+                    tls.output(&l.tx, &mut l.records);
                     l.tx.clear();
                     &mut l.records
                 }
                 None => &mut l.tx,
             };
             if !out.is_empty() {
-                // A failed write closes the stream: `take_closed` reports it.
-                set.send(l.stream, &[out]);
+                if !set.send(l.stream, &[out]) {
+                    failed.push(l.stream);
+                }
                 out.clear();
             }
+        }
+        for stream in failed {
+            self.stream_closed(stream, "TCP stream to the server failed (write)");
         }
     }
 
