@@ -469,6 +469,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_listen_needs_a_certificate_and_a_key() {
+        let e = Config::from_toml("[server]\ntls_listen = [\"127.0.0.1:5349\"]\n").unwrap_err();
+        assert!(e.to_string().contains("server.tls_cert"), "{e}");
+        let e = Config::from_toml(
+            "[server]\ntls_listen = [\"127.0.0.1:5349\"]\ntls_cert = \"c.pem\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("server.tls_key"), "{e}");
+        let c = Config::from_toml(
+            "[server]\ntls_listen = [\"127.0.0.1:5349\"]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.tls_listen.len(), 1);
+        assert!(Config::embedded().server.tls_listen.is_empty());
+    }
+
+    #[test]
     fn embedded_default_is_loopback_only() {
         let c = Config::embedded();
         assert!(c.server.listen.iter().all(|a| a.ip().is_loopback()));
