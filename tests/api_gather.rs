@@ -10,8 +10,8 @@
 //! and an agent gathering srflx candidates only (no host candidate to be redundant with)
 //! gets the srflx candidate the server reported.
 //!
-//! TURN over TLS (`turns:`) runs against coturn's TLS listener (our server has none), with
-//! a CA and a server certificate made by the test.
+//! TURN over TLS (`turns:`) runs against coturn's TLS listener and against our own
+//! (`[server] tls_listen`), with a CA and a server certificate made by the test.
 
 mod common;
 

@@ -165,8 +165,9 @@ fn unsupported_options_are_refused() {
     c.server.listen.clear();
     c.server.shards = 1;
     let engine = Engine::start(&c).unwrap();
-    // TLS (`turns:`) is not supported from the shards (TURN over TCP is: api_gather).
-    let urls = AgentOptions::default().with_turn("turns:127.0.0.1", "u", "p");
+    // STUN over TLS (`stuns:`) is not supported from the shards (TURN over TCP and TLS
+    // are: api_gather).
+    let urls = AgentOptions::default().with_urls(&["stuns:127.0.0.1"]);
     assert!(matches!(engine.agent(urls), Err(ApiError::Unsupported(_))));
     // No `[ice] listen`: a mux agent has nowhere to live.
     let mux = AgentOptions::default().with_mux(true);
