@@ -397,10 +397,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("{config:#?}");
         return Ok(());
     }
-    // Block SIGINT/SIGTERM before the shards start so only the signal thread sees them.
+    // Block the signals before the shards start so only the signal thread sees them:
+    // SIGINT/SIGTERM stop, SIGHUP and SIGUSR2 (coturn's) re-read the TLS certificate.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR2,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     if config.turn.enabled {
@@ -445,13 +448,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             tracing::warn!("TURN: no users and no static auth secret: every TURN request gets 401");
         }
     }
+    let reload = || runtime.reload_tls().map_err(|e| e.to_string());
     let sig = if args.stats_interval == 0 {
-        signals.forever().next()
+        signals.forever().find(|&s| stops(s, &reload))
     } else {
         log_stats_until_signal(
             &runtime,
             Duration::from_secs(args.stats_interval),
             &mut signals,
+            &reload,
         )
     };
     if let Some(sig) = sig {
@@ -479,15 +484,34 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Logs the relay's live counters every `every` until a signal arrives; returns it.
+/// Whether `sig` stops the server; SIGHUP and SIGUSR2 re-read the TLS certificate and
+/// key instead (a renewed certificate; connections accepted from then on use it), logging
+/// the outcome.
+fn stops(sig: i32, reload: &dyn Fn() -> Result<(), String>) -> bool {
+    if sig != signal_hook::consts::SIGHUP && sig != signal_hook::consts::SIGUSR2 {
+        return true;
+    }
+    match reload() {
+        Ok(()) => tracing::info!(signal = sig, "TLS certificate and key reloaded"),
+        Err(e) => tracing::warn!(
+            signal = sig,
+            "TLS reload failed, the old certificate stays: {e}"
+        ),
+    }
+    false
+}
+
+/// Logs the relay's live counters every `every` until a stopping signal arrives; returns
+/// it.
 fn log_stats_until_signal(
     runtime: &Runtime,
     every: Duration,
     signals: &mut signal_hook::iterator::Signals,
+    reload: &dyn Fn() -> Result<(), String>,
 ) -> Option<i32> {
     let mut next = std::time::Instant::now() + every;
     loop {
-        if let Some(sig) = signals.pending().next() {
+        if let Some(sig) = signals.pending().find(|&s| stops(s, reload)) {
             return Some(sig);
         }
         let now = std::time::Instant::now();
@@ -556,7 +580,8 @@ fn serve_sessions(
     let server =
         AdminServer::start(admin, engine.clone(), config.ice.lite).map_err(|e| e.to_string())?;
     tracing::info!("session API on http://{}", server.local_addr());
-    if let Some(sig) = signals.forever().next() {
+    let reload = || engine.reload_tls().map_err(|e| e.to_string());
+    if let Some(sig) = signals.forever().find(|&s| stops(s, &reload)) {
         tracing::info!(signal = sig, "shutting down");
     }
     let open = server.sessions();

@@ -212,6 +212,15 @@ impl Engine {
         &self.inner.server_addrs
     }
 
+    /// Re-reads the TLS certificate and key ([`Runtime::reload_tls`]).
+    pub fn reload_tls(&self) -> Result<(), ApiError> {
+        let rt = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        match rt.as_ref() {
+            Some(rt) => Ok(rt.reload_tls()?),
+            None => Err(ApiError::Closed),
+        }
+    }
+
     /// The STUN/TURN-over-TLS addresses (`[server] tls_listen`, port 0 resolved).
     pub fn server_tls_addrs(&self) -> &[SocketAddr] {
         &self.inner.server_tls_addrs

@@ -54,6 +54,8 @@ pub(crate) enum Control {
     Shutdown,
     /// Hosted ICE agents: commands from handles, handoffs and routes from other shards.
     Ice(IceCmd),
+    /// A new TLS certificate and key for connections accepted from now on.
+    Tls(Arc<rustls::ServerConfig>),
 }
 
 struct Shard {
@@ -68,6 +70,8 @@ pub struct Runtime {
     shards: Vec<Shard>,
     local_addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
+    /// `[server] tls_cert` and `tls_key`, re-read by [`Runtime::reload_tls`].
+    tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
     ice_addrs: Vec<SocketAddr>,
     backend: BackendKind,
     backend_reason: String,
@@ -263,6 +267,13 @@ impl Runtime {
             shards: started,
             local_addrs,
             tls_addrs,
+            tls_files: tls
+                .is_some()
+                .then(|| {
+                    let s = &config.server;
+                    (s.tls_cert.clone(), s.tls_key.clone())
+                })
+                .and_then(|(c, k)| Some((c?, k?))),
             ice_addrs,
             backend,
             backend_reason,
@@ -310,6 +321,23 @@ impl Runtime {
     /// The STUN/TURN-over-TLS listen addresses (`[server] tls_listen`, port 0 resolved).
     pub fn tls_addrs(&self) -> &[SocketAddr] {
         &self.tls_addrs
+    }
+
+    /// Reads `[server] tls_cert` and `tls_key` again (a renewed certificate) and gives
+    /// every shard the new configuration: connections accepted from now on use it, open
+    /// ones keep theirs. On an error (a missing file, a key that does not match) nothing
+    /// changes.
+    pub fn reload_tls(&self) -> Result<(), ShardError> {
+        let Some((cert, key)) = &self.tls_files else {
+            return Err(ShardError::Tls("no server.tls_listen to reload".into()));
+        };
+        let config = tls::server_config(cert, key).map_err(ShardError::Tls)?;
+        for (control, waker) in self.links() {
+            if control.send(Control::Tls(config.clone())).is_ok() {
+                waker.wake();
+            }
+        }
+        Ok(())
     }
 
     /// The io backend in use.

@@ -245,6 +245,7 @@ pub(super) fn run(
             match p.control.try_recv() {
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => break true,
                 Ok(Control::Ice(cmd)) => ice.command(now, &mut backend, cmd),
+                Ok(Control::Tls(config)) => tcp.tls = Some(config),
                 Err(TryRecvError::Empty) => break false,
             }
         };

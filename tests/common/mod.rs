@@ -50,6 +50,24 @@ pub struct ServeProcess {
     pub child: Child,
     pub addrs: Vec<SocketAddr>,
     pub log: Vec<String>,
+    /// The log lines after start-up (read from the pipe as they come, so the child
+    /// never blocks on it).
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    /// Waits (up to 20 s) for a log line containing `needle` and returns it.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
 }
 
 impl Drop for ServeProcess {
@@ -60,7 +78,7 @@ impl Drop for ServeProcess {
 }
 
 /// Starts `icering serve` with `args`, waits for its "listening on" lines (one per
-/// listen address) and returns them parsed. `pre_exec` may install a seccomp filter.
+/// listen address, UDP ones first, then TLS) and returns them parsed. `pre_exec` may install a seccomp filter.
 pub fn spawn_serve(
     args: &[&str],
     block_uring: bool,
@@ -93,7 +111,8 @@ pub fn spawn_serve(
         match rx.recv_timeout(left) {
             Ok(line) => {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split("/udp").next().unwrap();
+                    // "ADDR/udp (...)", "ADDR/udp+tcp (...)", "ADDR/tls (...)".
+                    let addr = rest.split('/').next().unwrap();
                     addrs.push(addr.parse().map_err(|e| format!("{addr}: {e}"))?);
                 }
                 log.push(line);
@@ -105,9 +124,12 @@ pub fn spawn_serve(
             }
         }
     }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    Ok(ServeProcess { child, addrs, log })
+    Ok(ServeProcess {
+        child,
+        addrs,
+        log,
+        lines: rx,
+    })
 }
 
 /// Makes `io_uring_setup` fail with EPERM in the child, as container seccomp profiles do.

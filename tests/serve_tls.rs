@@ -1,0 +1,106 @@
+//! `icering serve --tls-listen`: SIGHUP (or SIGUSR2, coturn's) re-reads the certificate
+//! and key, so a renewed certificate takes effect without a restart; a reload that fails
+//! (a broken key file) keeps the old one and the server up. Checked with TLS handshakes
+//! of a rustls client trusting one CA or the other.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Pki;
+
+/// A TLS handshake with the server at `at`, trusting only `ca` (PEM).
+fn handshake(at: SocketAddr, ca: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(at.ip().into());
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut sock = TcpStream::connect(at).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_the_old_one() {
+    let (old, new) = (Pki::new(), Pki::new());
+    let dir = std::env::temp_dir().join(format!("icering-serve-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &old.cert).unwrap();
+    std::fs::write(&key, &old.key).unwrap();
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let serve = common::spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--cert",
+            &cert_arg,
+            "--pkey",
+            &key_arg,
+            "--shards",
+            "2",
+        ],
+        false,
+        2,
+    )
+    .expect("icering serve starts");
+    let at = serve.addrs[1];
+    handshake(at, &old.ca).expect("the first certificate");
+    assert!(handshake(at, &new.ca).is_err());
+
+    // A broken key: the reload fails, the old certificate stays, the server stays up.
+    std::fs::write(&key, "not a key").unwrap();
+    signal(serve.child.id(), libc::SIGHUP);
+    let line = serve.wait_log("TLS reload failed");
+    assert!(line.contains(&key_arg), "{line}");
+    handshake(at, &old.ca).expect("the old certificate after a failed reload");
+
+    // The renewed pair, then SIGUSR2 (coturn's signal for it).
+    std::fs::write(&cert, &new.cert).unwrap();
+    std::fs::write(&key, &new.key).unwrap();
+    signal(serve.child.id(), libc::SIGUSR2);
+    serve.wait_log("TLS certificate and key reloaded");
+    // Each shard takes the new configuration with its next control messages: wait for
+    // ten new handshakes in a row (connections spread over both shards), then the old CA
+    // must fail every time.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is never served"
+        );
+        match handshake(at, &new.ca) {
+            Ok(()) => in_a_row += 1,
+            Err(_) => {
+                in_a_row = 0;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    for _ in 0..10 {
+        assert!(handshake(at, &old.ca).is_err());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
