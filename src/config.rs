@@ -360,6 +360,27 @@ impl Config {
             );
         }
         if !self.server.tls_listen.is_empty() {
+            // Plain TCP and TLS listeners on one port would both bind (SO_REUSEPORT) and
+            // the kernel would split the connections between them.
+            let tcp: &[SocketAddr] = if self.server.tcp {
+                &self.server.listen
+            } else {
+                &[]
+            };
+            let overlaps = |a: &SocketAddr, b: &SocketAddr| {
+                a.port() == b.port()
+                    && a.is_ipv4() == b.is_ipv4()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            };
+            for (i, a) in self.server.tls_listen.iter().enumerate() {
+                let mut others = tcp.iter().chain(&self.server.tls_listen[i + 1..]);
+                if a.port() != 0 && others.any(|b| overlaps(a, b)) {
+                    return invalid(
+                        "server.tls_listen",
+                        &format!("{a} overlaps a TCP or TLS listen address on that port"),
+                    );
+                }
+            }
             if self.server.tls_cert.is_none() {
                 return invalid("server.tls_cert", "needed by server.tls_listen");
             }
@@ -483,6 +504,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.tls_listen.len(), 1);
         assert!(Config::embedded().server.tls_listen.is_empty());
+        // The embedded default listens on 127.0.0.1:3478 over UDP and TCP.
+        for clash in ["127.0.0.1:3478", "0.0.0.0:3478"] {
+            let e = Config::from_toml(&format!(
+                "[server]\ntls_listen = [\"{clash}\"]\ntls_cert = \"c\"\ntls_key = \"k\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("overlaps"), "{e}");
+        }
+        let c = Config::from_toml(
+            "[server]\ntcp = false\ntls_listen = [\"127.0.0.1:3478\"]\ntls_cert = \"c\"\ntls_key = \"k\"\n",
+        );
+        assert!(c.is_ok(), "UDP and TLS may share a port number");
     }
 
     #[test]

@@ -398,14 +398,16 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         return Ok(());
     }
     // Block the signals before the shards start so only the signal thread sees them:
-    // SIGINT/SIGTERM stop, SIGHUP and SIGUSR2 (coturn's) re-read the TLS certificate.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGUSR2,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // SIGINT/SIGTERM stop; with a TLS listener SIGHUP and SIGUSR2 (coturn's) re-read its
+    // certificate (without one they keep their default: end the process).
+    let mut caught = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+    if !config.server.tls_listen.is_empty() {
+        caught.extend([signal_hook::consts::SIGHUP, signal_hook::consts::SIGUSR2]);
+    } else if config.server.tls_cert.is_some() || config.server.tls_key.is_some() {
+        tracing::warn!("server.tls_cert/tls_key are set but server.tls_listen is empty: no TLS");
+    }
+    let mut signals = signal_hook::iterator::Signals::new(caught)
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     if config.turn.enabled {
         raise_nofile_limit(&config.turn);
     }
@@ -426,12 +428,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             "listening on {addr}/{transports} ({what})"
         );
     }
-    for addr in runtime.tls_addrs() {
-        tracing::info!(
-            shards = runtime.shards(),
-            "listening on {addr}/tls ({what} over TLS)"
-        );
-    }
+    log_tls_listens(runtime.tls_addrs(), runtime.shards(), what);
     if config.turn.enabled {
         let t = &config.turn;
         tracing::info!(
@@ -482,6 +479,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .collect();
     tracing::debug!("counters: {}", nonzero.join(" "));
     Ok(())
+}
+
+/// The start-up lines of the TLS listeners (tests read the addresses from them).
+fn log_tls_listens(addrs: &[SocketAddr], shards: usize, what: &str) {
+    for addr in addrs {
+        tracing::info!(shards, "listening on {addr}/tls ({what} over TLS)");
+    }
 }
 
 /// Whether `sig` stops the server; SIGHUP and SIGUSR2 re-read the TLS certificate and
@@ -565,12 +569,7 @@ fn serve_sessions(
     for addr in engine.server_addrs() {
         tracing::info!(shards = engine.shards(), "listening on {addr}/udp ({what})");
     }
-    for addr in engine.server_tls_addrs() {
-        tracing::info!(
-            shards = engine.shards(),
-            "listening on {addr}/tls ({what} over TLS)"
-        );
-    }
+    log_tls_listens(engine.server_tls_addrs(), engine.shards(), what);
     for addr in engine.mux_addrs() {
         tracing::info!(
             lite = config.ice.lite,

@@ -1,7 +1,8 @@
 //! `icering serve --tls-listen`: SIGHUP (or SIGUSR2, coturn's) re-reads the certificate
 //! and key, so a renewed certificate takes effect without a restart; a reload that fails
 //! (a broken key file) keeps the old one and the server up. Checked with TLS handshakes
-//! of a rustls client trusting one CA or the other.
+//! of a rustls client trusting one CA or the other; and a client's close_notify closes the
+//! stream.
 
 mod common;
 
@@ -13,6 +14,11 @@ use common::Pki;
 
 /// A TLS handshake with the server at `at`, trusting only `ca` (PEM).
 fn handshake(at: SocketAddr, ca: &str) -> Result<(), String> {
+    connect(at, ca).map(drop)
+}
+
+/// A TLS session with the server at `at`, handshake done.
+fn connect(at: SocketAddr, ca: &str) -> Result<(rustls::ClientConnection, TcpStream), String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
@@ -31,7 +37,7 @@ fn handshake(at: SocketAddr, ca: &str) -> Result<(), String> {
     while conn.is_handshaking() {
         conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok((conn, sock))
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
@@ -68,6 +74,21 @@ fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_the_old_one() {
     let at = serve.addrs[1];
     handshake(at, &old.ca).expect("the first certificate");
     assert!(handshake(at, &new.ca).is_err());
+
+    // The client's close_notify: the server closes the stream (EOF, no reply).
+    let (mut conn, mut sock) = connect(at, &old.ca).unwrap();
+    conn.send_close_notify();
+    while conn.wants_write() {
+        conn.write_tls(&mut sock).unwrap();
+    }
+    let mut rest = Vec::new();
+    let end = std::io::Read::read_to_end(&mut sock, &mut rest);
+    // EOF (or a reset), not the 5 s read timeout.
+    let closed = match &end {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed && rest.is_empty(), "{end:?} {rest:02x?}");
 
     // A broken key: the reload fails, the old certificate stays, the server stays up.
     std::fs::write(&key, "not a key").unwrap();

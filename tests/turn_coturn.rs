@@ -127,7 +127,9 @@ fn serve_with(ports: &str, extra: &[&str]) -> common::ServeProcess {
         hi,
     ];
     args.extend(extra);
-    spawn_serve(&args, false, 1).expect("icering serve starts")
+    // One "listening on" line for the UDP address, one per TLS address.
+    let listens = 1 + extra.iter().filter(|a| **a == "--tls-listen").count();
+    spawn_serve(&args, false, listens).expect("icering serve starts")
 }
 
 #[test]
@@ -272,18 +274,12 @@ fn turnutils_uclient_over_tls() {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, &pki.cert).unwrap();
     std::fs::write(&key, &pki.key).unwrap();
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let tls_listen = format!("127.0.0.1:{tls_port}");
     let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
-    let _server = serve_with(
+    let server = serve_with(
         "48200-48399",
         &[
             "--tls-listen",
-            &tls_listen,
+            "127.0.0.1:0",
             "--cert",
             &cert_arg,
             "--pkey",
@@ -291,7 +287,7 @@ fn turnutils_uclient_over_tls() {
         ],
     );
     let _ = std::fs::remove_dir_all(&dir);
-    let port = tls_port.to_string();
+    let port = server.addrs[1].port().to_string();
     let peer_port = free_udp_port().to_string();
     let _peer = Killed(
         Command::new("turnutils_peer")

@@ -158,16 +158,18 @@ impl Runtime {
             }
         }
         // STUN/TURN over TLS (`[server] tls_listen`): TCP listeners only.
-        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-            (Some(cert), Some(key)) if !config.server.tls_listen.is_empty() => {
-                Some(tls::server_config(cert, key).map_err(ShardError::Tls)?)
+        // (`Config::validate` checks this too; library callers may not run it.)
+        let (tls, tls_files) = match (&config.server.tls_cert, &config.server.tls_key) {
+            _ if config.server.tls_listen.is_empty() => (None, None),
+            (Some(cert), Some(key)) => {
+                let c = tls::server_config(cert, key).map_err(ShardError::Tls)?;
+                (Some(c), Some((cert.clone(), key.clone())))
             }
-            _ if !config.server.tls_listen.is_empty() => {
+            _ => {
                 return Err(ShardError::Tls(
                     "server.tls_listen needs server.tls_cert and server.tls_key".into(),
                 ));
             }
-            _ => None,
         };
         let mut tls_addrs = Vec::with_capacity(config.server.tls_listen.len());
         let mut tls_listeners: Vec<Vec<std::net::TcpListener>> =
@@ -267,13 +269,7 @@ impl Runtime {
             shards: started,
             local_addrs,
             tls_addrs,
-            tls_files: tls
-                .is_some()
-                .then(|| {
-                    let s = &config.server;
-                    (s.tls_cert.clone(), s.tls_key.clone())
-                })
-                .and_then(|(c, k)| Some((c?, k?))),
+            tls_files,
             ice_addrs,
             backend,
             backend_reason,

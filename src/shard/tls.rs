@@ -129,7 +129,10 @@ impl TlsLink {
     /// certificate that does not verify, a malformed record, the server's alert) ends the
     /// session.
     pub fn input(&mut self, bytes: &[u8], plain: &mut StreamDecoder) -> Result<(), String> {
-        feed(&mut self.conn, bytes, &mut |b| plain.push(b))
+        match feed(&mut self.conn, bytes, &mut |b| plain.push(b))? {
+            Fed::Open => Ok(()),
+            Fed::Closed => Err("TLS: closed by the server".into()),
+        }
     }
 
     /// Encrypts `frames` (held by rustls until the handshake is done) and appends every
@@ -158,6 +161,11 @@ pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
         .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))?;
+    // No session resumption: its cache is one mutex every shard would share, and a TURN
+    // client holds one long connection rather than many short ones.
+    let mut config = config;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -175,9 +183,9 @@ impl ServerSession {
     }
 
     /// Ciphertext from the client: application data is appended to `plain`, handshake
-    /// records are answered in the next [`output`](Self::output). An error ends the stream
-    /// (its alert, if any, is in `output`).
-    pub fn input(&mut self, bytes: &[u8], plain: &mut Vec<u8>) -> Result<(), String> {
+    /// records are answered in the next [`output`](Self::output). An error (a malformed
+    /// record, the client's alert) ends the stream; its own alert, if any, is in `output`.
+    pub fn input(&mut self, bytes: &[u8], plain: &mut Vec<u8>) -> Result<Fed, String> {
         feed(&mut self.conn, bytes, &mut |b| plain.extend_from_slice(b))
     }
 
@@ -188,12 +196,21 @@ impl ServerSession {
     }
 }
 
+/// What a session made of the bytes fed to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fed {
+    /// Still open.
+    Open,
+    /// The peer sent close_notify: the plaintext before it was delivered; close the stream.
+    Closed,
+}
+
 /// Feeds `bytes` to a session, handing every plaintext byte to `plain`.
 fn feed<D>(
     conn: &mut rustls::ConnectionCommon<D>,
     mut bytes: &[u8],
     plain: &mut dyn FnMut(&[u8]),
-) -> Result<(), String> {
+) -> Result<Fed, String> {
     let mut buf = [0u8; 4096];
     while !bytes.is_empty() {
         let read = conn.read_tls(&mut bytes).map_err(|e| format!("TLS: {e}"))?;
@@ -215,10 +232,10 @@ fn feed<D>(
             left = left.saturating_sub(n);
         }
         if closed {
-            return Err("TLS: closed by the peer".into());
+            return Ok(Fed::Closed);
         }
     }
-    Ok(())
+    Ok(Fed::Open)
 }
 
 /// Encrypts `parts` (unlimited buffer: every byte is taken) and appends every record a
@@ -342,6 +359,6 @@ mod tests {
         records.extend_from_slice(&[0x17; 10_000]);
         let mut dec = StreamDecoder::default();
         let err = client.input(&records, &mut dec).unwrap_err();
-        assert!(err.contains("closed by the peer"), "{err}");
+        assert!(err.contains("closed by the server"), "{err}");
     }
 }

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::ice::IceHost;
 use super::shared_ports::SharedPorts;
-use super::tls::ServerSession;
+use super::tls::{Fed, ServerSession};
 use super::{Control, ShardCounters, ShardError};
 use crate::io::{
     self, Backend, BackendKind, RecvMeta, SendQueue, SocketId, StreamId, StreamSet, Waker,
@@ -341,9 +341,6 @@ pub(super) fn run(
                     None => ports.close(s),
                 }
             }
-            for (id, peer) in tcp.closed.drain(..) {
-                server.end_client(stream_sock(id), peer, &mut ports);
-            }
             for (sock, from, data) in later.drain(..) {
                 match server.handle(now, sock, from, &data, &mut scratch, &mut ports) {
                     Outcome::Reply(n) => {
@@ -354,6 +351,11 @@ pub(super) fn run(
                     }
                     Outcome::Later | Outcome::Drop(_) => {}
                 }
+            }
+            // After the deferred requests: an Allocate deferred from a stream that closed
+            // in the same turn is created, then ended with its stream.
+            for (id, peer) in tcp.closed.drain(..) {
+                server.end_client(stream_sock(id), peer, &mut ports);
             }
             server.handle_timeout(now, &mut ports);
             backend.flush()?;
@@ -578,9 +580,10 @@ impl Tcp {
         let (tls, tls_from) = (&self.tls, self.tls_from);
         streams.poll(&mut |set, id, peer, bytes| {
             let mut bytes = bytes;
-            let on_tls = tls.as_ref().filter(|_| {
-                sessions.contains_key(&id.0) || set.listener_of(id).is_some_and(|l| l >= tls_from)
-            });
+            let mut close_after = false;
+            let on_tls = tls
+                .as_ref()
+                .filter(|_| set.listener_of(id).is_some_and(|l| l >= tls_from));
             if let Some(config) = on_tls {
                 let session = match sessions.entry(id.0) {
                     hashbrown::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -601,11 +604,17 @@ impl Tcp {
                 if !records.is_empty() {
                     set.send(id, &[records]);
                 }
-                if let Err(err) = fed {
-                    tracing::debug!(peer = %peer, "closing TLS stream: {err}");
-                    server.note_drop(DropReason::Malformed);
-                    set.close(id);
-                    return;
+                match fed {
+                    Ok(Fed::Open) => {}
+                    // close_notify: the frames before it are still handled, then the
+                    // stream closes (its allocation ends with it).
+                    Ok(Fed::Closed) => close_after = true,
+                    Err(err) => {
+                        tracing::debug!(peer = %peer, "closing TLS stream: {err}");
+                        server.note_drop(DropReason::Malformed);
+                        set.close(id);
+                        return;
+                    }
                 }
                 bytes = plain;
             }
@@ -624,6 +633,9 @@ impl Tcp {
                 None => frames(
                     server, now, sendq, ports, later, &mut out, partial, id, peer, bytes,
                 ),
+            }
+            if close_after {
+                out.set.close(id);
             }
         });
         streams.take_closed(&mut self.closed);
