@@ -13,7 +13,8 @@
 //!                        │ commands over each shard's control channel ▼
 //!  runtime         shard/  ── one pinned thread per core: demux, timers, cross-shard channel
 //!                  shard/ice ─ agent table, mux demux, handoff, one timing wheel per shard,
-//!                             STUN/TURN clients of dedicated-socket agents (UDP, TCP)
+//!                             STUN/TURN clients of dedicated-socket agents (UDP, TCP, TLS)
+//!                  shard/tls ─ rustls sessions: `turns:` clients, the server's TLS listeners
 //!                  ping/   ── one ICE agent over one std socket + HTTP signalling,
 //!                             srflx/relay gathering with turn/client
 //!                        │ drives ▼                    │ owns ▼
