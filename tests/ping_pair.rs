@@ -121,4 +121,6 @@ fn times_out_with_a_reason_when_no_peer_shows_up() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("timed out"), "{err}");
+    // The diagnostics: nothing arrived, and no pair was formed.
+    assert!(err.contains("0 datagrams received; pairs: )"), "{err}");
 }

@@ -340,6 +340,18 @@ impl IceAgent {
         self.checklist.pairs.len()
     }
 
+    /// The check list as (local base, remote address, state), for diagnostics.
+    pub fn pairs(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr, PairState)> + '_ {
+        self.checklist.pairs.iter().filter_map(|p| {
+            let local = self.locals.get(usize::from(p.local))?.base;
+            Some((
+                local,
+                self.remotes.get(usize::from(p.remote))?.addr,
+                p.state,
+            ))
+        })
+    }
+
     /// Bytes this agent holds on the heap (capacities, not lengths), for capacity planning.
     pub fn heap_size(&self) -> usize {
         use std::mem::size_of;

@@ -252,13 +252,22 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
         received: 0,
         peer_word,
     };
+    let mut datagrams_in = 0u64;
 
     loop {
         let now = Instant::now();
         if now >= deadline {
+            // The check list and the datagram count tell a lossy path from a broken one.
+            let pairs: Vec<String> = agent
+                .pairs()
+                .map(|(l, r, st)| format!("{l} -> {r} {st:?}"))
+                .collect();
             return Err(format!(
-                "timed out after {:?} (state {state:?}, sent {sent}, received {})",
-                cfg.timeout, app.received
+                "timed out after {:?} (state {state:?}, sent {sent}, received {}; \
+                 {datagrams_in} datagrams received; pairs: {})",
+                cfg.timeout,
+                app.received,
+                pairs.join(", ")
             ));
         }
         if let Some(t) = done_at
@@ -436,6 +445,7 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         match socket.recv_from(&mut buf) {
             Ok((n, source)) => {
+                datagrams_in += 1;
                 let now = Instant::now();
                 if !gatherer.handle_udp(now, source, &buf[..n], &mut relayed) {
                     app.deliver(&mut agent, now, source, local_addr, &buf[..n]);
