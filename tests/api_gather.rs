@@ -119,6 +119,25 @@ async fn gather(agent: &mut Agent, peer: Option<&Agent>) -> Gathered {
     g
 }
 
+/// A relay-only agent (`relay_only`) and a host agent, candidates trickled to each other:
+/// the first gathered exactly one relayed candidate, without errors, the second one host
+/// candidate; returns both agents and both candidates.
+async fn relay_only_and_host(
+    engine: &Engine,
+    relay_only: AgentOptions,
+) -> (Agent, Agent, Candidate, Candidate) {
+    let mut a = engine.agent(relay_only).unwrap();
+    let mut b = engine.agent(base_opts()).unwrap();
+    let ga = gather(&mut a, Some(&b)).await;
+    let gb = gather(&mut b, Some(&a)).await;
+    assert!(ga.errors.is_empty(), "{ga:?}");
+    assert_eq!(ga.candidates.len(), 1, "{ga:?}");
+    let relayed = ga.candidates[0].clone();
+    assert_eq!(relayed.kind, CandidateKind::Relayed);
+    assert_eq!(gb.of(CandidateKind::Host).len(), 1, "{gb:?}");
+    (a, b, relayed, gb.candidates[0].clone())
+}
+
 async fn connect(a: &Agent, b: &Agent) -> (Conn, Conn) {
     let (ua, pa) = a.local_credentials();
     let (ub, pb) = b.local_credentials();
@@ -293,15 +312,7 @@ async fn relay_only_to_host(backend: IoBackendChoice) {
     let relay_only = base_opts()
         .with_turn(&turn_url(at), "alice", "secret")
         .with_candidate_types(only(false, false, true));
-    let mut a = engine.agent(relay_only).unwrap();
-    let mut b = engine.agent(base_opts()).unwrap();
-    let ga = gather(&mut a, Some(&b)).await;
-    let gb = gather(&mut b, Some(&a)).await;
-    assert!(ga.errors.is_empty(), "{ga:?}");
-    assert_eq!(ga.candidates.len(), 1, "{ga:?}");
-    let relayed = ga.candidates[0].clone();
-    assert_eq!(relayed.kind, CandidateKind::Relayed);
-    assert_eq!(gb.of(CandidateKind::Host).len(), 1, "{gb:?}");
+    let (a, b, relayed, host) = relay_only_and_host(&engine, relay_only).await;
 
     let (mut ca, mut cb) = connect(&a, &b).await;
     // The only pair: a's relayed address ↔ b's host, seen the same from both ends.
@@ -310,8 +321,8 @@ async fn relay_only_to_host(backend: IoBackendChoice) {
     let (lb, rb) = sb.selected.expect("b selected");
     assert_eq!(la, relayed.addr);
     assert_eq!(rb, relayed.addr);
-    assert_eq!(ra, gb.candidates[0].addr);
-    assert_eq!(lb, gb.candidates[0].base);
+    assert_eq!(ra, host.addr);
+    assert_eq!(lb, host.base);
 
     exchange(&mut ca, &mut cb, 5).await;
     for s in [ca.stats().await.unwrap(), cb.stats().await.unwrap()] {
@@ -519,15 +530,7 @@ async fn tcp_relay_only_to_host(srv: &Engine, engine: &Engine) {
     let relay_only = base_opts()
         .with_turn(&turn_tcp_url(at), "alice", "secret")
         .with_candidate_types(only(false, false, true));
-    let mut a = engine.agent(relay_only).unwrap();
-    let mut b = engine.agent(base_opts()).unwrap();
-    let ga = gather(&mut a, Some(&b)).await;
-    let gb = gather(&mut b, Some(&a)).await;
-    assert!(ga.errors.is_empty(), "{ga:?}");
-    assert_eq!(ga.candidates.len(), 1, "{ga:?}");
-    let relayed = ga.candidates[0].clone();
-    assert_eq!(relayed.kind, CandidateKind::Relayed);
-    assert_eq!(gb.of(CandidateKind::Host).len(), 1, "{gb:?}");
+    let (a, b, relayed, _) = relay_only_and_host(engine, relay_only).await;
 
     let (mut ca, mut cb) = connect(&a, &b).await;
     let (sa, sb) = (ca.stats().await.unwrap(), cb.stats().await.unwrap());
@@ -587,14 +590,7 @@ async fn relay_over_tls_through_coturn_and_certificates_checked() {
         .with_turn(&url, "alice", "secret")
         .with_tls_roots_pem(&pki.ca)
         .with_candidate_types(only(false, false, true));
-    let mut a = engine.agent(relay_only).unwrap();
-    let mut b = engine.agent(base_opts()).unwrap();
-    let ga = gather(&mut a, Some(&b)).await;
-    let gb = gather(&mut b, Some(&a)).await;
-    assert!(ga.errors.is_empty(), "{ga:?}");
-    assert_eq!(ga.candidates.len(), 1, "{ga:?}");
-    let relayed = ga.candidates[0].clone();
-    assert_eq!(relayed.kind, CandidateKind::Relayed);
+    let (a, b, relayed, _) = relay_only_and_host(&engine, relay_only).await;
     // coturn relays on 127.0.0.1 from the range given it.
     assert!(
         (46500..=46599).contains(&relayed.addr.port()),
@@ -604,7 +600,6 @@ async fn relay_over_tls_through_coturn_and_certificates_checked() {
     let (sa, sb) = (ca.stats().await.unwrap(), cb.stats().await.unwrap());
     assert_eq!(sa.selected.expect("a selected").0, relayed.addr);
     assert_eq!(sb.selected.expect("b selected").1, relayed.addr);
-    assert_eq!(gb.of(CandidateKind::Host).len(), 1, "{gb:?}");
     exchange(&mut ca, &mut cb, 5).await;
     a.close();
     b.close();
@@ -640,21 +635,17 @@ async fn relay_over_tls_through_coturn_and_certificates_checked() {
 async fn relay_over_tls_through_our_own_tls_listener() {
     use std::io::{Read, Write};
     let pki = common::Pki::new();
-    let dir = std::env::temp_dir().join(format!("icering-tls-listen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, &pki.cert).unwrap();
-    std::fs::write(&key, &pki.key).unwrap();
+    let files = pki.files("tls-listen");
     let mut c = Config::embedded();
     c.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
     c.server.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
-    c.server.tls_cert = Some(cert);
-    c.server.tls_key = Some(key);
+    c.server.tls_cert = Some(files.cert.clone().into());
+    c.server.tls_key = Some(files.key.clone().into());
     c.server.shards = 2;
     c.turn.users = vec!["alice:secret".into()];
     c.turn.allow_loopback_peers = true;
     let srv = Engine::start(&c).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(files);
     let at = srv.server_tls_addrs()[0];
 
     // Plain STUN on the TLS port: not a ClientHello, the stream is closed.
@@ -685,13 +676,8 @@ async fn relay_over_tls_through_our_own_tls_listener() {
         .with_turn(&url, "alice", "secret")
         .with_tls_roots_pem(&pki.ca)
         .with_candidate_types(only(false, false, true));
-    let mut a = engine.agent(relay_only).unwrap();
-    let mut b = engine.agent(base_opts()).unwrap();
-    let ga = gather(&mut a, Some(&b)).await;
-    gather(&mut b, Some(&a)).await;
-    assert!(ga.errors.is_empty(), "{ga:?}");
-    assert_eq!(ga.of(CandidateKind::Relayed).len(), 1, "{ga:?}");
-    let relayed = ga.candidates[0].addr;
+    let (a, b, relayed, _) = relay_only_and_host(&engine, relay_only).await;
+    let relayed = relayed.addr;
     let (mut ca, mut cb) = connect(&a, &b).await;
     assert_eq!(ca.stats().await.unwrap().selected.expect("a").0, relayed);
     exchange(&mut ca, &mut cb, 5).await;

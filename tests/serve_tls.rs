@@ -48,12 +48,9 @@ fn signal(pid: u32, sig: libc::c_int) {
 #[test]
 fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_the_old_one() {
     let (old, new) = (Pki::new(), Pki::new());
-    let dir = std::env::temp_dir().join(format!("icering-serve-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, &old.cert).unwrap();
-    std::fs::write(&key, &old.key).unwrap();
-    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let files = old.files("serve-tls");
+    let (cert, key) = (&files.cert, &files.key);
+    let (cert_arg, key_arg) = (cert.clone(), key.clone());
     let serve = common::spawn_serve(
         &[
             "--listen",
@@ -91,15 +88,15 @@ fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_the_old_one() {
     assert!(closed && rest.is_empty(), "{end:?} {rest:02x?}");
 
     // A broken key: the reload fails, the old certificate stays, the server stays up.
-    std::fs::write(&key, "not a key").unwrap();
+    std::fs::write(key, "not a key").unwrap();
     signal(serve.child.id(), libc::SIGHUP);
     let line = serve.wait_log("TLS reload failed");
     assert!(line.contains(&key_arg), "{line}");
     handshake(at, &old.ca).expect("the old certificate after a failed reload");
 
     // The renewed pair, then SIGUSR2 (coturn's signal for it).
-    std::fs::write(&cert, &new.cert).unwrap();
-    std::fs::write(&key, &new.key).unwrap();
+    std::fs::write(cert, &new.cert).unwrap();
+    std::fs::write(key, &new.key).unwrap();
     signal(serve.child.id(), libc::SIGUSR2);
     serve.wait_log("TLS certificate and key reloaded");
     // Each shard takes the new configuration with its next control messages: wait for
@@ -123,5 +120,4 @@ fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_the_old_one() {
     for _ in 0..10 {
         assert!(handshake(at, &old.ca).is_err());
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -39,6 +39,21 @@ impl Drop for Killed {
     }
 }
 
+/// coturn's `turnutils_peer` echoing on 127.0.0.1 (killed on drop), and its port.
+fn udp_peer() -> (Killed, String) {
+    let port = free_udp_port().to_string();
+    let peer = Killed(
+        Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnutils_peer starts"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    (peer, port)
+}
+
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -139,16 +154,7 @@ fn turnutils_uclient_long_term_and_rest_credentials() {
     }
     let server = serve("45000-45999");
     let port = server.addrs[0].port().to_string();
-    let peer_port = free_udp_port().to_string();
-    let _peer = Killed(
-        Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &peer_port])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("turnutils_peer starts"),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let (_peer, peer_port) = udp_peer();
     let base = [
         "-n",
         "100",
@@ -227,16 +233,7 @@ fn turnutils_uclient_against_shared_port_relay() {
         ],
     );
     let port = server.addrs[0].port().to_string();
-    let peer_port = free_udp_port().to_string();
-    let _peer = Killed(
-        Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &peer_port])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("turnutils_peer starts"),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let (_peer, peer_port) = udp_peer();
     let base = [
         "-n",
         "100",
@@ -268,36 +265,21 @@ fn turnutils_uclient_over_tls() {
     if !coturn_tools() {
         return;
     }
-    let pki = common::Pki::new();
-    let dir = std::env::temp_dir().join(format!("icering-uclient-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, &pki.cert).unwrap();
-    std::fs::write(&key, &pki.key).unwrap();
-    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let files = common::Pki::new().files("uclient-tls");
     let server = serve_with(
         "48200-48399",
         &[
             "--tls-listen",
             "127.0.0.1:0",
             "--cert",
-            &cert_arg,
+            &files.cert,
             "--pkey",
-            &key_arg,
+            &files.key,
         ],
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(files);
     let port = server.addrs[1].port().to_string();
-    let peer_port = free_udp_port().to_string();
-    let _peer = Killed(
-        Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &peer_port])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("turnutils_peer starts"),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let (_peer, peer_port) = udp_peer();
     let base = [
         "-t",
         "-S",

@@ -428,29 +428,51 @@ impl Pki {
     }
 }
 
-/// coturn with only a TLS listener on `port`, serving `pki`'s certificate (files in a
-/// directory removed when the returned guard drops).
+/// A [`Pki`]'s server certificate and key as PEM files in a directory of their own,
+/// removed on drop.
+pub struct PkiFiles {
+    pub dir: std::path::PathBuf,
+    pub cert: String,
+    pub key: String,
+}
+
+impl Drop for PkiFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Pki {
+    /// Writes the certificate and key under a temporary directory named after `tag`.
+    pub fn files(&self, tag: &str) -> PkiFiles {
+        let dir = std::env::temp_dir().join(format!("icering-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, &self.cert).unwrap();
+        std::fs::write(&key, &self.key).unwrap();
+        PkiFiles {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            dir,
+        }
+    }
+}
+
+/// coturn with only a TLS listener on `port`, serving `pki`'s certificate.
 pub fn coturn_tls(test: &str, port: u16, relay_ports: (u16, u16), pki: &Pki) -> Option<Coturn> {
-    let dir =
-        std::env::temp_dir().join(format!("icering-coturn-tls-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, &pki.cert).unwrap();
-    std::fs::write(&key, &pki.key).unwrap();
-    let c = coturn(
+    let files = pki.files(&format!("coturn-tls-{port}"));
+    // coturn has read the files once it listens (the guard removes them after).
+    coturn(
         test,
         port,
         relay_ports,
         &[
             &format!("--tls-listening-port={port}"),
-            &format!("--cert={}", cert.display()),
-            &format!("--pkey={}", key.display()),
+            &format!("--cert={}", files.cert),
+            &format!("--pkey={}", files.key),
             "--no-udp",
             "--no-tcp",
             "--no-dtls",
         ],
-    );
-    // coturn has read the files once it listens.
-    let _ = std::fs::remove_dir_all(&dir);
-    c
+    )
 }
