@@ -489,7 +489,7 @@ fn log_tls_listens(addrs: &[SocketAddr], shards: usize, what: &str) {
 }
 
 /// Whether `sig` stops the server; SIGHUP and SIGUSR2 re-read the TLS certificate and
-/// key instead (a renewed certificate; connections accepted from then on use it), logging
+/// key instead (a renewed certificate, for the handshakes that start after it), logging
 /// the outcome.
 fn stops(sig: i32, reload: &dyn Fn() -> Result<(), String>) -> bool {
     if sig != signal_hook::consts::SIGHUP && sig != signal_hook::consts::SIGUSR2 {

@@ -139,20 +139,7 @@ fn srflx_is_gathered_and_dropped_when_it_equals_the_host_candidate() {
 fn relay_only_selects_a_relay_pair_and_data_flows_both_ways() {
     let server = serve("46100-46199");
     let turn = format!("turn:{}", server.addrs[0]);
-    let (ta, tb) = pair(
-        &[
-            "--turn",
-            &turn,
-            "--turn-user",
-            "alice",
-            "--turn-pass",
-            "secret",
-            "--candidate-types",
-            "relay",
-        ],
-        &[],
-    );
-    assert!(ta.contains("typ relay raddr 127.0.0.1 rport "), "{ta}");
+    let (ta, tb) = relay_pair(&["--turn", &turn]);
     assert!(!local_has(&ta, "typ host"), "{ta}");
     let sa = selected(&ta);
     // The relayed address comes from the server's relay port range.
@@ -195,7 +182,7 @@ fn bad_turn_credentials_leave_host_candidates_working() {
 }
 
 /// coturn's `turnserver` on loopback with its TCP listener only (no UDP client listener).
-fn coturn_tcp_only(port: u16, relay_ports: (u16, u16)) -> Option<common::Coturn> {
+fn coturn_tcp_only(port: u16, relay_ports: (u16, u16)) -> Option<common::Killed> {
     common::coturn(
         "the coturn TCP test",
         port,
@@ -220,8 +207,8 @@ fn turn_over_tcp_against_coturn_gives_a_relay_pair() {
 }
 
 /// A relay-only controlling ping (`turn` flags plus alice's credentials) against a plain
-/// controlled one: the relay pair is selected on both sides.
-fn relay_pair(turn: &[&str]) {
+/// controlled one: the relay pair is selected on both sides. Returns both outputs.
+fn relay_pair(turn: &[&str]) -> (String, String) {
     let mut flags = turn.to_vec();
     flags.extend([
         "--turn-user",
@@ -236,6 +223,7 @@ fn relay_pair(turn: &[&str]) {
     let sa = selected(&ta);
     assert!(sa.contains(" (relay) -> 127.0.0.1:"), "{sa}");
     assert!(selected(&tb).ends_with("(relay)"), "{tb}");
+    (ta, tb)
 }
 
 /// `turns:` (TURN over TLS) to coturn's TLS listener, its certificate checked against the

@@ -26,7 +26,7 @@ fn free_port() -> u16 {
 
 const RELAY_PORTS: (u16, u16) = (46400, 46499);
 
-fn coturn(port: u16) -> Option<common::Coturn> {
+fn coturn(port: u16) -> Option<common::Killed> {
     common::coturn(
         "the coturn client interop",
         port,

@@ -10,10 +10,10 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::spawn_serve;
+use common::{Killed, spawn_serve};
 
 fn coturn_tools() -> bool {
     let ok = common::have("turnutils_uclient") && common::have("turnutils_peer");
@@ -29,14 +29,6 @@ fn coturn_tools() -> bool {
         );
     }
     ok
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// coturn's `turnutils_peer` echoing on 127.0.0.1 (killed on drop), and its port.
@@ -87,6 +79,31 @@ fn uclient(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// uclient with `flags`, `clients` clients of 100 messages each to the UDP peer on
+/// `peer_port`, authenticated by `auth`, through the server on 127.0.0.1:`port`: every
+/// message must come back.
+fn relay_through(flags: &[&str], clients: u64, peer_port: &str, port: &str, auth: [&str; 4]) {
+    let m = clients.to_string();
+    let mut args = flags.to_vec();
+    args.extend([
+        "-n",
+        "100",
+        "-m",
+        &m,
+        "-l",
+        "120",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        peer_port,
+        "-p",
+        port,
+    ]);
+    args.extend(auth);
+    args.push("127.0.0.1");
+    assert_complete(&uclient(&args), 100 * clients);
 }
 
 /// Asserts uclient finished with every message received and none lost.
@@ -155,43 +172,17 @@ fn turnutils_uclient_long_term_and_rest_credentials() {
     let server = serve("45000-45999");
     let port = server.addrs[0].port().to_string();
     let (_peer, peer_port) = udp_peer();
-    let base = [
-        "-n",
-        "100",
-        "-m",
-        "2",
-        "-l",
-        "120",
-        "-e",
-        "127.0.0.1",
-        "-r",
-        &peer_port,
-        "-p",
-        &port,
-    ];
+    let user = ["-u", "user", "-w", "pass"];
     // Long-term credentials, channels (ChannelBind + ChannelData), RTP/RTCP pairs with
     // EVEN-PORT + RESERVATION-TOKEN: 2 clients × 100 messages.
-    let mut args: Vec<&str> = base.to_vec();
-    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
-    assert_complete(&uclient(&args), 200);
+    relay_through(&[], 2, &peer_port, &port, user);
     // Send/Data indications instead of channels.
-    let mut args: Vec<&str> = vec!["-s"];
-    args.extend(base);
-    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
-    assert_complete(&uclient(&args), 200);
+    relay_through(&["-s"], 2, &peer_port, &port, user);
     // TURN over TCP (RFC 8656 §3.1): channels, then Send indications.
-    let mut args: Vec<&str> = vec!["-t"];
-    args.extend(base);
-    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
-    assert_complete(&uclient(&args), 200);
-    let mut args: Vec<&str> = vec!["-t", "-s"];
-    args.extend(base);
-    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
-    assert_complete(&uclient(&args), 200);
+    relay_through(&["-t"], 2, &peer_port, &port, user);
+    relay_through(&["-t", "-s"], 2, &peer_port, &port, user);
     // TURN REST credentials from the shared secret.
-    let mut args: Vec<&str> = base.to_vec();
-    args.extend(["-u", "rest", "-W", "north", "127.0.0.1"]);
-    assert_complete(&uclient(&args), 200);
+    relay_through(&[], 2, &peer_port, &port, ["-u", "rest", "-W", "north"]);
     // Client to client through two allocations (no external peer), without RTCP.
     let args = [
         "-y",
@@ -234,27 +225,9 @@ fn turnutils_uclient_against_shared_port_relay() {
     );
     let port = server.addrs[0].port().to_string();
     let (_peer, peer_port) = udp_peer();
-    let base = [
-        "-n",
-        "100",
-        "-m",
-        "4",
-        "-l",
-        "120",
-        "-e",
-        "127.0.0.1",
-        "-r",
-        &peer_port,
-        "-p",
-        &port,
-    ];
-    let mut args: Vec<&str> = base.to_vec();
-    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
-    assert_complete(&uclient(&args), 400);
-    let mut args: Vec<&str> = vec!["-s"];
-    args.extend(base);
-    args.extend(["-u", "user", "-w", "pass", "127.0.0.1"]);
-    assert_complete(&uclient(&args), 400);
+    let user = ["-u", "user", "-w", "pass"];
+    relay_through(&[], 4, &peer_port, &port, user);
+    relay_through(&["-s"], 4, &peer_port, &port, user);
 }
 
 /// coturn's client over TLS (`-t -S`: TURN over TLS, OpenSSL) against `icering serve
@@ -280,31 +253,7 @@ fn turnutils_uclient_over_tls() {
     drop(files);
     let port = server.addrs[1].port().to_string();
     let (_peer, peer_port) = udp_peer();
-    let base = [
-        "-t",
-        "-S",
-        "-n",
-        "100",
-        "-m",
-        "2",
-        "-l",
-        "120",
-        "-e",
-        "127.0.0.1",
-        "-r",
-        &peer_port,
-        "-p",
-        &port,
-        "-u",
-        "user",
-        "-w",
-        "pass",
-    ];
-    let mut args: Vec<&str> = base.to_vec();
-    args.push("127.0.0.1");
-    assert_complete(&uclient(&args), 200);
-    let mut args: Vec<&str> = vec!["-s"];
-    args.extend(base);
-    args.push("127.0.0.1");
-    assert_complete(&uclient(&args), 200);
+    let user = ["-u", "user", "-w", "pass"];
+    relay_through(&["-t", "-S"], 2, &peer_port, &port, user);
+    relay_through(&["-t", "-S", "-s"], 2, &peer_port, &port, user);
 }

@@ -7,15 +7,15 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
-use super::engine::{Inner, PWD_LEN, UFRAG_LEN, UrlSpec, fresh_credentials, secure_random};
+use super::engine::{Inner, PWD_LEN, UFRAG_LEN, fresh_credentials, secure_random};
 use super::link::{DataRx, Link};
 use super::netmon::Watch;
 use super::{AgentEvent, AgentOptions, ApiError, ConnStats, Events, StateWatch};
 use crate::ice::{Candidate, ConnectionState};
 use crate::io::Waker;
-use crate::shard::ServerSpec;
 use crate::shard::gather::usable;
 use crate::shard::{Control, IceCmd};
+use crate::shard::{ServerSpec, UrlSpec};
 
 /// The shard's address of one agent. Dropped with the last `Agent`/`Conn` of the agent,
 /// which closes it (frees the slot, its sockets and routes).
@@ -287,16 +287,13 @@ impl Agent {
         let servers = servers
             .iter()
             .map(|s| ServerSpec {
-                url: s.url.clone(),
                 addrs: s
                     .url
                     .host_port()
                     .to_socket_addrs()
                     .map(Iterator::collect)
                     .map_err(|e| format!("cannot resolve: {e}")),
-                username: s.username.clone(),
-                password: s.credential.clone(),
-                tls: s.tls.clone(),
+                server: s.clone(),
             })
             .collect();
         let candidates: Vec<Candidate> = bases.iter().map(|b| host_candidate(o, *b)).collect();

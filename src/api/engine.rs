@@ -15,7 +15,7 @@ use crate::ice::{IceConfig, IceUrl, Scheme};
 use crate::io::Waker;
 use crate::net::Protocol;
 use crate::shard::gather::{InterfaceAddr, interface_addrs};
-use crate::shard::{Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime, TlsTarget};
+use crate::shard::{Control, IceCmd, MAX_ICE_SHARDS, NewAgent, Runtime, TlsTarget, UrlSpec};
 
 pub(crate) struct Inner {
     runtime: Mutex<Option<Runtime>>,
@@ -113,23 +113,12 @@ fn ice_string(first: Option<u8>, random: &[u8]) -> String {
         .collect()
 }
 
-/// A checked [`AgentOptions::urls`] entry.
-#[derive(Debug, Clone)]
-pub(crate) struct UrlSpec {
-    pub url: IceUrl,
-    pub username: String,
-    pub credential: String,
-    /// `turns:`: what the server's certificate is verified against.
-    pub tls: Option<TlsTarget>,
-}
-
 /// Parses and checks [`AgentOptions::urls`], with the TLS configuration of `turns:` ones
-/// (the platform's store is read once per process; PEM roots once per agent).
+/// (the platform's store is read once per process).
 fn parse_urls(opts: &AgentOptions) -> Result<Vec<UrlSpec>, ApiError> {
     if opts.urls.is_empty() {
         return Ok(Vec::new());
     }
-    let mut tls_config = None;
     opts.urls
         .iter()
         .map(|u| {
@@ -154,11 +143,7 @@ fn parse_urls(opts: &AgentOptions) -> Result<Vec<UrlSpec>, ApiError> {
                 )));
             }
             let tls = if url.scheme.is_secure() {
-                if tls_config.is_none() {
-                    let config = opts.tls_roots.client_config();
-                    tls_config = Some(config.map_err(ApiError::Invalid)?);
-                }
-                let config = tls_config.clone().expect("set above");
+                let config = opts.tls_roots.client_config().map_err(ApiError::Invalid)?;
                 let target = TlsTarget::new(config, &url.host)
                     .map_err(|e| ApiError::Invalid(format!("{url}: {e}")))?;
                 Some(target)
@@ -168,7 +153,7 @@ fn parse_urls(opts: &AgentOptions) -> Result<Vec<UrlSpec>, ApiError> {
             Ok(UrlSpec {
                 url,
                 username: u.username.clone(),
-                credential: u.credential.clone(),
+                password: u.credential.clone(),
                 tls,
             })
         })

@@ -28,7 +28,7 @@ use crate::turn::server::{ServerConfig, ServerStats, TurnConfig};
 
 pub use counters::ShardCounters;
 pub use ice::gather;
-pub(crate) use ice::{IceCmd, NewAgent, ServerSpec};
+pub(crate) use ice::{IceCmd, NewAgent, ServerSpec, UrlSpec};
 pub use ice::{IceCounters, IceStats, MAX_ICE_SHARDS};
 pub use shared_ports::MAX_SHARED_IPS;
 pub(crate) use tls::{TlsLink, TlsTarget, pem_config, platform_config};
@@ -54,7 +54,7 @@ pub(crate) enum Control {
     Shutdown,
     /// Hosted ICE agents: commands from handles, handoffs and routes from other shards.
     Ice(IceCmd),
-    /// A new TLS certificate and key for connections accepted from now on.
+    /// A new TLS certificate and key for the handshakes that start from now on.
     Tls(Arc<rustls::ServerConfig>),
 }
 
@@ -320,8 +320,8 @@ impl Runtime {
     }
 
     /// Reads `[server] tls_cert` and `tls_key` again (a renewed certificate) and gives
-    /// every shard the new configuration: connections accepted from now on use it, open
-    /// ones keep theirs. On an error (a missing file, a key that does not match) nothing
+    /// every shard the new configuration: connections whose handshake starts from now on
+    /// use it, open ones keep theirs. On an error (a missing file, a key that does not match) nothing
     /// changes.
     pub fn reload_tls(&self) -> Result<(), ShardError> {
         let Some((cert, key)) = &self.tls_files else {

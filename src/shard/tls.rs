@@ -143,7 +143,8 @@ impl TlsLink {
 }
 
 /// The server's TLS configuration from PEM files: the certificate chain (server
-/// certificate first) and its private key. Read once at start; every error names the file.
+/// certificate first) and its private key, read at start and on each reload; every error
+/// names the file.
 pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let (cert_pem, key_pem) = (read(cert)?, read(key)?);
@@ -155,7 +156,7 @@ pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>
     }
     let key_der =
         PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
-    let config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
         .with_no_client_auth()
@@ -163,7 +164,6 @@ pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>
         .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))?;
     // No session resumption: its cache is one mutex every shard would share, and a TURN
     // client holds one long connection rather than many short ones.
-    let mut config = config;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))

@@ -462,6 +462,27 @@ struct TcpOut<'a> {
 }
 
 impl TcpOut<'_> {
+    /// Bytes read from TLS stream `id` (its session made on its first bytes): the
+    /// plaintext into `plain`, the handshake's answers (or a failure's alert) written.
+    fn decrypt(
+        &mut self,
+        config: &Arc<rustls::ServerConfig>,
+        id: StreamId,
+        bytes: &[u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<Fed, String> {
+        let session = match self.sessions.entry(id.0) {
+            hashbrown::hash_map::Entry::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(e) => {
+                e.insert(Box::new(ServerSession::new(config)?))
+            }
+        };
+        plain.clear();
+        let fed = session.input(bytes, plain);
+        self.send(id, &[]);
+        fed
+    }
+
     /// Writes one frame to a stream, zero-padded to a multiple of 4 (RFC 8656 §12.5),
     /// through its TLS session if it has one.
     fn send(&mut self, id: StreamId, frame: &[u8]) {
@@ -579,49 +600,27 @@ impl Tcp {
         let (plain, records) = (&mut self.plain, &mut self.records);
         let (tls, tls_from) = (&self.tls, self.tls_from);
         streams.poll(&mut |set, id, peer, bytes| {
-            let mut bytes = bytes;
-            let mut close_after = false;
             let on_tls = tls
                 .as_ref()
                 .filter(|_| set.listener_of(id).is_some_and(|l| l >= tls_from));
-            if let Some(config) = on_tls {
-                let session = match sessions.entry(id.0) {
-                    hashbrown::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    hashbrown::hash_map::Entry::Vacant(e) => match ServerSession::new(config) {
-                        Ok(s) => e.insert(Box::new(s)),
-                        Err(err) => {
-                            tracing::debug!(peer = %peer, "closing TLS stream: {err}");
-                            set.close(id);
-                            return;
-                        }
-                    },
-                };
-                plain.clear();
-                let fed = session.input(bytes, plain);
-                // The handshake's answers (or the alert of a failure).
-                records.clear();
-                session.output(&[], records);
-                if !records.is_empty() {
-                    set.send(id, &[records]);
-                }
-                match fed {
-                    Ok(Fed::Open) => {}
-                    // close_notify: the frames before it are still handled, then the
-                    // stream closes (its allocation ends with it).
-                    Ok(Fed::Closed) => close_after = true,
-                    Err(err) => {
-                        tracing::debug!(peer = %peer, "closing TLS stream: {err}");
-                        server.note_drop(DropReason::Malformed);
-                        set.close(id);
-                        return;
-                    }
-                }
-                bytes = plain;
-            }
             let mut out = TcpOut {
                 set,
                 sessions,
                 records,
+            };
+            let (bytes, close_after) = match on_tls {
+                None => (bytes, false),
+                Some(config) => match out.decrypt(config, id, bytes, plain) {
+                    // close_notify: the frames before it are still handled, then the
+                    // stream closes (its allocation ends with it).
+                    Ok(fed) => (&plain[..], fed == Fed::Closed),
+                    Err(err) => {
+                        tracing::debug!(peer = %peer, "closing TLS stream: {err}");
+                        server.note_drop(DropReason::Malformed);
+                        out.set.close(id);
+                        return;
+                    }
+                },
             };
             match partial.remove(&id.0) {
                 Some(mut pending) => {

@@ -345,9 +345,9 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// coturn's `turnserver` on loopback, killed on drop.
-pub struct Coturn(Child);
-impl Drop for Coturn {
+/// A child process (coturn's tools) killed on drop.
+pub struct Killed(pub Child);
+impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -358,7 +358,7 @@ impl Drop for Coturn {
 /// 127.0.0.1 in `relay_ports`, loopback peers allowed) with `args` on top, and waits until
 /// it accepts TCP on `port`. `None`, saying so, when coturn is not installed; under `CI`
 /// that is a failure (`test` names what would not run).
-pub fn coturn(test: &str, port: u16, relay_ports: (u16, u16), args: &[&str]) -> Option<Coturn> {
+pub fn coturn(test: &str, port: u16, relay_ports: (u16, u16), args: &[&str]) -> Option<Killed> {
     if !have("turnserver") {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -387,7 +387,7 @@ pub fn coturn(test: &str, port: u16, relay_ports: (u16, u16), args: &[&str]) -> 
         .stderr(Stdio::null())
         .spawn()
         .expect("turnserver starts");
-    let c = Coturn(child);
+    let c = Killed(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -459,7 +459,7 @@ impl Pki {
 }
 
 /// coturn with only a TLS listener on `port`, serving `pki`'s certificate.
-pub fn coturn_tls(test: &str, port: u16, relay_ports: (u16, u16), pki: &Pki) -> Option<Coturn> {
+pub fn coturn_tls(test: &str, port: u16, relay_ports: (u16, u16), pki: &Pki) -> Option<Killed> {
     let files = pki.files(&format!("coturn-tls-{port}"));
     // coturn has read the files once it listens (the guard removes them after).
     coturn(

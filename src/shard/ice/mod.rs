@@ -17,7 +17,7 @@ pub mod gather;
 mod servers;
 mod table;
 
-pub(crate) use servers::ServerSpec;
+pub(crate) use servers::{ServerSpec, UrlSpec};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -797,7 +797,7 @@ impl IceHost {
                 // again (their specs are kept by the agent's `Servers`).
                 let kept = self.table.get_mut(slot).and_then(|h| h.servers.as_ref());
                 let again = continual && servers.is_empty() && kept.is_some();
-                let turn = servers.iter().any(|s| s.url.scheme.is_turn())
+                let turn = servers.iter().any(|s| s.server.url.scheme.is_turn())
                     || (again && kept.is_some_and(|sv| sv.has_turn()));
                 let mut dedicated = Vec::new();
                 for (s, addr) in sockets {
@@ -856,7 +856,8 @@ impl IceHost {
                     } else {
                         let tcp = types.relay
                             && servers.iter().any(|s| {
-                                s.url.scheme.is_turn() && s.url.transport == Protocol::Tcp
+                                s.server.url.scheme.is_turn()
+                                    && s.server.url.transport == Protocol::Tcp
                             });
                         if tcp && self.streams.is_none() {
                             self.streams = open_stream_set(backend);

@@ -34,17 +34,23 @@ use crate::turn::client::{
 use crate::api::LinkTx;
 use crate::shard::tls::{TlsLink, TlsTarget};
 
-/// One STUN/TURN server as the application handle resolved it (DNS runs on the caller's
-/// thread, never on the shard).
+/// A checked STUN/TURN URL with its credentials (an `AgentOptions::urls` entry).
 #[derive(Debug, Clone)]
-pub(crate) struct ServerSpec {
+pub(crate) struct UrlSpec {
     pub url: IceUrl,
-    /// Resolved addresses, or why resolution failed.
-    pub addrs: Result<Vec<SocketAddr>, String>,
     pub username: String,
     pub password: String,
     /// `turns:`: the trust anchors and the name the certificate must carry.
     pub tls: Option<TlsTarget>,
+}
+
+/// One STUN/TURN server as the application handle resolved it (DNS runs on the caller's
+/// thread, never on the shard).
+#[derive(Debug, Clone)]
+pub(crate) struct ServerSpec {
+    pub server: UrlSpec,
+    /// Resolved addresses, or why resolution failed.
+    pub addrs: Result<Vec<SocketAddr>, String>,
 }
 
 #[derive(Debug)]
@@ -170,7 +176,7 @@ impl Servers {
             specs: Vec::new(),
         };
         for spec in specs {
-            let turn = spec.url.scheme.is_turn();
+            let turn = spec.server.url.scheme.is_turn();
             let Some(addrs) = s.servers_of(spec) else {
                 continue;
             };
@@ -203,7 +209,7 @@ impl Servers {
             }
             if !used {
                 s.errors.push((
-                    spec.url.to_string(),
+                    spec.server.url.to_string(),
                     "no local socket of the server's address family".into(),
                 ));
             }
@@ -221,7 +227,7 @@ impl Servers {
     /// Whether a later [`add_socket`](Self::add_socket) may start a TURN client (which
     /// needs a duplicate of the socket to delete its allocation on close).
     pub fn has_turn(&self) -> bool {
-        self.specs.iter().any(|s| s.url.scheme.is_turn())
+        self.specs.iter().any(|s| s.server.url.scheme.is_turn())
     }
 
     /// Continual gathering, a new dedicated socket on a new local address: a Binding
@@ -245,7 +251,7 @@ impl Servers {
             let Some(server) = addrs.iter().find(|a| a.is_ipv4() == base.is_ipv4()) else {
                 continue;
             };
-            if spec.url.scheme.is_turn() {
+            if spec.server.url.scheme.is_turn() {
                 let streams = streams.as_deref_mut();
                 self.relay_on(spec, *server, base, id, dup.take(), now, streams);
             } else {
@@ -283,14 +289,14 @@ impl Servers {
     /// `spec`'s addresses if its candidate type is wanted and its name resolved (else
     /// `None`, and a resolution failure is reported).
     fn servers_of<'s>(&mut self, spec: &'s ServerSpec) -> Option<&'s [SocketAddr]> {
-        let turn = spec.url.scheme.is_turn();
+        let turn = spec.server.url.scheme.is_turn();
         if (turn && !self.types.relay) || (!turn && !self.types.srflx) {
             return None;
         }
         match &spec.addrs {
             Ok(a) => Some(a),
             Err(e) => {
-                self.errors.push((spec.url.to_string(), e.clone()));
+                self.errors.push((spec.server.url.to_string(), e.clone()));
                 None
             }
         }
@@ -314,7 +320,7 @@ impl Servers {
             client = client.with_tid_prefix(prefix);
         }
         self.bindings.push(Binding {
-            url: spec.url.clone(),
+            url: spec.server.url.clone(),
             sock: id,
             base,
             client,
@@ -338,8 +344,8 @@ impl Servers {
     ) {
         let mut local = base;
         let mut tcp = None;
-        if spec.url.transport == Protocol::Tcp {
-            let tls = match (&spec.tls, spec.url.scheme.is_secure()) {
+        if spec.server.url.transport == Protocol::Tcp {
+            let tls = match (&spec.server.tls, spec.server.url.scheme.is_secure()) {
                 (Some(target), _) => TlsLink::new(target).map(|t| Some(Box::new(t))),
                 // Never plain TCP for a turns: URL.
                 (None, true) => Err("TLS: no trust anchors for a turns: URL".into()),
@@ -348,7 +354,7 @@ impl Servers {
             let tls = match tls {
                 Ok(tls) => tls,
                 Err(e) => {
-                    self.errors.push((spec.url.to_string(), e));
+                    self.errors.push((spec.server.url.to_string(), e));
                     return;
                 }
             };
@@ -369,18 +375,19 @@ impl Servers {
                 }
                 Err(e) => {
                     self.errors
-                        .push((spec.url.to_string(), format!("TCP connect: {e}")));
+                        .push((spec.server.url.to_string(), format!("TCP connect: {e}")));
                     return;
                 }
             }
         }
-        let mut cfg = ClientConfig::new(server, local, &spec.username, &spec.password);
+        let mut cfg =
+            ClientConfig::new(server, local, &spec.server.username, &spec.server.password);
         cfg.seed = self.next_seed();
         if tcp.is_some() {
             cfg.transport = Protocol::Tcp;
         }
         self.relays.push(Relay {
-            url: spec.url.clone(),
+            url: spec.server.url.clone(),
             sock: id,
             client: Client::new(cfg, now),
             done: false,
@@ -499,12 +506,7 @@ impl Servers {
         bytes: &[u8],
         decoder: &mut StreamDecoder,
     ) -> Result<(), ()> {
-        let tls = self
-            .relays
-            .iter_mut()
-            .find_map(|r| r.tcp.as_mut().filter(|l| l.stream == stream))
-            .and_then(|l| l.tls.as_mut());
-        let Some(tls) = tls else {
+        let Some(tls) = self.link(stream).and_then(|l| l.tls.as_mut()) else {
             decoder.push(bytes);
             return Ok(());
         };
@@ -513,23 +515,23 @@ impl Servers {
         })
     }
 
+    /// The TCP (or TLS) link of the relay on `stream`.
+    fn link(&mut self, stream: StreamId) -> Option<&mut TcpLink> {
+        self.relays
+            .iter_mut()
+            .find_map(|r| r.tcp.as_mut().filter(|l| l.stream == stream))
+    }
+
     /// Takes the decoder of `stream` out (to lend its frames while the clients are
     /// borrowed); [`put_decoder`](Self::put_decoder) returns it.
     pub fn take_decoder(&mut self, stream: StreamId) -> Option<StreamDecoder> {
-        let l = self
-            .relays
-            .iter_mut()
-            .find_map(|r| r.tcp.as_mut().filter(|l| l.stream == stream))?;
+        let l = self.link(stream)?;
         Some(std::mem::replace(&mut l.decoder, StreamDecoder::new(0)))
     }
 
     /// Returns a decoder taken by [`take_decoder`](Self::take_decoder).
     pub fn put_decoder(&mut self, stream: StreamId, decoder: StreamDecoder) {
-        if let Some(l) = self
-            .relays
-            .iter_mut()
-            .find_map(|r| r.tcp.as_mut().filter(|l| l.stream == stream))
-        {
+        if let Some(l) = self.link(stream) {
             l.decoder = decoder;
         }
     }
