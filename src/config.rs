@@ -243,6 +243,11 @@ pub struct ServerSection {
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM file of the TLS private key (PKCS#8, PKCS#1 or SEC1).
     pub tls_key: Option<std::path::PathBuf>,
+    /// Seconds a TCP or TLS connection may go without a TURN allocation (coturn's
+    /// `max-allocate-timeout`): checked this long after the accept and again every this
+    /// long while it holds one; a connection found without one is closed. Bounds what
+    /// idle connections and unfinished TLS handshakes hold (4,096 connections per shard).
+    pub max_allocate_timeout: u32,
     /// Shards; 0 = one per core of `cores`, or of the process's affinity mask.
     pub shards: usize,
     /// Pin each shard thread to one core (thread-per-core). `false`: the OS schedules
@@ -268,6 +273,7 @@ impl Default for ServerSection {
             tls_listen: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            max_allocate_timeout: 60,
             shards: 0,
             pin: true,
             cores: Vec::new(),
@@ -387,6 +393,9 @@ impl Config {
             if self.server.tls_key.is_none() {
                 return invalid("server.tls_key", "needed by server.tls_listen");
             }
+        }
+        if self.server.max_allocate_timeout == 0 {
+            return invalid("server.max_allocate_timeout", "must be at least 1 second");
         }
         if self.server.shards > 1024 {
             return invalid("server.shards", "at most 1024");
@@ -581,6 +590,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lisen"), "{e}");
+        let e = Config::from_toml("[server]\nmax_allocate_timeout = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.max_allocate_timeout"), "{e}");
+        let c = Config::from_toml("[server]\nmax_allocate_timeout = 30\n").unwrap();
+        assert_eq!(c.server.max_allocate_timeout, 30);
         let e = Config::from_toml("[io]\nbackend = \"fast\"\n")
             .unwrap_err()
             .to_string();

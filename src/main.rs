@@ -228,6 +228,10 @@ struct ServeArgs {
     /// PEM private key for --tls-listen (`server.tls_key`; coturn: --pkey).
     #[arg(long, value_name = "FILE")]
     pkey: Option<PathBuf>,
+    /// Seconds a TCP/TLS connection may hold no TURN allocation before it is closed
+    /// (`server.max_allocate_timeout`; coturn: --max-allocate-timeout).
+    #[arg(long, value_name = "SECS")]
+    max_allocate_timeout: Option<u32>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -303,6 +307,9 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if args.pkey.is_some() {
         config.server.tls_key = args.pkey.clone();
+    }
+    if let Some(secs) = args.max_allocate_timeout {
+        config.server.max_allocate_timeout = secs;
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -522,14 +529,14 @@ fn log_stats_until_signal(
         if now >= next {
             next = now + every;
             let s = runtime.stats();
-            let port_sockets: u64 = runtime
-                .shard_counters()
-                .iter()
-                .map(|c| {
-                    c.relay_port_sockets
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                })
-                .sum();
+            let sum = |f: fn(&icering::shard::ShardCounters) -> &std::sync::atomic::AtomicU64| {
+                runtime
+                    .shard_counters()
+                    .iter()
+                    .map(|c| f(c).load(std::sync::atomic::Ordering::Relaxed))
+                    .sum::<u64>()
+            };
+            let port_sockets = sum(|c| &c.relay_port_sockets);
             tracing::info!(
                 allocations = s.allocations(),
                 created = s.allocations_created,
@@ -539,6 +546,9 @@ fn log_stats_until_signal(
                 relayed_to_client = s.relayed_to_client,
                 dropped = s.dropped(),
                 dropped_not_relayed = s.dropped_not_relayed,
+                tcp_open = sum(|c| &c.tcp_open),
+                tcp_refused = sum(|c| &c.tcp_refused),
+                tcp_no_allocation_closed = sum(|c| &c.tcp_no_allocation_closed),
                 "stats"
             );
         }

@@ -128,6 +128,38 @@ fn a_closed_id_waits_for_its_report_before_reuse() {
     assert_eq!(set.open(), 2);
 }
 
+/// Accepted streams are listed once by `take_accepted`, with the listener that took them;
+/// one that closed in the same poll is listed by both `take_accepted` and `take_closed`.
+#[test]
+fn accepted_streams_are_listed_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut set = StreamSet::new(4, 1 << 16, 4096).unwrap();
+    let at = set.add_listener(listener).unwrap();
+    let kept = std::net::TcpStream::connect(at).unwrap();
+    let mut got = Vec::new();
+    pump(&mut set, &mut got, |s, _| s.open() == 1);
+    let mut accepted = Vec::new();
+    set.take_accepted(&mut accepted);
+    assert_eq!(accepted.len(), 1);
+    let first = accepted[0];
+    assert_eq!(set.peer_addr(first), Some(kept.local_addr().unwrap()));
+    assert_eq!(set.listener_of(first), Some(0));
+    set.take_accepted(&mut accepted);
+    assert_eq!(accepted.len(), 1, "listed once");
+
+    // Connected and gone before the set polls: accepted, then closed on its EOF.
+    drop(std::net::TcpStream::connect(at).unwrap());
+    pump(&mut set, &mut got, |s, _| s.stats().closed == 1);
+    accepted.clear();
+    set.take_accepted(&mut accepted);
+    let mut closed = Vec::new();
+    set.take_closed(&mut closed);
+    assert_eq!(accepted.len(), 1);
+    assert_ne!(accepted[0], first);
+    assert_eq!(closed.iter().map(|c| c.0).collect::<Vec<_>>(), accepted);
+    assert_eq!(set.open(), 1);
+}
+
 fn kinds() -> Vec<BackendKind> {
     let mut v = vec![BackendKind::Portable];
     if let Ok((k, _)) = select_backend(BackendChoice::Uring) {

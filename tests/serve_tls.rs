@@ -121,3 +121,41 @@ fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_the_old_one() {
         assert!(handshake(at, &old.ca).is_err());
     }
 }
+
+/// `--max-allocate-timeout`: a connection to the TLS port that never starts its handshake,
+/// and one whose handshake is done but that asks for no allocation, are closed at their
+/// check and counted in the stats line.
+#[test]
+fn tls_connections_without_an_allocation_are_closed() {
+    let pki = Pki::new();
+    let files = pki.files("serve-tls-idle");
+    let serve = common::spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--cert",
+            &files.cert,
+            "--pkey",
+            &files.key,
+            "--shards",
+            "1",
+            "--max-allocate-timeout",
+            "1",
+            "--stats-interval",
+            "1",
+        ],
+        false,
+        2,
+    )
+    .expect("icering serve starts");
+    let at = serve.addrs[1];
+    let silent = TcpStream::connect(at).unwrap();
+    let (_session, handshaken) = connect(at, &pki.ca).expect("handshake");
+    let limit = Duration::from_secs(10);
+    common::read_until_closed(&silent, limit).expect("the silent connection is closed");
+    common::read_until_closed(&handshaken, limit)
+        .expect("the connection without allocation is closed");
+    serve.wait_log("tcp_no_allocation_closed=2");
+}

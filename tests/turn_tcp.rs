@@ -24,6 +24,14 @@ fn backends() -> Vec<IoBackendChoice> {
 }
 
 fn start(backend: IoBackendChoice, shards: usize) -> (Runtime, SocketAddr) {
+    start_with(backend, shards, |_| {})
+}
+
+fn start_with(
+    backend: IoBackendChoice,
+    shards: usize,
+    tweak: impl FnOnce(&mut Config),
+) -> (Runtime, SocketAddr) {
     let mut c = Config::embedded();
     c.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
     c.server.shards = shards;
@@ -32,6 +40,7 @@ fn start(backend: IoBackendChoice, shards: usize) -> (Runtime, SocketAddr) {
     c.turn.allow_loopback_peers = true;
     c.turn.min_port = 44000;
     c.turn.max_port = 44999;
+    tweak(&mut c);
     let rt = Runtime::start(&c).expect("runtime starts");
     let addr = rt.local_addrs()[0];
     (rt, addr)
@@ -189,5 +198,58 @@ fn garbage_on_a_stream_closes_only_that_stream() {
     eventually(&rt, "four malformed streams counted", |s| {
         s.dropped_malformed >= 4
     });
+    rt.shutdown().unwrap();
+}
+
+/// `[server] max_allocate_timeout` (coturn's `max-allocate-timeout`): a connection that
+/// holds no allocation when checked is closed (idle, STUN Binding only, or its allocation
+/// deleted); one that holds an allocation stays open across checks.
+#[test]
+fn connections_without_an_allocation_are_closed_at_their_check() {
+    let (rt, server) = start_with(IoBackendChoice::Auto, 2, |c| {
+        c.server.max_allocate_timeout = 1;
+    });
+    let idle = TcpStream::connect(server).unwrap();
+    let mut binding_only = TurnClient::new_tcp(server, "alice", "secret");
+    let mut buf = [0u8; 64];
+    let n = common::binding_request([3; 12], &mut buf);
+    binding_only.stream().write_all(&buf[..n]).unwrap();
+    assert!(
+        binding_only.recv_raw().is_some(),
+        "Binding answered over TCP"
+    );
+    let mut allocated = TurnClient::new_tcp(server, "bob", "hunter2");
+    allocated.allocate_ok();
+
+    let limit = Duration::from_secs(10);
+    common::read_until_closed(&idle, limit).expect("the idle connection is closed");
+    common::read_until_closed(binding_only.stream(), limit)
+        .expect("the Binding-only connection is closed");
+    // The allocated one was checked with them; two more checks pass while it waits.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        allocated.refresh(600).is_success(),
+        "the connection with an allocation stays open"
+    );
+    let count = |rt: &Runtime| -> u64 {
+        rt.shard_counters()
+            .iter()
+            .map(|c| {
+                c.tcp_no_allocation_closed
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    };
+    assert_eq!(count(&rt), 2);
+
+    // Its allocation deleted, it is closed at its next check.
+    assert!(allocated.refresh(0).is_success());
+    common::read_until_closed(allocated.stream(), limit)
+        .expect("closed once its allocation is gone");
+    let deadline = Instant::now() + limit;
+    while count(&rt) < 3 {
+        assert!(Instant::now() < deadline, "the third close is counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     rt.shutdown().unwrap();
 }

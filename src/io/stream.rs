@@ -77,6 +77,7 @@ pub struct StreamSet {
     buf: Box<[u8]>,
     events: Box<[libc::epoll_event]>,
     closed: Vec<(StreamId, SocketAddr)>,
+    accepted: Vec<StreamId>,
     stats: StreamStats,
 }
 
@@ -122,6 +123,7 @@ impl StreamSet {
             buf: vec![0; read_buf.max(1)].into(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS].into(),
             closed: Vec::new(),
+            accepted: Vec::new(),
             stats: StreamStats::default(),
         })
     }
@@ -244,9 +246,12 @@ impl StreamSet {
                 continue; // dropping `sock` closes it
             }
             let _ = sock.set_nodelay(true);
-            if self.insert(sock, peer, false, listener as u32).is_err() {
-                self.stats.refused += 1;
-                continue;
+            match self.insert(sock, peer, false, listener as u32) {
+                Ok(id) => self.accepted.push(id),
+                Err(_) => {
+                    self.stats.refused += 1;
+                    continue;
+                }
             }
             self.stats.accepted += 1;
         }
@@ -481,6 +486,14 @@ impl StreamSet {
         self.open -= 1;
         self.stats.closed += 1;
         self.closed.push((id, s.peer));
+    }
+
+    /// Streams accepted since the last call, appended to `out` (a set with listeners
+    /// should call this after every [`poll`](Self::poll); the list grows until then). A
+    /// stream listed may have closed in the same poll: [`take_closed`](Self::take_closed)
+    /// lists it too, and its id is not reused before that.
+    pub fn take_accepted(&mut self, out: &mut Vec<StreamId>) {
+        out.append(&mut self.accepted);
     }
 
     /// Streams closed since the last call, with their peers, appended to `out`. Their ids

@@ -53,6 +53,11 @@ counters!(
     recv_region_end,
     loop_turns,
     relay_port_sockets,
+    tcp_accepted,
+    tcp_refused,
+    tcp_open,
+    tcp_backlog_overflows,
+    tcp_no_allocation_closed,
 );
 
 impl ShardCounters {
@@ -74,6 +79,18 @@ impl ShardCounters {
         self.io_lend_returns.store(io.lend_returns, Relaxed);
         self.io_lend_refused.store(io.lend_refused, Relaxed);
         self.loop_turns.store(turns, Relaxed);
+    }
+
+    /// The STUN/TURN TCP/TLS streams' counters: accepts, refusals (full set), open now,
+    /// closes for a full write backlog, and closes by the allocation check
+    /// (`[server] max_allocate_timeout`).
+    pub(crate) fn publish_tcp(&self, s: &crate::io::StreamStats, open: usize, no_alloc: u64) {
+        self.tcp_accepted.store(s.accepted, Relaxed);
+        self.tcp_refused.store(s.refused, Relaxed);
+        self.tcp_open.store(open as u64, Relaxed);
+        self.tcp_backlog_overflows
+            .store(s.backlog_overflows, Relaxed);
+        self.tcp_no_allocation_closed.store(no_alloc, Relaxed);
     }
 
     /// Where the shard's io receive buffers live (set once at start), as an address range.

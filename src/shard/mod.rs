@@ -230,6 +230,9 @@ impl Runtime {
                 tcp,
                 tls_listeners,
                 tls: tls.clone(),
+                max_allocate: std::time::Duration::from_secs(
+                    config.server.max_allocate_timeout.into(),
+                ),
                 parked: parked.clone(),
                 control: control_rx,
                 counters: counters.clone(),

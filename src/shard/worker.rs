@@ -7,6 +7,7 @@
 //! In shared-port mode ([`SharedPorts`]) `Binder` hands out slots of wildcard port sockets
 //! instead, and datagrams on those go to `Server::handle_relayed` with their destination.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex};
 
@@ -48,6 +49,8 @@ pub(super) struct Params {
     pub tls_listeners: Vec<TcpListener>,
     /// The TLS configuration when `tls_listeners` is not empty.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a TCP/TLS stream may hold no allocation (`[server] max_allocate_timeout`).
+    pub max_allocate: Duration,
     pub parked: Parked,
     pub control: Receiver<Control>,
     pub counters: Arc<ShardCounters>,
@@ -223,7 +226,8 @@ pub(super) fn run(
         std::mem::take(&mut p.tcp),
         std::mem::take(&mut p.tls_listeners),
     );
-    let mut tcp = match Tcp::new(listeners, p.tls.take(), p.io.buf_size, &mut backend) {
+    let tls = p.tls.take();
+    let mut tcp = match Tcp::new(listeners, tls, p.max_allocate, p.io.buf_size, &mut backend) {
         Ok(t) => t,
         Err(e) => return Err(ShardError::Thread(p.index, format!("tcp listeners: {e}"))),
     };
@@ -322,11 +326,12 @@ pub(super) fn run(
         turns += 1;
         p.counters.publish(server.stats(), &io_stats, turns);
         publish_relay_sockets(&p.counters, shared.as_ref());
+        tcp.publish(&p.counters);
         backend.flush()?;
         // Work the receive callback could not do: closes, Allocate replays, expiries,
         // allocations of closed TCP connections.
         let now = Instant::now();
-        let due = server.poll_timeout().is_some_and(|at| at <= now);
+        let due = server.poll_timeout().is_some_and(|at| at <= now) || tcp.check_due(now);
         if due || !later.is_empty() || !to_close.is_empty() || !tcp.closed.is_empty() {
             let mut ports = Binder {
                 backend: &mut backend,
@@ -358,9 +363,11 @@ pub(super) fn run(
                 server.end_client(stream_sock(id), peer, &mut ports);
             }
             server.handle_timeout(now, &mut ports);
+            tcp.check_allocations(now, &server);
             backend.flush()?;
             p.counters.publish(server.stats(), &backend.stats(), turns);
             publish_relay_sockets(&p.counters, shared.as_ref());
+            tcp.publish(&p.counters);
         }
         if shutdown {
             break;
@@ -538,6 +545,18 @@ struct Tcp {
     plain: Vec<u8>,
     /// TLS records being written (reused).
     records: Vec<u8>,
+    /// `[server] max_allocate_timeout`.
+    max_allocate: Duration,
+    /// Allocation checks, in deadline order (one timeout for all: a FIFO): when, the
+    /// stream, and which accept of that id it belongs to.
+    checks: VecDeque<(Instant, StreamId, u64)>,
+    /// The accept number of each stream id's current stream (ids are reused).
+    accepts: Vec<u64>,
+    /// Accepts so far (numbers them); streams accepted in the last poll (reused).
+    accepted_total: u64,
+    accepted: Vec<StreamId>,
+    /// Streams closed because a check found them without an allocation.
+    timed_out: u64,
 }
 
 /// Open TCP connections per shard, and unsent bytes kept per connection.
@@ -548,6 +567,7 @@ impl Tcp {
     fn new(
         (listeners, tls_listeners): (Vec<TcpListener>, Vec<TcpListener>),
         tls: Option<Arc<rustls::ServerConfig>>,
+        max_allocate: Duration,
         buf_size: usize,
         backend: &mut Backend,
     ) -> Result<Self, crate::io::IoError> {
@@ -571,7 +591,59 @@ impl Tcp {
             sessions: HashMap::new(),
             plain: Vec::new(),
             records: Vec::new(),
+            max_allocate,
+            checks: VecDeque::new(),
+            accepts: Vec::new(),
+            accepted_total: 0,
+            accepted: Vec::new(),
+            timed_out: 0,
         })
+    }
+
+    /// Whether an allocation check is due at `now`.
+    fn check_due(&self, now: Instant) -> bool {
+        self.checks.front().is_some_and(|&(at, ..)| at <= now)
+    }
+
+    /// Closes the streams whose check is due and that hold no allocation (coturn's
+    /// `max-allocate-timeout`): idle connections, TLS handshakes that never finish,
+    /// STUN-only clients, and connections whose allocation ended. A stream with an
+    /// allocation is checked again `max_allocate` later. Its close is reported by the
+    /// next poll, like any other.
+    fn check_allocations(&mut self, now: Instant, server: &Server) {
+        let Some(set) = self.streams.as_mut() else {
+            return;
+        };
+        while let Some(&(at, id, accept)) = self.checks.front() {
+            if at > now {
+                break;
+            }
+            self.checks.pop_front();
+            if self.accepts.get(id.0 as usize) != Some(&accept) {
+                continue; // a later stream holds this id, with its own check
+            }
+            let Some(peer) = set.peer_addr(id) else {
+                continue; // closed already
+            };
+            if server.allocation_counters(stream_sock(id), peer).is_some() {
+                self.checks.push_back((now + self.max_allocate, id, accept));
+            } else {
+                tracing::debug!(
+                    peer = %peer,
+                    "closing a TCP/TLS connection that held no allocation for {:?}",
+                    self.max_allocate
+                );
+                set.close(id);
+                self.timed_out += 1;
+            }
+        }
+    }
+
+    /// Publishes the stream counters.
+    fn publish(&self, counters: &ShardCounters) {
+        if let Some(set) = &self.streams {
+            counters.publish_tcp(&set.stats(), set.open(), self.timed_out);
+        }
     }
 
     /// The streams side of a send, if there are streams.
@@ -637,6 +709,19 @@ impl Tcp {
                 out.set.close(id);
             }
         });
+        // Accepted streams get their allocation check; then closes (an id is reused
+        // only after its close was taken, and carries a new accept number then).
+        streams.take_accepted(&mut self.accepted);
+        for id in self.accepted.drain(..) {
+            let i = id.0 as usize;
+            if self.accepts.len() <= i {
+                self.accepts.resize(i + 1, 0);
+            }
+            self.accepted_total += 1;
+            self.accepts[i] = self.accepted_total;
+            self.checks
+                .push_back((now + self.max_allocate, id, self.accepted_total));
+        }
         streams.take_closed(&mut self.closed);
         for (id, _) in &self.closed {
             self.partial.remove(&id.0);

@@ -132,6 +132,23 @@ pub fn spawn_serve(
     })
 }
 
+/// Reads `sock` until the peer closes it (EOF or a reset), each read waiting at most
+/// `limit`: the bytes read before the close, or the error that ended the wait (a timeout:
+/// not closed).
+pub fn read_until_closed(
+    mut sock: &std::net::TcpStream,
+    limit: Duration,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    sock.set_read_timeout(Some(limit))?;
+    let mut got = Vec::new();
+    match sock.read_to_end(&mut got) {
+        Ok(_) => Ok(got),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(got),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes `io_uring_setup` fail with EPERM in the child, as container seccomp profiles do.
 pub fn block_io_uring(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
