@@ -691,3 +691,70 @@ async fn relay_over_tls_through_our_own_tls_listener() {
     engine.shutdown().unwrap();
     srv.shutdown().unwrap();
 }
+
+/// Closing an agent whose `turns:` relay is connected ends its TLS session properly: the
+/// server reads close_notify (RFC 8446 §6.1) before the connection's end. The server is
+/// a rustls endpoint in the test that completes the handshake and reads to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_turns_agent_sends_close_notify() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pki = common::Pki::new();
+    let chain = CertificateDer::pem_slice_iter(pki.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pki.key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = listener.local_addr().unwrap();
+    let (handshaken, handshake_done) = std::sync::mpsc::channel();
+    // Whether close_notify came before the end of the stream.
+    let server = std::thread::spawn(move || -> bool {
+        let (mut sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        handshaken.send(()).unwrap();
+        loop {
+            match conn.read_tls(&mut sock) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            if conn.process_new_packets().unwrap().peer_has_closed() {
+                return true;
+            }
+        }
+    });
+
+    let engine = agents();
+    let mut a = engine
+        .agent(
+            base_opts()
+                .with_turn(&format!("turns:{at}"), "alice", "secret")
+                .with_tls_roots_pem(&pki.ca)
+                .with_candidate_types(only(false, false, true)),
+        )
+        .unwrap();
+    let _events = a.take_events().unwrap();
+    a.gather_candidates().unwrap();
+    tokio::task::spawn_blocking(move || handshake_done.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the agent's TLS handshake completes");
+    a.close();
+    let notified = tokio::task::spawn_blocking(move || server.join().unwrap())
+        .await
+        .unwrap();
+    assert!(notified, "the stream ended without close_notify");
+    engine.shutdown().unwrap();
+}

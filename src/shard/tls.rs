@@ -140,6 +140,12 @@ impl TlsLink {
     pub fn output(&mut self, frames: &[u8], out: &mut Vec<u8>) {
         seal(&mut self.conn, &[frames], out);
     }
+
+    /// Ends the session: appends close_notify (RFC 8446 §6.1) to `out`.
+    pub fn close(&mut self, out: &mut Vec<u8>) {
+        self.conn.send_close_notify();
+        seal(&mut self.conn, &[], out);
+    }
 }
 
 /// The server's TLS configuration from PEM files: the certificate chain (server
@@ -193,6 +199,12 @@ impl ServerSession {
     /// due to `out`.
     pub fn output(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) {
         seal(&mut self.conn, parts, out);
+    }
+
+    /// Ends the session: appends close_notify (RFC 8446 §6.1) to `out`.
+    pub fn close(&mut self, out: &mut Vec<u8>) {
+        self.conn.send_close_notify();
+        seal(&mut self.conn, &[], out);
     }
 }
 
@@ -353,12 +365,25 @@ mod tests {
     fn close_notify_ends_the_session() {
         let (mut client, mut server) = pair();
         handshake(&mut client, &mut server);
-        server.conn.send_close_notify();
         let mut records = Vec::new();
-        server.output(&[], &mut records);
+        server.close(&mut records);
         records.extend_from_slice(&[0x17; 10_000]);
         let mut dec = StreamDecoder::default();
         let err = client.input(&records, &mut dec).unwrap_err();
         assert!(err.contains("closed by the server"), "{err}");
+    }
+
+    /// The client's close: the frames written before it arrive, then the server sees
+    /// the session closed.
+    #[test]
+    fn a_client_close_follows_its_last_frames() {
+        let (mut client, mut server) = pair();
+        handshake(&mut client, &mut server);
+        let mut records = Vec::new();
+        client.output(b"last frame", &mut records);
+        client.close(&mut records);
+        let mut plain = Vec::new();
+        assert_eq!(server.input(&records, &mut plain), Ok(Fed::Closed));
+        assert_eq!(plain, b"last frame");
     }
 }

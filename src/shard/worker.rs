@@ -490,6 +490,16 @@ impl TcpOut<'_> {
         fed
     }
 
+    /// Closes a stream, a TLS one after its close_notify (RFC 8446 §6.1).
+    fn close(&mut self, id: StreamId) {
+        if let Some(tls) = self.sessions.get_mut(&id.0) {
+            self.records.clear();
+            tls.close(self.records);
+            self.set.send(id, &[self.records]);
+        }
+        self.set.close(id);
+    }
+
     /// Writes one frame to a stream, zero-padded to a multiple of 4 (RFC 8656 §12.5),
     /// through its TLS session if it has one.
     fn send(&mut self, id: StreamId, frame: &[u8]) {
@@ -614,6 +624,11 @@ impl Tcp {
         let Some(set) = self.streams.as_mut() else {
             return;
         };
+        let mut out = TcpOut {
+            set,
+            sessions: &mut self.sessions,
+            records: &mut self.records,
+        };
         while let Some(&(at, id, accept)) = self.checks.front() {
             if at > now {
                 break;
@@ -622,7 +637,7 @@ impl Tcp {
             if self.accepts.get(id.0 as usize) != Some(&accept) {
                 continue; // a later stream holds this id, with its own check
             }
-            let Some(peer) = set.peer_addr(id) else {
+            let Some(peer) = out.set.peer_addr(id) else {
                 continue; // closed already
             };
             if server.allocation_counters(stream_sock(id), peer).is_some() {
@@ -633,7 +648,7 @@ impl Tcp {
                     "closing a TCP/TLS connection that held no allocation for {:?}",
                     self.max_allocate
                 );
-                set.close(id);
+                out.close(id);
                 self.timed_out += 1;
             }
         }
@@ -706,7 +721,7 @@ impl Tcp {
                 ),
             }
             if close_after {
-                out.set.close(id);
+                out.close(id); // answering close_notify with ours
             }
         });
         // Accepted streams get their allocation check; then closes (an id is reused

@@ -1065,10 +1065,9 @@ impl IceHost {
         if let Some(sv) = h.servers.as_mut() {
             sv.close(now, &mut self.scratch);
             // TURN over TCP: closing the connection deletes the allocation (RFC 8656 §3.1).
-            for id in sv.streams() {
-                self.stream_slots.remove(&id);
-                if let Some(set) = self.streams.as_mut() {
-                    set.close(id);
+            if let Some(set) = self.streams.as_mut() {
+                for id in sv.close_streams(set) {
+                    self.stream_slots.remove(&id);
                 }
             }
         }

@@ -467,6 +467,23 @@ impl Servers {
             .filter_map(|r| r.tcp.as_ref().map(|l| l.stream))
     }
 
+    /// Closes the TCP relays' streams (their allocations end with them, RFC 8656 §3.1),
+    /// a `turns:` one after its close_notify; returns their ids.
+    pub fn close_streams(&mut self, set: &mut StreamSet) -> Vec<StreamId> {
+        self.flush_streams(set);
+        let mut closed = Vec::new();
+        for l in self.relays.iter_mut().filter_map(|r| r.tcp.as_mut()) {
+            if let Some(tls) = l.tls.as_mut() {
+                l.records.clear();
+                tls.close(&mut l.records);
+                set.send(l.stream, &[&l.records]);
+            }
+            set.close(l.stream);
+            closed.push(l.stream);
+        }
+        closed
+    }
+
     /// Writes what the TCP relays queued to their streams (through TLS for `turns:`,
     /// with the handshake's own records). A stream the set refuses (backlog full, write
     /// error) ends its relay at once.
