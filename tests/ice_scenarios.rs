@@ -114,6 +114,29 @@ fn trickle_late_candidates_and_credentials() {
     }
 }
 
+/// Both behind port-restricted NATs; the controlling agent's candidates reach the peer
+/// only ~13.5–15 s in. Until then its checks to the peer's srflx are filtered by the
+/// peer's NAT, and by the time the peer's first check opens it they have used all but
+/// their last retransmissions. The peer's check shows the path is open, so the unanswered
+/// check starts over with a full budget (in the NAT lab with 20 % loss the last tries were
+/// lost and both sides stayed Checking).
+#[test]
+fn a_check_unanswered_behind_the_peers_nat_starts_over_when_the_peer_checks() {
+    for seed in 0..20u64 {
+        let mut s = Sim::new(seed, Link::default());
+        s.add_peer(config(seed, true), behind(Some(NatType::PORT_RESTRICTED)));
+        s.add_peer(
+            config(seed + 5, false),
+            behind(Some(NatType::PORT_RESTRICTED)),
+        );
+        s.peers[0].signal_delay = Duration::from_millis(13_500 + seed * 75);
+        s.exchange_credentials(0, 1);
+        assert_connects(&mut s, seed, Duration::from_secs(40));
+        s.run(Duration::from_secs(1), |_| false);
+        assert!(s.verify_same_pair(3), "seed {seed}");
+    }
+}
+
 #[test]
 fn lite_peer_and_full_agent() {
     for seed in 0..150u64 {
