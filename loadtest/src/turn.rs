@@ -15,6 +15,9 @@
 //! (barriers), then delete their allocations through the same backend (Refresh 0, all at
 //! once), so each allocation holds one file descriptor.
 //!
+//! `--transport tcp|tls`: each allocation on its own TCP (or TLS) connection instead, the
+//! connections in one `StreamSet` per driver (see [`stream`]).
+//!
 //! `--raw-echo`: the same load shape (flows = allocations, window, datagram bytes) sent
 //! straight to a plain UDP echo server (e.g. `examples/udp_echo`) without TURN, to measure
 //! the raw echo limit the relay is compared with.
@@ -31,12 +34,36 @@ use icering::stun::{
 use crate::report::{Report, Tally, backend, process_cpu};
 use crate::stun::Outstanding;
 
+mod stream;
+
+/// How the load reaches the server.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// UDP, one socket per allocation.
+    Udp,
+    /// TCP, one connection per allocation (RFC 8656 §3.1).
+    Tcp,
+    /// TLS over TCP, one connection per allocation (`turns:`).
+    Tls,
+}
+
 /// Arguments of `icering-loadtest turn`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// TURN server (UDP).
+    /// TURN server.
     #[arg(long)]
     target: SocketAddr,
+    /// Transport to the server: udp, tcp or tls (one connection per allocation; closing
+    /// it at the end deletes the allocation).
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: Transport,
+    /// PEM file of the CA that signed the server's certificate (`--transport tls`).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Name the server's certificate must carry (`--transport tls`; default: the
+    /// target's IP, which then needs an IP subjectAltName).
+    #[arg(long, value_name = "NAME")]
+    tls_name: Option<String>,
     /// User name (for REST credentials: the user part; see --secret).
     #[arg(long, default_value = "user")]
     user: String,
@@ -225,23 +252,37 @@ fn request(
             }
         }
         let a = answer.ok_or_else(|| format!("{method:?}: no answer from {server}"))?;
-        let m = Message::parse(&a).map_err(|e| e.to_string())?;
-        match m.error_code().map(|e| e.code) {
-            None => return Ok(a),
-            Some(401 | 438) if m.nonce().is_some() => {
-                let first = auth.is_none();
-                *auth = Some((
-                    m.realm().unwrap_or_default().to_string(),
-                    m.nonce().unwrap_or_default().to_string(),
-                ));
-                if !first && m.error_code().map(|e| e.code) == Some(401) {
-                    return Err(format!("{method:?}: 401, wrong credentials"));
-                }
-            }
-            Some(code) => return Err(format!("{method:?}: error {code}")),
+        if settle(&a, auth, method)? {
+            return Ok(a);
         }
     }
     Err(format!("{method:?}: no success after retries"))
+}
+
+/// What an answer to `method` means: `Ok(true)` success, `Ok(false)` sign (again) and
+/// retry (a 401 or 438 that brought the realm and nonce, now in `auth`), `Err` a failure
+/// (an error code, or a 401 to a signed request: wrong credentials).
+fn settle(
+    answer: &[u8],
+    auth: &mut Option<(String, String)>,
+    method: Method,
+) -> Result<bool, String> {
+    let m = Message::parse(answer).map_err(|e| e.to_string())?;
+    match m.error_code().map(|e| e.code) {
+        None => Ok(true),
+        Some(code @ (401 | 438)) if m.nonce().is_some() => {
+            let first = auth.is_none();
+            *auth = Some((
+                m.realm().unwrap_or_default().to_string(),
+                m.nonce().unwrap_or_default().to_string(),
+            ));
+            if !first && code == 401 {
+                return Err(format!("{method:?}: 401, wrong credentials"));
+            }
+            Ok(false)
+        }
+        Some(code) => Err(format!("{method:?}: error {code}")),
+    }
 }
 
 fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc, String> {
@@ -262,45 +303,51 @@ fn setup(args: &Args, creds: &Creds, peer: SocketAddr, id: u32) -> Result<Alloc,
     }
     let mut auth = None;
     let mut seq = u64::from(id) << 32;
-    let t = args.target;
-    request(
-        &sock,
-        t,
-        creds,
-        &mut auth,
-        Method::ALLOCATE,
-        &mut seq,
-        &|w| w.add_raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
-    )?;
-    if args.indications {
+    setup_requests(args.indications, peer, &mut |method, attrs| {
         request(
             &sock,
-            t,
+            args.target,
             creds,
             &mut auth,
-            Method::CREATE_PERMISSION,
+            method,
             &mut seq,
-            &|w| w.add_xor_address(attr::XOR_PEER_ADDRESS, peer),
-        )?;
-    } else {
-        request(
-            &sock,
-            t,
-            creds,
-            &mut auth,
-            Method::CHANNEL_BIND,
-            &mut seq,
-            &|w| {
-                w.add_raw(attr::CHANNEL_NUMBER, &[(CHANNEL >> 8) as u8, 0, 0, 0])?;
-                w.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
-            },
-        )?;
-    }
+            attrs,
+        )
+    })?;
     Ok(Alloc {
         sock: Some(sock),
         id,
         auth,
     })
+}
+
+/// Extra attributes of a request.
+type Attrs<'a> = &'a dyn Fn(&mut MessageWriter<'_>) -> Result<(), icering::stun::StunError>;
+
+/// Sends one setup request (signing it, retrying after a 401/438) and returns the answer.
+type Request<'a> = dyn FnMut(Method, Attrs<'_>) -> Result<Vec<u8>, String> + 'a;
+
+/// One allocation's setup (Allocate, then ChannelBind to `peer`, or CreatePermission for
+/// `indications`), each request through `request` (which signs and retries).
+fn setup_requests(
+    indications: bool,
+    peer: SocketAddr,
+    request: &mut Request<'_>,
+) -> Result<(), String> {
+    request(Method::ALLOCATE, &|w| {
+        w.add_raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+    })?;
+    if indications {
+        request(Method::CREATE_PERMISSION, &|w| {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        })?;
+    } else {
+        request(Method::CHANNEL_BIND, &|w| {
+            w.add_raw(attr::CHANNEL_NUMBER, &[(CHANNEL >> 8) as u8, 0, 0, 0])?;
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        })?;
+    }
+    Ok(())
 }
 
 /// Deletes this driver's allocations (Refresh with LIFETIME 0, RFC 8656 §7.2) through its
@@ -749,6 +796,11 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.duration <= 0.0 {
         return Err("--duration must be positive".into());
     }
+    let streams = args.transport != Transport::Udp;
+    if streams && (args.raw_echo || args.hold_file.is_some() || !args.client_ips.is_empty()) {
+        return Err("--raw-echo, --hold-file and --client-ips go with --transport udp only".into());
+    }
+    let tls = stream::Tls::new(&args)?;
     let kind = backend(&args.io, args.json)?;
     let creds = match &args.secret {
         None => Creds {
@@ -788,7 +840,8 @@ pub fn run(args: Args) -> Result<(), String> {
 
     let mut allocs = Vec::with_capacity(args.allocations);
     let t0 = Instant::now();
-    for i in 0..args.allocations {
+    // Over streams, each driver sets its allocations up on its own connections.
+    for i in (0..args.allocations).filter(|_| !streams) {
         allocs.push(
             setup(&args, &creds, peer_addrs[i / per], i as u32)
                 .map_err(|e| format!("allocation {i}: {e}"))?,
@@ -820,14 +873,28 @@ pub fn run(args: Args) -> Result<(), String> {
     };
     let (results, before, after): (Vec<Result<Driven, String>>, Result<Sample, String>, _) =
         std::thread::scope(|s| {
-            let handles: Vec<_> = allocs
-                .chunks_mut(per)
-                .zip(peers.into_iter().zip(peer_addrs.iter().copied()))
-                .map(|(chunk, (peer, paddr))| {
-                    let (args, creds, phase) = (&args, &creds, &phase);
-                    s.spawn(move || drive(args, kind, creds, peer, paddr, chunk, phase))
-                })
-                .collect();
+            let (args, creds, phase, tls) = (&args, &creds, &phase, tls.as_ref());
+            let handles: Vec<_> = if streams {
+                peers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, peer)| {
+                        let ids = (j * per) as u32..((j + 1) * per).min(args.allocations) as u32;
+                        s.spawn(move || {
+                            let peer = peer.ok_or("no echo peer")?;
+                            stream::drive(args, kind, tls, creds, peer, ids, phase)
+                        })
+                    })
+                    .collect()
+            } else {
+                allocs
+                    .chunks_mut(per)
+                    .zip(peers.into_iter().zip(peer_addrs.iter().copied()))
+                    .map(|(chunk, (peer, paddr))| {
+                        s.spawn(move || drive(args, kind, creds, peer, paddr, chunk, phase))
+                    })
+                    .collect()
+            };
             phase.start.wait();
             let before = sample();
             phase.end.wait();
@@ -860,8 +927,13 @@ pub fn run(args: Args) -> Result<(), String> {
         not_deleted += d.not_deleted;
     }
     let mode = format!(
-        "{} {} {}, {}, window {}, {} B",
+        "{}{} {} {}, {}, window {}, {} B",
         if args.raw_echo { "raw echo" } else { "turn" },
+        match args.transport {
+            Transport::Udp => "",
+            Transport::Tcp => " over TCP",
+            Transport::Tls => " over TLS",
+        },
         args.allocations,
         if args.raw_echo {
             "flows"
@@ -886,7 +958,7 @@ pub fn run(args: Args) -> Result<(), String> {
     report.peer_echo_dropped = (!args.raw_echo).then_some(echo_dropped);
     report.load_cpu_s = Some(own.as_secs_f64());
     report.stray = Some(stray);
-    report.not_deleted = (!args.raw_echo).then_some(not_deleted);
+    report.not_deleted = (!args.raw_echo && !streams).then_some(not_deleted);
     report.print(args.json);
     if !args.json {
         println!(
@@ -895,7 +967,7 @@ pub fn run(args: Args) -> Result<(), String> {
             100.0 * own.as_secs_f64() / end.duration_since(start).as_secs_f64().max(1e-9)
         );
         println!("stray           {stray} (not answers: other sources, late setup responses)");
-        if !args.raw_echo {
+        if !args.raw_echo && !streams {
             println!("not deleted     {not_deleted} (Refresh 0 unconfirmed)");
         }
         println!(

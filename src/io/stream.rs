@@ -5,10 +5,12 @@
 //!
 //! The shard registers [`StreamSet::fd`] with its backend ([`Backend::watch_fd`]), so an
 //! incoming connection or byte ends the backend's wait, then drives [`StreamSet::poll`].
-//! Writes go out at once (`writev`); what the kernel does not take is kept in a per-stream
-//! backlog (bounded by `max_backlog`, beyond which the stream is closed) and written when
-//! the socket is writable again. TCP is the fallback transport: its sends are plain
-//! syscalls, not part of the io_uring batch.
+//! [`StreamSet::send`] writes at once (`writev`); [`StreamSet::queue`] only appends, and
+//! [`StreamSet::flush`] then writes each stream's queued bytes in one `write`, so the many
+//! small frames a turn relays to one connection cost one syscall. What the kernel does
+//! not take is kept in a per-stream backlog (bounded by `max_backlog`, beyond which the
+//! stream is closed) and written when the socket is writable again. TCP is the fallback
+//! transport: its writes are plain syscalls, not part of the io_uring batch.
 //!
 //! [`Backend::watch_fd`]: super::Backend::watch_fd
 
@@ -60,6 +62,8 @@ struct Stream {
     connecting: bool,
     /// Index of the listener that accepted it (`NOT_ACCEPTED` for outgoing streams).
     listener: u32,
+    /// Listed in `dirty`: [`StreamSet::queue`]d bytes wait for the next flush.
+    dirty: bool,
 }
 
 const NOT_ACCEPTED: u32 = u32::MAX;
@@ -78,6 +82,8 @@ pub struct StreamSet {
     events: Box<[libc::epoll_event]>,
     closed: Vec<(StreamId, SocketAddr)>,
     accepted: Vec<StreamId>,
+    /// Streams with queued bytes for the next [`flush`](Self::flush).
+    dirty: Vec<StreamId>,
     stats: StreamStats,
 }
 
@@ -124,6 +130,7 @@ impl StreamSet {
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS].into(),
             closed: Vec::new(),
             accepted: Vec::new(),
+            dirty: Vec::new(),
             stats: StreamStats::default(),
         })
     }
@@ -297,6 +304,7 @@ impl StreamSet {
             want_write: connecting,
             connecting,
             listener,
+            dirty: false,
         });
         self.open += 1;
         Ok(StreamId(idx))
@@ -321,6 +329,19 @@ impl StreamSet {
             Err(e) => return Err(e),
         };
         self.insert(TcpStream::from(sock), addr, connecting, NOT_ACCEPTED)
+    }
+
+    /// Registers a connection opened elsewhere (e.g. set up with blocking I/O first),
+    /// made non-blocking here; an outgoing stream ([`listener_of`](Self::listener_of) is
+    /// `None`). A full set is the error.
+    pub fn adopt(&mut self, sock: TcpStream) -> io::Result<StreamId> {
+        if self.open >= self.max_streams {
+            return Err(io::Error::other("too many open streams"));
+        }
+        sock.set_nonblocking(true)?;
+        let _ = sock.set_nodelay(true);
+        let peer = sock.peer_addr()?;
+        self.insert(sock, peer, false, NOT_ACCEPTED)
     }
 
     /// A pending connect's stream became writable: whether it is connected now (else it
@@ -438,6 +459,81 @@ impl StreamSet {
         true
     }
 
+    /// Appends `parts` to stream `id`'s output without writing: the next
+    /// [`flush`](Self::flush) writes all of a stream's queued bytes at once, so many small
+    /// frames for one stream in a turn cost one syscall. `false` if the stream is not open
+    /// or was closed because its unsent bytes would exceed `max_backlog`.
+    pub fn queue(&mut self, id: StreamId, parts: &[&[u8]]) -> bool {
+        let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if s.backlog.len() + total > self.max_backlog {
+            self.stats.backlog_overflows += 1;
+            self.close(id);
+            return false;
+        }
+        for p in parts {
+            s.backlog.extend_from_slice(p);
+        }
+        // A stream waiting for EPOLLOUT (or its connect) writes its backlog then.
+        if !s.dirty && !s.want_write && total > 0 {
+            s.dirty = true;
+            self.dirty.push(id);
+        }
+        true
+    }
+
+    /// Writes what [`queue`](Self::queue) gathered, one write per stream; what the kernel
+    /// does not take waits for writability, as with [`send`](Self::send).
+    pub fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for id in dirty.drain(..) {
+            let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if !s.dirty {
+                continue; // closed, and the id taken by a new stream
+            }
+            s.dirty = false;
+            if s.want_write {
+                continue;
+            }
+            let result = loop {
+                match (&s.sock).write(&s.backlog) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => break r,
+                }
+            };
+            match result {
+                Ok(n) => {
+                    self.stats.bytes_out += n as u64;
+                    s.backlog.drain(..n);
+                    if s.backlog.capacity() > self.max_backlog / 4 && s.backlog.is_empty() {
+                        s.backlog = Vec::new();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.close(id);
+                    continue;
+                }
+            }
+            if !s.backlog.is_empty() {
+                s.want_write = true;
+                let token = (u64::from(s.generation) << 32) | u64::from(id.0);
+                let _ = ctl(
+                    self.epfd.as_raw_fd(),
+                    libc::EPOLL_CTL_MOD,
+                    s.sock.as_raw_fd(),
+                    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32,
+                    token,
+                );
+            }
+        }
+        self.dirty = dirty;
+    }
+
     fn write_backlog(&mut self, id: StreamId) {
         let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return;
@@ -468,11 +564,15 @@ impl StreamSet {
         );
     }
 
-    /// Closes stream `id` (unsent backlog is dropped). Unknown ids are ignored.
+    /// Closes stream `id`: its unsent bytes are written if the kernel takes them at once
+    /// (a last frame, a TLS close_notify), the rest is dropped. Unknown ids are ignored.
     pub fn close(&mut self, id: StreamId) {
         let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::take) else {
             return;
         };
+        if !s.backlog.is_empty() && !s.connecting {
+            let _ = (&s.sock).write(&s.backlog);
+        }
         let _ = ctl(
             self.epfd.as_raw_fd(),
             libc::EPOLL_CTL_DEL,

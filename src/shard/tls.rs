@@ -175,9 +175,13 @@ pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>
     Ok(Arc::new(config))
 }
 
-/// One accepted TLS stream's session.
+/// One accepted TLS stream's session, and the frames written to it this turn.
 pub(crate) struct ServerSession {
     conn: ServerConnection,
+    /// Plaintext frames to seal at the end of the turn, as few records as they fit in.
+    pending: Vec<u8>,
+    /// Listed for the end of the turn's [`seal_pending`](Self::seal_pending).
+    pub dirty: bool,
 }
 
 impl ServerSession {
@@ -185,7 +189,30 @@ impl ServerSession {
         let mut conn = ServerConnection::new(config.clone()).map_err(|e| format!("TLS: {e}"))?;
         // As for the client: the stream's backlog bound is the limit.
         conn.set_buffer_limit(None);
-        Ok(ServerSession { conn })
+        Ok(ServerSession {
+            conn,
+            pending: Vec::new(),
+            dirty: false,
+        })
+    }
+
+    /// Adds `parts` (a frame and its padding) to what the next
+    /// [`seal_pending`](Self::seal_pending) encrypts.
+    pub fn push(&mut self, parts: &[&[u8]]) {
+        for p in parts {
+            self.pending.extend_from_slice(p);
+        }
+    }
+
+    /// Encrypts the frames pushed since the last call (one record per 16 KiB, not one
+    /// per frame) and appends them, after any handshake records due, to `out`.
+    pub fn seal_pending(&mut self, out: &mut Vec<u8>) {
+        self.dirty = false;
+        seal(&mut self.conn, &[&self.pending], out);
+        self.pending.clear();
+        if self.pending.capacity() > 64 * 1024 {
+            self.pending = Vec::new();
+        }
     }
 
     /// Ciphertext from the client: application data is appended to `plain`, handshake
@@ -195,14 +222,10 @@ impl ServerSession {
         feed(&mut self.conn, bytes, &mut |b| plain.extend_from_slice(b))
     }
 
-    /// Encrypts `parts` (one frame and its padding; may be empty) and appends the records
-    /// due to `out`.
-    pub fn output(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) {
-        seal(&mut self.conn, parts, out);
-    }
-
-    /// Ends the session: appends close_notify (RFC 8446 §6.1) to `out`.
+    /// Ends the session: appends the pending frames and then close_notify (RFC 8446
+    /// §6.1) to `out`.
     pub fn close(&mut self, out: &mut Vec<u8>) {
+        self.seal_pending(out);
         self.conn.send_close_notify();
         seal(&mut self.conn, &[], out);
     }
@@ -339,7 +362,7 @@ mod tests {
             client.output(b"", &mut to_server);
             server.input(&to_server, &mut plain).unwrap();
             to_client.clear();
-            server.output(&[], &mut to_client);
+            server.seal_pending(&mut to_client);
             client.input(&to_client, &mut dec).unwrap();
         }
         assert!(!client.conn.is_handshaking() && plain.is_empty());

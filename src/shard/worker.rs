@@ -327,6 +327,7 @@ pub(super) fn run(
         p.counters.publish(server.stats(), &io_stats, turns);
         publish_relay_sockets(&p.counters, shared.as_ref());
         tcp.publish(&p.counters);
+        tcp.flush();
         backend.flush()?;
         // Work the receive callback could not do: closes, Allocate replays, expiries,
         // allocations of closed TCP connections.
@@ -364,6 +365,7 @@ pub(super) fn run(
             }
             server.handle_timeout(now, &mut ports);
             tcp.check_allocations(now, &server);
+            tcp.flush();
             backend.flush()?;
             p.counters.publish(server.stats(), &backend.stats(), turns);
             publish_relay_sockets(&p.counters, shared.as_ref());
@@ -461,16 +463,20 @@ fn as_stream(sock: Sock) -> Option<StreamId> {
 }
 
 /// The streams side of a send: the stream set and the TLS sessions of its TLS streams.
+/// Frames are queued, not written: [`Tcp::flush`] writes each stream's once per turn.
 struct TcpOut<'a> {
     set: &'a mut StreamSet,
     sessions: &'a mut HashMap<u32, Box<ServerSession>>,
+    /// TLS streams with frames (or handshake records) to seal at the end of the turn.
+    sealing: &'a mut Vec<StreamId>,
     /// TLS records being written (reused).
     records: &'a mut Vec<u8>,
 }
 
 impl TcpOut<'_> {
     /// Bytes read from TLS stream `id` (its session made on its first bytes): the
-    /// plaintext into `plain`, the handshake's answers (or a failure's alert) written.
+    /// plaintext into `plain`, the handshake's answers (or a failure's alert) sent at the
+    /// end of the turn (or by a close now).
     fn decrypt(
         &mut self,
         config: &Arc<rustls::ServerConfig>,
@@ -486,34 +492,38 @@ impl TcpOut<'_> {
         };
         plain.clear();
         let fed = session.input(bytes, plain);
-        self.send(id, &[]);
+        if !session.dirty {
+            session.dirty = true;
+            self.sealing.push(id);
+        }
         fed
     }
 
-    /// Closes a stream, a TLS one after its close_notify (RFC 8446 §6.1).
+    /// Closes a stream after what was queued for it, a TLS one after its pending frames
+    /// and close_notify (RFC 8446 §6.1).
     fn close(&mut self, id: StreamId) {
         if let Some(tls) = self.sessions.get_mut(&id.0) {
             self.records.clear();
             tls.close(self.records);
-            self.set.send(id, &[self.records]);
+            self.set.queue(id, &[self.records]);
         }
         self.set.close(id);
     }
 
-    /// Writes one frame to a stream, zero-padded to a multiple of 4 (RFC 8656 §12.5),
-    /// through its TLS session if it has one.
+    /// Queues one frame for a stream, zero-padded to a multiple of 4 (RFC 8656 §12.5),
+    /// for its TLS session if it has one.
     fn send(&mut self, id: StreamId, frame: &[u8]) {
         const ZEROS: [u8; 3] = [0; 3];
         let pad = &ZEROS[..padding(frame.len())];
         match self.sessions.get_mut(&id.0) {
             None => {
-                self.set.send(id, &[frame, pad]);
+                self.set.queue(id, &[frame, pad]);
             }
             Some(tls) => {
-                self.records.clear();
-                tls.output(&[frame, pad], self.records);
-                if !self.records.is_empty() {
-                    self.set.send(id, &[self.records]);
+                tls.push(&[frame, pad]);
+                if !tls.dirty {
+                    tls.dirty = true;
+                    self.sealing.push(id);
                 }
             }
         }
@@ -551,6 +561,8 @@ struct Tcp {
     tls_from: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
     sessions: HashMap<u32, Box<ServerSession>>,
+    /// TLS streams to seal for at the end of the turn.
+    sealing: Vec<StreamId>,
     /// Decrypted bytes of one read (reused).
     plain: Vec<u8>,
     /// TLS records being written (reused).
@@ -599,6 +611,7 @@ impl Tcp {
             tls_from,
             tls,
             sessions: HashMap::new(),
+            sealing: Vec::new(),
             plain: Vec::new(),
             records: Vec::new(),
             max_allocate,
@@ -627,6 +640,7 @@ impl Tcp {
         let mut out = TcpOut {
             set,
             sessions: &mut self.sessions,
+            sealing: &mut self.sealing,
             records: &mut self.records,
         };
         while let Some(&(at, id, accept)) = self.checks.front() {
@@ -666,8 +680,25 @@ impl Tcp {
         Some(TcpOut {
             set: self.streams.as_mut()?,
             sessions: &mut self.sessions,
+            sealing: &mut self.sealing,
             records: &mut self.records,
         })
+    }
+
+    /// Writes the turn's frames: each TLS stream's sealed in one go, then one write per
+    /// stream.
+    fn flush(&mut self) {
+        let Some(set) = self.streams.as_mut() else {
+            return;
+        };
+        for id in self.sealing.drain(..) {
+            if let Some(tls) = self.sessions.get_mut(&id.0) {
+                self.records.clear();
+                tls.seal_pending(&mut self.records);
+                set.queue(id, &[&self.records]);
+            }
+        }
+        set.flush();
     }
 
     /// Reads every ready stream, cuts the bytes (decrypted first on a TLS stream) into
@@ -684,7 +715,7 @@ impl Tcp {
             return;
         };
         let (partial, sessions) = (&mut self.partial, &mut self.sessions);
-        let (plain, records) = (&mut self.plain, &mut self.records);
+        let (plain, records, sealing) = (&mut self.plain, &mut self.records, &mut self.sealing);
         let (tls, tls_from) = (&self.tls, self.tls_from);
         streams.poll(&mut |set, id, peer, bytes| {
             let on_tls = tls
@@ -693,6 +724,7 @@ impl Tcp {
             let mut out = TcpOut {
                 set,
                 sessions,
+                sealing,
                 records,
             };
             let (bytes, close_after) = match on_tls {

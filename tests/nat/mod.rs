@@ -504,12 +504,17 @@ impl Lab {
         text
     }
 
-    /// Packets the userspace wire forwarded and dropped (`None` without one, e.g. netem).
-    pub fn wire_stats(&self) -> Option<(u64, u64)> {
+    /// Packets the userspace wire forwarded and dropped, from the router out and into it
+    /// (`None` without one, e.g. netem).
+    pub fn wire_stats(&self) -> Option<String> {
         self.wires.first().map(|w| {
-            (
-                w.stats[0].load(Ordering::Relaxed),
-                w.stats[1].load(Ordering::Relaxed),
+            let n = |i: usize| w.stats[i].load(Ordering::Relaxed);
+            format!(
+                "out: {} forwarded, {} dropped; in: {} forwarded, {} dropped",
+                n(0),
+                n(1),
+                n(2),
+                n(3)
             )
         })
     }
@@ -833,8 +838,8 @@ impl PingRun {
 /// thread per direction forwarding IP packets after `delay`, dropping `loss_percent` %.
 struct Wire {
     stop: Arc<AtomicBool>,
-    /// Packets forwarded and dropped, both directions.
-    stats: Arc<[AtomicU64; 2]>,
+    /// Packets forwarded and dropped, each direction.
+    stats: Arc<[AtomicU64; 4]>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -888,14 +893,17 @@ impl Wire {
         run(&["ip", "-n", ns1, "link", "set", "dev", dev1, "up"])?;
         run(&["ip", "-n", ns2, "link", "set", "dev", dev2, "up"])?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let stats = Arc::new([const { AtomicU64::new(0) }; 4]);
         let mut threads = Vec::new();
         for (i, (from, to)) in [(a.clone(), b.clone()), (b, a)].into_iter().enumerate() {
             let stop = stop.clone();
             let stats = stats.clone();
-            let seed = u64::from(std::process::id()) << 8 | i as u64 | 1;
+            // A seed of its own per direction (they once shared one: the n-th packets of
+            // both directions met the same fate), mixed so its first draws are not small.
+            let seed = splitmix(u64::from(std::process::id()) << 8 | i as u64);
             threads.push(std::thread::spawn(move || {
-                pump(from.as_raw_fd(), to.as_raw_fd(), imp, &stop, &stats, seed);
+                let stats = &stats[2 * i..2 * i + 2];
+                pump(from.as_raw_fd(), to.as_raw_fd(), imp, &stop, stats, seed);
                 drop((from, to));
             }));
         }
@@ -927,7 +935,7 @@ fn pump(
     to: RawFd,
     imp: Impair,
     stop: &AtomicBool,
-    stats: &[AtomicU64; 2],
+    stats: &[AtomicU64],
     mut seed: u64,
 ) {
     let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
@@ -969,6 +977,14 @@ fn pump(
             queue.push_back((Instant::now() + imp.delay, buf[..n as usize].to_vec()));
         }
     }
+}
+
+/// SplitMix64's output function: a well-spread nonzero xorshift seed from a small number.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) | 1
 }
 
 /// `ip:port` of this lab's server.
