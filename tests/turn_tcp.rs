@@ -253,3 +253,38 @@ fn connections_without_an_allocation_are_closed_at_their_check() {
     }
     rt.shutdown().unwrap();
 }
+
+/// A client that stops reading while its peer keeps sending: the relay's writes to it
+/// pile up past the stream's 256 KiB backlog and the stream is closed. Its allocation ends
+/// then, on an otherwise idle shard, not at some later read of the stream set.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_its_allocation_ends() {
+    let (rt, server) = start(IoBackendChoice::Auto, 1);
+    let mut c = TurnClient::new_tcp(server, "alice", "secret");
+    let relay = c.allocate_ok();
+    let p = peer();
+    let paddr = p.local_addr().unwrap();
+    assert!(c.channel_bind(0x4001, paddr).is_success());
+    // The client reads nothing from here on; the peer sends until the relay gives up
+    // (the kernel's socket buffers take several MB first).
+    let chunk = [7u8; 1200];
+    let mut sent = 0usize;
+    while rt.stats().allocations_ended == 0 {
+        assert!(sent < 200_000_000, "never cut off: {:?}", rt.stats());
+        for _ in 0..100 {
+            let _ = p.send_to(&chunk, relay);
+            sent += chunk.len();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let overflows: u64 = rt
+        .shard_counters()
+        .iter()
+        .map(|c| {
+            c.tcp_backlog_overflows
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(overflows, 1);
+    rt.shutdown().unwrap();
+}

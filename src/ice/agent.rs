@@ -904,17 +904,19 @@ impl IceAgent {
                 // §7.3.1.4 asks for a new check here. Our requests may have reached the
                 // peer's NAT before the peer's own traffic opened it, using up most of
                 // the budget there; the peer's request shows the path is open now. So an
-                // unanswered check (retransmitted at least once) starts over: sent now,
-                // with the full retransmission budget. It keeps its transaction id, so an
-                // answer to any earlier attempt still counts (with a new id, crossing
-                // requests superseded each other's answers for ever in the simulator),
-                // and a check answered within one RTO costs nothing extra.
+                // unanswered check (retransmitted at least twice) starts over: sent now,
+                // with the retransmission budget of a check sent twice (`sent = 2` also
+                // keeps a nomination's NOMINATION value, counted on first sends). It
+                // keeps its transaction id, so an answer to any earlier attempt still
+                // counts (with a new id, crossing requests superseded each other's
+                // answers for ever in the simulator), and a check answered within one
+                // RTO costs nothing extra.
                 if let Some(t) = &mut p.txn
                     && t.purpose != Purpose::Consent
-                    && t.sent >= 2
+                    && t.sent >= 3
                     && !t.queued
                 {
-                    t.sent = 1;
+                    t.sent = 2;
                     t.rto = self.cfg.rto.get();
                     t.last_sent = now;
                     t.next_retransmit = now + t.rto;

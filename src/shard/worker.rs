@@ -510,6 +510,18 @@ impl TcpOut<'_> {
         self.set.close(id);
     }
 
+    /// Closes a stream on an error: what is due goes out first (the answers to the frames
+    /// before the bad bytes; on TLS, sealed with rustls' alert if it has one), no
+    /// close_notify.
+    fn abort(&mut self, id: StreamId) {
+        if let Some(tls) = self.sessions.get_mut(&id.0) {
+            self.records.clear();
+            tls.seal_pending(self.records);
+            self.set.queue(id, &[self.records]);
+        }
+        self.set.close(id);
+    }
+
     /// Queues one frame for a stream, zero-padded to a multiple of 4 (RFC 8656 §12.5),
     /// for its TLS session if it has one.
     fn send(&mut self, id: StreamId, frame: &[u8]) {
@@ -699,6 +711,10 @@ impl Tcp {
             }
         }
         set.flush();
+        // A write that failed or overflowed its backlog (here or in the turn), or an
+        // allocation check, closed a stream: its allocation ends in the loop's next
+        // housekeeping, not when some later read happens to poll the set.
+        self.take_closed();
     }
 
     /// Reads every ready stream, cuts the bytes (decrypted first on a TLS stream) into
@@ -736,7 +752,7 @@ impl Tcp {
                     Err(err) => {
                         tracing::debug!(peer = %peer, "closing TLS stream: {err}");
                         server.note_drop(DropReason::Malformed);
-                        out.set.close(id);
+                        out.abort(id);
                         return;
                     }
                 },
@@ -769,8 +785,27 @@ impl Tcp {
             self.checks
                 .push_back((now + self.max_allocate, id, self.accepted_total));
         }
+        // Streams that close early leave their checks behind: with many connections
+        // opened and closed within one timeout, drop those of streams no longer open.
+        if self.checks.len() > 2 * MAX_STREAMS {
+            let accepts = &self.accepts;
+            self.checks.retain(|&(_, id, accept)| {
+                accepts[id.0 as usize] == accept && streams.peer_addr(id).is_some()
+            });
+        }
+        self.take_closed();
+    }
+
+    /// Streams closed since the last call (by their peers, by errors, by this shard) go
+    /// to `closed`, whose allocations the loop ends; their frame tails and TLS sessions
+    /// are dropped now, before a new stream can take the id.
+    fn take_closed(&mut self) {
+        let Some(streams) = self.streams.as_mut() else {
+            return;
+        };
+        let from = self.closed.len();
         streams.take_closed(&mut self.closed);
-        for (id, _) in &self.closed {
+        for (id, _) in &self.closed[from..] {
             self.partial.remove(&id.0);
             self.sessions.remove(&id.0);
         }
@@ -807,7 +842,7 @@ fn frames(
                     &buf[..buf.len().min(24)]
                 );
                 server.note_drop(DropReason::Malformed);
-                out.set.close(id);
+                out.abort(id);
                 return;
             }
         };

@@ -176,7 +176,10 @@ fn connect(
     Ok(match io {
         Setup::Tcp(s) => (s, None),
         Setup::Tls(s) => {
-            let rustls::StreamOwned { conn, sock } = *s;
+            let rustls::StreamOwned { mut conn, sock } = *s;
+            // No limit of rustls' own (64 KiB by default): a refill larger than that
+            // would be cut in the middle of a frame.
+            conn.set_buffer_limit(None);
             (sock, Some(Box::new(conn)))
         }
     })
@@ -340,9 +343,9 @@ fn load(args: &Args, p: &mut Prepared, until: Instant) -> Result<Driven, String>
                     None => set.send(f.stream, &[&tx]),
                     Some(conn) => {
                         records.clear();
-                        let _ = conn.writer().write_all(&tx);
+                        let sealed = conn.writer().write_all(&tx).is_ok();
                         while conn.wants_write() && conn.write_tls(&mut records).is_ok() {}
-                        set.send(f.stream, &[&records])
+                        sealed && set.send(f.stream, &[&records])
                     }
                 };
                 if !sent {

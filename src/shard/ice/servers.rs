@@ -470,18 +470,20 @@ impl Servers {
     /// Closes the TCP relays' streams (their allocations end with them, RFC 8656 §3.1),
     /// a `turns:` one after its close_notify; returns their ids.
     pub fn close_streams(&mut self, set: &mut StreamSet) -> Vec<StreamId> {
+        // Listed first: a stream whose last write fails leaves its relay in the flush.
+        let ids: Vec<StreamId> = self.streams().collect();
         self.flush_streams(set);
-        let mut closed = Vec::new();
         for l in self.relays.iter_mut().filter_map(|r| r.tcp.as_mut()) {
             if let Some(tls) = l.tls.as_mut() {
                 l.records.clear();
                 tls.close(&mut l.records);
                 set.send(l.stream, &[&l.records]);
             }
-            set.close(l.stream);
-            closed.push(l.stream);
         }
-        closed
+        for &id in &ids {
+            set.close(id);
+        }
+        ids
     }
 
     /// Writes what the TCP relays queued to their streams (through TLS for `turns:`,
