@@ -248,6 +248,10 @@ pub struct ServerSection {
     /// long while it holds one; a connection found without one is closed. Bounds what
     /// idle connections and unfinished TLS handshakes hold (4,096 connections per shard).
     pub max_allocate_timeout: u32,
+    /// TCP and TLS connections each shard holds at once; more are accepted and closed at
+    /// once (counted as `tcp_refused`). Mind the process's file descriptor limit and, for
+    /// TLS, ~7 KB of session state per connection (docs/benchmarks.md).
+    pub max_tcp_connections: usize,
     /// Shards; 0 = one per core of `cores`, or of the process's affinity mask.
     pub shards: usize,
     /// Pin each shard thread to one core (thread-per-core). `false`: the OS schedules
@@ -274,6 +278,7 @@ impl Default for ServerSection {
             tls_cert: None,
             tls_key: None,
             max_allocate_timeout: 60,
+            max_tcp_connections: 4096,
             shards: 0,
             pin: true,
             cores: Vec::new(),
@@ -393,6 +398,12 @@ impl Config {
             if self.server.tls_key.is_none() {
                 return invalid("server.tls_key", "needed by server.tls_listen");
             }
+        }
+        if !(1..=1 << 20).contains(&self.server.max_tcp_connections) {
+            return invalid(
+                "server.max_tcp_connections",
+                "must be 1..=1048576 per shard",
+            );
         }
         if self.server.max_allocate_timeout == 0 {
             return invalid("server.max_allocate_timeout", "must be at least 1 second");

@@ -232,6 +232,9 @@ struct ServeArgs {
     /// (`server.max_allocate_timeout`; coturn: --max-allocate-timeout).
     #[arg(long, value_name = "SECS")]
     max_allocate_timeout: Option<u32>,
+    /// TCP/TLS connections per shard (`server.max_tcp_connections`).
+    #[arg(long, value_name = "N")]
+    max_tcp_connections: Option<usize>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -310,6 +313,9 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(secs) = args.max_allocate_timeout {
         config.server.max_allocate_timeout = secs;
+    }
+    if let Some(n) = args.max_tcp_connections {
+        config.server.max_tcp_connections = n;
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

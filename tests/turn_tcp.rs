@@ -288,3 +288,39 @@ fn a_client_that_stops_reading_is_cut_off_and_its_allocation_ends() {
     assert_eq!(overflows, 1);
     rt.shutdown().unwrap();
 }
+
+/// `[server] max_tcp_connections`: a shard at its limit closes a new connection at once
+/// and counts it; the connections it holds keep working, and a place freed is taken again.
+#[test]
+fn connections_past_the_limit_are_refused_and_counted() {
+    let (rt, server) = start_with(IoBackendChoice::Auto, 1, |c| {
+        c.server.max_tcp_connections = 2;
+    });
+    let mut a = TurnClient::new_tcp(server, "alice", "secret");
+    a.allocate_ok();
+    let mut b = TurnClient::new_tcp(server, "bob", "hunter2");
+    b.allocate_ok();
+    let third = TcpStream::connect(server).unwrap();
+    common::read_until_closed(&third, Duration::from_secs(10)).expect("refused: closed");
+    let refused = |rt: &Runtime| -> u64 {
+        rt.shard_counters()
+            .iter()
+            .map(|c| c.tcp_refused.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused(&rt) < 1 {
+        assert!(Instant::now() < deadline, "the refusal is counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(a.refresh(600).is_success() && b.refresh(600).is_success());
+    // One leaves: its place is free for a new client.
+    drop(a);
+    eventually(&rt, "the first allocation ends", |s| {
+        s.allocations_ended == 1
+    });
+    let mut c = TurnClient::new_tcp(server, "alice", "secret");
+    c.allocate_ok();
+    assert_eq!(refused(&rt), 1);
+    rt.shutdown().unwrap();
+}

@@ -24,15 +24,7 @@ BIN=target/release
 wait_port() { for _ in $(seq 50); do ss -tln | grep -q ":$1 " && return 0; sleep 0.1; done; return 1; }
 uptime >"$OUT/uptime-start"
 
-# A CA and a server certificate for 127.0.0.1 (IP subjectAltName).
-(cd "$OUT" &&
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
-    -out ca.pem -days 2 -subj "/CN=bench CA" 2>/dev/null &&
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem \
-    -out req.csr -subj "/CN=127.0.0.1" 2>/dev/null &&
-  printf "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n" >ext.cnf &&
-  openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem \
-    -days 2 -extfile ext.cnf 2>/dev/null)
+loadtest/scripts/make-test-pki.sh "$OUT"
 
 turnserver -n --listening-ip=127.0.0.1 --listening-port=34891 --tls-listening-port=34894 \
   --cert="$OUT/cert.pem" --pkey="$OUT/key.pem" --relay-ip=127.0.0.1 --min-port=42000 \

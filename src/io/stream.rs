@@ -150,6 +150,11 @@ impl StreamSet {
         self.open
     }
 
+    /// Open streams at most (more connections are accepted and closed at once).
+    pub fn max_streams(&self) -> usize {
+        self.max_streams
+    }
+
     /// Accept connections on `listener` (made non-blocking here).
     pub fn add_listener(&mut self, listener: TcpListener) -> io::Result<SocketAddr> {
         listener.set_nonblocking(true)?;

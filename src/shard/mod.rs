@@ -230,6 +230,7 @@ impl Runtime {
                 tcp,
                 tls_listeners,
                 tls: tls.clone(),
+                max_streams: config.server.max_tcp_connections,
                 max_allocate: std::time::Duration::from_secs(
                     config.server.max_allocate_timeout.into(),
                 ),

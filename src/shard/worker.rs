@@ -51,6 +51,8 @@ pub(super) struct Params {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How long a TCP/TLS stream may hold no allocation (`[server] max_allocate_timeout`).
     pub max_allocate: Duration,
+    /// Open TCP/TLS streams at most (`[server] max_tcp_connections`).
+    pub max_streams: usize,
     pub parked: Parked,
     pub control: Receiver<Control>,
     pub counters: Arc<ShardCounters>,
@@ -226,8 +228,9 @@ pub(super) fn run(
         std::mem::take(&mut p.tcp),
         std::mem::take(&mut p.tls_listeners),
     );
+    let limits = (p.max_streams, p.max_allocate);
     let tls = p.tls.take();
-    let mut tcp = match Tcp::new(listeners, tls, p.max_allocate, p.io.buf_size, &mut backend) {
+    let mut tcp = match Tcp::new(listeners, tls, limits, p.io.buf_size, &mut backend) {
         Ok(t) => t,
         Err(e) => return Err(ShardError::Thread(p.index, format!("tcp listeners: {e}"))),
     };
@@ -593,15 +596,14 @@ struct Tcp {
     timed_out: u64,
 }
 
-/// Open TCP connections per shard, and unsent bytes kept per connection.
-const MAX_STREAMS: usize = 4096;
+/// Unsent bytes kept per connection.
 const MAX_BACKLOG: usize = 256 * 1024;
 
 impl Tcp {
     fn new(
         (listeners, tls_listeners): (Vec<TcpListener>, Vec<TcpListener>),
         tls: Option<Arc<rustls::ServerConfig>>,
-        max_allocate: Duration,
+        (max_streams, max_allocate): (usize, Duration),
         buf_size: usize,
         backend: &mut Backend,
     ) -> Result<Self, crate::io::IoError> {
@@ -609,7 +611,7 @@ impl Tcp {
         let streams = if listeners.is_empty() && tls_listeners.is_empty() {
             None
         } else {
-            let mut set = StreamSet::new(MAX_STREAMS, MAX_BACKLOG, 16 * buf_size)?;
+            let mut set = StreamSet::new(max_streams, MAX_BACKLOG, 16 * buf_size)?;
             for l in listeners.into_iter().chain(tls_listeners) {
                 set.add_listener(l)?;
             }
@@ -787,7 +789,7 @@ impl Tcp {
         }
         // Streams that close early leave their checks behind: with many connections
         // opened and closed within one timeout, drop those of streams no longer open.
-        if self.checks.len() > 2 * MAX_STREAMS {
+        if self.checks.len() > 2 * streams.max_streams() {
             let accepts = &self.accepts;
             self.checks.retain(|&(_, id, accept)| {
                 accepts[id.0 as usize] == accept && streams.peer_addr(id).is_some()
