@@ -605,6 +605,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("server.max_allocate_timeout"), "{e}");
+        let e = Config::from_toml("[server]\nmax_tcp_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.max_tcp_connections"), "{e}");
         let c = Config::from_toml("[server]\nmax_allocate_timeout = 30\n").unwrap();
         assert_eq!(c.server.max_allocate_timeout, 30);
         let e = Config::from_toml("[io]\nbackend = \"fast\"\n")
