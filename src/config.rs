@@ -267,6 +267,8 @@ pub struct ServerSection {
     /// HTTP session API of `icering serve` (docs/serve-api.md); absent = off. Sessions
     /// are hosted on the `[ice] listen` sockets.
     pub admin: Option<SocketAddr>,
+    /// Prometheus endpoint (`GET /metrics`, every shard's counters); absent = off.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ServerSection {
@@ -284,6 +286,7 @@ impl Default for ServerSection {
             cores: Vec::new(),
             software: "icering".into(),
             admin: None,
+            metrics: None,
         }
     }
 }

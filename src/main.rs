@@ -16,6 +16,7 @@ use icering::config::{Config, IoBackendChoice, RelaySocket};
 use icering::ice::IceUrl;
 use icering::ping::{CandidateTypes, PingConfig, Servers, TlsRoots};
 use icering::serve::AdminServer;
+use icering::serve::metrics::MetricsServer;
 use icering::shard::Runtime;
 
 #[global_allocator]
@@ -212,6 +213,10 @@ struct ServeArgs {
     /// HTTP session API address (`server.admin`; docs/serve-api.md). Needs an ICE port.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Prometheus endpoint address, `GET /metrics` (`server.metrics`; coturn:
+    /// --prometheus).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Shared UDP port for ICE sessions (repeatable; replaces `ice.listen`).
     #[arg(long = "ice-listen", value_name = "ADDR")]
     ice_listen: Vec<SocketAddr>,
@@ -263,6 +268,9 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if args.admin.is_some() {
         config.server.admin = args.admin;
+    }
+    if args.metrics.is_some() {
+        config.server.metrics = args.metrics;
     }
     if !args.ice_listen.is_empty() {
         config.ice.listen = args.ice_listen.clone();
@@ -442,6 +450,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     log_tls_listens(runtime.tls_addrs(), runtime.shards(), what);
+    let _metrics = start_metrics(config.server.metrics, runtime.shard_counters())?;
     if config.turn.enabled {
         let t = &config.turn;
         tracing::info!(
@@ -595,6 +604,7 @@ fn serve_sessions(
     let server =
         AdminServer::start(admin, engine.clone(), config.ice.lite).map_err(|e| e.to_string())?;
     tracing::info!("session API on http://{}", server.local_addr());
+    let _metrics = start_metrics(config.server.metrics, engine.shard_counters())?;
     let reload = || engine.reload_tls().map_err(|e| e.to_string());
     if let Some(sig) = signals.forever().find(|&s| stops(s, &reload)) {
         tracing::info!(signal = sig, "shutting down");
@@ -614,6 +624,19 @@ fn serve_sessions(
         "stopped"
     );
     Ok(())
+}
+
+/// The Prometheus endpoint, if `addr` is set; logs where it listens.
+fn start_metrics(
+    addr: Option<SocketAddr>,
+    shards: Vec<std::sync::Arc<icering::shard::ShardCounters>>,
+) -> Result<Option<MetricsServer>, String> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let m = MetricsServer::start(addr, shards).map_err(|e| e.to_string())?;
+    tracing::info!("metrics on http://{}/metrics", m.local_addr());
+    Ok(Some(m))
 }
 
 fn main() -> ExitCode {

@@ -316,6 +316,12 @@ impl Engine {
         })
     }
 
+    /// Each shard's live counters (what `/metrics` shows); empty once stopped.
+    pub fn shard_counters(&self) -> Vec<std::sync::Arc<crate::shard::ShardCounters>> {
+        let rt = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        rt.as_ref().map_or_else(Vec::new, |r| r.shard_counters())
+    }
+
     /// Counters summed over shards.
     pub fn stats(&self) -> EngineStats {
         let rt = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());

@@ -24,6 +24,7 @@
 //! insert, look up or remove (never across a shard round trip). See docs/serve-api.md for
 //! curl examples.
 
+pub mod metrics;
 pub mod routes;
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@ use crate::io::IoStats;
 use crate::turn::server::ServerStats;
 
 macro_rules! counters {
-    ($($field:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $field:ident),* $(,)?) => {
         /// Counters of one shard: server outcomes (every [`ServerStats`] field, by name),
         /// hosted ICE agents ([`IceCounters`]) and io events.
         #[derive(Debug)]
@@ -17,9 +17,17 @@ macro_rules! counters {
             /// Hosted ICE agents: gauges, handoffs, drops by reason.
             pub ice: IceCounters,
             $(
-                #[allow(missing_docs)]
+                $(#[doc = $doc])*
                 pub $field: AtomicU64,
             )*
+        }
+
+        impl ShardCounters {
+            /// The shard's own counters (not the server's or ICE's) by name, with their
+            /// doc comments, as last published.
+            pub fn own_fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($field), concat!($($doc),*), self.$field.load(Relaxed))),*]
+            }
         }
 
         impl Default for ShardCounters {
@@ -36,27 +44,50 @@ macro_rules! counters {
 }
 
 counters!(
+    /// Datagrams the kernel accepted for sending.
     io_sent,
+    /// Sends that failed (the datagram is dropped).
     io_send_errors,
+    /// Receive errors (other than ENOBUFS or cancellation).
     io_recv_errors,
+    /// Times a multishot receive had to be re-armed (io_uring).
     io_rearms,
+    /// Times the provided-buffer ring ran dry (io_uring ENOBUFS).
     io_enobufs,
+    /// Datagrams dropped because they did not fit a receive buffer.
     io_truncated,
+    /// Sends carrying several datagrams as UDP GSO segments.
     io_gso_sends,
+    /// Datagrams sent inside GSO sends.
     io_gso_segments,
+    /// Receives carrying several datagrams (UDP GRO).
     io_gro_receives,
+    /// Datagrams received inside GRO receives.
     io_gro_segments,
+    /// Receive buffers lent to applications.
     io_lends,
+    /// Lent receive buffers given back.
     io_lend_returns,
+    /// Lends refused (the cap of lent buffers reached): data copied instead.
     io_lend_refused,
+    /// Start of the receive buffers' address range (not a metric).
     recv_region_start,
+    /// End of the receive buffers' address range (not a metric).
     recv_region_end,
+    /// Loop turns of the shard.
     loop_turns,
+    /// Shared-port relay sockets open now.
     relay_port_sockets,
+    /// STUN/TURN TCP and TLS connections accepted.
     tcp_accepted,
+    /// TCP and TLS connections refused at accept (`server.max_tcp_connections` reached).
     tcp_refused,
+    /// STUN/TURN TCP and TLS connections open now.
     tcp_open,
+    /// Connections closed because their unsent bytes passed the backlog bound.
     tcp_backlog_overflows,
+    /// Connections closed holding no allocation at their check
+    /// (`server.max_allocate_timeout`).
     tcp_no_allocation_closed,
 );
 

@@ -153,11 +153,11 @@ enum SockRole {
 }
 
 macro_rules! ice_stats {
-    ($($(#[$m:meta])* $f:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $f:ident),* $(,)?) => {
         /// ICE counters of one shard (monotonic, except the gauges `agents`, `connected`
         /// and `lent_buffers`).
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct IceStats { $($(#[$m])* pub $f: u64,)* }
+        pub struct IceStats { $($(#[doc = $doc])* pub $f: u64,)* }
 
         /// [`IceStats`] published by a shard once per loop turn.
         #[derive(Debug, Default)]
@@ -172,6 +172,11 @@ macro_rules! ice_stats {
         impl IceStats {
             /// Adds another shard's counters.
             pub fn add(&mut self, o: &IceStats) { $(self.$f += o.$f;)* }
+
+            /// Every counter by name with its doc comment, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($f), concat!($($doc),*), self.$f)),*]
+            }
         }
     };
 }

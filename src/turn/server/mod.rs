@@ -214,11 +214,11 @@ pub enum DropReason {
 }
 
 macro_rules! server_stats {
-    ($($(#[$doc:meta])* $field:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $field:ident),* $(,)?) => {
         /// Per-server counters (per shard, since each shard owns its server).
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct ServerStats {
-            $($(#[$doc])* pub $field: u64,)*
+            $($(#[doc = $doc])* pub $field: u64,)*
         }
 
         impl ServerStats {
@@ -229,6 +229,9 @@ macro_rules! server_stats {
 
             /// Number of counters.
             pub const COUNT: usize = [$(stringify!($field)),*].len();
+
+            /// Each counter's doc comment, in declaration order (metrics' help texts).
+            pub const HELP: [&'static str; Self::COUNT] = [$(concat!($($doc),*)),*];
 
             /// Every counter by name, in declaration order.
             pub fn fields(&self) -> [(&'static str, u64); Self::COUNT] {
