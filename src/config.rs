@@ -246,7 +246,7 @@ pub struct ServerSection {
     /// Seconds a TCP or TLS connection may go without a TURN allocation (coturn's
     /// `max-allocate-timeout`): checked this long after the accept and again every this
     /// long while it holds one; a connection found without one is closed. Bounds what
-    /// idle connections and unfinished TLS handshakes hold (4,096 connections per shard).
+    /// idle connections and unfinished TLS handshakes hold of `max_tcp_connections`.
     pub max_allocate_timeout: u32,
     /// TCP and TLS connections each shard holds at once; more are accepted and closed at
     /// once (counted as `tcp_refused`). Mind the process's file descriptor limit and, for
@@ -407,6 +407,9 @@ impl Config {
                 "server.max_tcp_connections",
                 "must be 1..=1048576 per shard",
             );
+        }
+        if self.server.metrics.is_some() && self.server.metrics == self.server.admin {
+            return invalid("server.metrics", "must differ from server.admin");
         }
         if self.server.max_allocate_timeout == 0 {
             return invalid("server.max_allocate_timeout", "must be at least 1 second");

@@ -432,8 +432,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if config.turn.enabled {
         raise_nofile_limit(&config.turn);
     }
+    let metrics = match config.server.metrics {
+        Some(addr) => Some(MetricsServer::bind(addr).map_err(|e| format!("--metrics: {e}"))?),
+        None => None,
+    };
     if let Some(admin) = config.server.admin {
-        return serve_sessions(&config, admin, &mut signals);
+        return serve_sessions(&config, admin, &mut signals, metrics);
     }
     let runtime = Runtime::start(&config).map_err(|e| e.to_string())?;
     tracing::info!("{}", runtime.backend_reason());
@@ -450,7 +454,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     log_tls_listens(runtime.tls_addrs(), runtime.shards(), what);
-    let _metrics = start_metrics(config.server.metrics, runtime.shard_counters())?;
+    let _metrics = start_metrics(metrics, runtime.shard_counters())?;
     if config.turn.enabled {
         let t = &config.turn;
         tracing::info!(
@@ -577,6 +581,7 @@ fn serve_sessions(
     config: &Config,
     admin: SocketAddr,
     signals: &mut signal_hook::iterator::Signals,
+    metrics: Option<std::net::TcpListener>,
 ) -> Result<(), String> {
     if config.ice.listen.is_empty() {
         return Err(format!(
@@ -601,10 +606,10 @@ fn serve_sessions(
             "ICE sessions on {addr}/udp (shared by every session)"
         );
     }
-    let server =
-        AdminServer::start(admin, engine.clone(), config.ice.lite).map_err(|e| e.to_string())?;
+    let server = AdminServer::start(admin, engine.clone(), config.ice.lite)
+        .map_err(|e| format!("--admin: {e}"))?;
     tracing::info!("session API on http://{}", server.local_addr());
-    let _metrics = start_metrics(config.server.metrics, engine.shard_counters())?;
+    let _metrics = start_metrics(metrics, engine.shard_counters())?;
     let reload = || engine.reload_tls().map_err(|e| e.to_string());
     if let Some(sig) = signals.forever().find(|&s| stops(s, &reload)) {
         tracing::info!(signal = sig, "shutting down");
@@ -626,15 +631,15 @@ fn serve_sessions(
     Ok(())
 }
 
-/// The Prometheus endpoint, if `addr` is set; logs where it listens.
+/// The Prometheus endpoint on its bound listener, if any; logs where it listens.
 fn start_metrics(
-    addr: Option<SocketAddr>,
+    listener: Option<std::net::TcpListener>,
     shards: Vec<std::sync::Arc<icering::shard::ShardCounters>>,
 ) -> Result<Option<MetricsServer>, String> {
-    let Some(addr) = addr else {
+    let Some(listener) = listener else {
         return Ok(None);
     };
-    let m = MetricsServer::start(addr, shards).map_err(|e| e.to_string())?;
+    let m = MetricsServer::start(listener, shards).map_err(|e| e.to_string())?;
     tracing::info!("metrics on http://{}/metrics", m.local_addr());
     Ok(Some(m))
 }

@@ -22,14 +22,9 @@ use super::ServeError;
 use crate::shard::{IceStats, ShardCounters};
 use crate::turn::server::ServerStats;
 
-/// Gauges among the ICE and shard counters (the rest only grow).
-const GAUGES: [&str; 5] = [
-    "agents",
-    "connected",
-    "lent_buffers",
-    "relay_port_sockets",
-    "tcp_open",
-];
+/// Gauges among the ICE counters and among the shard's own (the rest only grow).
+const ICE_GAUGES: [&str; 3] = ["agents", "connected", "lent_buffers"];
+const SHARD_GAUGES: [&str; 2] = ["relay_port_sockets", "tcp_open"];
 
 /// Shard counters that are no metrics.
 const SKIP: [&str; 2] = ["recv_region_start", "recv_region_end"];
@@ -73,7 +68,7 @@ pub fn render(shards: &[Arc<ShardCounters>]) -> String {
         family(
             &format!("ice_{name}"),
             help,
-            GAUGES.contains(&name),
+            ICE_GAUGES.contains(&name),
             &mut ice.iter().map(|s| s.fields()[k].2),
         );
     }
@@ -85,7 +80,7 @@ pub fn render(shards: &[Arc<ShardCounters>]) -> String {
             family(
                 &format!("shard_{name}"),
                 help,
-                GAUGES.contains(&name),
+                SHARD_GAUGES.contains(&name),
                 &mut own.iter().map(|f| f[k].2),
             );
         }
@@ -109,19 +104,26 @@ impl std::fmt::Debug for MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves `GET /metrics` from `shards`' counters on a thread of its
-    /// own (HTTP/1.1, any number of connections).
-    pub fn start(
-        addr: SocketAddr,
-        shards: Vec<Arc<ShardCounters>>,
-    ) -> Result<MetricsServer, ServeError> {
+    /// Binds `addr` for [`start`](Self::start) (before the shards start, so a taken
+    /// port stops the server before anything else listens).
+    pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
         let bind_err = |e: std::io::Error| ServeError::Bind {
             addr,
             reason: e.to_string(),
         };
         let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-        let local = listener.local_addr().map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
+        Ok(listener)
+    }
+
+    /// Serves `GET /metrics` on `listener` (from [`bind`](Self::bind)) from `shards`'
+    /// counters, on a thread of its own (HTTP/1.1; keep it on loopback or a private
+    /// network: there is no authentication and no connection limit).
+    pub fn start(
+        listener: std::net::TcpListener,
+        shards: Vec<Arc<ShardCounters>>,
+    ) -> Result<MetricsServer, ServeError> {
+        let local = listener.local_addr().map_err(ServeError::Thread)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -231,11 +233,23 @@ mod tests {
             .store(3, std::sync::atomic::Ordering::Relaxed);
         let text = render(&shards);
         let mut family = String::new();
+        let mut families = std::collections::HashSet::new();
         let mut samples = 0;
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 family = rest.split(' ').next().unwrap().to_string();
                 assert!(!rest[family.len()..].trim().is_empty(), "{line}");
+                assert!(families.insert(family.clone()), "{family} twice");
+                let mut chars = family.chars();
+                assert!(
+                    chars
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                );
+                assert!(
+                    chars.all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{family}"
+                );
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
                 assert_eq!(name, family);

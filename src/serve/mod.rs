@@ -46,8 +46,8 @@ use routes::{Data, HttpError, RemoteCandidates, RemoteOffer, Route};
 /// Errors starting the admin server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The admin address could not be bound.
-    #[error("cannot listen on admin address {addr}: {reason}")]
+    /// The admin (or metrics) address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,

@@ -222,6 +222,14 @@ impl ServerSession {
         feed(&mut self.conn, bytes, &mut |b| plain.extend_from_slice(b))
     }
 
+    /// After a failed `input`: drops the pending frames and appends what rustls has due
+    /// (its fatal alert, if it sends one).
+    pub fn seal_alert(&mut self, out: &mut Vec<u8>) {
+        self.pending.clear();
+        self.dirty = false;
+        seal(&mut self.conn, &[], out);
+    }
+
     /// Ends the session: appends the pending frames and then close_notify (RFC 8446
     /// §6.1) to `out`.
     pub fn close(&mut self, out: &mut Vec<u8>) {

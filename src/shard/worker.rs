@@ -369,6 +369,11 @@ pub(super) fn run(
             server.handle_timeout(now, &mut ports);
             tcp.check_allocations(now, &server);
             tcp.flush();
+            // The flush took what it and the checks closed, freeing their ids: their
+            // allocations end now, before a new stream can take an id (next turn's poll).
+            for (id, peer) in tcp.closed.drain(..) {
+                server.end_client(stream_sock(id), peer, &mut ports);
+            }
             backend.flush()?;
             p.counters.publish(server.stats(), &backend.stats(), turns);
             publish_relay_sockets(&p.counters, shared.as_ref());
@@ -513,13 +518,17 @@ impl TcpOut<'_> {
         self.set.close(id);
     }
 
-    /// Closes a stream on an error: what is due goes out first (the answers to the frames
-    /// before the bad bytes; on TLS, sealed with rustls' alert if it has one), no
-    /// close_notify.
-    fn abort(&mut self, id: StreamId) {
+    /// Closes a stream on an error, without close_notify. Bad frames: the answers to the
+    /// frames before them go out first. A failed TLS session (`tls_failed`): only its
+    /// alert goes out (answers after an alert would be discarded by the peer anyway).
+    fn abort(&mut self, id: StreamId, tls_failed: bool) {
         if let Some(tls) = self.sessions.get_mut(&id.0) {
             self.records.clear();
-            tls.seal_pending(self.records);
+            if tls_failed {
+                tls.seal_alert(self.records);
+            } else {
+                tls.seal_pending(self.records);
+            }
             self.set.queue(id, &[self.records]);
         }
         self.set.close(id);
@@ -645,8 +654,8 @@ impl Tcp {
     /// Closes the streams whose check is due and that hold no allocation (coturn's
     /// `max-allocate-timeout`): idle connections, TLS handshakes that never finish,
     /// STUN-only clients, and connections whose allocation ended. A stream with an
-    /// allocation is checked again `max_allocate` later. Its close is reported by the
-    /// next poll, like any other.
+    /// allocation is checked again `max_allocate` later. Its close is taken by the
+    /// flush that follows, like any other.
     fn check_allocations(&mut self, now: Instant, server: &Server) {
         let Some(set) = self.streams.as_mut() else {
             return;
@@ -754,7 +763,7 @@ impl Tcp {
                     Err(err) => {
                         tracing::debug!(peer = %peer, "closing TLS stream: {err}");
                         server.note_drop(DropReason::Malformed);
-                        out.abort(id);
+                        out.abort(id, true);
                         return;
                     }
                 },
@@ -844,7 +853,7 @@ fn frames(
                     &buf[..buf.len().min(24)]
                 );
                 server.note_drop(DropReason::Malformed);
-                out.abort(id);
+                out.abort(id, false);
                 return;
             }
         };
