@@ -24,6 +24,9 @@
 //!   browser gathering relayed candidates only (`iceTransportPolicy: 'relay'`) from the
 //!   engine's own TURN server (RFC 8656): its TURN client allocates, permits and relays
 //!   every check and datagram through our relay, and the server's counters must show it;
+//!   Chromium doing the same over TLS (`turns:`) to the engine's TLS listener, with a
+//!   certificate made by the test that Chromium checks (it is told to trust exactly that
+//!   key, `--ignore-certificate-errors-spki-list`; Firefox has no such switch);
 //!   Chromium on a host behind a real NAT (the NAT lab of `tests/nat/`,
 //!   endpoint-independent and symmetric) against the lite agent on a public address; and
 //!   an ICE restart each browser starts (`restartIce()`, a new offer with new
@@ -190,15 +193,25 @@ struct Setup {
     mux: bool,
     /// The browser hides its host addresses behind mDNS names (both browsers' default).
     mdns: bool,
-    /// The engine also serves TURN on [`TURN_PORT`] and the browser gathers relayed
-    /// candidates only, from it (`iceTransportPolicy: 'relay'`).
-    relay: bool,
+    /// The engine also serves TURN and the browser gathers relayed candidates only, from
+    /// it (`iceTransportPolicy: 'relay'`): over UDP on [`TURN_PORT`], or over TLS on
+    /// [`TURNS_PORT`] (`turns:`).
+    relay: Relay,
     /// Once connected, the browser restarts ICE (`restartIce`, a new offer) and icering's
     /// agent restarts to answer it ([`Agent::restart`]).
     restart: bool,
 }
 
 const TURN_PORT: u16 = 3478;
+const TURNS_PORT: u16 = 5349;
+
+/// How the browser reaches the engine's TURN server, if at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relay {
+    No,
+    Udp,
+    Tls,
+}
 
 /// The accepted connection, or why not. The agent stays with the task that accepted,
 /// which serves the restart (`Setup::restart`).
@@ -455,12 +468,14 @@ impl Drop for Browser {
     }
 }
 
+/// Starts `browser` on `url`; `trusted_spki` (base64 SHA-256 of a key's
+/// SubjectPublicKeyInfo) is the one TLS server key Chromium accepts without a trusted CA.
 fn launch(
     browser: Kind,
     bin: &str,
     ns: Option<&str>,
     url: &str,
-    mdns: bool,
+    (mdns, trusted_spki): (bool, Option<&str>),
     name: &str,
 ) -> Browser {
     use std::os::unix::process::CommandExt;
@@ -492,6 +507,12 @@ fn launch(
             .arg(format!("--user-data-dir={}", profile.display()));
             if !mdns {
                 cmd.arg("--disable-features=WebRtcHideLocalIpsWithMdns");
+            }
+            // Chromium checks a TURN server's TLS certificate (with an untrusted CA the
+            // handshake fails and no relayed candidate is gathered): trust exactly the
+            // test certificate's key, nothing else.
+            if let Some(spki) = trusted_spki {
+                cmd.arg(format!("--ignore-certificate-errors-spki-list={spki}"));
             }
         }
         Kind::Firefox => {
@@ -611,7 +632,16 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
     if setup.mux {
         config.ice.listen = vec![SocketAddr::from((here, 0))];
     }
-    if setup.relay {
+    let relayed = setup.relay != Relay::No;
+    // The TLS listener's certificate, for the engine's address (read at start).
+    let pki = (setup.relay == Relay::Tls).then(|| common::Pki::for_ip(&here.to_string()));
+    let pki_files = pki.as_ref().map(|p| p.files(test));
+    if let Some(f) = &pki_files {
+        config.server.tls_listen = vec![SocketAddr::from((here, TURNS_PORT))];
+        config.server.tls_cert = Some(f.cert.clone().into());
+        config.server.tls_key = Some(f.key.clone().into());
+    }
+    if relayed {
         config.server.listen = vec![SocketAddr::from((here, TURN_PORT))];
         config.turn.enabled = true;
         config.turn.users = vec!["web:secret".into()];
@@ -620,6 +650,7 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
         config.turn.allow_private_peers = true;
     }
     let engine = Engine::start(&config).unwrap();
+    drop(pki_files);
     let (conn_tx, conn_rx) = mpsc::channel();
     let (up_tx, reconnected) = mpsc::channel();
     let answerer = Arc::new(Answerer {
@@ -636,8 +667,10 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
     });
     let listener = TcpListener::bind((here, 0)).unwrap();
     let mut query = Vec::new();
-    if setup.relay {
-        query.push(format!("turn=turn:{here}:{TURN_PORT}?transport=udp"));
+    match setup.relay {
+        Relay::No => {}
+        Relay::Udp => query.push(format!("turn=turn:{here}:{TURN_PORT}?transport=udp")),
+        Relay::Tls => query.push(format!("turn=turns:{here}:{TURNS_PORT}?transport=tcp")),
     }
     if setup.restart {
         query.push("restart=1".to_string());
@@ -652,18 +685,33 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
         let answerer = answerer.clone();
         std::thread::spawn(move || serve(listener, answerer, log_tx));
     }
+    let spki = pki.as_ref().map(common::Pki::spki_sha256_base64);
     let browser = launch(
         setup.browser,
         bin,
         net.browser_ns.as_deref(),
         &url,
-        setup.mdns,
+        (setup.mdns, spki.as_deref()),
         test,
     );
 
     // Both sides connect.
     let mut conn = match conn_rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(accepted) => accepted.expect("accept"),
+        Ok(accepted) => accepted.unwrap_or_else(|e| {
+            let tcp: Vec<_> = engine
+                .shard_counters()
+                .iter()
+                .flat_map(|c| c.own_fields())
+                .filter(|f| f.0.starts_with("tcp_"))
+                .map(|f| (f.0, f.2))
+                .collect();
+            panic!(
+                "accept: {e}; browser: {:?}; server: {:?}; streams: {tcp:?}; added: {:?}",
+                log.try_iter().collect::<Vec<_>>(),
+                engine.server_stats(),
+                answerer.added.lock().unwrap()
+            )
+        }),
         Err(_) => panic!(
             "the browser did not offer, or icering did not connect; browser: {:?}; server: {:?}; ice: {:?}",
             log.try_iter().collect::<Vec<_>>(),
@@ -679,12 +727,12 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
     assert_eq!(local.ip(), IpAddr::V4(here));
     assert_eq!(
         remote.ip(),
-        IpAddr::V4(if setup.relay { here } else { net.browser_seen }),
+        IpAddr::V4(if relayed { here } else { net.browser_seen }),
         "the browser's address (its relayed one, through a relay)"
     );
     let added = answerer.added.lock().unwrap().clone();
     let mdns = answerer.refused_mdns.load(Ordering::Relaxed);
-    if setup.relay {
+    if relayed {
         // Relayed candidates only, on our relay; the browser reaches us through one.
         assert_eq!(mdns, 0);
         assert!(
@@ -728,7 +776,7 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
     }
     // Behind a NAT the browser's local candidate is the NAT's mapping it learnt from our
     // answers' XOR-MAPPED-ADDRESS: peer-reflexive.
-    let kind = match (setup.relay, &net.browser_ns) {
+    let kind = match (relayed, &net.browser_ns) {
         (true, _) => "relay",
         (false, Some(_)) => "prflx",
         (false, None) => "host",
@@ -793,7 +841,7 @@ fn run_in(test: &str, setup: Setup, bin: &str, net: &Net) {
         state == "connected" || state == "completed",
         "browser after 35 s: {l}"
     );
-    if setup.relay {
+    if relayed {
         // Our relay carried it all: the checks, the ClientHello and our datagrams.
         let s = engine.server_stats();
         assert!(s.allocations_created >= 1, "{s:?}");
@@ -819,7 +867,7 @@ fn chromium_controls_a_full_agent_through_its_mdns_candidates() {
             lite: false,
             mux: false,
             mdns: true,
-            relay: false,
+            relay: Relay::No,
             restart: false,
         },
     );
@@ -836,7 +884,7 @@ fn chromium_controls_a_lite_agent_on_the_shared_port_and_restarts_ice() {
             lite: true,
             mux: true,
             mdns: false,
-            relay: false,
+            relay: Relay::No,
             restart: true,
         },
     );
@@ -851,7 +899,25 @@ fn chromium_reaches_a_full_agent_through_the_engines_turn_relay() {
             lite: false,
             mux: false,
             mdns: true,
-            relay: true,
+            relay: Relay::Udp,
+            restart: false,
+        },
+    );
+}
+
+/// TURN over TLS (`turns:`, RFC 8656 §3.1), as browsers behind firewalls that pass only
+/// TLS use it: Chromium's TURN client allocates over a TLS connection to the engine's
+/// TLS listener, and every check and datagram crosses it.
+#[test]
+fn chromium_reaches_a_full_agent_through_the_engines_turn_relay_over_tls() {
+    run(
+        "chromium-relay-tls",
+        Setup {
+            browser: Kind::Chromium,
+            lite: false,
+            mux: false,
+            mdns: true,
+            relay: Relay::Tls,
             restart: false,
         },
     );
@@ -867,7 +933,7 @@ fn firefox_controls_a_lite_agent_on_the_shared_port_through_its_mdns_candidates_
             lite: true,
             mux: true,
             mdns: true,
-            relay: false,
+            relay: Relay::No,
             restart: true,
         },
     );
@@ -882,7 +948,7 @@ fn firefox_reaches_a_full_agent_through_the_engines_turn_relay() {
             lite: false,
             mux: false,
             mdns: true,
-            relay: true,
+            relay: Relay::Udp,
             restart: false,
         },
     );
@@ -911,7 +977,7 @@ fn behind_nat(test: &str, nat: nat::Nat) {
         lite: true,
         mux: true,
         mdns: true,
-        relay: false,
+        relay: Relay::No,
         restart: false,
     };
     let net = Net {

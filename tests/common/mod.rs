@@ -426,6 +426,11 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
+        Pki::for_ip("127.0.0.1")
+    }
+
+    /// A CA and a server certificate it signed for `ip` (IP subjectAltName only).
+    pub fn for_ip(ip: &str) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -435,13 +440,25 @@ impl Pki {
         let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
         let issuer = Issuer::new(ca, ca_key);
         let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let leaf = CertificateParams::new(vec![ip.to_string()]).unwrap();
         let cert = leaf.signed_by(&key, &issuer).unwrap().pem();
         Pki {
             ca: ca_pem,
             cert,
             key: key.serialize_pem(),
         }
+    }
+
+    /// The server key's SubjectPublicKeyInfo hashed with SHA-256, in base64: what
+    /// Chromium's `--ignore-certificate-errors-spki-list` takes to trust exactly this
+    /// key.
+    pub fn spki_sha256_base64(&self) -> String {
+        use base64::Engine as _;
+        use rcgen::PublicKeyData;
+        use sha2::Digest;
+        let key = rcgen::KeyPair::from_pem(&self.key).unwrap();
+        let hash = sha2::Sha256::digest(key.subject_public_key_info());
+        base64::engine::general_purpose::STANDARD.encode(hash)
     }
 }
 
