@@ -26,7 +26,8 @@
 //!   every check and datagram through our relay, and the server's counters must show it;
 //!   Chromium doing the same over TLS (`turns:`) to the engine's TLS listener, with a
 //!   certificate made by the test that Chromium checks (it is told to trust exactly that
-//!   key, `--ignore-certificate-errors-spki-list`; Firefox has no such switch);
+//!   key, `--ignore-certificate-errors-spki-list`; Firefox has no such switch, and with
+//!   a `turns:` URL on an IP it opened no connection in a trial);
 //!   Chromium on a host behind a real NAT (the NAT lab of `tests/nat/`,
 //!   endpoint-independent and symmetric) against the lite agent on a public address; and
 //!   an ICE restart each browser starts (`restartIce()`, a new offer with new
