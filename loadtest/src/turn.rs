@@ -516,16 +516,172 @@ fn parse_back(d: &[u8], raw_echo: bool) -> Option<(u32, u64)> {
     Some((id, seq))
 }
 
-/// Data-path state of one allocation inside a driver thread.
-struct Flow {
+/// What every flow carries in the load, whatever its transport: its window of
+/// datagrams in flight.
+struct Window {
     out: Outstanding,
-    sock: SocketId,
     id: u32,
     answered: u64,
-    /// Listed in `ready` (its window may have room).
+    /// Listed in `Counts::ready` (its window may have room). Inactive flows count as
+    /// listed, so they never are.
     ready: bool,
     /// Carries data in the load phase (`--data-every`).
     active: bool,
+}
+
+impl Window {
+    fn new(args: &Args, id: u32, now: Instant) -> Self {
+        Window {
+            out: Outstanding::new(args.window * 2, now),
+            id,
+            answered: 0,
+            ready: true,
+            active: (id as usize).is_multiple_of(args.data_every.max(1)),
+        }
+    }
+}
+
+/// A driver's tallies during the load, the flows whose windows may have room, and the
+/// load's clock (refill until `until`, then drain for up to `timeout`).
+struct Counts {
+    t: Tally,
+    /// Datagrams in flight over all flows.
+    live: usize,
+    /// Flows (by index) whose windows may have room.
+    ready: Vec<u32>,
+    stray: u64,
+    echo_dropped: u64,
+    until: Instant,
+    /// A datagram not back after this long is lost (`--timeout-ms`).
+    timeout: Duration,
+    /// Datagrams in flight per flow (`--window`).
+    window: usize,
+    draining: bool,
+    last_sweep: Instant,
+}
+
+impl Counts {
+    fn new<'a>(args: &Args, until: Instant, windows: impl Iterator<Item = &'a Window>) -> Self {
+        Counts {
+            t: Tally::new(),
+            live: 0,
+            ready: (0u32..)
+                .zip(windows)
+                .filter(|(_, w)| w.active)
+                .map(|(k, _)| k)
+                .collect(),
+            stray: 0,
+            echo_dropped: 0,
+            until,
+            timeout: Duration::from_millis(args.timeout_ms),
+            window: args.window,
+            draining: false,
+            last_sweep: Instant::now(),
+        }
+    }
+
+    /// Whether the load is over at `now`: past `until` nothing more is sent, and the
+    /// load ends once every datagram is back or `timeout` later.
+    fn over(&mut self, now: Instant) -> bool {
+        self.draining |= now >= self.until;
+        self.draining && (self.live == 0 || now >= self.until + self.timeout)
+    }
+
+    /// Whether windows are still refilled.
+    fn refilling(&self) -> bool {
+        !self.draining
+    }
+
+    /// Whether `w` has room for one more datagram.
+    fn has_room(&self, w: &Window) -> bool {
+        w.out.live < self.window && !w.out.full()
+    }
+
+    /// Counts what `w` has had out longer than the timeout as lost.
+    fn expire(&mut self, w: &mut Window, now: Instant) {
+        let lost = w.out.expire(now, self.timeout, false);
+        self.t.lost += lost;
+        self.live -= lost as usize;
+    }
+
+    /// One more datagram out on `w`, sent at `now`.
+    fn sent(&mut self, w: &mut Window, now: Instant) {
+        w.out.push(now);
+        self.live += 1;
+        self.t.sent += 1;
+    }
+
+    /// A datagram (or frame) `d` back for flow `k` at `at`: an answer (its round trip
+    /// recorded, the flow listed for a refill), a late or duplicate one, a late answer to
+    /// a retransmitted setup request (stray), or invalid.
+    fn came_back(&mut self, k: u32, w: &mut Window, d: &[u8], raw: bool, at: Instant) {
+        match parse_back(d, raw) {
+            Some((id, seq)) if id == w.id => match w.out.answer(seq) {
+                Some(sent_at) => {
+                    self.t.answered += 1;
+                    w.answered += 1;
+                    self.live -= 1;
+                    let us = at.duration_since(sent_at).as_micros().max(1) as u64;
+                    let _ = self.t.latency_us.record(us.min(60_000_000));
+                    if !w.ready {
+                        w.ready = true;
+                        self.ready.push(k);
+                    }
+                }
+                None => self.t.late_or_duplicate += 1,
+            },
+            _ if Message::parse(d)
+                .is_ok_and(|m| matches!(m.class(), Class::Success | Class::Error)) =>
+            {
+                self.stray += 1
+            }
+            _ => self.t.invalid += 1,
+        }
+    }
+
+    /// Every 20 ms, windows stalled on lost datagrams: expired, and listed again if they
+    /// have room.
+    fn sweep<'a>(&mut self, windows: impl Iterator<Item = &'a mut Window>, now: Instant) {
+        if now.duration_since(self.last_sweep) < Duration::from_millis(20) {
+            return;
+        }
+        self.last_sweep = now;
+        for (k, w) in (0u32..).zip(windows) {
+            self.expire(w, now);
+            if w.active && !w.ready && w.out.live < self.window {
+                w.ready = true;
+                self.ready.push(k);
+            }
+        }
+    }
+
+    /// The driver's result once the load is over: what is still out counts as lost.
+    fn finish<'a>(
+        mut self,
+        windows: impl Iterator<Item = &'a mut Window>,
+        now: Instant,
+        send_errors: u64,
+    ) -> Driven {
+        let mut idle = 0;
+        for w in windows {
+            self.t.lost += w.out.expire(now, self.timeout, true);
+            idle += u64::from(w.active && w.answered == 0);
+        }
+        self.t.send_failed += send_errors;
+        Driven {
+            tally: self.t,
+            flows_without_answer: idle,
+            peer_echo_dropped: self.echo_dropped,
+            stray: self.stray,
+            not_deleted: 0,
+        }
+    }
+}
+
+/// Data-path state of one allocation inside a driver thread.
+struct Flow {
+    win: Window,
+    sock: SocketId,
 }
 
 /// What one driver thread hands back.
@@ -556,6 +712,34 @@ struct Prepared {
 pub(crate) struct Phase {
     start: Barrier,
     end: Barrier,
+}
+
+impl Phase {
+    /// One driver's part: `prepare`, wait for the others, `load` until `--duration` from
+    /// the common start, wait again. Whatever happens (an error, a panic) both barriers
+    /// are passed once, or `run` would wait forever. Returns the prepared state (for the
+    /// teardown) and the load's result.
+    fn drive<P>(
+        &self,
+        args: &Args,
+        prepare: impl FnOnce() -> Result<P, String>,
+        load: impl FnOnce(&mut P, Instant) -> Result<Driven, String>,
+    ) -> Result<(P, Driven), String> {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        fn panicked<T>(_: Box<dyn std::any::Any + Send>) -> Result<T, String> {
+            Err("driver thread panicked".into())
+        }
+        let prepared = catch_unwind(AssertUnwindSafe(prepare)).unwrap_or_else(panicked);
+        self.start.wait();
+        let until = Instant::now() + Duration::from_secs_f64(args.duration);
+        let loaded = prepared.and_then(|mut p| {
+            catch_unwind(AssertUnwindSafe(|| load(&mut p, until)))
+                .unwrap_or_else(panicked)
+                .map(|d| (p, d))
+        });
+        self.end.wait();
+        loaded
+    }
 }
 
 fn prepare(
@@ -592,13 +776,8 @@ fn prepare(
         }
         by_sock[i] = k as u32;
         flows.push(Flow {
-            out: Outstanding::new(args.window * 2, now),
+            win: Window::new(args, a.id, now),
             sock,
-            id: a.id,
-            answered: 0,
-            // Inactive flows count as listed, so they are never listed.
-            ready: true,
-            active: (a.id as usize).is_multiple_of(args.data_every.max(1)),
         });
     }
     let peer = match peer {
@@ -625,24 +804,11 @@ fn drive(
     allocs: &mut [Alloc],
     phase: &Phase,
 ) -> Result<Driven, String> {
-    use std::panic::{AssertUnwindSafe, catch_unwind};
-    fn panicked<T>(_: Box<dyn std::any::Any + Send>) -> Result<T, String> {
-        Err("driver thread panicked".into())
-    }
-    // Whatever happens, both barriers are passed once, or `run` would wait forever.
-    let prepared = catch_unwind(AssertUnwindSafe(|| prepare(args, kind, peer, allocs)))
-        .unwrap_or_else(panicked);
-    phase.start.wait();
-    let until = Instant::now() + Duration::from_secs_f64(args.duration);
-    let loaded = prepared.and_then(|mut p| {
-        catch_unwind(AssertUnwindSafe(|| {
-            load(args, &mut p, dest_for_send, until)
-        }))
-        .unwrap_or_else(panicked)
-        .map(|d| (p, d))
-    });
-    phase.end.wait();
-    let (mut p, mut d) = loaded?;
+    let (mut p, mut d) = phase.drive(
+        args,
+        || prepare(args, kind, peer, allocs),
+        |p, until| load(args, p, dest_for_send, until),
+    )?;
     if !args.raw_echo {
         d.not_deleted = refresh_zero(&mut p.backend, args.target, creds, allocs, &p.flows)?;
     }
@@ -663,50 +829,39 @@ fn load(
         peer,
     } = p;
     let peer_id = *peer;
-    let window = args.window;
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let mut ready: Vec<u32> = (0..flows.len() as u32)
-        .filter(|&k| flows[k as usize].active)
-        .collect();
-    let mut t = Tally::new();
-    let (mut echo_dropped, mut stray) = (0u64, 0u64);
-    let mut live = 0usize;
+    let mut c = Counts::new(args, until, flows.iter().map(|f| &f.win));
     let mut now = Instant::now();
-    let mut last_sweep = now;
-    let mut draining = false;
     let (target, size, indications, raw) =
         (args.target, args.size, args.indications, args.raw_echo);
-    loop {
-        if !draining && now >= until {
-            draining = true;
-        }
-        if draining && (live == 0 || now >= until + timeout) {
-            break;
-        }
+    while !c.over(now) {
         // Refill the windows that may have room, as one batch.
-        if !draining {
+        if c.refilling() {
             let sendq = backend.send_queue();
             let mut done = 0;
+            let mut ready = std::mem::take(&mut c.ready);
             'fill: for &k in ready.iter() {
                 let f = &mut flows[k as usize];
-                let lost = f.out.expire(now, timeout, false);
-                t.lost += lost;
-                live -= lost as usize;
-                while f.out.live < window && !f.out.full() {
+                c.expire(&mut f.win, now);
+                while c.has_room(&f.win) {
                     let Some(slot) = sendq.slot() else {
                         break 'fill;
                     };
-                    let seq = f.out.next;
-                    let n = build(indications, dest_for_send, f.id, seq, size, slot);
+                    let n = build(
+                        indications,
+                        dest_for_send,
+                        f.win.id,
+                        f.win.out.next,
+                        size,
+                        slot,
+                    );
                     sendq.commit(f.sock, target, n);
-                    f.out.push(now);
-                    live += 1;
-                    t.sent += 1;
+                    c.sent(&mut f.win, now);
                 }
-                f.ready = false;
+                f.win.ready = false;
                 done += 1;
             }
             ready.drain(..done);
+            c.ready = ready;
         }
         // Flush, wait for answers; echo what reaches the peer.
         let mut received_at = now;
@@ -717,73 +872,29 @@ fn load(
                     let (sock, from) = (m.sock, m.from);
                     if Some(sock) == peer_id {
                         if sq.send_to(sock, from, data).is_err() {
-                            echo_dropped += 1;
+                            c.echo_dropped += 1;
                         }
                         return;
                     }
                     let Some(&k) = by_sock.get(sock.0 as usize).filter(|&&k| k != u32::MAX) else {
-                        stray += 1;
+                        c.stray += 1;
                         return;
                     };
                     if from != target {
-                        stray += 1;
+                        c.stray += 1;
                         return;
                     }
-                    let f = &mut flows[k as usize];
-                    match parse_back(data, raw) {
-                        Some((id, seq)) if id == f.id => match f.out.answer(seq) {
-                            Some(sent_at) => {
-                                let at = Instant::now().max(received_at);
-                                received_at = at;
-                                t.answered += 1;
-                                f.answered += 1;
-                                live -= 1;
-                                let us = at.duration_since(sent_at).as_micros().max(1) as u64;
-                                let _ = t.latency_us.record(us.min(60_000_000));
-                                if !f.ready {
-                                    f.ready = true;
-                                    ready.push(k);
-                                }
-                            }
-                            None => t.late_or_duplicate += 1,
-                        },
-                        // A late answer to a retransmitted setup request, not relayed data.
-                        _ if Message::parse(data)
-                            .is_ok_and(|m| matches!(m.class(), Class::Success | Class::Error)) =>
-                        {
-                            stray += 1
-                        }
-                        _ => t.invalid += 1,
-                    }
+                    let at = Instant::now().max(received_at);
+                    received_at = at;
+                    c.came_back(k, &mut flows[k as usize].win, data, raw, at);
                 },
             )
             .map_err(|e| e.to_string())?;
         now = Instant::now();
-        // Windows stalled on lost datagrams: expire them now and then.
-        if now.duration_since(last_sweep) >= Duration::from_millis(20) {
-            last_sweep = now;
-            for (k, f) in flows.iter_mut().enumerate() {
-                let lost = f.out.expire(now, timeout, false);
-                t.lost += lost;
-                live -= lost as usize;
-                if !f.ready && f.out.live < window {
-                    f.ready = true;
-                    ready.push(k as u32);
-                }
-            }
-        }
+        c.sweep(flows.iter_mut().map(|f| &mut f.win), now);
     }
-    for f in flows.iter_mut() {
-        t.lost += f.out.expire(now, timeout, true);
-    }
-    t.send_failed = backend.stats().send_errors;
-    Ok(Driven {
-        tally: t,
-        flows_without_answer: flows.iter().filter(|f| f.active && f.answered == 0).count() as u64,
-        peer_echo_dropped: echo_dropped,
-        stray,
-        not_deleted: 0,
-    })
+    let errors = backend.stats().send_errors;
+    Ok(c.finish(flows.iter_mut().map(|f| &mut f.win), now, errors))
 }
 
 /// Runs the load.

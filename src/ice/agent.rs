@@ -916,11 +916,7 @@ impl IceAgent {
                     && t.sent >= 3
                     && !t.queued
                 {
-                    t.sent = 2;
-                    t.rto = self.cfg.rto.get();
-                    t.last_sent = now;
-                    t.next_retransmit = now + t.rto;
-                    t.queued = true;
+                    t.resend(now, 2, self.cfg.rto.get());
                     let tid = t.tid;
                     self.pending.push_back(Pending::Check {
                         pair: pi as u16,
@@ -1137,11 +1133,7 @@ impl IceAgent {
                 }
                 continue;
             }
-            t.sent += 1;
-            t.rto = (t.rto * 2).min(max_rto);
-            t.last_sent = now;
-            t.next_retransmit = now + t.rto;
-            t.queued = true;
+            t.resend(now, t.sent + 1, (t.rto * 2).min(max_rto));
             let tid = t.tid;
             self.pending.push_back(Pending::Check {
                 pair: i as u16,

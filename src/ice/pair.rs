@@ -52,6 +52,18 @@ pub(crate) struct Transaction {
     pub queued: bool,
 }
 
+impl Transaction {
+    /// Marks the request sent again at `now` as the `sent`-th request, to be retransmitted
+    /// `rto` later unless answered; the caller queues it.
+    pub(crate) fn resend(&mut self, now: Instant, sent: u8, rto: Duration) {
+        self.sent = sent;
+        self.rto = rto;
+        self.last_sent = now;
+        self.next_retransmit = now + rto;
+        self.queued = true;
+    }
+}
+
 /// A candidate pair, by index into the agent's candidate lists.
 #[derive(Debug, Clone)]
 pub(crate) struct Pair {

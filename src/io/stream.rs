@@ -68,6 +68,26 @@ struct Stream {
 
 const NOT_ACCEPTED: u32 = u32::MAX;
 
+impl Stream {
+    /// Registers (or drops) interest in writability: EPOLLOUT while bytes wait in the
+    /// backlog, readability always.
+    fn watch_writes(&mut self, epfd: RawFd, id: StreamId, on: bool) {
+        self.want_write = on;
+        let token = (u64::from(self.generation) << 32) | u64::from(id.0);
+        let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        if on {
+            events |= libc::EPOLLOUT as u32;
+        }
+        let _ = ctl(
+            epfd,
+            libc::EPOLL_CTL_MOD,
+            self.sock.as_raw_fd(),
+            events,
+            token,
+        );
+    }
+}
+
 /// TCP listeners and their accepted streams on one epoll set; see the module docs.
 pub struct StreamSet {
     epfd: OwnedFd,
@@ -451,15 +471,7 @@ impl StreamSet {
             skip = 0;
         }
         if !s.want_write {
-            s.want_write = true;
-            let token = (u64::from(s.generation) << 32) | u64::from(id.0);
-            let _ = ctl(
-                self.epfd.as_raw_fd(),
-                libc::EPOLL_CTL_MOD,
-                s.sock.as_raw_fd(),
-                (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32,
-                token,
-            );
+            s.watch_writes(self.epfd.as_raw_fd(), id, true);
         }
         true
     }
@@ -525,15 +537,7 @@ impl StreamSet {
                 }
             }
             if !s.backlog.is_empty() {
-                s.want_write = true;
-                let token = (u64::from(s.generation) << 32) | u64::from(id.0);
-                let _ = ctl(
-                    self.epfd.as_raw_fd(),
-                    libc::EPOLL_CTL_MOD,
-                    s.sock.as_raw_fd(),
-                    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32,
-                    token,
-                );
+                s.watch_writes(self.epfd.as_raw_fd(), id, true);
             }
         }
         self.dirty = dirty;
@@ -558,15 +562,7 @@ impl StreamSet {
             }
         }
         s.backlog = Vec::new();
-        s.want_write = false;
-        let token = (u64::from(s.generation) << 32) | u64::from(id.0);
-        let _ = ctl(
-            self.epfd.as_raw_fd(),
-            libc::EPOLL_CTL_MOD,
-            s.sock.as_raw_fd(),
-            (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-            token,
-        );
+        s.watch_writes(self.epfd.as_raw_fd(), id, false);
     }
 
     /// Closes stream `id`: its unsent bytes are written if the kernel takes them at once

@@ -11,14 +11,13 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
-use super::ServeError;
+use super::{HttpThread, ServeError};
 use crate::shard::{IceStats, ShardCounters};
 use crate::turn::server::ServerStats;
 
@@ -89,31 +88,16 @@ pub fn render(shards: &[Arc<ShardCounters>]) -> String {
 }
 
 /// The running metrics endpoint. Stops on [`shutdown`](Self::shutdown) or drop.
+#[derive(Debug)]
 pub struct MetricsServer {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for MetricsServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricsServer")
-            .field("addr", &self.addr)
-            .finish()
-    }
+    http: HttpThread,
 }
 
 impl MetricsServer {
     /// Binds `addr` for [`start`](Self::start) (before the shards start, so a taken
     /// port stops the server before anything else listens).
     pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
-        let bind_err = |e: std::io::Error| ServeError::Bind {
-            addr,
-            reason: e.to_string(),
-        };
-        let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        Ok(listener)
+        super::bind(addr)
     }
 
     /// Serves `GET /metrics` on `listener` (from [`bind`](Self::bind)) from `shards`'
@@ -123,82 +107,19 @@ impl MetricsServer {
         listener: std::net::TcpListener,
         shards: Vec<Arc<ShardCounters>>,
     ) -> Result<MetricsServer, ServeError> {
-        let local = listener.local_addr().map_err(ServeError::Thread)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ServeError::Thread)?;
-        let (stop, stopped) = tokio::sync::oneshot::channel();
         let shards: Arc<[Arc<ShardCounters>]> = shards.into();
-        let thread = std::thread::Builder::new()
-            .name("metrics-http".into())
-            .spawn(move || rt.block_on(serve(listener, shards, stopped)))
-            .map_err(ServeError::Thread)?;
-        Ok(MetricsServer {
-            addr: local,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        let handler = move |req| answer(&shards, req);
+        let http = HttpThread::start(listener, "metrics", "metrics-http", handler)?;
+        Ok(MetricsServer { http })
     }
 
     /// The bound address (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.http.addr()
     }
 
     /// Stops serving.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    shards: Arc<[Arc<ShardCounters>]>,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("metrics: {e}");
-            return;
-        }
-    };
-    loop {
-        let stream = tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("metrics: accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let shards = shards.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| answer(&shards, req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    pub fn shutdown(self) {}
 }
 
 fn answer(

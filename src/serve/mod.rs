@@ -83,18 +83,15 @@ struct Shared {
 /// The running admin server. Stops on [`shutdown`](Self::shutdown) (or drop), closing
 /// every session's agent.
 pub struct AdminServer {
-    addr: SocketAddr,
+    http: HttpThread,
     shared: Arc<Shared>,
-    /// Ends the accept loop (and with the runtime, every connection).
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for AdminServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminServer")
-            .field("addr", &self.addr)
-            .finish()
+            .field("addr", &self.http.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,42 +106,21 @@ impl AdminServer {
         if engine.mux_addrs().is_empty() {
             return Err(ServeError::NoIcePort);
         }
-        let bind_err = |e: std::io::Error| ServeError::Bind {
-            addr,
-            reason: e.to_string(),
-        };
-        let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-        let local = listener.local_addr().map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        // Connections are tasks on this one thread, and so are their requests' handlers:
-        // each hop to another thread would cost two wake-ups per request.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("admin-http")
-            .build()
-            .map_err(ServeError::Thread)?;
+        let listener = bind(addr)?;
         let shared = Arc::new(Shared {
             engine,
             default_lite,
             sessions: Mutex::new(HashMap::new()),
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel();
         let serving = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("admin-http".into())
-            .spawn(move || rt.block_on(serve(listener, serving, stopped)))
-            .map_err(ServeError::Thread)?;
-        Ok(AdminServer {
-            addr: local,
-            shared,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        let handler = move |req| handle(serving.clone(), req);
+        let http = HttpThread::start(listener, "session API", "admin-http", handler)?;
+        Ok(AdminServer { http, shared })
     }
 
     /// The bound address (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.http.addr
     }
 
     /// Sessions open now.
@@ -158,12 +134,7 @@ impl AdminServer {
     }
 
     fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.http.stop();
         for (_, s) in self.shared.table().drain() {
             s.agent.close();
         }
@@ -171,6 +142,84 @@ impl AdminServer {
 }
 
 impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds a non-blocking TCP listener on `addr` for an HTTP server.
+pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
+    let bind_err = |e: std::io::Error| ServeError::Bind {
+        addr,
+        reason: e.to_string(),
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// An HTTP server's thread: a current-thread tokio runtime running [`serve_http`] on a
+/// bound listener until [`stop`](Self::stop) (or drop). Connections are tasks on this
+/// one thread, and so are their requests' handlers: each hop to another thread would
+/// cost two wake-ups per request.
+#[derive(Debug)]
+pub(crate) struct HttpThread {
+    addr: SocketAddr,
+    /// Ends the accept loop (and with the runtime, every connection).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpThread {
+    /// Serves `listener` with `handler` on a thread named `thread`; `what` names the
+    /// server in logs.
+    pub(crate) fn start<F, Fut>(
+        listener: std::net::TcpListener,
+        what: &'static str,
+        thread: &str,
+        handler: F,
+    ) -> Result<HttpThread, ServeError>
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>>
+            + Send
+            + 'static,
+    {
+        let addr = listener.local_addr().map_err(ServeError::Thread)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(thread)
+            .build()
+            .map_err(ServeError::Thread)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(move || rt.block_on(serve_http(listener, what, stopped, handler)))
+            .map_err(ServeError::Thread)?;
+        Ok(HttpThread {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and waits for the thread.
+    pub(crate) fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HttpThread {
     fn drop(&mut self) {
         self.stop();
     }
@@ -225,16 +274,21 @@ fn api_error(e: ApiError) -> HttpError {
     }
 }
 
-/// The accept loop: one task per connection (HTTP/1.1 keep-alive), until `stopped`.
-async fn serve(
+/// An HTTP/1.1 accept loop (keep-alive): each connection a task whose requests go to
+/// `handler`, until `stopped`. `what` names the server in logs.
+pub(crate) async fn serve_http<F, Fut>(
     listener: std::net::TcpListener,
-    shared: Arc<Shared>,
+    what: &'static str,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
-) {
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!("session API: {e}");
+            tracing::error!("{what}: {e}");
             return;
         }
     };
@@ -245,16 +299,16 @@ async fn serve(
                 Ok((stream, _)) => stream,
                 // Out of descriptors and the like: counted by the kernel, retried.
                 Err(e) => {
-                    tracing::warn!("session API: accept: {e}");
+                    tracing::warn!("{what}: accept: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let service = hyper::service::service_fn(handler);
             // A client that goes away mid-request ends its connection; nothing to do.
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)

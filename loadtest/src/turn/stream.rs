@@ -17,14 +17,12 @@ use std::time::{Duration, Instant};
 
 use icering::io::{self, Backend, BackendKind, Lend, RecvMeta, SendQueue, StreamId, StreamSet};
 use icering::stun::stream::frame_len;
-use icering::stun::{Class, Message, Method};
+use icering::stun::{Message, Method};
 
 use super::{
-    Args, Attrs, Creds, Driven, Phase, Transport, build, parse_back, settle, setup_requests, tid,
-    write_request,
+    Args, Attrs, Counts, Creds, Driven, Phase, Transport, Window, build, settle, setup_requests,
+    tid, write_request,
 };
-use crate::report::Tally;
-use crate::stun::Outstanding;
 
 /// The TLS client configuration (`--tls-ca`) and the name the server's certificate must
 /// carry (`--tls-name`, else the target's IP).
@@ -72,13 +70,9 @@ impl Tls {
 /// One allocation's connection in the load: its stream, TLS session, window and the
 /// bytes of a frame not yet complete.
 struct Flow {
+    win: Window,
     stream: StreamId,
     tls: Option<Box<rustls::ClientConnection>>,
-    out: Outstanding,
-    id: u32,
-    answered: u64,
-    ready: bool,
-    active: bool,
     /// Plaintext read and not yet cut into frames.
     rx: Vec<u8>,
     /// The TLS session failed or the frames went wrong: no more data on it.
@@ -232,13 +226,9 @@ fn prepare(
         }
         by_stream[i] = flows.len() as u32;
         flows.push(Flow {
+            win: Window::new(args, id, now),
             stream,
             tls,
-            out: Outstanding::new(args.window * 2, now),
-            id,
-            answered: 0,
-            ready: true,
-            active: (id as usize).is_multiple_of(args.data_every.max(1)),
             rx: Vec::new(),
             broken: false,
         });
@@ -264,22 +254,10 @@ pub(super) fn drive(
     ids: Range<u32>,
     phase: &Phase,
 ) -> Result<Driven, String> {
-    use std::panic::{AssertUnwindSafe, catch_unwind};
-    fn panicked<T>(_: Box<dyn std::any::Any + Send>) -> Result<T, String> {
-        Err("driver thread panicked".into())
-    }
-    // Whatever happens, both barriers are passed once, or `run` would wait forever.
-    let prepared = catch_unwind(AssertUnwindSafe(|| {
-        prepare(args, kind, tls, creds, peer, ids)
-    }))
-    .unwrap_or_else(panicked);
-    phase.start.wait();
-    let until = Instant::now() + Duration::from_secs_f64(args.duration);
-    let loaded = prepared.and_then(|mut p| {
-        catch_unwind(AssertUnwindSafe(|| load(args, &mut p, until))).unwrap_or_else(panicked)
-    });
-    phase.end.wait();
-    loaded
+    let prepare = || prepare(args, kind, tls, creds, peer, ids);
+    // Closing the connections (dropping the prepared state) ends the allocations.
+    let (_, driven) = phase.drive(args, prepare, |p, until| load(args, p, until))?;
+    Ok(driven)
 }
 
 /// Appends `frame` zero-padded to a multiple of 4 (RFC 8656 §12.5).
@@ -298,44 +276,25 @@ fn load(args: &Args, p: &mut Prepared, until: Instant) -> Result<Driven, String>
         peer,
     } = p;
     let peer = *peer;
-    let window = args.window;
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let mut ready: Vec<u32> = (0..flows.len() as u32)
-        .filter(|&k| flows[k as usize].active)
-        .collect();
-    let mut t = Tally::new();
-    let (mut echo_dropped, mut stray) = (0u64, 0u64);
-    let mut live = 0usize;
+    let mut c = Counts::new(args, until, flows.iter().map(|f| &f.win));
     let mut now = Instant::now();
-    let mut last_sweep = now;
-    let mut draining = false;
     let (mut tx, mut records, mut frame) = (Vec::new(), Vec::new(), [0u8; 2048]);
     let mut plain = [0u8; 16 * 1024];
     let paddr = backend.local_addr(peer);
-    loop {
-        if !draining && now >= until {
-            draining = true;
-        }
-        if draining && (live == 0 || now >= until + timeout) {
-            break;
-        }
+    while !c.over(now) {
         // Refill the windows that may have room: one write per connection.
-        if !draining {
-            for &k in &ready {
+        if c.refilling() {
+            for k in std::mem::take(&mut c.ready) {
                 let f = &mut flows[k as usize];
-                let lost = f.out.expire(now, timeout, false);
-                t.lost += lost;
-                live -= lost as usize;
+                c.expire(&mut f.win, now);
                 tx.clear();
-                while !f.broken && f.out.live < window && !f.out.full() {
-                    let seq = f.out.next;
-                    let n = build(args.indications, paddr, f.id, seq, args.size, &mut frame);
+                while !f.broken && c.has_room(&f.win) {
+                    let (id, seq) = (f.win.id, f.win.out.next);
+                    let n = build(args.indications, paddr, id, seq, args.size, &mut frame);
                     push_padded(&mut tx, &frame[..n]);
-                    f.out.push(now);
-                    live += 1;
-                    t.sent += 1;
+                    c.sent(&mut f.win, now);
                 }
-                f.ready = false;
+                f.win.ready = false;
                 if tx.is_empty() {
                     continue;
                 }
@@ -349,11 +308,10 @@ fn load(args: &Args, p: &mut Prepared, until: Instant) -> Result<Driven, String>
                     }
                 };
                 if !sent {
-                    t.send_failed += 1;
+                    c.t.send_failed += 1;
                     f.broken = true;
                 }
             }
-            ready.clear();
         }
         // Flush the echoes, wait for the peer's datagrams or the streams' bytes.
         backend
@@ -361,7 +319,7 @@ fn load(args: &Args, p: &mut Prepared, until: Instant) -> Result<Driven, String>
                 Some(Duration::from_millis(1)),
                 &mut |sq: &mut SendQueue, m: RecvMeta, data: &[u8], _: &mut Lend| {
                     if m.sock == peer && sq.send_to(peer, m.from, data).is_err() {
-                        echo_dropped += 1;
+                        c.echo_dropped += 1;
                     }
                 },
             )
@@ -369,7 +327,7 @@ fn load(args: &Args, p: &mut Prepared, until: Instant) -> Result<Driven, String>
         if backend.take_watch_ready() {
             set.poll(&mut |_, id, _, bytes| {
                 let Some(&k) = by_stream.get(id.0 as usize).filter(|&&k| k != u32::MAX) else {
-                    stray += 1;
+                    c.stray += 1;
                     return;
                 };
                 let f = &mut flows[k as usize];
@@ -385,7 +343,7 @@ fn load(args: &Args, p: &mut Prepared, until: Instant) -> Result<Driven, String>
                                 && conn.process_new_packets().is_ok();
                             if !ok {
                                 f.broken = true;
-                                t.invalid += 1;
+                                c.t.invalid += 1;
                                 return;
                             }
                             while let Ok(n) = conn.reader().read(&mut plain) {
@@ -405,34 +363,12 @@ fn load(args: &Args, p: &mut Prepared, until: Instant) -> Result<Driven, String>
                         Ok(None) => break,
                         Err(_) => {
                             f.broken = true;
-                            t.invalid += 1;
+                            c.t.invalid += 1;
                             break;
                         }
                     };
-                    let d = &f.rx[used..used + n];
+                    c.came_back(k, &mut f.win, &f.rx[used..used + n], false, at);
                     used += n;
-                    match parse_back(d, false) {
-                        Some((id, seq)) if id == f.id => match f.out.answer(seq) {
-                            Some(sent_at) => {
-                                t.answered += 1;
-                                f.answered += 1;
-                                live -= 1;
-                                let us = at.duration_since(sent_at).as_micros().max(1) as u64;
-                                let _ = t.latency_us.record(us.min(60_000_000));
-                                if !f.ready {
-                                    f.ready = true;
-                                    ready.push(k);
-                                }
-                            }
-                            None => t.late_or_duplicate += 1,
-                        },
-                        _ if Message::parse(d)
-                            .is_ok_and(|m| matches!(m.class(), Class::Success | Class::Error)) =>
-                        {
-                            stray += 1
-                        }
-                        _ => t.invalid += 1,
-                    }
                 }
                 f.rx.drain(..used);
             });
@@ -445,29 +381,8 @@ fn load(args: &Args, p: &mut Prepared, until: Instant) -> Result<Driven, String>
             }
         }
         now = Instant::now();
-        // Windows stalled on lost datagrams: expire them now and then.
-        if now.duration_since(last_sweep) >= Duration::from_millis(20) {
-            last_sweep = now;
-            for (k, f) in flows.iter_mut().enumerate() {
-                let lost = f.out.expire(now, timeout, false);
-                t.lost += lost;
-                live -= lost as usize;
-                if f.active && !f.ready && f.out.live < window {
-                    f.ready = true;
-                    ready.push(k as u32);
-                }
-            }
-        }
+        c.sweep(flows.iter_mut().map(|f| &mut f.win), now);
     }
-    for f in flows.iter_mut() {
-        t.lost += f.out.expire(now, timeout, true);
-    }
-    t.send_failed += backend.stats().send_errors;
-    Ok(Driven {
-        tally: t,
-        flows_without_answer: flows.iter().filter(|f| f.active && f.answered == 0).count() as u64,
-        peer_echo_dropped: echo_dropped,
-        stray,
-        not_deleted: 0,
-    })
+    let errors = backend.stats().send_errors;
+    Ok(c.finish(flows.iter_mut().map(|f| &mut f.win), now, errors))
 }
