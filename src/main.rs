@@ -548,9 +548,9 @@ fn log_stats_until_signal(
         if now >= next {
             next = now + every;
             let s = runtime.stats();
+            let counters = runtime.shard_counters();
             let sum = |f: fn(&icering::shard::ShardCounters) -> &std::sync::atomic::AtomicU64| {
-                runtime
-                    .shard_counters()
+                counters
                     .iter()
                     .map(|c| f(c).load(std::sync::atomic::Ordering::Relaxed))
                     .sum::<u64>()

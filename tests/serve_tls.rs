@@ -67,24 +67,11 @@ fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_the_old_one() {
     let (old, new) = (Pki::new(), Pki::new());
     let files = old.files("serve-tls");
     let (cert, key) = (&files.cert, &files.key);
-    let (cert_arg, key_arg) = (cert.clone(), key.clone());
-    let serve = common::spawn_serve(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--cert",
-            &cert_arg,
-            "--pkey",
-            &key_arg,
-            "--shards",
-            "2",
-        ],
-        false,
-        2,
-    )
-    .expect("icering serve starts");
+    let args = [
+        &["--listen", "127.0.0.1:0", "--shards", "2"],
+        &files.serve_args()[..],
+    ];
+    let serve = common::spawn_serve(&args.concat(), false, 2).expect("icering serve starts");
     let at = serve.addrs[1];
     handshake(at, &old.ca).expect("the first certificate");
     assert!(handshake(at, &new.ca).is_err());
@@ -102,7 +89,7 @@ fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_the_old_one() {
     std::fs::write(key, "not a key").unwrap();
     signal(serve.child.id(), libc::SIGHUP);
     let line = serve.wait_log("TLS reload failed");
-    assert!(line.contains(&key_arg), "{line}");
+    assert!(line.contains(key.as_str()), "{line}");
     handshake(at, &old.ca).expect("the old certificate after a failed reload");
 
     // The renewed pair, then SIGUSR2 (coturn's signal for it).
@@ -140,27 +127,18 @@ fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_the_old_one() {
 fn tls_connections_without_an_allocation_are_closed() {
     let pki = Pki::new();
     let files = pki.files("serve-tls-idle");
-    let serve = common::spawn_serve(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--cert",
-            &files.cert,
-            "--pkey",
-            &files.key,
-            "--shards",
-            "1",
-            "--max-allocate-timeout",
-            "1",
-            "--stats-interval",
-            "1",
-        ],
-        false,
-        2,
-    )
-    .expect("icering serve starts");
+    let ours = [
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--max-allocate-timeout",
+        "1",
+        "--stats-interval",
+        "1",
+    ];
+    let args = [&ours[..], &files.serve_args()[..]].concat();
+    let serve = common::spawn_serve(&args, false, 2).expect("icering serve starts");
     let at = serve.addrs[1];
     let silent = TcpStream::connect(at).unwrap();
     let (mut session, handshaken) = connect(at, &pki.ca).expect("handshake");

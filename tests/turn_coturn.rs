@@ -239,17 +239,7 @@ fn turnutils_uclient_over_tls() {
         return;
     }
     let files = common::Pki::new().files("uclient-tls");
-    let server = serve_with(
-        "48200-48399",
-        &[
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--cert",
-            &files.cert,
-            "--pkey",
-            &files.key,
-        ],
-    );
+    let server = serve_with("48200-48399", &files.serve_args());
     drop(files);
     let port = server.addrs[1].port().to_string();
     let (_peer, peer_port) = udp_peer();

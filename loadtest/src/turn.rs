@@ -742,6 +742,24 @@ impl Phase {
     }
 }
 
+/// A driver's io backend for `flows` flows: send slots for every window twice over.
+fn driver_backend(args: &Args, kind: BackendKind, flows: usize) -> Result<Backend, String> {
+    let cfg = io::Config {
+        batch: 64,
+        buf_size: 2048,
+        buf_count: 4096,
+        send_slots: (flows * args.window * 2 + 256)
+            .next_power_of_two()
+            .clamp(1024, 16384),
+        gso: !args.no_gso,
+        // No GRO on the generator's sockets: a GSO burst a server sends over loopback would
+        // then reach them unsegmented, sparing the server the segmentation a real network
+        // path (or a client without GRO, or coturn's plain sends) makes it pay.
+        gro: false,
+    };
+    Backend::new(kind, &cfg).map_err(|e| e.to_string())
+}
+
 fn prepare(
     args: &Args,
     kind: BackendKind,
@@ -749,21 +767,7 @@ fn prepare(
     allocs: &mut [Alloc],
 ) -> Result<Prepared, String> {
     let e = |e: io::IoError| e.to_string();
-    let slots = (allocs.len() * args.window * 2 + 256)
-        .next_power_of_two()
-        .clamp(1024, 16384);
-    let cfg = io::Config {
-        batch: 64,
-        buf_size: 2048,
-        buf_count: 4096,
-        send_slots: slots,
-        gso: !args.no_gso,
-        // No GRO on the generator's sockets: a GSO burst a server sends over loopback would
-        // then reach them unsegmented, sparing the server the segmentation a real network
-        // path (or a client without GRO, or coturn's plain sends) makes it pay.
-        gro: false,
-    };
-    let mut backend = Backend::new(kind, &cfg).map_err(e)?;
+    let mut backend = driver_backend(args, kind, allocs.len())?;
     let mut by_sock: Vec<u32> = Vec::new();
     let mut flows = Vec::with_capacity(allocs.len());
     let now = Instant::now();

@@ -69,6 +69,23 @@ struct Stream {
 const NOT_ACCEPTED: u32 = u32::MAX;
 
 impl Stream {
+    /// Writes the backlog until it is empty or the kernel takes no more (`Ok`), counting
+    /// the bytes in `bytes_out`; `Err` when the stream failed.
+    fn write_out(&mut self, bytes_out: &mut u64) -> io::Result<()> {
+        while !self.backlog.is_empty() {
+            match (&self.sock).write(&self.backlog) {
+                Ok(n) => {
+                    *bytes_out += n as u64;
+                    self.backlog.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Registers (or drops) interest in writability: EPOLLOUT while bytes wait in the
     /// backlog, readability always.
     fn watch_writes(&mut self, epfd: RawFd, id: StreamId, on: bool) {
@@ -516,28 +533,14 @@ impl StreamSet {
             if s.want_write {
                 continue;
             }
-            let result = loop {
-                match (&s.sock).write(&s.backlog) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    r => break r,
-                }
-            };
-            match result {
-                Ok(n) => {
-                    self.stats.bytes_out += n as u64;
-                    s.backlog.drain(..n);
-                    if s.backlog.capacity() > self.max_backlog / 4 && s.backlog.is_empty() {
-                        s.backlog = Vec::new();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    self.close(id);
-                    continue;
-                }
+            if s.write_out(&mut self.stats.bytes_out).is_err() {
+                self.close(id);
+                continue;
             }
             if !s.backlog.is_empty() {
                 s.watch_writes(self.epfd.as_raw_fd(), id, true);
+            } else if s.backlog.capacity() > self.max_backlog / 4 {
+                s.backlog = Vec::new();
             }
         }
         self.dirty = dirty;
@@ -547,22 +550,14 @@ impl StreamSet {
         let Some(s) = self.streams.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return;
         };
-        while !s.backlog.is_empty() {
-            match (&s.sock).write(&s.backlog) {
-                Ok(n) => {
-                    self.stats.bytes_out += n as u64;
-                    s.backlog.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.close(id);
-                    return;
-                }
-            }
+        if s.write_out(&mut self.stats.bytes_out).is_err() {
+            self.close(id);
+            return;
         }
-        s.backlog = Vec::new();
-        s.watch_writes(self.epfd.as_raw_fd(), id, false);
+        if s.backlog.is_empty() {
+            s.backlog = Vec::new();
+            s.watch_writes(self.epfd.as_raw_fd(), id, false);
+        }
     }
 
     /// Closes stream `id`: its unsent bytes are written if the kernel takes them at once

@@ -181,7 +181,20 @@ pub(crate) struct ServerSession {
     /// Plaintext frames to seal at the end of the turn, as few records as they fit in.
     pending: Vec<u8>,
     /// Listed for the end of the turn's [`seal_pending`](Self::seal_pending).
-    pub dirty: bool,
+    dirty: bool,
+}
+
+/// How a server session ends when its stream closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The pending frames, then close_notify (RFC 8446 §6.1).
+    CloseNotify,
+    /// Bad frames from the client: the pending frames (answers to those before), no
+    /// close_notify.
+    Abort,
+    /// The session failed: only what rustls has due (its fatal alert, if it sends one);
+    /// frames after an alert would be discarded by the peer anyway.
+    Failed,
 }
 
 impl ServerSession {
@@ -194,6 +207,12 @@ impl ServerSession {
             pending: Vec::new(),
             dirty: false,
         })
+    }
+
+    /// Whether the caller should list this session for the end of the turn's
+    /// [`seal_pending`](Self::seal_pending): true the first time since the last one.
+    pub fn list(&mut self) -> bool {
+        !std::mem::replace(&mut self.dirty, true)
     }
 
     /// Adds `parts` (a frame and its padding) to what the next
@@ -216,26 +235,22 @@ impl ServerSession {
     }
 
     /// Ciphertext from the client: application data is appended to `plain`, handshake
-    /// records are answered in the next [`output`](Self::output). An error (a malformed
-    /// record, the client's alert) ends the stream; its own alert, if any, is in `output`.
+    /// records are answered in the next [`seal_pending`](Self::seal_pending). An error (a
+    /// malformed record, the client's alert) ends the stream: [`Ending::Failed`].
     pub fn input(&mut self, bytes: &[u8], plain: &mut Vec<u8>) -> Result<Fed, String> {
         feed(&mut self.conn, bytes, &mut |b| plain.extend_from_slice(b))
     }
 
-    /// After a failed `input`: drops the pending frames and appends what rustls has due
-    /// (its fatal alert, if it sends one).
-    pub fn seal_alert(&mut self, out: &mut Vec<u8>) {
-        self.pending.clear();
-        self.dirty = false;
-        seal(&mut self.conn, &[], out);
-    }
-
-    /// Ends the session: appends the pending frames and then close_notify (RFC 8446
-    /// §6.1) to `out`.
-    pub fn close(&mut self, out: &mut Vec<u8>) {
+    /// Ends the session as `how` says, appending its last records to `out`.
+    pub fn end(&mut self, how: Ending, out: &mut Vec<u8>) {
+        if how == Ending::Failed {
+            self.pending.clear();
+        }
         self.seal_pending(out);
-        self.conn.send_close_notify();
-        seal(&mut self.conn, &[], out);
+        if how == Ending::CloseNotify {
+            self.conn.send_close_notify();
+            seal(&mut self.conn, &[], out);
+        }
     }
 }
 
@@ -397,7 +412,7 @@ mod tests {
         let (mut client, mut server) = pair();
         handshake(&mut client, &mut server);
         let mut records = Vec::new();
-        server.close(&mut records);
+        server.end(Ending::CloseNotify, &mut records);
         records.extend_from_slice(&[0x17; 10_000]);
         let mut dec = StreamDecoder::default();
         let err = client.input(&records, &mut dec).unwrap_err();

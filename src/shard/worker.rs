@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::ice::IceHost;
 use super::shared_ports::SharedPorts;
-use super::tls::{Fed, ServerSession};
+use super::tls::{Ending, Fed, ServerSession};
 use super::{Control, ShardCounters, ShardError};
 use crate::io::{
     self, Backend, BackendKind, RecvMeta, SendQueue, SocketId, StreamId, StreamSet, Waker,
@@ -361,16 +361,13 @@ pub(super) fn run(
                     Outcome::Later | Outcome::Drop(_) => {}
                 }
             }
-            // After the deferred requests: an Allocate deferred from a stream that closed
-            // in the same turn is created, then ended with its stream.
-            for (id, peer) in tcp.closed.drain(..) {
-                server.end_client(stream_sock(id), peer, &mut ports);
-            }
             server.handle_timeout(now, &mut ports);
             tcp.check_allocations(now, &server);
             tcp.flush();
-            // The flush took what it and the checks closed, freeing their ids: their
-            // allocations end now, before a new stream can take an id (next turn's poll).
+            // Every stream closed so far (this flush takes what it and the checks closed,
+            // freeing their ids) ends its allocation now, before a new stream can take its
+            // id (next turn's poll); after the deferred requests, so an Allocate deferred
+            // from a stream that closed in the same turn is created, then ended with it.
             for (id, peer) in tcp.closed.drain(..) {
                 server.end_client(stream_sock(id), peer, &mut ports);
             }
@@ -500,35 +497,18 @@ impl TcpOut<'_> {
         };
         plain.clear();
         let fed = session.input(bytes, plain);
-        if !session.dirty {
-            session.dirty = true;
+        if session.list() {
             self.sealing.push(id);
         }
         fed
     }
 
-    /// Closes a stream after what was queued for it, a TLS one after its pending frames
-    /// and close_notify (RFC 8446 §6.1).
-    fn close(&mut self, id: StreamId) {
+    /// Closes a stream after what was queued for it; a TLS one's session ends as `how`
+    /// says ([`Ending`]).
+    fn close(&mut self, id: StreamId, how: Ending) {
         if let Some(tls) = self.sessions.get_mut(&id.0) {
             self.records.clear();
-            tls.close(self.records);
-            self.set.queue(id, &[self.records]);
-        }
-        self.set.close(id);
-    }
-
-    /// Closes a stream on an error, without close_notify. Bad frames: the answers to the
-    /// frames before them go out first. A failed TLS session (`tls_failed`): only its
-    /// alert goes out (answers after an alert would be discarded by the peer anyway).
-    fn abort(&mut self, id: StreamId, tls_failed: bool) {
-        if let Some(tls) = self.sessions.get_mut(&id.0) {
-            self.records.clear();
-            if tls_failed {
-                tls.seal_alert(self.records);
-            } else {
-                tls.seal_pending(self.records);
-            }
+            tls.end(how, self.records);
             self.set.queue(id, &[self.records]);
         }
         self.set.close(id);
@@ -545,8 +525,7 @@ impl TcpOut<'_> {
             }
             Some(tls) => {
                 tls.push(&[frame, pad]);
-                if !tls.dirty {
-                    tls.dirty = true;
+                if tls.list() {
                     self.sealing.push(id);
                 }
             }
@@ -685,7 +664,7 @@ impl Tcp {
                     "closing a TCP/TLS connection that held no allocation for {:?}",
                     self.max_allocate
                 );
-                out.close(id);
+                out.close(id, Ending::CloseNotify);
                 self.timed_out += 1;
             }
         }
@@ -763,7 +742,7 @@ impl Tcp {
                     Err(err) => {
                         tracing::debug!(peer = %peer, "closing TLS stream: {err}");
                         server.note_drop(DropReason::Malformed);
-                        out.abort(id, true);
+                        out.close(id, Ending::Failed);
                         return;
                     }
                 },
@@ -780,7 +759,7 @@ impl Tcp {
                 ),
             }
             if close_after {
-                out.close(id); // answering close_notify with ours
+                out.close(id, Ending::CloseNotify); // answering the client's
             }
         });
         // Accepted streams get their allocation check; then closes (an id is reused
@@ -853,7 +832,7 @@ fn frames(
                     &buf[..buf.len().min(24)]
                 );
                 server.note_drop(DropReason::Malformed);
-                out.abort(id, false);
+                out.close(id, Ending::Abort);
                 return;
             }
         };

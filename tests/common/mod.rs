@@ -470,6 +470,15 @@ pub struct PkiFiles {
     pub key: String,
 }
 
+impl PkiFiles {
+    /// `icering serve` arguments for a TLS listener on a free loopback port with these
+    /// files.
+    pub fn serve_args(&self) -> [&str; 6] {
+        let (cert, key) = (self.cert.as_str(), self.key.as_str());
+        ["--tls-listen", "127.0.0.1:0", "--cert", cert, "--pkey", key]
+    }
+}
+
 impl Drop for PkiFiles {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

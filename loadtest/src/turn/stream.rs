@@ -20,8 +20,8 @@ use icering::stun::stream::frame_len;
 use icering::stun::{Message, Method};
 
 use super::{
-    Args, Attrs, Counts, Creds, Driven, Phase, Transport, Window, build, settle, setup_requests,
-    tid, write_request,
+    Args, Attrs, Counts, Creds, Driven, Phase, Transport, Window, build, driver_backend, settle,
+    setup_requests, tid, write_request,
 };
 
 /// The TLS client configuration (`--tls-ca`) and the name the server's certificate must
@@ -199,17 +199,7 @@ fn prepare(
 ) -> Result<Prepared, String> {
     let e = |e: io::IoError| e.to_string();
     let paddr = peer.local_addr().map_err(|e| e.to_string())?;
-    let cfg = io::Config {
-        batch: 64,
-        buf_size: 2048,
-        buf_count: 4096,
-        send_slots: (ids.len() * args.window * 2 + 256)
-            .next_power_of_two()
-            .clamp(1024, 16384),
-        gso: !args.no_gso,
-        gro: false,
-    };
-    let mut backend = Backend::new(kind, &cfg).map_err(e)?;
+    let mut backend = driver_backend(args, kind, ids.len())?;
     let peer = backend.add_socket(peer).map_err(e)?;
     let mut set =
         StreamSet::new(ids.len().max(1), 4 << 20, 64 * 1024).map_err(|e| e.to_string())?;
