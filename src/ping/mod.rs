@@ -281,6 +281,51 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
             return Err(e);
         }
 
+        // Events first: a local candidate the agent already has (the host one, from
+        // before the loop) reaches `trickle` before the peer's signals are handled, so the
+        // peer's candidates wait until it is posted and no check can overtake it.
+        while let Some(ev) = agent.poll_event() {
+            match ev {
+                IceEvent::LocalCandidate(c) => {
+                    let line = c.to_sdp();
+                    say(format_args!("local candidate: {line}"));
+                    if let Some(line) = trickle.local(line) {
+                        let _ = post_tx.send(Post::Candidate(line));
+                    }
+                }
+                IceEvent::GatheringComplete => say(format_args!("gathering complete")),
+                IceEvent::ConnectionState(s) => {
+                    state = s;
+                    say(format_args!("ice state: {s:?}"));
+                    match s {
+                        ConnectionState::Failed => {
+                            return Err(format!(
+                                "ICE failed (sent {sent}, received {})",
+                                app.received
+                            ));
+                        }
+                        ConnectionState::Closed => return Err("ICE agent closed".into()),
+                        _ => {}
+                    }
+                }
+                IceEvent::SelectedPair { local, remote } => {
+                    let kinds = agent
+                        .selected_candidates()
+                        .map(|(l, r)| (l.kind.as_str(), r.kind.as_str()));
+                    let (lk, rk) = kinds.unwrap_or(("?", "?"));
+                    say(format_args!(
+                        "selected pair: {local} ({lk}) -> {remote} ({rk})"
+                    ));
+                    if gatherer.is_relayed(local) {
+                        gatherer.selected(local, remote, Instant::now());
+                    }
+                }
+                IceEvent::RoleChanged { controlling } => {
+                    say(format_args!("role changed: controlling={controlling}"));
+                }
+            }
+        }
+
         // Signals from the peer.
         loop {
             match sig_rx.try_recv() {
@@ -342,49 +387,6 @@ pub fn run(cfg: &PingConfig) -> Result<(), String> {
             agent.handle_timeout(now);
         }
         flush(&mut agent, &mut gatherer, &socket, now, &mut out, &mut wrap);
-
-        // Events.
-        while let Some(ev) = agent.poll_event() {
-            match ev {
-                IceEvent::LocalCandidate(c) => {
-                    let line = c.to_sdp();
-                    say(format_args!("local candidate: {line}"));
-                    if let Some(line) = trickle.local(line) {
-                        let _ = post_tx.send(Post::Candidate(line));
-                    }
-                }
-                IceEvent::GatheringComplete => say(format_args!("gathering complete")),
-                IceEvent::ConnectionState(s) => {
-                    state = s;
-                    say(format_args!("ice state: {s:?}"));
-                    match s {
-                        ConnectionState::Failed => {
-                            return Err(format!(
-                                "ICE failed (sent {sent}, received {})",
-                                app.received
-                            ));
-                        }
-                        ConnectionState::Closed => return Err("ICE agent closed".into()),
-                        _ => {}
-                    }
-                }
-                IceEvent::SelectedPair { local, remote } => {
-                    let kinds = agent
-                        .selected_candidates()
-                        .map(|(l, r)| (l.kind.as_str(), r.kind.as_str()));
-                    let (lk, rk) = kinds.unwrap_or(("?", "?"));
-                    say(format_args!(
-                        "selected pair: {local} ({lk}) -> {remote} ({rk})"
-                    ));
-                    if gatherer.is_relayed(local) {
-                        gatherer.selected(local, remote, Instant::now());
-                    }
-                }
-                IceEvent::RoleChanged { controlling } => {
-                    say(format_args!("role changed: controlling={controlling}"));
-                }
-            }
-        }
 
         // Application data.
         let connected = matches!(
